@@ -1,0 +1,210 @@
+"""Chat with the bot in a terminal, or through a pipe one message per line.
+
+The console user is platform ``console`` with the OS login name as id, so memory persists
+across runs. Interactive (a terminal): a banner, a prompt, replies printed as they stream.
+Piped: standard output carries only the replies, every line is answered before the adapter
+ends at end of input, and a confirmation reads the next line (``yes``/``y`` confirms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import logging
+import sys
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from core.engine import Engine
+from core.types import IncomingAction, IncomingMessage
+
+_log = logging.getLogger(__name__)
+PLATFORM = "console"
+_EOF = object()
+
+
+class _ConsoleReply:
+    """The ``ReplyChannel`` of one console message."""
+
+    def __init__(self, adapter: ConsoleAdapter) -> None:
+        self._adapter = adapter
+
+    async def send_text(self, text: str) -> Sequence[str]:
+        self._adapter.write_reply(text)
+        return ()
+
+    async def stream_reply(self, deltas: AsyncIterator[str]) -> Sequence[str]:
+        adapter = self._adapter
+        adapter.begin_reply()
+        wrote = False
+        async for piece in deltas:
+            adapter.out.write(piece)
+            if adapter.interactive:
+                adapter.out.flush()
+            wrote = True
+        if wrote:
+            adapter.out.write("\n")
+            adapter.out.flush()
+        elif adapter.interactive:
+            adapter.out.write("\r")
+        return ()
+
+    async def ask_confirmation(self, prompt: str, action_id: str) -> None:
+        adapter = self._adapter
+        adapter.write_reply(f"{prompt} [yes/no]")
+        answer = await adapter.next_line(prompt="yes/no> ")
+        accepted = answer is not None and answer.strip().lower() in ("y", "yes")
+        await adapter.engine.handle_action(
+            IncomingAction(
+                platform=PLATFORM,
+                chat_id=adapter.user_id,
+                user_id=adapter.user_id,
+                action_id=action_id,
+                accepted=accepted,
+            ),
+            self,
+        )
+
+    async def send_file(self, filename: str, data: bytes, caption: str = "") -> None:
+        path = self._adapter.save_file(filename, data)
+        self._adapter.write_reply(f"{caption} Saved to {path}".strip())
+
+
+class ConsoleAdapter:
+    """Reads messages from ``stdin`` and prints replies to ``stdout``.
+
+    Args:
+        engine: the conversation engine.
+        files_dir: where ``/export`` documents are saved.
+        user_id: the console user's id; defaults to ``getpass.getuser()``.
+        stdin: the input stream (a terminal or a pipe).
+        stdout: where replies go.
+        interactive: show a banner and prompts; defaults to ``stdin.isatty()``.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        files_dir: Path,
+        user_id: str | None = None,
+        stdin: TextIO | None = None,
+        stdout: TextIO | None = None,
+        interactive: bool | None = None,
+    ) -> None:
+        self.engine = engine
+        self.user_id = user_id or getpass.getuser()
+        self._stdin = stdin or sys.stdin
+        self.out = stdout or sys.stdout
+        self.interactive = self._stdin.isatty() if interactive is None else interactive
+        self._files_dir = files_dir
+        self._lines: asyncio.Queue[object] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._state = "new"
+
+    @property
+    def name(self) -> str:
+        """The platform name."""
+        return PLATFORM
+
+    async def start(self) -> None:
+        """Start reading input. Idempotent."""
+        if self._state == "started":
+            return
+        if self._state == "closed":
+            raise RuntimeError("ConsoleAdapter.start() after aclose()")
+        self._state = "started"
+        loop = asyncio.get_running_loop()
+        # A daemon thread, not the default executor: a read blocked on a terminal must not
+        # keep the process alive at shutdown.
+        threading.Thread(
+            target=self._read_lines, args=(loop,), name="chinwag-console-stdin", daemon=True
+        ).start()
+        if self.interactive:
+            self.out.write(
+                f"chinwag console: chatting with {self.engine.bot_name} as {self.user_id} "
+                f"(model {self.engine.backend.default_model}). /help lists commands; "
+                "Ctrl-D quits.\n"
+            )
+            self.out.flush()
+        self._task = asyncio.create_task(self._serve(), name="chinwag-console")
+
+    async def wait_closed(self) -> None:
+        """Return at end of input, once every line was answered."""
+        if self._task is None:
+            raise RuntimeError("ConsoleAdapter.wait_closed() before start()")
+        await asyncio.shield(self._task)
+
+    async def aclose(self) -> None:
+        """Stop reading. Idempotent."""
+        self._state = "closed"
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.wait([self._task])
+
+    def _read_lines(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            for line in self._stdin:
+                loop.call_soon_threadsafe(self._lines.put_nowait, line.rstrip("\r\n"))
+        except (OSError, ValueError):
+            _log.debug("console input closed", exc_info=True)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(self._lines.put_nowait, _EOF)
+
+    async def next_line(self, prompt: str = "you> ") -> str | None:
+        """The next input line, or ``None`` at end of input."""
+        if self.interactive:
+            self.out.write(prompt)
+            self.out.flush()
+        line = await self._lines.get()
+        if line is _EOF:
+            self._lines.put_nowait(_EOF)  # stay at end of input for later readers
+            return None
+        assert isinstance(line, str)
+        return line
+
+    def begin_reply(self) -> None:
+        """Mark the start of a reply on a terminal."""
+        if self.interactive:
+            self.out.write(f"{self.engine.bot_name}> ")
+            self.out.flush()
+
+    def write_reply(self, text: str) -> None:
+        """Print a whole reply or notice."""
+        self.begin_reply()
+        self.out.write(text.rstrip("\n") + "\n")
+        self.out.flush()
+
+    def save_file(self, filename: str, data: bytes) -> Path:
+        """Save a delivered document and return its path."""
+        self._files_dir.mkdir(parents=True, exist_ok=True)
+        path = self._files_dir / Path(filename).name
+        path.write_bytes(data)
+        return path
+
+    async def _serve(self) -> None:
+        reply = _ConsoleReply(self)
+        while True:
+            line = await self.next_line()
+            if line is None:
+                if self.interactive:
+                    self.out.write("\n")
+                    self.out.flush()
+                return
+            if not line.strip() and self.interactive:
+                continue
+            await self.engine.handle(
+                IncomingMessage(
+                    platform=PLATFORM,
+                    chat_id=self.user_id,
+                    user_id=self.user_id,
+                    text=line,
+                    is_private=True,
+                    user_name=self.user_id,
+                ),
+                reply,
+            )

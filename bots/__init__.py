@@ -1,0 +1,1 @@
+"""The composition root: CLI, settings loading, wiring, the event loop."""

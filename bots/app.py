@@ -1,0 +1,241 @@
+"""Wiring: the LLM backend, the memory store, the engine and the chat adapters.
+
+Everything is built once from settings loaded in :mod:`bots.cli` and torn down in reverse
+order. Adapters run side by side in one process; the engine finishes replies in flight (or
+stores them as interrupted) before the database closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters.memory.store import SqlMemoryStore
+
+from adapters.memory import migrate
+from adapters.memory.settings import MemorySettings, render_url
+from core.engine import Engine
+from core.errors import ConfigError
+from core.ports import ChatAdapter, LLMBackend
+from core.settings import AccessSettings, CoreSettings, LLMSettings
+
+_log = logging.getLogger(__name__)
+
+NO_LLM = (
+    "No language model is configured. Choose one in .env (see .env.example):\n"
+    "  - an OpenAI-compatible API: OPENAI_API_KEY=sk-... (OpenAI, OpenRouter), or\n"
+    "    OPENAI_BASE_URL=http://localhost:11434/v1 (Ollama, vLLM, LM Studio, llama.cpp server)\n"
+    "  - a local GGUF model: LLM_BACKEND=local and LOCAL_MODEL_PATH=/path/to/model.gguf\n"
+    "    (needs llama-cpp-python, which `make install` builds)"
+)
+
+
+class Exit(Exception):
+    """Stop the program with a message and an exit status."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(slots=True)
+class Settings:
+    """All settings, loaded once by the CLI."""
+
+    env_file: Path | None
+    core: CoreSettings
+    llm: LLMSettings
+    access: AccessSettings
+    memory: MemorySettings
+
+    @property
+    def data_dir(self) -> Path:
+        """Where chinwag keeps its files (SQLite database, exports, command hashes)."""
+        return self.memory.data_dir()
+
+
+def build_backend(settings: Settings) -> LLMBackend:
+    """Choose and build the LLM backend (``LLM_BACKEND``, or automatically).
+
+    Automatic: ``openai`` if ``OPENAI_API_KEY`` or ``OPENAI_BASE_URL`` is set; else ``local``
+    if llama-cpp-python is installed (``LOCAL_MODEL_PATH``/``LOCAL_MODELS`` or the bundled
+    SmolLM2); else :class:`Exit` with the ways to configure one.
+    """
+    from bots.config import load
+
+    choice = settings.llm.backend
+    if choice in (None, "openai"):
+        from adapters.llm.openai import OpenAIBackend, OpenAISettings
+
+        openai_settings = load(OpenAISettings, settings.env_file)
+        configured = openai_settings.api_key is not None or openai_settings.base_url is not None
+        if choice == "openai" and not configured:
+            raise ConfigError(
+                "OPENAI_API_KEY",
+                "LLM_BACKEND=openai needs an API key (or OPENAI_BASE_URL for a local server)",
+                example="sk-...",
+            )
+        if configured:
+            return OpenAIBackend(openai_settings, timeout=settings.llm.timeout_seconds)
+    return _local_backend(settings, explicit=choice == "local")
+
+
+def _local_backend(settings: Settings, *, explicit: bool) -> LLMBackend:
+    from bots.config import load
+
+    try:
+        from adapters.llm import local
+    except ImportError as exc:  # pragma: no cover - the module ships with chinwag
+        raise Exit(f"{NO_LLM}\n(local backend unavailable: {exc})") from None
+    reason = local.local_backend_available()
+    local_settings = load(local.LocalSettings, settings.env_file)
+    has_model = local_settings.model_path is not None or bool(local_settings.models)
+    default_path = None if has_model else local.default_model_path()
+    if reason is not None:
+        if explicit or has_model:
+            raise ConfigError(
+                "LLM_BACKEND", f"the local backend can't run here: {reason}", "openai"
+            )
+        raise Exit(NO_LLM)
+    if not has_model and default_path is None:
+        if explicit:
+            raise ConfigError(
+                "LOCAL_MODEL_PATH", "no GGUF model given and none bundled", "/models/model.gguf"
+            )
+        raise Exit(NO_LLM)
+    return local.LocalBackend(local_settings, default_path=default_path)
+
+
+async def open_store(settings: MemorySettings) -> SqlMemoryStore:
+    """Migrate (unless ``DB_AUTO_MIGRATE=false``) and open the memory store."""
+    url = settings.async_url()
+    if settings.db_auto_migrate:
+        await migrate.upgrade(url)
+    elif await migrate.pending(url):
+        _log.warning("the database has pending migrations; run `chinwag db upgrade`")
+    store = SqlMemoryStore(url)
+    await store.start()
+    _log.info("memory: %s", render_url(url))
+    return store
+
+
+@contextlib.asynccontextmanager
+async def running_engine(settings: Settings) -> AsyncIterator[Engine]:
+    """Backend, store and engine, started, and closed in reverse order on exit."""
+    backend = build_backend(settings)
+    store = await open_store(settings.memory)
+    try:
+        await backend.start()
+        _log.info("LLM backend: %s, model %s", backend.name, backend.default_model)
+        engine = Engine(
+            backend=backend,
+            store=store,
+            core=settings.core,
+            llm=settings.llm,
+            access=settings.access,
+        )
+        await engine.start()
+        try:
+            yield engine
+        finally:
+            await engine.aclose()
+    finally:
+        await backend.aclose()
+        await store.aclose()
+
+
+def platform_adapters(settings: Settings, engine: Engine) -> list[ChatAdapter]:
+    """The chat adapters whose tokens are configured."""
+    from bots.config import load
+
+    adapters: list[ChatAdapter] = []
+    from adapters.telegram.settings import TelegramSettings
+
+    telegram = load(TelegramSettings, settings.env_file)
+    if telegram.bot_token is not None:
+        from adapters.telegram.adapter import TelegramAdapter
+
+        adapters.append(TelegramAdapter(telegram, engine))
+    from adapters.discord.settings import DiscordSettings
+
+    discord = load(DiscordSettings, settings.env_file)
+    if discord.bot_token is not None:
+        from adapters.discord.adapter import DiscordAdapter
+
+        adapters.append(DiscordAdapter(discord, engine, data_dir=settings.data_dir))
+    return adapters
+
+
+def has_platform_token(settings: Settings) -> bool:
+    """Whether ``TELEGRAM_BOT_TOKEN`` or ``DISCORD_BOT_TOKEN`` is set."""
+    from adapters.telegram.settings import TelegramSettings
+
+    from adapters.discord.settings import DiscordSettings
+    from bots.config import load
+
+    return (
+        load(TelegramSettings, settings.env_file).bot_token is not None
+        or load(DiscordSettings, settings.env_file).bot_token is not None
+    )
+
+
+async def serve(settings: Settings, *, console: bool) -> None:
+    """Run the configured adapters (or the console) until a signal or the end of input."""
+    async with running_engine(settings) as engine:
+        if console:
+            from adapters.console import ConsoleAdapter
+
+            adapters: list[ChatAdapter] = [
+                ConsoleAdapter(engine, files_dir=settings.data_dir / "exports")
+            ]
+        else:
+            adapters = platform_adapters(settings, engine)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        started: list[ChatAdapter] = []
+        fatal: BaseException | None = None
+        try:
+            for adapter in adapters:
+                await adapter.start()
+                started.append(adapter)
+                _log.info("%s adapter started", adapter.name)
+            waiters = [
+                asyncio.create_task(a.wait_closed(), name=f"chinwag-wait-{a.name}") for a in started
+            ]
+            stopper = asyncio.create_task(stop.wait(), name="chinwag-signal")
+            done, _ = await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in [*waiters, stopper]:
+                if task not in done:
+                    task.cancel()
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    fatal = task.exception()
+                    _log.error("an adapter stopped with an error", exc_info=fatal)
+            if stop.is_set():
+                _log.info("shutting down on a signal")
+        finally:
+            await engine.aclose()  # finish or interrupt replies while adapters can deliver
+            for adapter in reversed(started):
+                try:
+                    await adapter.aclose()
+                except Exception:
+                    _log.exception("closing the %s adapter failed", adapter.name)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+        if fatal is not None:
+            raise Exit(f"stopped: {fatal}", status=1)
+
+
+def stdin_is_terminal() -> bool:
+    """Whether standard input is an interactive terminal."""
+    return sys.stdin is not None and sys.stdin.isatty()

@@ -1,0 +1,197 @@
+"""The ``chinwag`` command line.
+
+``chinwag run`` starts every configured chat adapter (or the console), ``chinwag chat`` the
+console chat; ``chinwag db`` manages the schema, ``chinwag export`` writes a user's history
+and ``chinwag discord sync`` re-registers Discord's slash commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from adapters.memory.settings import MemorySettings
+from bots.app import Exit, Settings, has_platform_token, serve, stdin_is_terminal
+from bots.config import BotSettings, configure_logging, load, secrets_of
+from core.errors import ChinwagError, ConfigError
+from core.settings import AccessSettings, CoreSettings, LLMSettings
+
+_log = logging.getLogger("chinwag")
+
+EPILOG = (
+    "Settings come from the environment, then from the .env file (see .env.example). "
+    "Run `chinwag COMMAND --help` for a command's options."
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chinwag",
+        description="A self-hosted chat bot with memory, for Telegram, Discord and the terminal.",
+        epilog=EPILOG,
+    )
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        default=Path(".env"),
+        help="settings file read after the environment (default: ./.env; missing is fine)",
+    )
+    parser.add_argument("--log-level", help="override LOG_LEVEL (DEBUG, INFO, WARNING, ERROR)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser(
+        "run",
+        help="start every configured chat adapter",
+        description=(
+            "Start the Telegram adapter if TELEGRAM_BOT_TOKEN is set and the Discord adapter if "
+            "DISCORD_BOT_TOKEN is set, in one process, until SIGINT/SIGTERM. With neither set, "
+            "open the console chat when standard input is a terminal, else exit 2."
+        ),
+    )
+    sub.add_parser(
+        "chat",
+        help="chat in the terminal",
+        description=(
+            "Chat with the bot in this terminal as the console user (your login name). When "
+            "standard input is not a terminal, read one message per line and print only the "
+            "replies."
+        ),
+    )
+    db = sub.add_parser("db", help="manage the database schema", description="Alembic migrations.")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = db_sub.add_parser("upgrade", help="apply migrations (default: to head)")
+    up.add_argument("revision", nargs="?", default="head")
+    down = db_sub.add_parser("downgrade", help="revert migrations (default: one step)")
+    down.add_argument("revision", nargs="?", default="-1")
+    db_sub.add_parser("current", help="print the database's revision")
+    export = sub.add_parser(
+        "export",
+        help="write a user's history",
+        description="Write everything stored for one user, as /export does for them.",
+    )
+    export.add_argument("platform", help="telegram, discord or console")
+    export.add_argument("user_id", help="the user's id on that platform")
+    export.add_argument("--format", choices=("md", "json"), default="md")
+    export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    discord = sub.add_parser("discord", help="Discord maintenance")
+    discord_sub = discord.add_subparsers(dest="discord_command", required=True, metavar="ACTION")
+    discord_sub.add_parser("sync", help="register the slash commands with Discord now")
+    return parser
+
+
+def _load(env_file: Path | None) -> Settings:
+    return Settings(
+        env_file=env_file,
+        core=load(CoreSettings, env_file),
+        llm=load(LLMSettings, env_file),
+        access=load(AccessSettings, env_file),
+        memory=load(MemorySettings, env_file),
+    )
+
+
+async def _db(settings: Settings, args: argparse.Namespace) -> None:
+    from adapters.memory import migrate
+
+    url = settings.memory.async_url()
+    if args.db_command == "upgrade":
+        await migrate.upgrade(url, args.revision)
+        print(f"database at {await migrate.current(url)}")
+    elif args.db_command == "downgrade":
+        await migrate.downgrade(url, args.revision)
+        print(f"database at {await migrate.current(url) or 'base (empty)'}")
+    else:
+        print(await migrate.current(url) or "base (empty)")
+
+
+async def _export(settings: Settings, args: argparse.Namespace) -> None:
+    from bots.app import open_store
+    from core.export import export_document
+
+    store = await open_store(settings.memory)
+    try:
+        document = await export_document(
+            store,
+            bot=settings.core.bot_name,
+            platform=args.platform,
+            user_id=args.user_id,
+            fmt=args.format,
+            now=datetime.now(UTC),
+        )
+    finally:
+        await store.aclose()
+    if args.output is None:
+        sys.stdout.write(document)
+    else:
+        args.output.write_text(document, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+
+
+async def _discord_sync(settings: Settings) -> None:
+    from adapters.discord.adapter import sync_commands
+
+    from adapters.discord.settings import DiscordSettings
+    from bots.app import running_engine
+
+    discord = load(DiscordSettings, settings.env_file)
+    if discord.bot_token is None:
+        raise ConfigError("DISCORD_BOT_TOKEN", "is not set", example="MTA1...")
+    async with running_engine(settings) as engine:
+        count = await sync_commands(discord, engine, data_dir=settings.data_dir)
+    print(f"registered {count} slash commands with Discord")
+
+
+def _platform_secrets(env_file: Path | None) -> list[str]:
+    from adapters.telegram.settings import TelegramSettings
+
+    from adapters.discord.settings import DiscordSettings
+
+    return secrets_of(load(TelegramSettings, env_file), load(DiscordSettings, env_file))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``chinwag`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    env_file = args.env_file if args.env_file and args.env_file.exists() else None
+    try:
+        bot = load(BotSettings, env_file)
+        configure_logging(args.log_level or bot.log_level, [])
+        settings = _load(env_file)
+        secrets = secrets_of(settings.core, settings.llm, settings.access, settings.memory)
+        configure_logging(args.log_level or bot.log_level, secrets + _platform_secrets(env_file))
+        if args.command == "run":
+            console = not has_platform_token(settings)
+            if console and not stdin_is_terminal():
+                raise Exit(
+                    "No chat platform is configured: set TELEGRAM_BOT_TOKEN or "
+                    "DISCORD_BOT_TOKEN in .env (or use `chinwag chat` for the terminal)."
+                )
+            asyncio.run(serve(settings, console=console))
+        elif args.command == "chat":
+            asyncio.run(serve(settings, console=True))
+        elif args.command == "db":
+            asyncio.run(_db(settings, args))
+        elif args.command == "export":
+            asyncio.run(_export(settings, args))
+        elif args.command == "discord":
+            asyncio.run(_discord_sync(settings))
+    except ConfigError as exc:
+        print(f"chinwag: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Exit as exc:
+        print(f"chinwag: {exc}", file=sys.stderr)
+        return exc.status
+    except ChinwagError as exc:
+        _log.debug("fatal error", exc_info=True)
+        print(f"chinwag: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Load every component's settings once, and configure logging.
+
+A malformed value stops the program with one clear line naming the variable and an example
+(exit status 2, raised here as :class:`core.errors.ConfigError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError
+
+from core.errors import ConfigError
+from core.settings import ChinwagSettings
+
+_log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=ChinwagSettings)
+
+
+class BotSettings(ChinwagSettings):
+    """What only the composition root uses."""
+
+    EXAMPLES: ClassVar[dict[str, str]] = {"log_level": "INFO"}
+
+    log_level: str = Field(default="INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+
+
+def load(cls: type[S], env_file: Path | None) -> S:
+    """Build ``cls`` from the environment, then ``env_file``.
+
+    Raises:
+        ConfigError: naming the first malformed variable, with an example value. The value
+            itself is never echoed (it may be a secret).
+    """
+    try:
+        return cls(_env_file=env_file)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        prefix = str(cls.model_config.get("env_prefix") or "")
+        variable = f"{prefix}{field}".upper()
+        problem = re.sub(r"^Value error, ", "", str(error["msg"]))
+        raise ConfigError(variable, problem, example=cls.EXAMPLES.get(field)) from None
+
+
+def secrets_of(*settings: ChinwagSettings) -> list[str]:
+    """Every ``SecretStr`` value set in ``settings``, for the log redaction filter."""
+    found: list[str] = []
+    for model in settings:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                found.append(value.get_secret_value())
+    return found
+
+
+class RedactSecrets(logging.Filter):
+    """Replace known secrets in every log record with ``***`` (belt and braces)."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if len(s) >= 6]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the record in place; never drops it."""
+        if not self._secrets:
+            return True
+        message = record.getMessage()
+        redacted = message
+        for secret in self._secrets:
+            redacted = redacted.replace(secret, "***")
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            for secret in self._secrets:
+                if secret in text:
+                    record.exc_text = text.replace(secret, "***")
+                    break
+        return True
+
+
+def configure_logging(level: str, secrets: list[str]) -> None:
+    """Log to stderr at ``level``; keep vendor loggers that print request URLs quiet.
+
+    python-telegram-bot puts the bot token in its request URLs, which ``httpx`` logs at
+    INFO; message bodies are only ever logged by chinwag at DEBUG.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactSecrets(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in ("httpx", "httpcore", "openai", "telegram.ext", "discord.http", "aiosqlite"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("discord").setLevel(max(logging.INFO, root.level))

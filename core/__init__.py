@@ -1,0 +1,1 @@
+"""chinwag's platform-agnostic conversation core: types, ports, the engine and its errors."""

@@ -1,0 +1,114 @@
+"""The one exception tree of chinwag.
+
+Every error the project raises on purpose derives from :class:`ChinwagError`::
+
+    ChinwagError
+    ├── ConfigError              a setting is missing or malformed (names the variable)
+    ├── BackendError             the LLM backend failed
+    │   ├── BackendUnavailable   cannot reach the server / model not loaded / queue full
+    │   ├── BackendTimeout       no first or next chunk within the timeout
+    │   ├── RateLimited          the server said 429 (``retry_after`` seconds, if given)
+    │   └── ContextTooLong       the prompt does not fit the model's context
+    ├── AdapterError             a chat platform failed
+    └── StoreError               the memory store failed
+
+Vendor exceptions are translated into these at exactly one boundary per implementation
+(``raise ... from exc``). ``user_message`` is the short, safe text a chat user may see; the
+operator's log gets the traceback.
+"""
+
+from __future__ import annotations
+
+
+class ChinwagError(Exception):
+    """Root of every error chinwag raises on purpose."""
+
+    user_message: str = "Something went wrong on my side. Please try again."
+
+
+class ConfigError(ChinwagError):
+    """A setting is missing or malformed.
+
+    Attributes:
+        variable: the environment variable to set, e.g. ``"DATABASE_URL"``.
+        example: an example of a valid value.
+    """
+
+    def __init__(self, variable: str, problem: str, example: str | None = None) -> None:
+        self.variable = variable
+        self.problem = problem
+        self.example = example
+        text = f"{variable}: {problem}"
+        if example:
+            text += f" (example: {variable}={example})"
+        super().__init__(text)
+
+
+class BackendError(ChinwagError):
+    """The LLM backend failed; ``user_message`` says so briefly."""
+
+    user_message = "The language model failed to answer. Please try again."
+
+
+class BackendUnavailable(BackendError):
+    """The backend cannot be reached or cannot take the request now."""
+
+    user_message = "The language model is unavailable right now. Please try again shortly."
+
+
+class BackendBusy(BackendUnavailable):
+    """A local backend's queue is full."""
+
+    user_message = "I'm busy with other conversations right now. Please try again in a minute."
+
+
+class BackendTimeout(BackendError):
+    """No first or next chunk arrived within the configured timeout.
+
+    Attributes:
+        timeout: the limit in seconds that was exceeded.
+    """
+
+    user_message = "The language model took too long to answer. Please try again."
+
+    def __init__(self, timeout: float, message: str | None = None) -> None:
+        self.timeout = timeout
+        super().__init__(message or f"no response within {timeout:g}s")
+
+
+class RateLimited(BackendError):
+    """The backend refused the request for now.
+
+    Attributes:
+        retry_after: seconds until a retry may succeed, when the server said.
+    """
+
+    user_message = "The language model is rate-limited right now. Please try again in a moment."
+
+    def __init__(self, retry_after: float | None = None, message: str | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message or f"rate limited (retry after {retry_after}s)")
+
+
+class ContextTooLong(BackendError):
+    """The prompt does not fit the model's context window.
+
+    Attributes:
+        limit: the model's context size in tokens, when known.
+    """
+
+    user_message = "This conversation is too long for the model. Try /reset to start afresh."
+
+    def __init__(self, limit: int | None = None, message: str | None = None) -> None:
+        self.limit = limit
+        super().__init__(message or "context too long")
+
+
+class AdapterError(ChinwagError):
+    """A chat platform failed (network, refused request, missing permission)."""
+
+
+class StoreError(ChinwagError):
+    """The memory store failed to read or write."""
+
+    user_message = "I couldn't reach my memory just now. Please try again."

@@ -1,0 +1,263 @@
+"""The ports (Protocols) the core talks through: LLM backends, memory stores, chat adapters.
+
+Implementations live in ``adapters/`` and are named ``<Vendor><Role>``: ``OpenAIBackend``,
+``LocalBackend``, ``SqlMemoryStore``, ``TelegramAdapter``, ``DiscordAdapter``,
+``ConsoleAdapter``. Every implementation has an explicit, idempotent lifecycle
+(``start()`` / ``aclose()``) and raises ``RuntimeError`` when used before ``start()`` or after
+``aclose()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import date
+from typing import Protocol, runtime_checkable
+
+from core.types import (
+    BackendEvent,
+    ChatMessage,
+    CompletionRequest,
+    Conversation,
+    ConversationKey,
+    ExportedConversation,
+    MessageStatus,
+    NewMessage,
+    PlatformStats,
+    Preferences,
+    StoredMessage,
+    UsageSummary,
+)
+
+
+@runtime_checkable
+class LLMBackend(Protocol):
+    """A language model the engine streams replies from.
+
+    Errors are raised as ``core.errors.BackendError`` subclasses only.
+    """
+
+    @property
+    def name(self) -> str:
+        """Short name for logs, e.g. ``"openai"`` or ``"local"``."""
+        ...
+
+    @property
+    def default_model(self) -> str:
+        """The model used when a conversation chose none."""
+        ...
+
+    def models(self) -> Sequence[str]:
+        """The models ``/model`` may switch between (the default among them)."""
+        ...
+
+    def context_window(self, model: str) -> int:
+        """The model's context size in tokens (the engine caps it by ``LLM_CONTEXT_WINDOW``)."""
+        ...
+
+    def tokenizer_name(self, model: str) -> str:
+        """An id of the tokenizer ``count_tokens`` uses for ``model`` (stored with counts)."""
+        ...
+
+    async def count_tokens(self, text: str, model: str) -> int:
+        """Count the tokens of ``text`` (content only) with ``model``'s tokenizer."""
+        ...
+
+    def message_overhead(self, model: str) -> int:
+        """Tokens the chat format adds per message (role markers), added to content counts."""
+        ...
+
+    def stream(self, request: CompletionRequest) -> AsyncIterator[BackendEvent]:
+        """Stream the completion of ``request`` as events.
+
+        Closing the iterator early (``aclose()``) cancels the generation and releases the
+        connection or worker promptly. Raises ``BackendError`` subclasses while iterating.
+        """
+        ...
+
+    async def check_model(self, model: str) -> None:
+        """Raise ``BackendError`` (with a clear ``user_message``) if ``model`` cannot be used."""
+        ...
+
+    async def start(self) -> None:
+        """Open connections / load the default model. Idempotent."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release everything. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class MemoryStore(Protocol):
+    """Dialogue memory. Every write returns only once it is committed.
+
+    Raises ``core.errors.StoreError`` on failure.
+    """
+
+    async def start(self) -> None:
+        """Connect (migrations are applied by the composition root). Idempotent."""
+        ...
+
+    async def aclose(self) -> None:
+        """Flush pending writes and close. Idempotent."""
+        ...
+
+    # --- conversations and messages ---
+
+    async def current_conversation(self, key: ConversationKey) -> Conversation:
+        """The newest conversation of ``key``, created if there is none."""
+        ...
+
+    async def new_conversation(self, key: ConversationKey) -> Conversation:
+        """Start a new conversation for ``key`` (``/reset``); older ones stay stored."""
+        ...
+
+    async def append_messages(
+        self, conversation_id: int, messages: Sequence[NewMessage]
+    ) -> list[StoredMessage]:
+        """Append ``messages`` in order in one transaction, with consecutive sequence numbers.
+
+        Platform message ids given in a ``NewMessage`` are recorded for it. Raises
+        ``StoreError`` if one of those platform ids is already recorded.
+        """
+        ...
+
+    async def finish_message(
+        self,
+        message_id: int,
+        *,
+        content: str,
+        status: MessageStatus,
+        token_count: int | None = None,
+        tokenizer: str | None = None,
+        platform_chat_id: str | None = None,
+        platform_message_ids: Sequence[str] = (),
+    ) -> None:
+        """Set the final content and status of a message and record its platform ids."""
+        ...
+
+    async def recent_messages(
+        self, conversation_id: int, *, limit: int, before_seq: int | None = None
+    ) -> list[StoredMessage]:
+        """Up to ``limit`` messages usable in a prompt, newest first, with seq < ``before_seq``.
+
+        Usable means status complete or interrupted with non-empty content. The cost depends
+        on ``limit``, not on how many messages the conversation holds.
+        """
+        ...
+
+    async def find_by_platform_message(
+        self, bot: str, platform: str, chat_id: str, platform_message_id: str
+    ) -> StoredMessage | None:
+        """The stored message a platform message id belongs to, if any."""
+        ...
+
+    async def reply_to(self, message: StoredMessage) -> StoredMessage | None:
+        """The first assistant message after ``message`` in its conversation, if any."""
+        ...
+
+    async def mark_interrupted(self, bot: str) -> int:
+        """Mark ``bot``'s messages left in progress (by a crash) interrupted; return how many."""
+        ...
+
+    # --- preferences ---
+
+    async def get_preferences(self, key: ConversationKey) -> Preferences:
+        """The slot's preferences (defaults when none were saved)."""
+        ...
+
+    async def save_preferences(self, key: ConversationKey, preferences: Preferences) -> None:
+        """Replace the slot's preferences."""
+        ...
+
+    # --- usage, privacy, statistics ---
+
+    async def add_usage(
+        self,
+        bot: str,
+        platform: str,
+        user_id: str,
+        day: date,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        messages: int = 1,
+    ) -> None:
+        """Add to the user's pseudonymous usage counters for ``day`` (UTC)."""
+        ...
+
+    async def get_usage(self, bot: str, platform: str, user_id: str, day: date) -> UsageSummary:
+        """The user's tokens on ``day`` and in total."""
+        ...
+
+    async def forget_user(self, bot: str, platform: str, user_id: str) -> int:
+        """Delete everything stored about the user but the pseudonymous usage counters.
+
+        That is: conversations keyed by the user (with all their messages), the user's own
+        messages in shared conversations, their preferences and platform ids. Returns the
+        number of messages deleted.
+        """
+        ...
+
+    async def export_user(
+        self, bot: str, platform: str, user_id: str
+    ) -> list[ExportedConversation]:
+        """The user's conversations (and own messages in shared ones), oldest first."""
+        ...
+
+    async def stats(self, bot: str, day: date) -> list[PlatformStats]:
+        """Counts per platform, in total and on ``day`` (UTC)."""
+        ...
+
+
+class ReplyChannel(Protocol):
+    """Where the engine sends the answer to one incoming message; built by the adapter.
+
+    Methods raise ``core.errors.AdapterError`` when the platform refuses; the engine logs it
+    and goes on serving.
+    """
+
+    async def send_text(self, text: str) -> Sequence[str]:
+        """Send a short plain-text notice (command output, error); return platform ids."""
+        ...
+
+    async def stream_reply(self, deltas: AsyncIterator[str]) -> Sequence[str]:
+        """Show the reply while ``deltas`` yields text, until it ends; return platform ids.
+
+        The iterator ends normally on completion, on ``/stop`` and on backend errors (the
+        engine sends the error notice afterwards), so the adapter always finalises what it
+        showed. Must deliver the complete text it received.
+        """
+        ...
+
+    async def ask_confirmation(self, prompt: str, action_id: str) -> None:
+        """Ask yes/no; the answer comes back as ``Engine.handle_action(IncomingAction)``."""
+        ...
+
+    async def send_file(self, filename: str, data: bytes, caption: str = "") -> None:
+        """Deliver a document (``/export``)."""
+        ...
+
+
+class ChatAdapter(Protocol):
+    """A chat platform connection feeding the engine."""
+
+    @property
+    def name(self) -> str:
+        """The platform name, e.g. ``"telegram"``."""
+        ...
+
+    async def start(self) -> None:
+        """Connect and begin serving; returns once serving. Idempotent."""
+        ...
+
+    async def wait_closed(self) -> None:
+        """Return once the adapter stopped by itself (console end of input); raise if fatal."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop taking messages, let replies in flight finish, disconnect. Idempotent."""
+        ...
+
+
+__all__ = ["ChatAdapter", "ChatMessage", "LLMBackend", "MemoryStore", "ReplyChannel"]

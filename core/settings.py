@@ -1,0 +1,115 @@
+"""Settings the core owns, and the base every component's settings derive from.
+
+Each component owns one pydantic-settings model with a flat, conventional prefix
+(``OPENAI_``, ``TELEGRAM_``, ``LLM_``...). ``bots/`` builds them once at start, from the
+environment first and then ``.env``, and passes them down; nothing reads settings at import
+time. An empty value counts as unset. Lists are comma-separated.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from core.types import MemoryScope
+
+
+def split_csv(value: Any) -> Any:
+    """Turn ``"a, b,,c"`` into ``["a", "b", "c"]``; lists pass through."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode, BeforeValidator(split_csv)]
+"""A ``list[str]`` read from a comma-separated variable."""
+
+
+class ChinwagSettings(BaseSettings):
+    """Base of every component's settings: environment first, then ``.env``.
+
+    ``EXAMPLES`` maps a field name to an example value, used in the one-line error that
+    stops the program when a value is malformed.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=False,
+    )
+    EXAMPLES: ClassVar[dict[str, str]] = {}
+
+
+class CoreSettings(ChinwagSettings):
+    """The bot's identity and the conversation engine's behaviour."""
+
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "bot_name": "chinwag",
+        "system_prompt": "You are a helpful assistant.",
+        "memory_scope_groups": "user",
+    }
+
+    bot_name: str = Field(default="chinwag", min_length=1, max_length=64)
+    system_prompt: str = "You are a helpful, concise assistant."
+    memory_scope_groups: MemoryScope = MemoryScope.USER
+
+
+class LLMSettings(ChinwagSettings):
+    """Generation settings shared by every backend (``LLM_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLM_")
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "backend": "openai",
+        "temperature": "0.7",
+        "max_reply_tokens": "1024",
+        "context_window": "8192",
+        "timeout_seconds": "30",
+        "max_concurrency": "8",
+    }
+
+    backend: str | None = Field(default=None, pattern=r"^(openai|local)$")
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_reply_tokens: int = Field(default=1024, ge=1, le=1_000_000)
+    context_window: int | None = Field(default=None, ge=256)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    max_concurrency: int = Field(default=8, ge=1, le=1024)
+
+
+def _check_subjects(values: list[str]) -> list[str]:
+    for value in values:
+        platform, sep, ident = value.partition(":")
+        if not sep or not platform.strip() or not ident.strip():
+            raise ValueError(f"{value!r} is not of the form platform:id")
+    return values
+
+
+Subjects = Annotated[
+    list[str], NoDecode, BeforeValidator(split_csv), AfterValidator(_check_subjects)
+]
+"""Comma-separated ``platform:id`` entries, e.g. ``telegram:123,discord:456,console:alice``."""
+
+
+class AccessSettings(ChinwagSettings):
+    """Who may use the bot, who administers it, and the per-user limits."""
+
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "allowed_users": "telegram:123456,discord:987654,console:alice",
+        "allowed_chats": "telegram:-1001234567890",
+        "admin_users": "telegram:123456",
+        "rate_limit_per_minute": "20",
+        "daily_token_quota": "50000",
+        "max_input_chars": "8000",
+    }
+
+    allowed_users: Subjects = Field(default_factory=list)
+    allowed_chats: Subjects = Field(default_factory=list)
+    admin_users: Subjects = Field(default_factory=list)
+    rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    daily_token_quota: int | None = Field(default=None, ge=1)
+    max_input_chars: int = Field(default=16000, ge=1)

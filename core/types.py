@@ -1,0 +1,278 @@
+"""Platform-neutral value types shared by the core, the adapters and the backends.
+
+Adapters build these at the edge from vendor objects (``telegram.Update``,
+``discord.Message``); the core never sees a vendor type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Role(StrEnum):
+    """Who wrote a message in the dialogue."""
+
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class MessageStatus(StrEnum):
+    """The life of a stored message."""
+
+    COMPLETE = "complete"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    IN_PROGRESS = "in_progress"
+
+
+class MemoryScope(StrEnum):
+    """How memory is kept in group chats."""
+
+    USER = "user"  # each user has their own memory in a group
+    CHAT = "chat"  # the whole chat shares one memory
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """One message a user sent to the bot, as any platform sees it.
+
+    Attributes:
+        platform: ``"telegram"``, ``"discord"``, ``"console"``...
+        chat_id: the chat, channel or DM the message arrived in.
+        user_id: the author on that platform.
+        text: the text; empty when the message carries no text.
+        message_id: the platform's id of this message (for redelivery detection).
+        thread_id: forum topic or thread id, when the platform has one.
+        is_private: a one-to-one chat with the bot.
+        user_name: a display name to show the model in shared memory.
+        unsupported: what the message carried instead of text (``"sticker"``,
+            ``"photo"``...), or ``None`` for a text message.
+        reply_to_message_id: the platform id of the message this one replies to.
+    """
+
+    platform: str
+    chat_id: str
+    user_id: str
+    text: str
+    message_id: str | None = None
+    thread_id: str | None = None
+    is_private: bool = True
+    user_name: str | None = None
+    unsupported: str | None = None
+    reply_to_message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingAction:
+    """A button press (or console yes/no) answering a confirmation the engine asked for.
+
+    Attributes:
+        action_id: the id the engine passed to ``ReplyChannel.ask_confirmation``.
+        accepted: whether the user confirmed.
+    """
+
+    platform: str
+    chat_id: str
+    user_id: str
+    action_id: str
+    accepted: bool
+    thread_id: str | None = None
+    is_private: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationKey:
+    """What identifies a conversation slot; ``/reset`` starts a new conversation in it.
+
+    ``thread_id`` is ``None`` outside threads/topics; ``user_id`` is ``None`` when the
+    whole chat shares one memory.
+    """
+
+    bot: str
+    platform: str
+    chat_id: str
+    thread_id: str | None
+    user_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A function the model may call (JSON-schema parameters)."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A complete call of a tool by the model; ``arguments`` is a JSON string."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of a prompt sent to a backend."""
+
+    role: Role
+    content: str
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    """What the engine asks a backend to complete."""
+
+    messages: Sequence[ChatMessage]
+    model: str
+    temperature: float | None = None
+    max_tokens: int | None = None
+    tools: Sequence[ToolSpec] = ()
+
+
+# --- events a backend streams -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of reply text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call; pieces with the same ``index`` concatenate."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage for the whole request, as the backend counted it."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePosition:
+    """The request waits for a busy backend; ``position`` 1 is next in line."""
+
+    position: int
+
+
+BackendEvent = TextDelta | ToolCallDelta | Usage | QueuePosition
+
+
+# --- what the store keeps -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A stored conversation."""
+
+    id: int
+    key: ConversationKey
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to append to a conversation.
+
+    ``platform_message_ids`` are the platform's ids of the message(s) that carried it,
+    all in ``platform_chat_id``.
+    """
+
+    role: Role
+    content: str
+    author_id: str | None = None
+    status: MessageStatus = MessageStatus.COMPLETE
+    token_count: int | None = None
+    tokenizer: str | None = None
+    extra: Mapping[str, Any] | None = None
+    platform_chat_id: str | None = None
+    platform_message_ids: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as stored, with its per-conversation sequence number."""
+
+    id: int
+    conversation_id: int
+    seq: int
+    role: Role
+    content: str
+    author_id: str | None
+    status: MessageStatus
+    token_count: int | None
+    tokenizer: str | None
+    extra: Mapping[str, Any] | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """Per-slot preferences that outlive ``/reset``; ``None`` means the default."""
+
+    persona: str | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandInfo:
+    """A command the engine answers, for adapters to register (menus, slash commands)."""
+
+    name: str
+    description: str
+    argument: str | None = None  # e.g. "text" for /system <text>
+    admin_only: bool = False
+    choices: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """A user's token usage: today (UTC) and in total, kept pseudonymously."""
+
+    tokens_today: int
+    tokens_total: int
+    messages_today: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformStats:
+    """Counts for ``/stats`` on one platform."""
+
+    platform: str
+    users_total: int
+    users_today: int
+    conversations_total: int
+    conversations_today: int
+    messages_total: int
+    messages_today: int
+    tokens_total: int
+    tokens_today: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedConversation:
+    """One conversation with the messages ``/export`` delivers for a user."""
+
+    conversation: Conversation
+    messages: Sequence[StoredMessage]

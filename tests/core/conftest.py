@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from adapters.memory import migrate
+from adapters.memory.store import SqlMemoryStore
+from core.engine import Engine
+from core.settings import AccessSettings, CoreSettings, LLMSettings
+from core.types import IncomingMessage
+from tests.fakes.scripted import ScriptedBackend
+
+
+class Clock:
+    """A fake UTC clock tests move by hand instead of sleeping."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        # Today at noon UTC: the store stamps rows with the real time, so the day must match.
+        self.now = start or datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+async def store(tmp_path) -> AsyncIterator[SqlMemoryStore]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'memory.db'}"
+    await migrate.upgrade(url)
+    memory = SqlMemoryStore(url)
+    await memory.start()
+    yield memory
+    await memory.aclose()
+
+
+@pytest.fixture
+def backend() -> ScriptedBackend:
+    return ScriptedBackend()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+EngineFactory = Callable[..., Engine]
+
+
+@pytest.fixture
+async def make_engine(store, backend, clock) -> AsyncIterator[EngineFactory]:
+    engines: list[Engine] = []
+
+    def factory(
+        *,
+        bot_name: str = "testbot",
+        max_concurrency: int = 8,
+        context_window: int | None = None,
+        max_reply_tokens: int = 64,
+        memory_scope: str = "user",
+        system_prompt: str = "You are a test bot.",
+        backend_override: Any = None,
+        **access: Any,
+    ) -> Engine:
+        engine = Engine(
+            backend=backend_override or backend,
+            store=store,
+            core=CoreSettings(
+                _env_file=None,
+                bot_name=bot_name,
+                system_prompt=system_prompt,
+                memory_scope_groups=memory_scope,
+            ),
+            llm=LLMSettings(
+                _env_file=None,
+                max_concurrency=max_concurrency,
+                context_window=context_window,
+                max_reply_tokens=max_reply_tokens,
+            ),
+            access=AccessSettings(_env_file=None, **access),
+            clock=clock,
+        )
+        engines.append(engine)
+        return engine
+
+    yield factory
+    for engine in engines:
+        await engine.aclose(grace=1)
+
+
+def dm(text: str, user: str = "alice", *, message_id: str | None = None, **kw: Any) -> IncomingMessage:
+    """A private text message from ``user`` on the test platform."""
+    return IncomingMessage(
+        platform=kw.pop("platform", "test"),
+        chat_id=kw.pop("chat_id", user),
+        user_id=user,
+        text=text,
+        message_id=message_id,
+        **kw,
+    )

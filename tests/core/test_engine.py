@@ -1,0 +1,278 @@
+"""The conversation engine, through the real SQLite store and an in-process backend."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from core.errors import BackendUnavailable, ContextTooLong, RateLimited
+from core.types import ConversationKey, MessageStatus, Role
+from tests.core.conftest import dm
+from tests.fakes.channel import RecordingChannel
+
+
+async def history(store, engine, user="alice", platform="test", chat=None):
+    """Every stored message of the user's current conversation, whatever its status."""
+    key = ConversationKey(engine.bot_name, platform, chat or user, None, user)
+    conversation = await store.current_conversation(key)
+    exported = await store.export_user(engine.bot_name, platform, user)
+    (item,) = [e for e in exported if e.conversation.id == conversation.id]
+    return list(item.messages)
+
+
+async def test_reply_streams_and_is_stored(make_engine, store):
+    engine = make_engine()
+    out = RecordingChannel()
+    await engine.handle(dm("hello there", message_id="1"), out)
+    assert out.replies == ["echo: hello there | remembered: nothing"]
+    rows = await history(store, engine)
+    assert [(r.role, r.content, r.status) for r in rows] == [
+        (Role.USER, "hello there", MessageStatus.COMPLETE),
+        (Role.ASSISTANT, "echo: hello there | remembered: nothing", MessageStatus.COMPLETE),
+    ]
+    assert rows[0].token_count == 2 and rows[0].author_id == "alice"
+
+
+async def test_memory_recall_and_users_kept_apart(make_engine):
+    engine = make_engine()
+    a, b = RecordingChannel(), RecordingChannel()
+    await engine.handle(dm("my name is Ada", "alice"), a)
+    await engine.handle(dm("my name is Bob", "bob"), b)
+    await engine.handle(dm("who am I?", "alice"), a)
+    assert a.replies[-1] == "echo: who am I? | remembered: my name is Ada"
+    assert "Bob" not in a.replies[-1]
+
+
+async def test_many_conversations_at_once_all_answered_in_order(make_engine, store, backend):
+    rng = random.Random(7)
+    backend.delay_for = lambda request: rng.random() * 0.002
+    engine = make_engine(max_concurrency=16)
+    outs = {f"u{i}": RecordingChannel() for i in range(100)}
+    futures = [
+        engine.submit(dm(f"{user} message {n}", user, message_id=f"{user}-{n}"), outs[user])
+        for n in range(20)
+        for user in outs
+    ]
+    await asyncio.wait_for(asyncio.gather(*futures), timeout=90)
+    for user, out in outs.items():
+        assert len(out.replies) == 20
+        assert [r.split(" | ")[0] for r in out.replies] == [
+            f"echo: {user} message {n}" for n in range(20)
+        ]
+        rows = await history(store, engine, user)
+        assert [r.content for r in rows if r.role is Role.USER] == [
+            f"{user} message {n}" for n in range(20)
+        ]
+        assert [r.seq for r in rows] == sorted(r.seq for r in rows)
+        assert all(r.status is MessageStatus.COMPLETE for r in rows)
+    assert backend.peak <= 16
+
+
+async def test_held_reply_does_not_block_other_conversations(make_engine, backend):
+    engine = make_engine()
+    gate = asyncio.Event()
+    backend.gate = gate
+    slow = RecordingChannel()
+    slow_done = engine.submit(dm("slow", "alice"), slow)
+    await asyncio.sleep(0.05)
+    backend.gate = None  # later requests pass straight through
+    fast = RecordingChannel()
+    await asyncio.wait_for(engine.handle(dm("fast", "bob"), fast), timeout=5)
+    assert fast.replies == ["echo: fast | remembered: nothing"]
+    assert not slow_done.done()
+    gate.set()
+    await asyncio.wait_for(slow_done, timeout=5)
+    assert slow.replies == ["echo: slow | remembered: nothing"]
+
+
+async def test_peak_concurrency_equals_cap(make_engine, backend):
+    gate = asyncio.Event()
+    backend.gate = gate
+    engine = make_engine(max_concurrency=3)
+    futures = [engine.submit(dm("hi", f"user{i}"), RecordingChannel()) for i in range(10)]
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if backend.active == 3:
+            break
+    await asyncio.sleep(0.05)
+    assert backend.active == 3  # the others wait for a slot
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
+    assert backend.peak == 3
+    assert backend.completed == 10
+
+
+async def test_trimming_keeps_newest_turns_and_stored_history(make_engine, store, backend):
+    # window 120 words minus a 40-word reply reserve: room for only a few turns
+    engine = make_engine(context_window=256, max_reply_tokens=128)
+    out = RecordingChannel()
+    for n in range(12):
+        await engine.handle(dm(f"turn {n} " + "word " * 10), out)
+    prompt = backend.calls[-1].messages
+    assert prompt[0].role is Role.SYSTEM
+    users = [m.content for m in prompt if m.role is Role.USER]
+    assert users[-1].startswith("turn 11")
+    assert not any(u.startswith("turn 0 ") for u in users)
+    assert 1 < len(users) < 12
+    rows = await history(store, engine)
+    assert len(rows) == 24  # trimming never deletes stored turns
+
+
+async def test_context_too_long_retries_once_with_smaller_budget(make_engine, backend):
+    # budget 256 - 64 = 192 words: the 60-word first turn fits; half the budget (96) does not
+    engine = make_engine(context_window=256, max_reply_tokens=64)
+    out = RecordingChannel()
+    await engine.handle(dm("long " * 60), out)
+    backend.failures.append(ContextTooLong(limit=100))
+    await engine.handle(dm("two"), out)
+    assert out.replies[-1] == "echo: two | remembered: nothing"
+    assert len(backend.calls) == 3
+    first_try, retry = backend.calls[1], backend.calls[2]
+    assert any(m.content.startswith("long long") for m in first_try.messages)
+    assert not any(m.content.startswith("long long") for m in retry.messages)
+
+
+async def test_backend_fault_gives_short_message_and_next_message_works(make_engine, store, backend):
+    engine = make_engine()
+    out = RecordingChannel()
+    backend.failures.append(RateLimited(retry_after=3))
+    await engine.handle(dm("first"), out)
+    assert out.texts == [RateLimited.user_message]
+    backend.failures.append(BackendUnavailable("down"))
+    await engine.handle(dm("second"), out)
+    assert out.texts[-1] == BackendUnavailable.user_message
+    await engine.handle(dm("third"), out)
+    assert out.replies[-1] == "echo: third | remembered: first; second"
+    statuses = [r.status for r in await history(store, engine) if r.role is Role.ASSISTANT]
+    assert statuses == [MessageStatus.FAILED, MessageStatus.FAILED, MessageStatus.COMPLETE]
+
+
+async def test_mid_stream_failure_keeps_partial_reply_as_interrupted(make_engine, store, backend):
+    engine = make_engine()
+    out = RecordingChannel()
+    backend.chunk_size = 4
+    backend.mid_stream_failures.append(BackendUnavailable("dropped"))
+    await engine.handle(dm("hello"), out)
+    assert out.replies == ["echo"]
+    assert out.notices == [BackendUnavailable.user_message]
+    rows = await history(store, engine)
+    assert (rows[-1].content, rows[-1].status) == ("echo", MessageStatus.INTERRUPTED)
+
+
+async def test_stop_closes_stream_stores_interrupted_and_queue_continues(make_engine, store, backend):
+    backend.chunk_size = 2
+    backend.delay = 0.02
+    engine = make_engine()
+    out = RecordingChannel()
+    first = engine.submit(dm("a long story please"), out)
+    queued = engine.submit(dm("after the stop"), out)
+    await asyncio.wait_for(out.stream_started.wait(), 5)
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(engine.handle(dm("/stop"), out), 5)
+    await asyncio.wait_for(asyncio.gather(first, queued), 10)
+    assert backend.closed_early == 1
+    assert "Stopped." in out.notices
+    rows = await history(store, engine)
+    assistants = [r for r in rows if r.role is Role.ASSISTANT]
+    assert assistants[0].status is MessageStatus.INTERRUPTED
+    assert 0 < len(assistants[0].content) < len("echo: a long story please | remembered: nothing")
+    assert assistants[1].status is MessageStatus.COMPLETE
+    assert out.replies[-1].startswith("echo: after the stop")
+
+
+async def test_stop_with_nothing_running(make_engine):
+    out = RecordingChannel()
+    await make_engine().handle(dm("/stop"), out)
+    assert out.notices == ["There's no reply in progress to stop."]
+
+
+async def test_bad_input_gets_clear_reply_and_nothing_stored(make_engine, store, backend):
+    engine = make_engine(max_input_chars=100)
+    out = RecordingChannel()
+    await engine.handle(dm("   "), out)
+    await engine.handle(dm("x" * 101), out)
+    await engine.handle(dm("", unsupported="sticker"), out)
+    assert "empty" in out.notices[0]
+    assert "101 characters" in out.notices[1] and "100" in out.notices[1]
+    assert "sticker" in out.notices[2] and "text" in out.notices[2]
+    assert backend.calls == []
+    assert await history(store, engine) == []
+
+
+async def test_redelivered_message_answered_once(make_engine, backend):
+    engine = make_engine()
+    out = RecordingChannel()
+    await engine.handle(dm("hi", message_id="42"), out)
+    await engine.handle(dm("hi", message_id="42"), out)
+    assert len(out.replies) == 1 and len(backend.calls) == 1
+
+
+async def test_redelivered_message_with_interrupted_reply_is_answered(make_engine, store, backend):
+    engine = make_engine()
+    out = RecordingChannel()
+    backend.mid_stream_failures.append(BackendUnavailable("crash"))
+    backend.chunk_size = 4
+    await engine.handle(dm("hi", message_id="42"), out)
+    backend.chunk_size = 64
+    await engine.handle(dm("hi", message_id="42"), out)
+    assert out.replies[-1] == "echo: hi | remembered: nothing"
+    rows = await history(store, engine)
+    assert [r.content for r in rows if r.role is Role.USER] == ["hi"]
+
+
+async def test_crash_leftovers_marked_interrupted_for_this_bot_only(make_engine, store, backend):
+    gate = asyncio.Event()
+    backend.gate = gate
+    crashed = make_engine(bot_name="testbot")
+    other = make_engine(bot_name="otherbot")
+    pending = [
+        crashed.submit(dm("one"), RecordingChannel()),
+        other.submit(dm("two"), RecordingChannel()),
+    ]
+    await asyncio.sleep(0.1)
+    # A new process of "testbot" starts while the old one is stuck: its sweep must only
+    # touch testbot's rows.
+    restarted = make_engine(bot_name="testbot")
+    await restarted.start()
+    mine = await history(store, crashed)
+    theirs = await history(store, other)
+    assert mine[-1].status is MessageStatus.INTERRUPTED
+    assert theirs[-1].status is MessageStatus.IN_PROGRESS
+    gate.set()
+    await asyncio.gather(*pending)
+
+
+async def test_adapter_failure_does_not_break_the_engine(make_engine, store):
+    engine = make_engine()
+    broken = RecordingChannel(fail_delivery=True)
+    await engine.handle(dm("one"), broken)
+    ok = RecordingChannel()
+    await engine.handle(dm("two"), ok)
+    assert ok.replies == ["echo: two | remembered: one"]
+    rows = await history(store, engine)
+    assert rows[1].status is MessageStatus.FAILED
+
+
+async def test_group_shared_memory_names_speakers(make_engine, backend):
+    engine = make_engine(memory_scope="chat")
+    out = RecordingChannel()
+    await engine.handle(dm("I like tea", "alice", chat_id="g1", is_private=False, user_name="Alice"), out)
+    await engine.handle(dm("I like coffee", "bob", chat_id="g1", is_private=False, user_name="Bob"), out)
+    users = [m.content for m in backend.calls[-1].messages if m.role is Role.USER]
+    assert users == ["Alice: I like tea", "Bob: I like coffee"]
+
+
+async def test_group_user_scope_keeps_members_apart(make_engine, backend):
+    engine = make_engine(memory_scope="user")
+    out = RecordingChannel()
+    await engine.handle(dm("secret of alice", "alice", chat_id="g1", is_private=False), out)
+    await engine.handle(dm("hello", "bob", chat_id="g1", is_private=False), out)
+    assert out.replies[-1] == "echo: hello | remembered: nothing"
+
+
+async def test_two_bots_sharing_a_database_never_mix(make_engine):
+    first, second = make_engine(bot_name="one"), make_engine(bot_name="two")
+    out = RecordingChannel()
+    await first.handle(dm("remember apples"), out)
+    await second.handle(dm("what do you know?"), out)
+    assert out.replies[-1] == "echo: what do you know? | remembered: nothing"
