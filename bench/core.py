@@ -1,0 +1,247 @@
+"""How much the conversation core costs per message: ``python -m bench.core [--smoke]``.
+
+Pushes messages through the real engine and the real SQL store with an instant in-process
+backend, so what is measured is chinwag itself:
+
+* throughput (messages/s) and per-message overhead (time from submitting a message until its
+  reply is stored, minus the time spent inside the backend), p50 and p99, for 1 user x 2,000
+  messages and for 100 users x 200 messages each, every user sending the next message when
+  the reply to the last one arrived;
+* the prompt-build time for a conversation holding 100 and 100,000 stored messages, with a
+  1,024-token window that both fill (no in-memory history cache exists to help).
+
+On SQLite (a file in a temporary directory) and, when ``CHINWAG_TEST_POSTGRES_URL`` is set, on
+PostgreSQL (a database created for the run and dropped afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapters.memory import migrate
+from adapters.memory.store import SqlMemoryStore
+from core.engine import Engine
+from core.prompt import PromptBuilder
+from core.settings import AccessSettings, CoreSettings, LLMSettings
+from core.types import (
+    BackendEvent,
+    CompletionRequest,
+    ConversationKey,
+    IncomingMessage,
+    MessageStatus,
+    NewMessage,
+    Role,
+)
+from tests.fakes.scripted import ScriptedBackend
+
+
+# About 70 of the seeded messages: both conversations fill the same window, so any
+# difference comes from how much history is stored, which is what the target is about.
+PROMPT_BUDGET = 1024
+
+
+class TimedBackend(ScriptedBackend):
+    """The scripted backend, answering at once and adding up the time spent inside it."""
+
+    def __init__(self) -> None:
+        super().__init__(reply="Sure, here is a short and instant answer.", chunk_size=64)
+        self.spent: dict[str, float] = {}
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[BackendEvent]:
+        started = time.perf_counter()
+        tag = request.messages[-1].content
+        try:
+            async for event in super().stream(request):
+                paused = time.perf_counter()
+                self.spent[tag] = self.spent.get(tag, 0.0) + (paused - started)
+                yield event
+                started = time.perf_counter()
+        finally:
+            self.spent[tag] = self.spent.get(tag, 0.0) + (time.perf_counter() - started)
+
+
+class NullChannel:
+    """A reply channel that consumes the stream and sends nothing anywhere."""
+
+    def __init__(self) -> None:
+        self._ids = iter(range(1, 1 << 62))
+
+    async def send_text(self, text: str) -> Sequence[str]:
+        return ()
+
+    async def stream_reply(self, deltas: AsyncIterator[str]) -> Sequence[str]:
+        async for _ in deltas:
+            pass
+        return (str(next(self._ids)),)
+
+    async def ask_confirmation(self, prompt: str, action_id: str) -> None:
+        return None
+
+    async def send_file(self, filename: str, data: bytes, caption: str = "") -> None:
+        return None
+
+
+@dataclass
+class Result:
+    messages: int
+    seconds: float
+    overheads_ms: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.overheads_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run_load(url: str, users: int, per_user: int) -> Result:
+    store = SqlMemoryStore(url)
+    await store.start()
+    backend = TimedBackend()
+    engine = Engine(
+        backend=backend,
+        store=store,
+        core=CoreSettings(_env_file=None, bot_name=f"bench{secrets.token_hex(3)}"),
+        llm=LLMSettings(_env_file=None, max_concurrency=64),
+        access=AccessSettings(_env_file=None),
+    )
+    await engine.start()
+    overheads: list[float] = []
+    channel = NullChannel()
+
+    async def user(u: int) -> None:
+        for n in range(per_user):
+            tag = f"user {u} message {n}: how are you today?"
+            msg = IncomingMessage("bench", f"chat{u}", f"user{u}", tag, message_id=f"{u}-{n}")
+            started = time.perf_counter()
+            await engine.handle(msg, channel)
+            elapsed = time.perf_counter() - started
+            overheads.append((elapsed - backend.spent.pop(tag, 0.0)) * 1000)
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for u in range(users):
+            group.create_task(user(u), name=f"bench-user-{u}")
+    seconds = time.perf_counter() - started
+    await engine.aclose()
+    await store.aclose()
+    return Result(users * per_user, seconds, overheads)
+
+
+async def seed(store: SqlMemoryStore, key: ConversationKey, count: int) -> int:
+    conversation = await store.new_conversation(key)
+    batch = 1000
+    for start in range(0, count, batch):
+        rows = []
+        for n in range(start, min(count, start + batch)):
+            role = Role.USER if n % 2 == 0 else Role.ASSISTANT
+            text = f"stored message number {n} with a few words of content"
+            rows.append(
+                NewMessage(
+                    role=role,
+                    content=text,
+                    author_id="u",
+                    token_count=len(text.split()),
+                    tokenizer="words",
+                    status=MessageStatus.COMPLETE,
+                )
+            )
+        await store.append_messages(conversation.id, rows)
+    return conversation.id
+
+
+async def prompt_build(url: str, sizes: Sequence[int], repeats: int) -> dict[int, float]:
+    store = SqlMemoryStore(url)
+    await store.start()
+    builder = PromptBuilder(ScriptedBackend(), store)
+    timings: dict[int, float] = {}
+    for size in sizes:
+        key = ConversationKey("bench-prompt", "bench", f"c{size}", None, secrets.token_hex(4))
+        conversation_id = await seed(store, key, size)
+        samples = []
+        for _ in range(repeats + 3):
+            started = time.perf_counter()
+            prompt = await builder.build(
+                conversation_id=conversation_id,
+                before_seq=None,
+                system_prompt="You are helpful.",
+                model="scripted",
+                budget=PROMPT_BUDGET,
+                shared=False,
+            )
+            samples.append(time.perf_counter() - started)
+        assert prompt.turns > 0
+        timings[size] = statistics.median(samples[3:]) * 1000  # warm-up excluded
+    await store.aclose()
+    return timings
+
+
+async def bench_database(name: str, url: str, smoke: bool) -> None:
+    await migrate.upgrade(url)
+    loads = [(1, 50), (10, 10)] if smoke else [(1, 2000), (100, 200)]
+    for users, per_user in loads:
+        result = await run_load(url, users, per_user)
+        print(
+            f"{name:10} {users:>3} user(s) x {per_user:>4} msgs: {result.rate:8.0f} msg/s   "
+            f"overhead p50 {result.pct(0.50):6.2f} ms  p99 {result.pct(0.99):6.2f} ms"
+        )
+    sizes = (100, 2000) if smoke else (100, 100_000)
+    timings = await prompt_build(url, sizes, repeats=5 if smoke else 30)
+    small, large = timings[sizes[0]], timings[sizes[1]]
+    print(
+        f"{name:10} prompt build: {sizes[0]:,} stored {small:.2f} ms, {sizes[1]:,} stored "
+        f"{large:.2f} ms  (ratio {large / small:.2f}x)"
+    )
+
+
+async def with_postgres(admin_url: str, smoke: bool) -> None:
+    import asyncpg
+
+    name = f"chinwag_bench_{secrets.token_hex(4)}"
+    plain = admin_url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(plain)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        base = plain.rsplit("/", 1)[0]
+        await bench_database(
+            "postgresql",
+            f"{base}/{name}".replace("postgresql://", "postgresql+asyncpg://", 1),
+            smoke,
+        )
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def main(smoke: bool) -> None:
+    print(
+        f"bench.core ({'smoke' if smoke else 'full'} size), Python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        await bench_database("sqlite", f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}", smoke)
+    pg = os.environ.get("CHINWAG_TEST_POSTGRES_URL")
+    if pg:
+        await with_postgres(pg, smoke)
+    else:
+        print("postgresql skipped: set CHINWAG_TEST_POSTGRES_URL=postgresql://user@host/db")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.core", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--smoke", action="store_true", help="a tiny size, for the test suite")
+    asyncio.run(main(parser.parse_args().smoke))
