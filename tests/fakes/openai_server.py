@@ -1,0 +1,533 @@
+"""A loopback OpenAI-compatible server for driving the real ``openai`` client in tests.
+
+It speaks the real wire format: ``POST /v1/chat/completions`` (streamed as server-sent
+``chat.completion.chunk`` events ending in ``data: [DONE]``, with the final usage chunk of
+empty ``choices`` when ``stream_options.include_usage`` is set, or one ``chat.completion``
+object) and ``GET /v1/models``; errors come back with the real ``{"error": {...}}`` bodies
+and status codes.
+
+Replies are deterministic functions of the request. Faults are queued per test and consumed
+by the next chat requests in order: 429 with ``Retry-After``, 5xx, a hang before the first
+chunk, a hang, a dropped connection or a malformed event mid-stream. A prompt over
+``context_limit`` tokens gets the real ``context_length_exceeded`` error; a wrong bearer key
+gets a 401.
+
+Everything received is recorded (bodies, headers, monotonic timestamps), and so is every
+client that disconnected before its stream ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+with warnings.catch_warnings():
+    # bpe_openai 0.1.x warns (DeprecationWarning, importlib.resources.open_binary) on import.
+    warnings.filterwarnings("ignore", "open_binary is deprecated", DeprecationWarning)
+    from bpe_openai import get_encoding
+
+    _ENCODING = get_encoding("o200k_base")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One HTTP request as the server received it; ``at`` is ``time.monotonic()``."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: Any
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FakeToolCall:
+    """A tool call the fake model makes; ``arguments`` is streamed in pieces."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class FakeReply:
+    """A reply with text and/or tool calls."""
+
+    text: str = ""
+    tool_calls: Sequence[FakeToolCall] = ()
+
+
+ReplyFn = Callable[[Mapping[str, Any]], "str | FakeReply"]
+
+
+@dataclass(slots=True)
+class _Fault:
+    kind: str
+    times: int
+    status: int = 500
+    retry_after: str | None = None
+    retry_after_ms: str | None = None
+    code: str | None = None
+    seconds: float | None = None
+    after_chunks: int = 0
+    before_headers: bool = False
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def default_reply(body: Mapping[str, Any]) -> str:
+    """``You said: <last user text>. I received <n> messages.``"""
+    messages = body.get("messages", [])
+    users = [_text_of(m.get("content")) for m in messages if m.get("role") == "user"]
+    last = users[-1] if users else ""
+    return f"You said: {last}. I received {len(messages)} messages."
+
+
+def prompt_tokens(body: Mapping[str, Any], scale: float = 1.0) -> int:
+    """Tokens of the request's messages: o200k content, 4 per message, 3 for priming."""
+    messages = body.get("messages", [])
+    content = sum(len(_ENCODING.encode_ordinary(_text_of(m.get("content")))) for m in messages)
+    return math.ceil(content * scale) + 4 * len(messages) + 3
+
+
+_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+
+def _invalid(body: Mapping[str, Any]) -> str | None:
+    """The real API's complaint about a malformed request body, if any."""
+    messages = body["messages"]
+    if not messages:
+        return "Invalid 'messages': empty array. Expected an array with minimum length 1."
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in _ROLES:
+            return f"Invalid value: '{role}'. Supported values are: {sorted(_ROLES)}."
+        name = message.get("name")
+        if name is not None and not _NAME.match(str(name)):
+            return (
+                f"Invalid 'messages[{i}].name': string does not match pattern. "
+                "Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'."
+            )
+        if role == "tool" and not message.get("tool_call_id"):
+            return f"Missing required parameter: 'messages[{i}].tool_call_id'."
+        if message.get("content") is None and not message.get("tool_calls"):
+            return f"Invalid value for 'messages[{i}].content': expected a string, got null."
+    temperature = body.get("temperature")
+    if temperature is not None and not 0 <= temperature <= 2:
+        return f"Invalid 'temperature': decimal above maximum value. Got {temperature}."
+    for key in ("max_tokens", "max_completion_tokens"):
+        limit = body.get(key)
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            return f"Invalid '{key}': integer below minimum value. Expected >= 1."
+    return None
+
+
+def _error(status: int, message: str, type_: str, code: str | None, **headers: str) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+class FakeOpenAIServer:
+    """The server; use ``async with FakeOpenAIServer() as server`` and ``server.base_url``.
+
+    Args:
+        reply: the reply to a request body (default :func:`default_reply`).
+        api_key: when set, requests must carry ``Authorization: Bearer <api_key>``.
+        models: the models served; a chat request for another gets the real 404.
+        context_limit: prompts over this many tokens get ``context_length_exceeded``.
+        chunk_delay: seconds between streamed chunks.
+        prompt_token_scale: multiplies the content tokens reported in usage, to play a
+            server whose tokenizer differs from o200k (Llama, Mistral...).
+        reject_stream_options: answer 400 to any request carrying ``stream_options``, as
+            some older servers do.
+    """
+
+    def __init__(
+        self,
+        *,
+        reply: ReplyFn | None = None,
+        api_key: str | None = None,
+        models: Sequence[str] = ("gpt-4o-mini", "gpt-4o"),
+        context_limit: int | None = None,
+        chunk_delay: float = 0.0,
+        prompt_token_scale: float = 1.0,
+        reject_stream_options: bool = False,
+    ) -> None:
+        self.reply = reply or default_reply
+        self.api_key = api_key
+        self.models = list(models)
+        self.context_limit = context_limit
+        self.chunk_delay = chunk_delay
+        self.prompt_token_scale = prompt_token_scale
+        self.reject_stream_options = reject_stream_options
+        self.requests: list[RecordedRequest] = []
+        self.disconnects = 0
+        self.streams_completed = 0
+        self.disconnected = asyncio.Event()
+        self._faults: list[_Fault] = []
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+
+    async def aclose(self) -> None:
+        self._closing.set()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeOpenAIServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._port}/v1"
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    # --- faults, consumed by the next chat requests in order ---
+
+    def fail_rate_limited(
+        self,
+        times: int = 1,
+        *,
+        retry_after: str | None = "1",
+        retry_after_ms: str | None = None,
+        code: str = "rate_limit_exceeded",
+    ) -> None:
+        self._faults.append(
+            _Fault(
+                "429", times, 429, retry_after=retry_after, retry_after_ms=retry_after_ms, code=code
+            )
+        )
+
+    def fail_server_error(self, times: int = 1, *, status: int = 500) -> None:
+        self._faults.append(_Fault("5xx", times, status))
+
+    def hang_before_first_chunk(
+        self, seconds: float | None = None, *, times: int = 1, before_headers: bool = False
+    ) -> None:
+        """Hang (forever by default) after the 200 headers, or before them."""
+        self._faults.append(_Fault("hang", times, seconds=seconds, before_headers=before_headers))
+
+    def hang_mid_stream(
+        self, after_chunks: int = 1, seconds: float | None = None, *, times: int = 1
+    ) -> None:
+        self._faults.append(_Fault("hang", times, seconds=seconds, after_chunks=after_chunks))
+
+    def drop_mid_stream(self, after_chunks: int = 1, *, times: int = 1) -> None:
+        """Abort the TCP connection after ``after_chunks`` content chunks."""
+        self._faults.append(_Fault("drop", times, after_chunks=after_chunks))
+
+    def send_garbage_mid_stream(self, after_chunks: int = 1, *, times: int = 1) -> None:
+        """Send an event whose data is not JSON after ``after_chunks`` content chunks."""
+        self._faults.append(_Fault("garbage", times, after_chunks=after_chunks))
+
+    def _next_fault(self) -> _Fault | None:
+        while self._faults:
+            fault = self._faults[0]
+            if fault.times > 0:
+                fault.times -= 1
+                return fault
+            self._faults.pop(0)
+        return None
+
+    # --- handlers ---
+
+    async def _record(self, request: web.Request) -> Any:
+        body: Any = None
+        if request.can_read_body:
+            raw = await request.read()
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw.decode("utf-8", "replace")
+        self.requests.append(
+            RecordedRequest(
+                request.method, request.path, dict(request.headers), body, time.monotonic()
+            )
+        )
+        return body
+
+    def _auth_error(self, request: web.Request) -> web.Response | None:
+        if self.api_key is None:
+            return None
+        sent = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if sent == self.api_key:
+            return None
+        masked = f"{sent[:3]}***{sent[-4:]}" if len(sent) > 8 else "***"
+        return _error(
+            401,
+            f"Incorrect API key provided: {masked}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+            "invalid_api_key",
+        )
+
+    async def _models(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if (refused := self._auth_error(request)) is not None:
+            return refused
+        data = [
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": "system"}
+            for m in self.models
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        if (refused := self._auth_error(request)) is not None:
+            return refused
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return _error(400, "'messages' is a required property", "invalid_request_error", None)
+        if (problem := _invalid(body)) is not None:
+            return _error(400, problem, "invalid_request_error", None)
+        model = body.get("model")
+        if model not in self.models:
+            return _error(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+            )
+        if self.reject_stream_options and "stream_options" in body:
+            return _error(
+                400,
+                "Unrecognized request argument supplied: stream_options",
+                "invalid_request_error",
+                None,
+            )
+        used = prompt_tokens(body, self.prompt_token_scale)
+        if self.context_limit is not None and used > self.context_limit:
+            return _error(
+                400,
+                f"This model's maximum context length is {self.context_limit} tokens. However, "
+                f"your messages resulted in {used} tokens. "
+                "Please reduce the length of the messages.",
+                "invalid_request_error",
+                "context_length_exceeded",
+            )
+        fault = self._next_fault()
+        if fault is not None and fault.kind == "429":
+            headers = {}
+            if fault.retry_after is not None:
+                headers["retry-after"] = fault.retry_after
+            if fault.retry_after_ms is not None:
+                headers["retry-after-ms"] = fault.retry_after_ms
+            return _error(
+                429,
+                f"Rate limit reached for {model} on requests per min (RPM): Limit 3, Used 3.",
+                "requests",
+                fault.code,
+                **headers,
+            )
+        if fault is not None and fault.kind == "5xx":
+            return _error(
+                fault.status,
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+                None,
+            )
+        if fault is not None and fault.kind == "hang" and fault.before_headers:
+            await self._idle(request, fault.seconds)
+            fault = None
+        answer = self.reply(body)
+        if isinstance(answer, str):
+            answer = FakeReply(text=answer)
+        completion_tokens = len(_ENCODING.encode_ordinary(answer.text)) + sum(
+            len(_ENCODING.encode_ordinary(c.arguments)) + 5 for c in answer.tool_calls
+        )
+        usage = {
+            "prompt_tokens": used,
+            "completion_tokens": completion_tokens,
+            "total_tokens": used + completion_tokens,
+        }
+        if not body.get("stream"):
+            return web.json_response(self._completion(model, answer, usage))
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return await self._stream(request, model, answer, usage if include_usage else None, fault)
+
+    def _completion(self, model: str, answer: FakeReply, usage: dict[str, int]) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": answer.text or None,
+            "refusal": None,
+        }
+        if answer.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in answer.tool_calls
+            ]
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_fake",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": "tool_calls" if answer.tool_calls else "stop",
+                }
+            ],
+            "usage": usage,
+        }
+
+    async def _stream(
+        self,
+        request: web.Request,
+        model: str,
+        answer: FakeReply,
+        usage: dict[str, int] | None,
+        fault: _Fault | None,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+            }
+        )
+        await response.prepare(request)
+        created = int(time.time())
+        with_usage = usage is not None
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+            if with_usage:
+                out["usage"] = None
+            return out
+
+        events: list[dict[str, Any]] = [
+            chunk({"role": "assistant", "content": "", "refusal": None})
+        ]
+        events += [chunk({"content": piece}) for piece in re.findall(r"\s*\S+", answer.text)]
+        for index, call in enumerate(answer.tool_calls):
+            events.append(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": index,
+                                "id": call.id,
+                                "type": "function",
+                                "function": {"name": call.name, "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
+            for start in range(0, len(call.arguments), 8):
+                piece = call.arguments[start : start + 8]
+                events.append(
+                    chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+                )
+        events.append(chunk({}, "tool_calls" if answer.tool_calls else "stop"))
+        if usage is not None:
+            final = chunk({})
+            final["choices"] = []
+            final["usage"] = usage
+            events.append(final)
+
+        for sent, event in enumerate(events):
+            if fault is not None and sent == fault.after_chunks + 1:  # +1: the role chunk
+                if fault.kind == "drop":
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                if fault.kind == "garbage":
+                    await self._write(request, response, "data: {not json\n\n")
+                    return response
+                if fault.kind == "hang":
+                    if not await self._idle(request, fault.seconds):
+                        return response
+                    fault = None
+            if sent and self.chunk_delay and not await self._idle(request, self.chunk_delay):
+                return response
+            if not await self._write(request, response, f"data: {json.dumps(event)}\n\n"):
+                return response
+        if await self._write(request, response, "data: [DONE]\n\n"):
+            self.streams_completed += 1
+            await response.write_eof()
+        return response
+
+    def _gone(self, request: web.Request) -> bool:
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+    def _saw_disconnect(self) -> None:
+        self.disconnects += 1
+        self.disconnected.set()
+
+    async def _write(self, request: web.Request, response: web.StreamResponse, data: str) -> bool:
+        if self._gone(request):
+            self._saw_disconnect()
+            return False
+        try:
+            await response.write(data.encode())
+        except ConnectionError:
+            self._saw_disconnect()
+            return False
+        return True
+
+    async def _idle(self, request: web.Request, seconds: float | None) -> bool:
+        """Wait ``seconds`` (forever if ``None``); ``False`` if the client went away first."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while deadline is None or time.monotonic() < deadline:
+            if self._closing.is_set():
+                return False
+            if self._gone(request):
+                self._saw_disconnect()
+                return False
+            await asyncio.sleep(0.005)
+        return True
