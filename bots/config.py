@@ -99,6 +99,14 @@ def configure_logging(level: str, secrets: list[str]) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "openai", "telegram.ext", "discord.http", "aiosqlite"):
+    for noisy in (
+        "httpx",
+        "httpcore",
+        "openai",
+        "telegram.ext",
+        "discord.http",
+        "aiosqlite",
+        "alembic",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
