@@ -54,6 +54,7 @@ lint: install-dev
 
 bench: install-dev
 	$(PY) -m bench.core
+	$(PY) -m bench.store
 	$(PY) -m bench.telegram
 	$(PY) -m bench.discord
 	$(PY) -m bench.local

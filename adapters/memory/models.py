@@ -1,0 +1,193 @@
+"""The SQL schema of the memory store (SQLAlchemy 2 typed ORM).
+
+The tables are created and changed by the Alembic revisions in ``migrations/versions``
+only; a test proves ``alembic upgrade head`` yields exactly this metadata on SQLite and
+PostgreSQL.
+
+Conventions:
+    * ``thread_id`` and ``user_id`` of a conversation slot are stored as ``""`` when the
+      domain value is ``None``, so the unique keys hold on both databases (``NULL`` never
+      equals ``NULL``); :mod:`adapters.memory.store` maps them back.
+    * Message order is ``seq``, assigned per conversation from ``conversations.last_seq``;
+      timestamps are informative only. Timestamps are stored in UTC and read back
+      tz-aware (SQLite keeps no zone: :class:`UtcDateTime` restores it).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# 64-bit ids on PostgreSQL; on SQLite only ``INTEGER PRIMARY KEY`` is the auto-assigned rowid.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back as a tz-aware UTC ``datetime``.
+
+    Naive values are refused on write: every timestamp chinwag makes is aware.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert to UTC; SQLite stores the naive UTC wall time."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC timestamp column")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Attach UTC to SQLite's naive values; convert others to UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the naming conventions."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON(none_as_null=True)}
+
+
+class ConversationRow(Base):
+    """One conversation of a slot (bot, platform, chat, thread, user); ``/reset`` adds one."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        Index("ix_conversations_slot", "bot", "platform", "chat_id", "thread_id", "user_id", "id"),
+        Index("ix_conversations_user", "bot", "platform", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    bot: Mapped[str] = mapped_column(String(64))
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String())
+    thread_id: Mapped[str] = mapped_column(String())
+    user_id: Mapped[str] = mapped_column(String())
+    last_seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    created_at: Mapped[datetime]
+
+
+class MessageRow(Base):
+    """One message of a conversation, ordered by ``seq``."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "seq"),
+        Index("ix_messages_status", "status"),
+        Index("ix_messages_author_id", "author_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    role: Mapped[str] = mapped_column(String(16))
+    author_id: Mapped[str | None] = mapped_column(String())
+    content: Mapped[str] = mapped_column(Text)
+    extra: Mapped[dict[str, Any] | None]
+    token_count: Mapped[int | None] = mapped_column(Integer)
+    tokenizer: Mapped[str | None] = mapped_column(String())
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+
+
+class PlatformMessageRow(Base):
+    """A platform's message id that carried a stored message (a reply may take several)."""
+
+    __tablename__ = "platform_messages"
+    __table_args__ = (
+        UniqueConstraint("bot", "platform", "chat_id", "platform_message_id"),
+        Index("ix_platform_messages_message_id", "message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    bot: Mapped[str] = mapped_column(String(64))
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String())
+    platform_message_id: Mapped[str] = mapped_column(String())
+    message_id: Mapped[int] = mapped_column(Id, ForeignKey("messages.id", ondelete="CASCADE"))
+
+
+class PreferencesRow(Base):
+    """Per-slot preferences that outlive ``/reset``."""
+
+    __tablename__ = "preferences"
+    __table_args__ = (UniqueConstraint("bot", "platform", "chat_id", "thread_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    bot: Mapped[str] = mapped_column(String(64))
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String())
+    thread_id: Mapped[str] = mapped_column(String())
+    user_id: Mapped[str] = mapped_column(String())
+    persona: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String())
+    updated_at: Mapped[datetime]
+
+
+class UsageDailyRow(Base):
+    """Pseudonymous daily usage counters; ``user_key`` is an HMAC, never the user id."""
+
+    __tablename__ = "usage_daily"
+    __table_args__ = (
+        UniqueConstraint("bot", "platform", "user_key", "day"),
+        Index("ix_usage_daily_bot_day", "bot", "day"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    bot: Mapped[str] = mapped_column(String(64))
+    platform: Mapped[str] = mapped_column(String(32))
+    user_key: Mapped[str] = mapped_column(String(64))
+    day: Mapped[date] = mapped_column(Date)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger)
+    messages: Mapped[int] = mapped_column(Integer)
+
+
+class MetaRow(Base):
+    """Store-wide key/value settings (the usage pseudonym secret)."""
+
+    __tablename__ = "chinwag_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+metadata = Base.metadata
+"""The metadata Alembic compares against."""

@@ -1,0 +1,138 @@
+"""The Alembic migrations give exactly the models' schema, both ways, on both databases."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection, make_url
+
+from adapters.memory import migrate
+from adapters.memory.models import metadata
+from adapters.memory.store import SqlMemoryStore
+from core.types import ConversationKey, NewMessage, Role
+
+TABLES = {
+    "conversations",
+    "messages",
+    "platform_messages",
+    "preferences",
+    "usage_daily",
+    "chinwag_meta",
+}
+
+
+async def schema_diff(url: str) -> list[Any]:
+    def diff(connection: Connection) -> list[Any]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+    engine = migrate.migration_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(diff)
+    finally:
+        await engine.dispose()
+
+
+async def table_names(url: str) -> set[str]:
+    engine = migrate.migration_engine(url)
+    try:
+        async with engine.connect() as connection:
+            names = await connection.run_sync(lambda c: inspect(c).get_table_names())
+    finally:
+        await engine.dispose()
+    return set(names) - {"alembic_version"}
+
+
+async def test_upgrade_head_on_an_empty_database_matches_the_models(db_url: str) -> None:
+    assert await migrate.current(db_url) is None
+    assert await migrate.pending(db_url)
+    await migrate.upgrade(db_url)
+    assert await migrate.current(db_url) == migrate.head_revision()
+    assert not await migrate.pending(db_url)
+    assert await schema_diff(db_url) == []
+    assert await table_names(db_url) == TABLES
+
+
+async def test_revision_0001_lacks_only_the_secondary_indexes(db_url: str) -> None:
+    await migrate.upgrade(db_url, "0001")
+    assert await migrate.current(db_url) == "0001"
+    diff = await schema_diff(db_url)
+    assert diff, "0002 must add something"
+    assert {entry[0] for entry in diff} == {"add_index"}
+
+
+async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
+    await migrate.upgrade(db_url)
+    await migrate.downgrade(db_url)
+    assert await migrate.current(db_url) == "0001"
+    await migrate.downgrade(db_url, "base")
+    assert await migrate.current(db_url) is None
+    assert await table_names(db_url) == set()
+    await migrate.upgrade(db_url)
+    assert await schema_diff(db_url) == []
+    await migrate.upgrade(db_url)  # nothing pending: a no-op
+    assert await migrate.current(db_url) == migrate.head_revision()
+
+
+async def test_conversations_written_at_0001_are_readable_after_upgrading(db_url: str) -> None:
+    key = ConversationKey("bot", "telegram", "c1", None, "u1")
+    await migrate.upgrade(db_url, "0001")
+    async with SqlMemoryStore(db_url) as old:
+        conv = await old.current_conversation(key)
+        await old.append_messages(
+            conv.id,
+            [NewMessage(Role.USER, "kept", author_id="u1", platform_message_ids=["7"])],
+        )
+    await migrate.upgrade(db_url)
+    async with SqlMemoryStore(db_url) as new:
+        assert (await new.current_conversation(key)).id == conv.id
+        assert [m.content for m in await new.recent_messages(conv.id, limit=5)] == ["kept"]
+        found = await new.find_by_platform_message("bot", "telegram", "c1", "7")
+        assert found is not None and found.content == "kept"
+
+
+async def test_sqlite_file_is_backed_up_before_migrating(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = Path(make_url(sqlite_url).database or "")
+    await migrate.upgrade(sqlite_url, "0001")
+    assert list(path.parent.glob("*.bak-*")) == []  # a new file has nothing to back up
+    key = ConversationKey("bot", "console", "me", None, "me")
+    async with SqlMemoryStore(sqlite_url) as store:  # leaves WAL content behind
+        conv = await store.current_conversation(key)
+        await store.append_messages(conv.id, [NewMessage(Role.USER, "precious")])
+
+    with caplog.at_level(logging.INFO, logger="adapters.memory.migrate"):
+        await migrate.upgrade(sqlite_url)
+    backups = list(path.parent.glob("chinwag.db.bak-*"))
+    assert len(backups) == 1
+    assert any("backed up" in r.getMessage() for r in caplog.records)
+    copy = sqlite3.connect(backups[0])
+    try:
+        assert copy.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert copy.execute("SELECT content FROM messages").fetchall() == [("precious",)]
+    finally:
+        copy.close()
+
+    await migrate.upgrade(sqlite_url)  # nothing pending: no second backup
+    assert len(list(path.parent.glob("chinwag.db.bak-*"))) == 1
+
+
+async def test_migrating_an_unreachable_database_raises_store_error_without_password(
+    tmp_path: Path,
+) -> None:
+    from core.errors import StoreError
+
+    url = "postgresql://chinwag:hunter2@127.0.0.1:1/chinwag"
+    with pytest.raises(StoreError) as caught:
+        await migrate.upgrade(url)
+    assert "hunter2" not in str(caught.value)
+    assert "***" in str(caught.value)
