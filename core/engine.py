@@ -21,15 +21,15 @@ import logging
 import secrets
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.access import AccessPolicy, RateLimiter, format_wait, until_next_utc_day
-from core.errors import BackendError, ChinwagError, ContextTooLong
+from core.errors import BackendError, ChinwagError, ContextTooLong, DuplicateMessage
 from core.export import export_document
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
-from core.prompt import PromptBuilder
+from core.prompt import HistoryCache, PromptBuilder
 from core.settings import AccessSettings, CoreSettings, LLMSettings
 from core.types import (
     CommandInfo,
@@ -47,6 +47,7 @@ from core.types import (
     TextDelta,
     ToolCallDelta,
     Usage,
+    UsageRecord,
 )
 
 _log = logging.getLogger(__name__)
@@ -163,7 +164,8 @@ class Engine:
         self._rate = RateLimiter(per_minute) if per_minute else None
         self._rate_noticed: dict[str, float] = {}
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._prompts = PromptBuilder(backend, store)
+        self._history = HistoryCache()
+        self._prompts = PromptBuilder(backend, store, self._history)
         self._llm_slots = asyncio.Semaphore(llm.max_concurrency)
         self._lanes: dict[ConversationKey, _Lane] = {}
         self._active: dict[ConversationKey, _Active] = {}
@@ -475,32 +477,31 @@ class Engine:
         prefs = await self._preferences_for(key)
         model = self._model_for(prefs)
         tokenizer = self._backend.tokenizer_name(model)
-        if msg.message_id is not None:
-            seen = await store.find_by_platform_message(
-                self.bot_name, msg.platform, msg.chat_id, msg.message_id
-            )
-            if seen is not None:
-                await self._redelivered(key, msg, seen, out, model, prefs)
-                return
         conversation_id = await self._conversation_id(key)
         extra = {"author_name": msg.user_name} if msg.user_name else None
         user_tokens = await self._backend.count_tokens(text, model)
-        _, placeholder = await store.append_messages(
-            conversation_id,
-            [
-                NewMessage(
-                    role=Role.USER,
-                    content=text,
-                    author_id=msg.user_id,
-                    token_count=user_tokens,
-                    tokenizer=tokenizer,
-                    extra=extra,
-                    platform_chat_id=msg.chat_id,
-                    platform_message_ids=(msg.message_id,) if msg.message_id else (),
-                ),
-                NewMessage(role=Role.ASSISTANT, content="", status=MessageStatus.IN_PROGRESS),
-            ],
-        )
+        try:
+            user_message, placeholder = await store.append_messages(
+                conversation_id,
+                [
+                    NewMessage(
+                        role=Role.USER,
+                        content=text,
+                        author_id=msg.user_id,
+                        token_count=user_tokens,
+                        tokenizer=tokenizer,
+                        extra=extra,
+                        platform_chat_id=msg.chat_id,
+                        platform_message_ids=(msg.message_id,) if msg.message_id else (),
+                    ),
+                    NewMessage(role=Role.ASSISTANT, content="", status=MessageStatus.IN_PROGRESS),
+                ],
+            )
+        except DuplicateMessage as duplicate:
+            assert isinstance(duplicate.existing, StoredMessage)
+            await self._redelivered(key, msg, duplicate.existing, out, model, prefs)
+            return
+        self._history.add(user_message)
         await self._reply(key, msg, out, conversation_id, placeholder, model, prefs)
 
     async def _redelivered(
@@ -513,6 +514,7 @@ class Engine:
         prefs: Preferences,
     ) -> None:
         """A message we stored before: answered once; re-answered if its reply broke off."""
+        self._history.drop(seen.conversation_id)
         reply = await self._store.reply_to(seen) if seen.role is Role.USER else seen
         if reply is not None and reply.status is MessageStatus.COMPLETE:
             _log.info(
@@ -701,17 +703,17 @@ class Engine:
     ) -> None:
         if had_tool_calls:
             _log.info("the model asked for tools, which this bot does not offer yet")
+        spent = status is not MessageStatus.FAILED or bool(text)
+        tokenizer = self._backend.tokenizer_name(model)
         await self._store.finish_message(
             placeholder.id,
             content=text,
             status=status,
             token_count=reply_tokens,
-            tokenizer=self._backend.tokenizer_name(model),
+            tokenizer=tokenizer,
             platform_chat_id=msg.chat_id,
             platform_message_ids=tuple(platform_ids),
-        )
-        if status is not MessageStatus.FAILED or text:
-            await self._store.add_usage(
+            usage=UsageRecord(
                 self.bot_name,
                 msg.platform,
                 msg.user_id,
@@ -719,6 +721,18 @@ class Engine:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=reply_tokens,
             )
+            if spent
+            else None,
+        )
+        self._history.add(
+            replace(
+                placeholder,
+                content=text,
+                status=status,
+                token_count=reply_tokens,
+                tokenizer=tokenizer,
+            )
+        )
 
     @staticmethod
     def _stop(active: _Active) -> None:
@@ -897,6 +911,7 @@ class Engine:
         # Forgetting is rare; dropping both caches whole also covers shared conversations.
         self._conversations.clear()
         self._preferences.clear()
+        self._history.clear()
         _log.info("forgot a %s user on request (%d messages deleted)", platform, deleted)
         await self._notify(
             out, f"Done: I deleted everything stored about you ({deleted} messages)."

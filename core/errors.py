@@ -11,6 +11,7 @@ Every error the project raises on purpose derives from :class:`ChinwagError`::
     │   └── ContextTooLong       the prompt does not fit the model's context
     ├── AdapterError             a chat platform failed
     └── StoreError               the memory store failed
+        └── DuplicateMessage     a platform message id is already stored (a redelivery)
 
 Vendor exceptions are translated into these at exactly one boundary per implementation
 (``raise ... from exc``). ``user_message`` is the short, safe text a chat user may see; the
@@ -112,3 +113,15 @@ class StoreError(ChinwagError):
     """The memory store failed to read or write."""
 
     user_message = "I couldn't reach my memory just now. Please try again."
+
+
+class DuplicateMessage(StoreError):
+    """A platform message id given to ``append_messages`` is already stored.
+
+    Attributes:
+        existing: the stored message that id belongs to.
+    """
+
+    def __init__(self, existing: object) -> None:
+        self.existing = existing
+        super().__init__("this platform message is already stored")

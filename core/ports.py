@@ -25,6 +25,7 @@ from core.types import (
     PlatformStats,
     Preferences,
     StoredMessage,
+    UsageRecord,
     UsageSummary,
 )
 
@@ -118,7 +119,8 @@ class MemoryStore(Protocol):
         """Append ``messages`` in order in one transaction, with consecutive sequence numbers.
 
         Platform message ids given in a ``NewMessage`` are recorded for it. Raises
-        ``StoreError`` if one of those platform ids is already recorded.
+        ``DuplicateMessage`` (carrying the stored message) if one of those platform ids is
+        already recorded; nothing of the call is stored then.
         """
         ...
 
@@ -132,8 +134,12 @@ class MemoryStore(Protocol):
         tokenizer: str | None = None,
         platform_chat_id: str | None = None,
         platform_message_ids: Sequence[str] = (),
+        usage: UsageRecord | None = None,
     ) -> None:
-        """Set the final content and status of a message and record its platform ids."""
+        """Set the final content and status of a message and record its platform ids.
+
+        With ``usage``, also add it to the user's counters, in the same transaction.
+        """
         ...
 
     async def recent_messages(

@@ -2,19 +2,100 @@
 
 Reads history newest-first, a page at a time, so the cost depends on the context window and
 not on how much history a conversation holds. Trimming never deletes stored turns.
+
+The engine keeps a :class:`HistoryCache` of the newest usable messages of the conversations
+it serves, updated as it writes them (it is their only writer, one message at a time), so a
+busy conversation's prompt needs no read at all; what the cache does not hold is read from
+the store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import ContextTooLong
 from core.ports import LLMBackend, MemoryStore
-from core.types import ChatMessage, Role, StoredMessage
+from core.types import ChatMessage, MessageStatus, Role, StoredMessage
 
 _PAGE = 64
+_USABLE = (MessageStatus.COMPLETE, MessageStatus.INTERRUPTED)
+
+
+def usable(message: StoredMessage) -> bool:
+    """Whether a stored message belongs in a prompt (the store's rule, too)."""
+    return message.status in _USABLE and bool(message.content)
+
+
+@dataclass(slots=True)
+class _Entry:
+    turns: deque[StoredMessage]
+    from_start: bool  # holds every usable message since the conversation began
+
+
+@dataclass(slots=True)
+class HistoryCache:
+    """The newest usable messages of recently active conversations, oldest first.
+
+    Bounded: at most ``max_turns`` messages per conversation and ``max_conversations``
+    conversations (least recently used dropped).
+    """
+
+    max_conversations: int = 2048
+    max_turns: int = 512
+    _entries: OrderedDict[int, _Entry] = field(default_factory=OrderedDict)
+
+    def known(self, conversation_id: int) -> bool:
+        """Whether the conversation is cached."""
+        return conversation_id in self._entries
+
+    def fill(
+        self, conversation_id: int, newest_first: list[StoredMessage], from_start: bool
+    ) -> None:
+        """Cache what a store read returned (newest first)."""
+        turns = deque(reversed(newest_first[: self.max_turns]), maxlen=self.max_turns)
+        self._entries[conversation_id] = _Entry(
+            turns, from_start and len(newest_first) <= self.max_turns
+        )
+        self._entries.move_to_end(conversation_id)
+        while len(self._entries) > self.max_conversations:
+            self._entries.popitem(last=False)
+
+    def add(self, message: StoredMessage) -> None:
+        """Record a message just written (only if its conversation is cached and it is usable)."""
+        entry = self._entries.get(message.conversation_id)
+        if entry is None or not usable(message):
+            return
+        if len(entry.turns) == entry.turns.maxlen:
+            entry.from_start = False
+        entry.turns.append(message)
+        self._entries.move_to_end(message.conversation_id)
+
+    def newest_first(
+        self, conversation_id: int, before_seq: int | None
+    ) -> tuple[Iterator[StoredMessage], bool] | None:
+        """Cached messages with seq < ``before_seq``, newest first, and whether that is all."""
+        entry = self._entries.get(conversation_id)
+        if entry is None:
+            return None
+        self._entries.move_to_end(conversation_id)
+        turns = (m for m in reversed(entry.turns) if before_seq is None or m.seq < before_seq)
+        return turns, entry.from_start
+
+    def oldest_seq(self, conversation_id: int) -> int | None:
+        """The sequence number of the oldest cached message, if any."""
+        entry = self._entries.get(conversation_id)
+        return entry.turns[0].seq if entry is not None and entry.turns else None
+
+    def drop(self, conversation_id: int) -> None:
+        """Forget one conversation (its stored rows changed behind the cache)."""
+        self._entries.pop(conversation_id, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._entries.clear()
 
 
 @dataclass(slots=True)
@@ -41,12 +122,25 @@ def speaker_name(extra: Mapping[str, Any] | None, author_id: str | None) -> str:
     return author_id or "user"
 
 
+def picked_seq_floor(
+    before_seq: int | None, cache: HistoryCache | None, conversation_id: int
+) -> int | None:
+    """The store read continues below the oldest cached message."""
+    oldest = cache.oldest_seq(conversation_id) if cache is not None else None
+    if oldest is None:
+        return before_seq
+    return oldest if before_seq is None else min(oldest, before_seq)
+
+
 class PromptBuilder:
     """Builds prompts for one backend; caches only token counts of system prompts."""
 
-    def __init__(self, backend: LLMBackend, store: MemoryStore) -> None:
+    def __init__(
+        self, backend: LLMBackend, store: MemoryStore, cache: HistoryCache | None = None
+    ) -> None:
         self._backend = backend
         self._store = store
+        self._cache = cache
         self._system_counts: dict[tuple[str, str], int] = {}
 
     async def count(self, message: StoredMessage, model: str, tokenizer: str) -> int:
@@ -86,28 +180,64 @@ class PromptBuilder:
         used = await self._system_tokens(system_prompt, model) + overhead + 3  # reply priming
         picked: list[ChatMessage] = []
         complete = True
+
+        def take(message: StoredMessage, tokens: int) -> bool:
+            """Add ``message`` if it fits; sync, as it runs for every turn of every prompt."""
+            nonlocal used, complete
+            cost = tokens + overhead
+            content = message.content
+            if shared and message.role is Role.USER:
+                name = speaker_name(message.extra, message.author_id)
+                content = f"{name}: {content}"
+                cost += len(name) // 3 + 2
+            if used + cost > budget:
+                complete = False
+                return False
+            used += cost
+            picked.append(ChatMessage(role=message.role, content=content))
+            return True
+
+        async def take_all(messages: Iterable[StoredMessage]) -> bool:
+            """Take messages until one does not fit; return whether all were taken."""
+            for message in messages:
+                tokens = message.token_count
+                if tokens is None or message.tokenizer != tokenizer:
+                    tokens = await backend.count_tokens(message.content, model)
+                if not take(message, tokens):
+                    return False
+            return True
+
         cursor = before_seq
+        cached = self._cache.newest_first(conversation_id, before_seq) if self._cache else None
+        if cached is not None:
+            turns, from_start = cached
+            if not await take_all(turns) or from_start:
+                return self._finish(system_prompt, picked, used, complete, budget)
+            cursor = picked_seq_floor(cursor, self._cache, conversation_id)
+        read: list[StoredMessage] = []
+        page_size = _PAGE
         while True:
             page = await self._store.recent_messages(
-                conversation_id, limit=_PAGE, before_seq=cursor
+                conversation_id, limit=page_size, before_seq=cursor
             )
-            for message in page:
-                cost = await self.count(message, model, tokenizer) + overhead
-                content = message.content
-                if shared and message.role is Role.USER:
-                    name = speaker_name(message.extra, message.author_id)
-                    content = f"{name}: {content}"
-                    cost += len(name) // 3 + 2
-                if used + cost > budget:
-                    complete = False
-                    break
-                used += cost
-                picked.append(ChatMessage(role=message.role, content=content))
-            else:
-                if len(page) == _PAGE:
-                    cursor = page[-1].seq
-                    continue
+            read += page
+            if await take_all(page) and len(page) == page_size:
+                cursor = page[-1].seq
+                # Read about what the rest of the budget holds, judging by the turns so far:
+                # long windows take few large reads, and nothing is read far beyond the window.
+                per_turn = max((used / len(picked)) if picked else 1, 1)
+                page_size = max(16, min(1024, int((budget - used) / per_turn * 1.25) + 8))
+                continue
             break
+        if self._cache is not None and cached is None:
+            # ``before_seq`` is the reply being written: everything usable was read or is older.
+            self._cache.fill(conversation_id, read, from_start=len(page) < page_size)
+        return self._finish(system_prompt, picked, used, complete, budget)
+
+    @staticmethod
+    def _finish(
+        system_prompt: str, picked: list[ChatMessage], used: int, complete: bool, budget: int
+    ) -> Prompt:
         if not picked and not complete:
             raise ContextTooLong(
                 limit=budget, message="the newest message alone exceeds the budget"

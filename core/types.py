@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -244,6 +244,19 @@ class CommandInfo:
     argument: str | None = None  # e.g. "text" for /system <text>
     admin_only: bool = False
     choices: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """Tokens one exchange used, to add to the user's counters for ``day`` (UTC)."""
+
+    bot: str
+    platform: str
+    user_id: str
+    day: date
+    prompt_tokens: int
+    completion_tokens: int
+    messages: int = 1
 
 
 @dataclass(frozen=True, slots=True)

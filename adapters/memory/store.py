@@ -16,7 +16,9 @@ Writes:
     deadlock or serialization failure.
 
 Reads:
-    Separate pooled connections; in WAL mode readers never wait for the writer.
+    On SQLite, pooled sqlite3 connections used from a small pool of reader threads, each read
+    in one thread hop; in WAL mode readers never wait for the writer. On PostgreSQL, the
+    asyncpg pool.
 
 Every vendor exception is translated into :class:`core.errors.StoreError` in
 :meth:`SqlMemoryStore._call`, the one boundary, ``from`` the original.
@@ -43,6 +45,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    bindparam,
     case,
     delete,
     event,
@@ -56,7 +59,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine, create_engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from adapters.memory.models import (
     ConversationRow,
@@ -67,7 +70,7 @@ from adapters.memory.models import (
     UsageDailyRow,
 )
 from adapters.memory.settings import normalize_database_url, render_url
-from core.errors import StoreError
+from core.errors import DuplicateMessage, StoreError
 from core.types import (
     Conversation,
     ConversationKey,
@@ -78,6 +81,7 @@ from core.types import (
     Preferences,
     Role,
     StoredMessage,
+    UsageRecord,
     UsageSummary,
 )
 
@@ -251,7 +255,9 @@ class SqlMemoryStore:
         self._started = False
         self._closing = False
         self._closed = False
-        self._engine: AsyncEngine | None = None  # reads (SQLite) / everything (PostgreSQL)
+        self._engine: AsyncEngine | None = None  # PostgreSQL
+        self._reader_engine: Engine | None = None  # SQLite reads
+        self._reader_threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._writer_engine: Engine | None = None
         self._writer_conn: Connection | None = None
         self._writer_thread: concurrent.futures.ThreadPoolExecutor | None = None
@@ -312,7 +318,11 @@ class SqlMemoryStore:
     async def _open(self) -> None:
         if self._sqlite:
             self._writer_engine = self._sqlite_writer_engine()
-            self._engine = self._sqlite_reader_engine(pool_size=self._pool_size or 4)
+            readers = self._pool_size or 4
+            self._reader_engine = self._sqlite_reader_engine(pool_size=readers)
+            self._reader_threads = concurrent.futures.ThreadPoolExecutor(
+                max_workers=readers, thread_name_prefix="chinwag-store-reader"
+            )
             self._writer_thread = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="chinwag-store-writer"
             )
@@ -347,16 +357,23 @@ class SqlMemoryStore:
         _sqlite_transactions(engine, writer=True)
         return engine
 
-    def _sqlite_reader_engine(self, *, pool_size: int) -> AsyncEngine:
-        engine = create_async_engine(
-            self._url,
+    def _sqlite_reader_engine(self, *, pool_size: int) -> Engine:
+        """Sync (sqlite3) read connections, used from the reader threads only.
+
+        A whole read runs in one hop to a reader thread, instead of aiosqlite's hop per
+        statement and fetch: this is what keeps reads cheap under many conversations.
+        """
+        sync_url = self._url.replace("sqlite+aiosqlite", "sqlite+pysqlite", 1)
+        engine = create_engine(
+            sync_url,
             echo=self._echo,
-            poolclass=AsyncAdaptedQueuePool,
+            poolclass=QueuePool,
             pool_size=pool_size,
             max_overflow=0,
             pool_timeout=60,
+            connect_args={"check_same_thread": False},
         )
-        _sqlite_transactions(engine.sync_engine, writer=False)
+        _sqlite_transactions(engine, writer=False)
         return engine
 
     async def _in_writer_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
@@ -389,13 +406,20 @@ class SqlMemoryStore:
         if self._writer_thread is not None:
             self._writer_thread.shutdown(wait=False)
             self._writer_thread = None
-        if self._engine is not None:
+        if self._engine is not None or self._reader_engine is not None:
             try:  # reads still running finish before their connections go
                 await asyncio.wait_for(self._idle.wait(), _SHUTDOWN_WAIT_S)
             except TimeoutError:
                 _log.warning("closing the store with %d call(s) still running", self._inflight)
+        if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+        if self._reader_engine is not None:
+            self._reader_engine.dispose()
+            self._reader_engine = None
+        if self._reader_threads is not None:
+            self._reader_threads.shutdown(wait=False)
+            self._reader_threads = None
 
     def _fail_queued(self, error: BaseException) -> None:
         while not self._queue.empty():
@@ -443,9 +467,18 @@ class SqlMemoryStore:
                 self._idle.set()
 
     async def _read(self, op: _Op) -> Any:
+        if self._reader_engine is not None:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._reader_threads, self._sync_read, op)
         assert self._engine is not None
         async with self._engine.connect() as conn:
             return await conn.run_sync(op)
+
+    def _sync_read(self, op: _Op) -> Any:
+        """Run ``op`` on a pooled SQLite read connection (in a reader thread)."""
+        assert self._reader_engine is not None
+        with self._reader_engine.connect() as conn:
+            return op(conn)
 
     async def _pg_write(self, op: _Op) -> Any:
         assert self._engine is not None
@@ -621,8 +654,9 @@ class SqlMemoryStore:
         ``platform_chat_id``, or the conversation's chat when that is ``None``).
 
         Raises:
-            StoreError: one of the platform ids is already recorded (nothing of this call is
-                stored), or the conversation does not exist.
+            DuplicateMessage: one of the platform ids is already recorded (nothing of this
+                call is stored); ``existing`` is the stored message it belongs to.
+            StoreError: the conversation does not exist.
             ValueError: ``extra`` is not JSON-serialisable.
         """
         batch = tuple(messages)
@@ -639,19 +673,15 @@ class SqlMemoryStore:
         self, conn: Connection, conversation_id: int, batch: Sequence[NewMessage]
     ) -> list[StoredMessage]:
         n = len(batch)
-        row = conn.execute(
-            update(_conversations)
-            .where(_conversations.c.id == conversation_id)
-            .values(last_seq=_conversations.c.last_seq + n)
-            .returning(
-                _conversations.c.last_seq,
-                _conversations.c.bot,
-                _conversations.c.platform,
-                _conversations.c.chat_id,
-            )
-        ).one_or_none()
+        row = conn.execute(_BUMP_SEQ, {"cid": conversation_id, "n": n}).one_or_none()
         if row is None:
             raise StoreError(f"conversation {conversation_id} does not exist")
+        for m in batch:
+            chat_id = m.platform_chat_id if m.platform_chat_id is not None else row.chat_id
+            for pid in m.platform_message_ids:
+                existing = _find_platform_message(conn, row.bot, row.platform, chat_id, pid)
+                if existing is not None:  # a redelivery: the group's savepoint undoes the update
+                    raise DuplicateMessage(existing)
         first_seq = row.last_seq - n + 1
         now = self._now()
         params = [
@@ -670,18 +700,9 @@ class SqlMemoryStore:
             for i, m in enumerate(batch)
         ]
         if n == 1:
-            ids = [
-                conn.execute(
-                    insert(_messages).values(params[0]).returning(_messages.c.id)
-                ).scalar_one()
-            ]
+            ids = [conn.execute(_INSERT_MESSAGE, params[0]).scalar_one()]
         else:
-            ids = list(
-                conn.execute(
-                    insert(_messages).returning(_messages.c.id, sort_by_parameter_order=True),
-                    params,
-                ).scalars()
-            )
+            ids = list(conn.execute(_INSERT_MESSAGES, params).scalars())
         platform_rows = [
             {
                 "bot": row.bot,
@@ -694,7 +715,7 @@ class SqlMemoryStore:
             for pid in m.platform_message_ids
         ]
         if platform_rows:
-            conn.execute(insert(_platform_messages), platform_rows)
+            conn.execute(_INSERT_PLATFORM, platform_rows)
         return [
             StoredMessage(
                 id=message_id,
@@ -722,8 +743,12 @@ class SqlMemoryStore:
         tokenizer: str | None = None,
         platform_chat_id: str | None = None,
         platform_message_ids: Sequence[str] = (),
+        usage: UsageRecord | None = None,
     ) -> None:
         """Set the final content, status and token count of a message; record its platform ids.
+
+        ``usage`` is added to the user's counters in the same transaction (even when the
+        message was deleted meanwhile: the tokens were spent).
 
         A message deleted meanwhile (``forget_user`` while the reply streamed) is left
         deleted: nothing is written and no error is raised.
@@ -733,31 +758,29 @@ class SqlMemoryStore:
         """
         status_value = MessageStatus(status).value
         pids = tuple(platform_message_ids)
+        usage_row = self._usage_row(usage) if usage is not None else None
 
         def op(conn: Connection) -> None:
+            if usage_row is not None:
+                _add_usage(conn, usage_row)
             conversation_id = conn.execute(
-                update(_messages)
-                .where(_messages.c.id == message_id)
-                .values(
-                    content=content,
-                    status=status_value,
-                    token_count=token_count,
-                    tokenizer=tokenizer,
-                )
-                .returning(_messages.c.conversation_id)
+                _FINISH,
+                {
+                    "mid": message_id,
+                    "content": content,
+                    "status": status_value,
+                    "token_count": token_count,
+                    "tokenizer": tokenizer,
+                },
             ).scalar_one_or_none()
             if conversation_id is None:
                 _log.info("message %s no longer exists; its final state is dropped", message_id)
                 return
             if pids:
-                conv = conn.execute(
-                    select(
-                        _conversations.c.bot, _conversations.c.platform, _conversations.c.chat_id
-                    ).where(_conversations.c.id == conversation_id)
-                ).one()
+                conv = conn.execute(_CONVERSATION_PLACE, {"cid": conversation_id}).one()
                 chat_id = platform_chat_id if platform_chat_id is not None else conv.chat_id
                 conn.execute(
-                    insert(_platform_messages),
+                    _INSERT_PLATFORM,
                     [
                         {
                             "bot": conv.bot,
@@ -795,22 +818,10 @@ class SqlMemoryStore:
         self, bot: str, platform: str, chat_id: str, platform_message_id: str
     ) -> StoredMessage | None:
         """The stored message a platform message id belongs to, if any."""
-
-        def op(conn: Connection) -> StoredMessage | None:
-            row = conn.execute(
-                select(*_MESSAGE_COLUMNS)
-                .join(_platform_messages, _platform_messages.c.message_id == _messages.c.id)
-                .where(
-                    _platform_messages.c.bot == bot,
-                    _platform_messages.c.platform == platform,
-                    _platform_messages.c.chat_id == chat_id,
-                    _platform_messages.c.platform_message_id == platform_message_id,
-                )
-                .limit(1)
-            ).one_or_none()
-            return _stored(row) if row is not None else None
-
-        result: StoredMessage | None = await self._call(op, write=False)
+        result: StoredMessage | None = await self._call(
+            lambda conn: _find_platform_message(conn, bot, platform, chat_id, platform_message_id),
+            write=False,
+        )
         return result
 
     async def reply_to(self, message: StoredMessage) -> StoredMessage | None:
@@ -940,33 +951,23 @@ class SqlMemoryStore:
         The counters are keyed by an HMAC of (bot, platform, user id), never the id itself,
         and survive ``forget_user`` so that deleting one's data never resets a quota.
         """
-        if min(prompt_tokens, completion_tokens, messages) < 0:
+        row = self._usage_row(
+            UsageRecord(bot, platform, user_id, day, prompt_tokens, completion_tokens, messages)
+        )
+        await self._call(lambda conn: _add_usage(conn, row), write=True)
+
+    def _usage_row(self, usage: UsageRecord) -> dict[str, Any]:
+        if min(usage.prompt_tokens, usage.completion_tokens, usage.messages) < 0:
             raise ValueError("usage counts cannot be negative")
-        user_key = self._user_key(bot, platform, user_id)
-
-        def op(conn: Connection) -> None:
-            stmt = _upsert(conn)(_usage).values(
-                bot=bot,
-                platform=platform,
-                user_key=user_key,
-                day=day,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                messages=messages,
-            )
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["bot", "platform", "user_key", "day"],
-                    set_={
-                        "prompt_tokens": _usage.c.prompt_tokens + stmt.excluded.prompt_tokens,
-                        "completion_tokens": _usage.c.completion_tokens
-                        + stmt.excluded.completion_tokens,
-                        "messages": _usage.c.messages + stmt.excluded.messages,
-                    },
-                )
-            )
-
-        await self._call(op, write=True)
+        return {
+            "bot": usage.bot,
+            "platform": usage.platform,
+            "user_key": self._user_key(usage.bot, usage.platform, usage.user_id),
+            "day": usage.day,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "messages": usage.messages,
+        }
 
     async def get_usage(self, bot: str, platform: str, user_id: str, day: date) -> UsageSummary:
         """The user's tokens on ``day`` and in total (zeros for an unknown user)."""
@@ -1318,6 +1319,80 @@ def recent_messages_query(
     if before_seq is not None:
         query = query.where(_messages.c.seq < before_seq)
     return query.order_by(_messages.c.seq.desc()).limit(limit)
+
+
+def _find_platform_message(
+    conn: Connection, bot: str, platform: str, chat_id: str, platform_message_id: str
+) -> StoredMessage | None:
+    row = conn.execute(
+        _FIND_PLATFORM,
+        {"bot": bot, "platform": platform, "chat_id": chat_id, "pid": platform_message_id},
+    ).one_or_none()
+    return _stored(row) if row is not None else None
+
+
+def _usage_upsert(insert_fn: Any) -> Any:
+    stmt = insert_fn(_usage)
+    return stmt.on_conflict_do_update(
+        index_elements=["bot", "platform", "user_key", "day"],
+        set_={
+            "prompt_tokens": _usage.c.prompt_tokens + stmt.excluded.prompt_tokens,
+            "completion_tokens": _usage.c.completion_tokens + stmt.excluded.completion_tokens,
+            "messages": _usage.c.messages + stmt.excluded.messages,
+        },
+    )
+
+
+# Hot statements are built once: SQLAlchemy then reuses their cache key and compiled form,
+# and each call only binds parameters (building them per call cost more than the SQL).
+_USAGE_UPSERT: Final = {
+    "postgresql": _usage_upsert(pg_dialect.insert),
+    "sqlite": _usage_upsert(sqlite_dialect.insert),
+}
+_BUMP_SEQ: Final = (
+    update(_conversations)
+    .where(_conversations.c.id == bindparam("cid"))
+    .values(last_seq=_conversations.c.last_seq + bindparam("n"))
+    .returning(
+        _conversations.c.last_seq,
+        _conversations.c.bot,
+        _conversations.c.platform,
+        _conversations.c.chat_id,
+    )
+)
+_INSERT_MESSAGE: Final = insert(_messages).returning(_messages.c.id)
+_INSERT_MESSAGES: Final = insert(_messages).returning(_messages.c.id, sort_by_parameter_order=True)
+_INSERT_PLATFORM: Final = insert(_platform_messages)
+_FINISH: Final = (
+    update(_messages)
+    .where(_messages.c.id == bindparam("mid"))
+    .values(
+        content=bindparam("content"),
+        status=bindparam("status"),
+        token_count=bindparam("token_count"),
+        tokenizer=bindparam("tokenizer"),
+    )
+    .returning(_messages.c.conversation_id)
+)
+_CONVERSATION_PLACE: Final = select(
+    _conversations.c.bot, _conversations.c.platform, _conversations.c.chat_id
+).where(_conversations.c.id == bindparam("cid"))
+_FIND_PLATFORM: Final = (
+    select(*_MESSAGE_COLUMNS)
+    .join(_platform_messages, _platform_messages.c.message_id == _messages.c.id)
+    .where(
+        _platform_messages.c.bot == bindparam("bot"),
+        _platform_messages.c.platform == bindparam("platform"),
+        _platform_messages.c.chat_id == bindparam("chat_id"),
+        _platform_messages.c.platform_message_id == bindparam("pid"),
+    )
+    .limit(1)
+)
+
+
+def _add_usage(conn: Connection, row: dict[str, Any]) -> None:
+    """Add ``row``'s counts to its (bot, platform, user_key, day) counters."""
+    conn.execute(_USAGE_UPSERT[conn.dialect.name], row)
 
 
 def _newest_conversation(conn: Connection, key: ConversationKey) -> Conversation | None:

@@ -276,3 +276,29 @@ async def test_two_bots_sharing_a_database_never_mix(make_engine):
     await first.handle(dm("remember apples"), out)
     await second.handle(dm("what do you know?"), out)
     assert out.replies[-1] == "echo: what do you know? | remembered: nothing"
+
+
+async def test_prompt_from_history_cache_equals_prompt_read_from_store(make_engine, store, backend):
+    from core.prompt import PromptBuilder
+
+    engine = make_engine(context_window=300, max_reply_tokens=100)
+    out = RecordingChannel()
+    for n in range(15):  # enough turns that trimming applies
+        await engine.handle(dm(f"turn {n} with some padding words"), out)
+    backend.mid_stream_failures.append(BackendUnavailable("cut"))  # an interrupted reply too
+    backend.chunk_size = 5
+    await engine.handle(dm("cut me off"), out)
+    backend.chunk_size = 16
+    await engine.handle(dm("last turn"), out)
+    rows = await history(store, engine)
+    fresh = PromptBuilder(backend, store)  # no cache: reads the store
+    prompt = await fresh.build(
+        conversation_id=rows[-1].conversation_id,
+        before_seq=rows[-1].seq,
+        system_prompt="You are a test bot.",
+        model="scripted",
+        budget=200,
+        shared=False,
+    )
+    assert list(backend.calls[-1].messages) == prompt.messages
+    assert any(m.content == "echo:" for m in prompt.messages)  # the interrupted partial
