@@ -57,6 +57,7 @@ UNSUPPORTED_REPLY = (
     "Please send your question as text."
 )
 EMPTY_REPLY = "Your message is empty. Send me some text and I'll answer."
+EMPTY_MODEL_REPLY = "The model returned an empty answer. Please try rephrasing your message."
 GENERIC_ERROR = "Something went wrong on my side. Please try again."
 REFUSAL = "Sorry, this bot is private and you're not on its list of allowed users."
 CONFIRM_TTL = timedelta(minutes=10)
@@ -688,6 +689,8 @@ class Engine:
                 await self._notify(out, BackendError.user_message)
         elif active.stopped:
             _log.info("reply stopped by the user in %s chat %s", msg.platform, msg.chat_id)
+        elif not delivery_failed and not text.strip():
+            await self._notify(out, EMPTY_MODEL_REPLY)
 
     async def _record_reply(
         self,

@@ -302,3 +302,12 @@ async def test_prompt_from_history_cache_equals_prompt_read_from_store(make_engi
     )
     assert list(backend.calls[-1].messages) == prompt.messages
     assert any(m.content == "echo:" for m in prompt.messages)  # the interrupted partial
+
+
+async def test_blank_model_reply_gets_a_notice(make_engine, backend):
+    from core.engine import EMPTY_MODEL_REPLY
+
+    backend._reply = "   "
+    out = RecordingChannel()
+    await make_engine().handle(dm("say nothing"), out)
+    assert out.notices == [EMPTY_MODEL_REPLY]
