@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -155,6 +156,8 @@ def _platform_secrets(env_file: Path | None) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``chinwag`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    # python-telegram-bot 22: durations as timedelta (its future default; avoids a warning).
+    os.environ.setdefault("PTB_TIMEDELTA", "true")
     env_file = args.env_file if args.env_file and args.env_file.exists() else None
     try:
         bot = load(BotSettings, env_file)
