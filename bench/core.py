@@ -27,11 +27,11 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
+from bench._common import Result
 from core.engine import Engine
 from core.prompt import PromptBuilder
 from core.settings import AccessSettings, CoreSettings, LLMSettings
@@ -45,7 +45,6 @@ from core.types import (
     Role,
 )
 from tests.fakes.scripted import ScriptedBackend
-
 
 # About 70 of the seeded messages: both conversations fill the same window, so any
 # difference comes from how much history is stored, which is what the target is about.
@@ -96,21 +95,6 @@ class NullChannel:
         return None
 
 
-@dataclass
-class Result:
-    messages: int
-    seconds: float
-    overheads_ms: list[float]
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.seconds
-
-    def pct(self, q: float) -> float:
-        ordered = sorted(self.overheads_ms)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def run_load(url: str, users: int, per_user: int, rate: float | None = None) -> Result:
     """Push ``users`` x ``per_user`` messages through a fresh engine.
 
@@ -155,7 +139,7 @@ async def run_load(url: str, users: int, per_user: int, rate: float | None = Non
     seconds = time.perf_counter() - started
     await engine.aclose()
     await store.aclose()
-    return Result(users * per_user, seconds, overheads)
+    return Result("chinwag", users, users * per_user, seconds, [o / 1000 for o in overheads])
 
 
 async def seed(store: SqlMemoryStore, key: ConversationKey, count: int) -> int:
@@ -215,14 +199,15 @@ async def bench_database(name: str, url: str, smoke: bool) -> None:
             f"{name:10} {users:>3} user(s) x {per_user:>4} msgs: {result.rate:6.0f} msg/s at most"
         )
         if users == 1:
-            line += f"; overhead p50 {result.pct(0.50):5.2f} ms  p99 {result.pct(0.99):5.2f} ms"
+            p50, p99 = result.percentile(0.50), result.percentile(0.99)
+            line += f"; overhead p50 {p50:5.2f} ms  p99 {p99:5.2f} ms"
         print(line, flush=True)
         if users > 1:
             paced = await run_load(url, users, per_user, rate=PACED_RATE)
             print(
                 f"{name:10} {users:>3} user(s) x {per_user:>4} msgs sent at {PACED_RATE:,} msg/s "
-                f"({paced.rate:,.0f} served): overhead p50 {paced.pct(0.50):5.2f} ms  "
-                f"p99 {paced.pct(0.99):5.2f} ms",
+                f"({paced.rate:,.0f} served): overhead p50 {paced.percentile(0.50):5.2f} ms  "
+                f"p99 {paced.percentile(0.99):5.2f} ms",
                 flush=True,
             )
     sizes = (100, 2000) if smoke else (100, 100_000)

@@ -32,7 +32,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from adapters.discord.adapter import DiscordAdapter, configure_endpoints
 from adapters.discord.settings import DiscordSettings
 from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
+from bench._common import Result
 from core.engine import Engine
 from core.ports import ReplyChannel
 from core.settings import CoreSettings, LLMSettings
@@ -103,23 +103,6 @@ class StubEngine:
 
     async def handle_action(self, action: IncomingAction, out: ReplyChannel) -> None:
         return None
-
-
-@dataclass
-class Result:
-    bot: str
-    users: int
-    messages: int
-    seconds: float
-    latencies: list[float]
-
-    @property
-    def throughput(self) -> float:
-        return self.messages / self.seconds
-
-    def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
 class Tracker:
@@ -250,7 +233,7 @@ async def run_adapter(users: int, per_user: int, workdir: Path) -> Result:
 def _line(result: Result) -> str:
     return (
         f"{result.bot:8} {result.users:3} user(s) {result.messages:5} msgs  "
-        f"{result.throughput:8.1f} msg/s  p50 {result.percentile(0.50):7.1f} ms  "
+        f"{result.rate:8.1f} msg/s  p50 {result.percentile(0.50):7.1f} ms  "
         f"p95 {result.percentile(0.95):7.1f} ms  p99 {result.percentile(0.99):7.1f} ms"
     )
 
@@ -287,10 +270,10 @@ async def bench(*, smoke: bool, rounds: int) -> dict[str, Any]:
                     gc.unfreeze()
                     print(f"round {round_no + 1}: {_line(result)}", flush=True)
                     key = (name, users)
-                    if key not in best or result.throughput > best[key].throughput:
+                    if key not in best or result.rate > best[key].rate:
                         best[key] = result
     ratios = {
-        (bot, users): best[(bot, users)].throughput / best[("floor", users)].throughput
+        (bot, users): best[(bot, users)].rate / best[("floor", users)].rate
         for users, _ in shapes
         for bot in ("adapter", "chinwag")
     }

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from telegram.ext import Application, ContextTypes, MessageHandler, filters
 from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
 from adapters.telegram import TelegramAdapter, TelegramSettings
+from bench._common import Result
 from core.engine import Engine
 from core.settings import CoreSettings, LLMSettings
 from core.types import CompletionRequest, IncomingMessage, Role
@@ -55,24 +55,6 @@ def echo_reply(request: CompletionRequest) -> str:
     """The instant backend answers with the user's text, like the floor bot."""
     last = next(m.content for m in reversed(request.messages) if m.role is Role.USER)
     return f"echo: {last}"
-
-
-@dataclass
-class Result:
-    bot: str
-    users: int
-    messages: int
-    seconds: float
-    latencies: list[float]
-
-    @property
-    def rate(self) -> float:
-        return self.messages / self.seconds
-
-    def percentile(self, q: int) -> float:
-        ordered = sorted(self.latencies)
-        index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
-        return ordered[index] * 1000
 
 
 async def run_load(fake: FakeTelegram, bot: str, users: int, per_user: int) -> Result:
@@ -244,8 +226,8 @@ async def measure(bot: str, users: int, per_user: int, directory: Path) -> Resul
 def _line(result: Result) -> str:
     return (
         f"{result.bot:8} users={result.users:<3} msgs={result.messages:<5} "
-        f"{result.rate:8.1f} msg/s   p50={result.percentile(50):7.1f} ms  "
-        f"p95={result.percentile(95):7.1f} ms  p99={result.percentile(99):7.1f} ms"
+        f"{result.rate:8.1f} msg/s   p50={result.percentile(0.50):7.1f} ms  "
+        f"p95={result.percentile(0.95):7.1f} ms  p99={result.percentile(0.99):7.1f} ms"
     )
 
 

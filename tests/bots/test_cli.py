@@ -82,6 +82,7 @@ async def test_console_through_a_pipe_prints_only_replies_and_remembers_across_r
     code, out, err = await chinwag(tmp_path, "chat", stdin="hello\nmy name is Ada\n", env=env)
     assert code == 0, err
     assert out.splitlines() == ["I have: hello", "I have: hello / my name is Ada"]
+    assert "INFO" in err and "my name is Ada" not in err  # bodies are never logged above DEBUG
     code, out, err = await chinwag(tmp_path, "chat", stdin="who am I?\n", env=env)
     assert code == 0, err
     assert out.splitlines() == ["I have: hello / my name is Ada / who am I?"]
