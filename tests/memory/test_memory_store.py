@@ -548,12 +548,11 @@ async def test_data_survives_a_restart(make_store: MakeStore) -> None:
     assert [m.content for m in await second.recent_messages(conv.id, limit=3)] == ["remember me"]
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # a file lock: SQLite's alone
 async def test_sqlite_waits_out_another_process_holding_the_write_lock(
     make_store: MakeStore,
 ) -> None:
     store = await make_store()
-    if not store._sqlite:  # noqa: SLF001 - only meaningful for the SQLite file
-        pytest.skip("SQLite only")
     conv = await store.current_conversation(private())
     path = make_url(store._url).database  # noqa: SLF001
     assert path is not None
