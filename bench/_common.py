@@ -22,6 +22,7 @@ class Result:
     messages: int
     seconds: float
     latencies: list[float] = field(repr=False)
+    first_ms: float = 0.0  # the worst latency of the warm-up, when kept apart
 
     @property
     def rate(self) -> float:

@@ -32,6 +32,7 @@ from pathlib import Path
 from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
 from bench._common import Result
+from bots.app import tune_gc
 from core.engine import Engine
 from core.prompt import PromptBuilder
 from core.settings import AccessSettings, CoreSettings, LLMSettings
@@ -52,6 +53,7 @@ PROMPT_BUDGET = 1024
 # The target load: per-message overhead is measured while the core serves this many
 # messages a second (a closed loop at full speed would measure queueing, not overhead).
 PACED_RATE = 1000
+WARM_UP_SECONDS = 1.0
 
 
 class TimedBackend(ScriptedBackend):
@@ -114,7 +116,9 @@ async def run_load(url: str, users: int, per_user: int, rate: float | None = Non
         access=AccessSettings(_env_file=None),
     )
     await engine.start()
+    tune_gc()  # as `chinwag run` does once its adapters are up
     overheads: list[float] = []
+    warmup: list[float] = []
     channel = NullChannel()
 
     interval = users / rate if rate else 0.0
@@ -130,16 +134,23 @@ async def run_load(url: str, users: int, per_user: int, rate: float | None = Non
             started = time.perf_counter()
             await engine.handle(msg, channel)
             elapsed = time.perf_counter() - started
-            overheads.append((elapsed - backend.spent.pop(tag, 0.0)) * 1000)
+            overhead = (elapsed - backend.spent.pop(tag, 0.0)) * 1000
+            # The first second is warm-up: every user's first message creates their
+            # conversation and fills the history cache, all at once. Reported apart, so the
+            # percentiles describe the steady state.
+            warm = started - run_started < WARM_UP_SECONDS if interval else n == 0
+            (warmup if warm else overheads).append(overhead)
 
-    started = time.perf_counter()
+    run_started = started = time.perf_counter()
     async with asyncio.TaskGroup() as group:
         for u in range(users):
             group.create_task(user(u), name=f"bench-user-{u}")
     seconds = time.perf_counter() - started
     await engine.aclose()
     await store.aclose()
-    return Result("chinwag", users, users * per_user, seconds, [o / 1000 for o in overheads])
+    result = Result("chinwag", users, users * per_user, seconds, [o / 1000 for o in overheads])
+    result.first_ms = max(warmup) if warmup else 0.0
+    return result
 
 
 async def seed(store: SqlMemoryStore, key: ConversationKey, count: int) -> int:
@@ -164,6 +175,17 @@ async def seed(store: SqlMemoryStore, key: ConversationKey, count: int) -> int:
     return conversation.id
 
 
+async def analyze(url: str) -> None:
+    """Refresh PostgreSQL's planner statistics after a bulk seed."""
+    import asyncpg
+
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await connection.execute("ANALYZE messages")
+    finally:
+        await connection.close()
+
+
 async def prompt_build(url: str, sizes: Sequence[int], repeats: int) -> dict[int, float]:
     store = SqlMemoryStore(url)
     await store.start()
@@ -172,6 +194,8 @@ async def prompt_build(url: str, sizes: Sequence[int], repeats: int) -> dict[int
     for size in sizes:
         key = ConversationKey("bench-prompt", "bench", f"c{size}", None, secrets.token_hex(4))
         conversation_id = await seed(store, key, size)
+        if url.startswith("postgresql"):
+            await analyze(url)  # as autovacuum does after such growth
         samples = []
         for _ in range(repeats + 3):
             started = time.perf_counter()
@@ -207,7 +231,8 @@ async def bench_database(name: str, url: str, smoke: bool) -> None:
             print(
                 f"{name:10} {users:>3} user(s) x {per_user:>4} msgs sent at {PACED_RATE:,} msg/s "
                 f"({paced.rate:,.0f} served): overhead p50 {paced.percentile(0.50):5.2f} ms  "
-                f"p99 {paced.percentile(0.99):5.2f} ms",
+                f"p99 {paced.percentile(0.99):5.2f} ms after the first second "
+                f"(warm-up, every user's first message at once: at most {paced.first_ms:.0f} ms)",
                 flush=True,
             )
     sizes = (100, 2000) if smoke else (100, 100_000)

@@ -133,7 +133,6 @@ async def _export(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _discord_sync(settings: Settings) -> None:
     from adapters.discord.adapter import sync_commands
-
     from adapters.discord.settings import DiscordSettings
     from bots.app import running_engine
 
@@ -146,9 +145,8 @@ async def _discord_sync(settings: Settings) -> None:
 
 
 def _platform_secrets(env_file: Path | None) -> list[str]:
-    from adapters.telegram.settings import TelegramSettings
-
     from adapters.discord.settings import DiscordSettings
+    from adapters.telegram.settings import TelegramSettings
 
     return secrets_of(load(TelegramSettings, env_file), load(DiscordSettings, env_file))
 

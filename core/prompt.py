@@ -29,9 +29,39 @@ def usable(message: StoredMessage) -> bool:
     return message.status in _USABLE and bool(message.content)
 
 
+class Turn:
+    """A stored message as a prompt uses it, with its chat message built once.
+
+    Prompts are rebuilt for every reply from the same turns; reusing their ``ChatMessage``
+    objects keeps a busy bot from allocating (and garbage-collecting) hundreds per reply.
+    """
+
+    __slots__ = ("message", "tokenizer", "tokens", "_plain", "_named")
+
+    def __init__(self, message: StoredMessage) -> None:
+        self.message = message
+        self.tokenizer = message.tokenizer  # what ``tokens`` was counted with
+        self.tokens = message.token_count
+        self._plain: ChatMessage | None = None
+        self._named: tuple[ChatMessage, int] | None = None
+
+    def chat(self, shared: bool) -> tuple[ChatMessage, int]:
+        """The chat message, and the tokens a speaker's name adds in a shared memory."""
+        message = self.message
+        if shared and message.role is Role.USER:
+            if self._named is None:
+                name = speaker_name(message.extra, message.author_id)
+                chat = ChatMessage(role=message.role, content=f"{name}: {message.content}")
+                self._named = (chat, len(name) // 3 + 2)
+            return self._named
+        if self._plain is None:
+            self._plain = ChatMessage(role=message.role, content=message.content)
+        return self._plain, 0
+
+
 @dataclass(slots=True)
 class _Entry:
-    turns: deque[StoredMessage]
+    turns: deque[Turn]
     from_start: bool  # holds every usable message since the conversation began
 
 
@@ -51,9 +81,7 @@ class HistoryCache:
         """Whether the conversation is cached."""
         return conversation_id in self._entries
 
-    def fill(
-        self, conversation_id: int, newest_first: list[StoredMessage], from_start: bool
-    ) -> None:
+    def fill(self, conversation_id: int, newest_first: list[Turn], from_start: bool) -> None:
         """Cache what a store read returned (newest first)."""
         turns = deque(reversed(newest_first[: self.max_turns]), maxlen=self.max_turns)
         self._entries[conversation_id] = _Entry(
@@ -70,24 +98,26 @@ class HistoryCache:
             return
         if len(entry.turns) == entry.turns.maxlen:
             entry.from_start = False
-        entry.turns.append(message)
+        entry.turns.append(Turn(message))
         self._entries.move_to_end(message.conversation_id)
 
     def newest_first(
         self, conversation_id: int, before_seq: int | None
-    ) -> tuple[Iterator[StoredMessage], bool] | None:
-        """Cached messages with seq < ``before_seq``, newest first, and whether that is all."""
+    ) -> tuple[Iterator[Turn], bool] | None:
+        """Cached turns with seq < ``before_seq``, newest first, and whether that is all."""
         entry = self._entries.get(conversation_id)
         if entry is None:
             return None
         self._entries.move_to_end(conversation_id)
-        turns = (m for m in reversed(entry.turns) if before_seq is None or m.seq < before_seq)
+        turns = (
+            t for t in reversed(entry.turns) if before_seq is None or t.message.seq < before_seq
+        )
         return turns, entry.from_start
 
     def oldest_seq(self, conversation_id: int) -> int | None:
         """The sequence number of the oldest cached message, if any."""
         entry = self._entries.get(conversation_id)
-        return entry.turns[0].seq if entry is not None and entry.turns else None
+        return entry.turns[0].message.seq if entry is not None and entry.turns else None
 
     def drop(self, conversation_id: int) -> None:
         """Forget one conversation (its stored rows changed behind the cache)."""
@@ -143,12 +173,6 @@ class PromptBuilder:
         self._cache = cache
         self._system_counts: dict[tuple[str, str], int] = {}
 
-    async def count(self, message: StoredMessage, model: str, tokenizer: str) -> int:
-        """The message's content tokens, recounted if stored with another tokenizer."""
-        if message.token_count is not None and message.tokenizer == tokenizer:
-            return message.token_count
-        return await self._backend.count_tokens(message.content, model)
-
     async def _system_tokens(self, text: str, model: str) -> int:
         key = (model, text)
         cached = self._system_counts.get(key)
@@ -181,30 +205,21 @@ class PromptBuilder:
         picked: list[ChatMessage] = []
         complete = True
 
-        def take(message: StoredMessage, tokens: int) -> bool:
-            """Add ``message`` if it fits; sync, as it runs for every turn of every prompt."""
+        async def take_all(turns: Iterable[Turn]) -> bool:
+            """Take turns, newest first, until one does not fit; return whether all fitted."""
             nonlocal used, complete
-            cost = tokens + overhead
-            content = message.content
-            if shared and message.role is Role.USER:
-                name = speaker_name(message.extra, message.author_id)
-                content = f"{name}: {content}"
-                cost += len(name) // 3 + 2
-            if used + cost > budget:
-                complete = False
-                return False
-            used += cost
-            picked.append(ChatMessage(role=message.role, content=content))
-            return True
-
-        async def take_all(messages: Iterable[StoredMessage]) -> bool:
-            """Take messages until one does not fit; return whether all were taken."""
-            for message in messages:
-                tokens = message.token_count
-                if tokens is None or message.tokenizer != tokenizer:
-                    tokens = await backend.count_tokens(message.content, model)
-                if not take(message, tokens):
+            for turn in turns:
+                tokens = turn.tokens
+                if tokens is None or turn.tokenizer != tokenizer:
+                    tokens = await backend.count_tokens(turn.message.content, model)
+                    turn.tokenizer, turn.tokens = tokenizer, tokens
+                chat, named = turn.chat(shared)
+                cost = tokens + overhead + named
+                if used + cost > budget:
+                    complete = False
                     return False
+                used += cost
+                picked.append(chat)
             return True
 
         cursor = before_seq
@@ -214,15 +229,16 @@ class PromptBuilder:
             if not await take_all(turns) or from_start:
                 return self._finish(system_prompt, picked, used, complete, budget)
             cursor = picked_seq_floor(cursor, self._cache, conversation_id)
-        read: list[StoredMessage] = []
+        read: list[Turn] = []
         page_size = _PAGE
         while True:
-            page = await self._store.recent_messages(
+            rows = await self._store.recent_messages(
                 conversation_id, limit=page_size, before_seq=cursor
             )
+            page = [Turn(row) for row in rows]
             read += page
             if await take_all(page) and len(page) == page_size:
-                cursor = page[-1].seq
+                cursor = rows[-1].seq
                 # Read about what the rest of the budget holds, judging by the turns so far:
                 # long windows take few large reads, and nothing is read far beyond the window.
                 per_turn = max((used / len(picked)) if picked else 1, 1)

@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -108,7 +109,14 @@ class MessageRow(Base):
     __tablename__ = "messages"
     __table_args__ = (
         UniqueConstraint("conversation_id", "seq"),
-        Index("ix_messages_status", "status"),
+        # Only the crash-recovery sweep's rows: a full status index could lure PostgreSQL's
+        # planner away from the history key (see migration 0003).
+        Index(
+            "ix_messages_in_progress",
+            "conversation_id",
+            postgresql_where=text("status = 'in_progress'"),
+            sqlite_where=text("status = 'in_progress'"),
+        ),
         Index("ix_messages_author_id", "author_id"),
     )
 

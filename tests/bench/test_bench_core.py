@@ -25,7 +25,9 @@ def test_bench_core_smoke_prints_all_figures():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert re.search(r"sqlite\s+1 user\(s\) x\s+50 msgs:\s+\d+ msg/s at most; overhead p50", out)
-    assert re.search(r"sqlite\s+10 user\(s\) x\s+10 msgs sent at 1,000 msg/s .* p99 +[\d.]+ ms", out)
+    assert re.search(
+        r"sqlite\s+10 user\(s\) x\s+10 msgs sent at 1,000 msg/s .* p99 +[\d.]+ ms", out
+    )
     assert re.search(r"prompt build: 100 stored [\d.]+ ms, 2,000 stored [\d.]+ ms", out)
     if os.environ.get("CHINWAG_TEST_POSTGRES_URL"):
         assert re.search(r"postgresql\s+1 user\(s\) x\s+50 msgs:\s+\d+ msg/s", out), out

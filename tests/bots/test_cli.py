@@ -100,7 +100,9 @@ async def test_console_forget_asks_and_reads_the_next_line(tmp_path, llm):
     assert lines[2] == "Cancelled: nothing was deleted."
     assert lines[4].startswith("Done: I deleted everything stored about you (2 messages)")
     assert lines[5] == "I have: new start"
-    code, document, err = await chinwag(tmp_path, "export", "console", "tester", "--format", "json", env=env)
+    code, document, err = await chinwag(
+        tmp_path, "export", "console", "tester", "--format", "json", env=env
+    )
     assert code == 0, err
     assert "remember this" not in document and "new start" in document
 
@@ -109,7 +111,9 @@ async def test_export_command_writes_markdown_file(tmp_path, llm):
     env = llm_env(tmp_path, llm)
     await chinwag(tmp_path, "chat", stdin="write this down\n", env=env)
     target = tmp_path / "history.md"
-    code, _, err = await chinwag(tmp_path, "export", "console", "tester", "-o", str(target), env=env)
+    code, _, err = await chinwag(
+        tmp_path, "export", "console", "tester", "-o", str(target), env=env
+    )
     assert code == 0, err
     text = target.read_text()
     assert text.startswith("# Conversations with clibot")
@@ -139,7 +143,10 @@ async def test_sigterm_finishes_the_reply_in_flight_and_closes_cleanly(tmp_path)
     async with FakeOpenAIServer(reply=remembering_reply, chunk_delay=0.05) as server:
         env = cli_env(tmp_path, OPENAI_BASE_URL=server.base_url)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bots.cli", "chat",
+            sys.executable,
+            "-m",
+            "bots.cli",
+            "chat",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -156,8 +163,12 @@ async def test_sigterm_finishes_the_reply_in_flight_and_closes_cleanly(tmp_path)
         proc.send_signal(signal.SIGTERM)
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 0, err.decode()
-        assert out.decode().splitlines() == ["I have: a message with several words to stream slowly"]
-        code, document, _ = await chinwag(tmp_path, "export", "console", "tester", "--format", "json", env=env)
+        assert out.decode().splitlines() == [
+            "I have: a message with several words to stream slowly"
+        ]
+        code, document, _ = await chinwag(
+            tmp_path, "export", "console", "tester", "--format", "json", env=env
+        )
         assert '"status": "complete"' in document
         assert '"status": "in_progress"' not in document
 
@@ -178,8 +189,12 @@ async def test_run_without_platform_and_without_terminal_exits_2(tmp_path, llm):
         ("ALLOWED_USERS", "12345", "ALLOWED_USERS=telegram:"),
     ],
 )
-async def test_malformed_setting_exits_2_with_one_clear_line(tmp_path, llm, variable, value, example):
-    code, out, err = await chinwag(tmp_path, "chat", env=llm_env(tmp_path, llm, **{variable: value}))
+async def test_malformed_setting_exits_2_with_one_clear_line(
+    tmp_path, llm, variable, value, example
+):
+    code, out, err = await chinwag(
+        tmp_path, "chat", env=llm_env(tmp_path, llm, **{variable: value})
+    )
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -188,7 +203,9 @@ async def test_malformed_setting_exits_2_with_one_clear_line(tmp_path, llm, vari
 
 
 async def test_env_file_is_read_after_the_environment(tmp_path, llm):
-    (tmp_path / ".env").write_text(f"OPENAI_BASE_URL={llm.base_url}\nOPENAI_API_KEY=sk-test-secret-123456\n")
+    (tmp_path / ".env").write_text(
+        f"OPENAI_BASE_URL={llm.base_url}\nOPENAI_API_KEY=sk-test-secret-123456\n"
+    )
     code, out, err = await chinwag(tmp_path, "chat", stdin="from dotenv\n")
     assert code == 0, err
     assert out.splitlines() == ["I have: from dotenv"]

@@ -92,7 +92,9 @@ async def make_engine(store, backend, clock) -> AsyncIterator[EngineFactory]:
         await engine.aclose(grace=1)
 
 
-def dm(text: str, user: str = "alice", *, message_id: str | None = None, **kw: Any) -> IncomingMessage:
+def dm(
+    text: str, user: str = "alice", *, message_id: str | None = None, **kw: Any
+) -> IncomingMessage:
     """A private text message from ``user`` on the test platform."""
     return IncomingMessage(
         platform=kw.pop("platform", "test"),

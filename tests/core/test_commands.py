@@ -23,7 +23,16 @@ async def test_start_and_help_list_commands(make_engine):
     await engine.handle(dm("/start"), out)
     await engine.handle(dm("/help"), out)
     assert "testbot" in out.notices[0]
-    for name in ("/reset", "/stop", "/system", "/model", "/history", "/usage", "/forget", "/export"):
+    for name in (
+        "/reset",
+        "/stop",
+        "/system",
+        "/model",
+        "/history",
+        "/usage",
+        "/forget",
+        "/export",
+    ):
         assert name in out.notices[1]
     assert "/stats" not in out.notices[1]  # admins only
 

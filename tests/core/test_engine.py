@@ -132,7 +132,9 @@ async def test_context_too_long_retries_once_with_smaller_budget(make_engine, ba
     assert not any(m.content.startswith("long long") for m in retry.messages)
 
 
-async def test_backend_fault_gives_short_message_and_next_message_works(make_engine, store, backend):
+async def test_backend_fault_gives_short_message_and_next_message_works(
+    make_engine, store, backend
+):
     engine = make_engine()
     out = RecordingChannel()
     backend.failures.append(RateLimited(retry_after=3))
@@ -159,7 +161,9 @@ async def test_mid_stream_failure_keeps_partial_reply_as_interrupted(make_engine
     assert (rows[-1].content, rows[-1].status) == ("echo", MessageStatus.INTERRUPTED)
 
 
-async def test_stop_closes_stream_stores_interrupted_and_queue_continues(make_engine, store, backend):
+async def test_stop_closes_stream_stores_interrupted_and_queue_continues(
+    make_engine, store, backend
+):
     backend.chunk_size = 2
     backend.delay = 0.02
     engine = make_engine()
@@ -256,8 +260,12 @@ async def test_adapter_failure_does_not_break_the_engine(make_engine, store):
 async def test_group_shared_memory_names_speakers(make_engine, backend):
     engine = make_engine(memory_scope="chat")
     out = RecordingChannel()
-    await engine.handle(dm("I like tea", "alice", chat_id="g1", is_private=False, user_name="Alice"), out)
-    await engine.handle(dm("I like coffee", "bob", chat_id="g1", is_private=False, user_name="Bob"), out)
+    await engine.handle(
+        dm("I like tea", "alice", chat_id="g1", is_private=False, user_name="Alice"), out
+    )
+    await engine.handle(
+        dm("I like coffee", "bob", chat_id="g1", is_private=False, user_name="Bob"), out
+    )
     users = [m.content for m in backend.calls[-1].messages if m.role is Role.USER]
     assert users == ["Alice: I like tea", "Bob: I like coffee"]
 

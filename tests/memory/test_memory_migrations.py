@@ -72,6 +72,8 @@ async def test_revision_0001_lacks_only_the_secondary_indexes(db_url: str) -> No
 async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     await migrate.upgrade(db_url)
     await migrate.downgrade(db_url)
+    assert await migrate.current(db_url) == "0002"
+    await migrate.downgrade(db_url, "0001")
     assert await migrate.current(db_url) == "0001"
     await migrate.downgrade(db_url, "base")
     assert await migrate.current(db_url) is None
