@@ -122,6 +122,7 @@ async def run_load(url: str, users: int, per_user: int, rate: float | None = Non
     channel = NullChannel()
 
     interval = users / rate if rate else 0.0
+    warm_up = min(WARM_UP_SECONDS, per_user * interval / 5)  # a short (smoke) run keeps 4/5
 
     async def user(u: int) -> None:
         loop = asyncio.get_running_loop()
@@ -138,7 +139,7 @@ async def run_load(url: str, users: int, per_user: int, rate: float | None = Non
             # The first second is warm-up: every user's first message creates their
             # conversation and fills the history cache, all at once. Reported apart, so the
             # percentiles describe the steady state.
-            warm = started - run_started < WARM_UP_SECONDS if interval else n == 0
+            warm = started - run_started < warm_up if interval else n == 0
             (warmup if warm else overheads).append(overhead)
 
     run_started = started = time.perf_counter()
