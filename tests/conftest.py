@@ -16,13 +16,15 @@ import ipaddress
 import os
 import secrets
 import socket
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from adapters.memory import migrate
+from adapters.memory.store import SqlMemoryStore
 from core.settings import ChinwagSettings
 from tests._require import REQUIRE_VARIABLE, NetworkBlocked, require_or_skip
 
@@ -150,6 +152,16 @@ def _block_network() -> Iterator[None]:
 def sqlite_url(tmp_path: Path) -> str:
     """The async URL of a SQLite file that does not exist yet."""
     return f"sqlite+aiosqlite:///{tmp_path / 'chinwag.db'}"
+
+
+@pytest.fixture
+async def store(sqlite_url: str) -> AsyncIterator[SqlMemoryStore]:
+    """A started store on a migrated SQLite file (``tmp_path / "chinwag.db"``)."""
+    await migrate.upgrade(sqlite_url)
+    memory = SqlMemoryStore(sqlite_url)
+    await memory.start()
+    yield memory
+    await memory.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,6 @@ from typing import Any
 
 import pytest
 
-from adapters.memory import migrate
-from adapters.memory.store import SqlMemoryStore
 from core.engine import Engine
 from core.settings import AccessSettings, CoreSettings, LLMSettings
 from core.types import IncomingMessage
@@ -26,16 +24,6 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-async def store(tmp_path) -> AsyncIterator[SqlMemoryStore]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'memory.db'}"
-    await migrate.upgrade(url)
-    memory = SqlMemoryStore(url)
-    await memory.start()
-    yield memory
-    await memory.aclose()
 
 
 @pytest.fixture

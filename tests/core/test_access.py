@@ -113,7 +113,7 @@ async def _all_rows(url: str, sql: str) -> list[tuple]:
         await engine.dispose()
 
 
-async def test_forget_deletes_everything_but_pseudonymous_counters(make_engine, store, tmp_path):
+async def test_forget_deletes_everything_but_pseudonymous_counters(make_engine, store, sqlite_url):
     engine = make_engine(daily_token_quota=1_000_000, memory_scope="chat")
     mine, theirs = RecordingChannel(), RecordingChannel()
     await engine.handle(dm("/system talk like a poet"), mine)
@@ -134,7 +134,7 @@ async def test_forget_deletes_everything_but_pseudonymous_counters(make_engine, 
     await engine.handle_action(IncomingAction("test", "alice", "alice", action_id, True), mine)
     assert mine.notices[-1].startswith("Done: I deleted everything stored about you")
 
-    url = f"sqlite+aiosqlite:///{tmp_path / 'memory.db'}"
+    url = sqlite_url
     rows = []
     for table in ("conversations", "messages", "platform_messages", "preferences", "usage_daily"):
         rows += await _all_rows(url, f"SELECT * FROM {table}")

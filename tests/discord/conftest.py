@@ -16,7 +16,6 @@ with warnings.catch_warnings():
 
 from adapters.discord.adapter import DiscordAdapter
 from adapters.discord.settings import DiscordSettings
-from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
 from core.engine import Engine
 from core.settings import AccessSettings, CoreSettings, LLMSettings
@@ -28,16 +27,6 @@ from tests.fakes.scripted import ScriptedBackend
 async def fake() -> AsyncIterator[FakeDiscord]:
     async with FakeDiscord() as server:
         yield server
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlMemoryStore]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'memory.db'}"
-    await migrate.upgrade(url)
-    memory = SqlMemoryStore(url)
-    await memory.start()
-    yield memory
-    await memory.aclose()
 
 
 @pytest.fixture

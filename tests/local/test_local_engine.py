@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 from adapters.llm.local import LocalBackend
-from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
 from core.engine import Engine
 from core.settings import AccessSettings, CoreSettings, LLMSettings
 from core.types import IncomingMessage
 from tests.fakes.channel import RecordingChannel
 from tests.local.conftest import local_settings
-
-
-@pytest.fixture
-async def store(tmp_path) -> AsyncIterator[SqlMemoryStore]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'memory.db'}"
-    await migrate.upgrade(url)
-    memory = SqlMemoryStore(url)
-    await memory.start()
-    yield memory
-    await memory.aclose()
 
 
 @pytest.fixture
