@@ -39,7 +39,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from sqlalchemy import (
     Select,
@@ -673,7 +673,12 @@ class SqlMemoryStore:
         self, conn: Connection, conversation_id: int, batch: Sequence[NewMessage]
     ) -> list[StoredMessage]:
         n = len(batch)
-        row = conn.execute(_BUMP_SEQ, {"cid": conversation_id, "n": n}).one_or_none()
+        raw = _sqlite_raw(conn)
+        if raw is not None:
+            row = raw.execute(_RAW_BUMP_SEQ, (n, conversation_id)).fetchone()
+            row = _Place(*row) if row is not None else None
+        else:
+            row = conn.execute(_BUMP_SEQ, {"cid": conversation_id, "n": n}).one_or_none()
         if row is None:
             raise StoreError(f"conversation {conversation_id} does not exist")
         for m in batch:
@@ -699,7 +704,27 @@ class SqlMemoryStore:
             }
             for i, m in enumerate(batch)
         ]
-        if n == 1:
+        if raw is not None:
+            stamp = _sqlite_time(now)
+            ids = [
+                raw.execute(
+                    _RAW_INSERT_MESSAGE,
+                    (
+                        p["conversation_id"],
+                        p["seq"],
+                        p["role"],
+                        p["author_id"],
+                        p["content"],
+                        json.dumps(p["extra"]) if p["extra"] is not None else None,
+                        p["token_count"],
+                        p["tokenizer"],
+                        p["status"],
+                        stamp,
+                    ),
+                ).fetchone()[0]
+                for p in params
+            ]
+        elif n == 1:
             ids = [conn.execute(_INSERT_MESSAGE, params[0]).scalar_one()]
         else:
             ids = list(conn.execute(_INSERT_MESSAGES, params).scalars())
@@ -715,7 +740,7 @@ class SqlMemoryStore:
             for pid in m.platform_message_ids
         ]
         if platform_rows:
-            conn.execute(_INSERT_PLATFORM, platform_rows)
+            _insert_platform_ids(conn, platform_rows)
         return [
             StoredMessage(
                 id=message_id,
@@ -763,24 +788,31 @@ class SqlMemoryStore:
         def op(conn: Connection) -> None:
             if usage_row is not None:
                 _add_usage(conn, usage_row)
-            conversation_id = conn.execute(
-                _FINISH,
-                {
-                    "mid": message_id,
-                    "content": content,
-                    "status": status_value,
-                    "token_count": token_count,
-                    "tokenizer": tokenizer,
-                },
-            ).scalar_one_or_none()
+            raw = _sqlite_raw(conn)
+            if raw is not None:
+                found = raw.execute(
+                    _RAW_FINISH, (content, status_value, token_count, tokenizer, message_id)
+                ).fetchone()
+                conversation_id = found[0] if found is not None else None
+            else:
+                conversation_id = conn.execute(
+                    _FINISH,
+                    {
+                        "mid": message_id,
+                        "content": content,
+                        "status": status_value,
+                        "token_count": token_count,
+                        "tokenizer": tokenizer,
+                    },
+                ).scalar_one_or_none()
             if conversation_id is None:
                 _log.info("message %s no longer exists; its final state is dropped", message_id)
                 return
             if pids:
                 conv = conn.execute(_CONVERSATION_PLACE, {"cid": conversation_id}).one()
                 chat_id = platform_chat_id if platform_chat_id is not None else conv.chat_id
-                conn.execute(
-                    _INSERT_PLATFORM,
+                _insert_platform_ids(
+                    conn,
                     [
                         {
                             "bot": conv.bot,
@@ -1324,6 +1356,11 @@ def recent_messages_query(
 def _find_platform_message(
     conn: Connection, bot: str, platform: str, chat_id: str, platform_message_id: str
 ) -> StoredMessage | None:
+    raw = _sqlite_raw(conn)
+    if raw is not None:
+        found = raw.execute(_RAW_FIND_PLATFORM, (bot, platform, chat_id, platform_message_id))
+        values = found.fetchone()
+        return _raw_stored(values) if values is not None else None
     row = conn.execute(
         _FIND_PLATFORM,
         {"bot": bot, "platform": platform, "chat_id": chat_id, "pid": platform_message_id},
@@ -1392,7 +1429,116 @@ _FIND_PLATFORM: Final = (
 
 def _add_usage(conn: Connection, row: dict[str, Any]) -> None:
     """Add ``row``'s counts to its (bot, platform, user_key, day) counters."""
+    raw = _sqlite_raw(conn)
+    if raw is not None:
+        raw.execute(
+            _RAW_USAGE_UPSERT,
+            (
+                row["bot"],
+                row["platform"],
+                row["user_key"],
+                row["day"].isoformat(),
+                row["prompt_tokens"],
+                row["completion_tokens"],
+                row["messages"],
+            ),
+        )
+        return
     conn.execute(_USAGE_UPSERT[conn.dialect.name], row)
+
+
+def _insert_platform_ids(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    raw = _sqlite_raw(conn)
+    if raw is not None:
+        raw.executemany(
+            _RAW_INSERT_PLATFORM,
+            [
+                (r["bot"], r["platform"], r["chat_id"], r["platform_message_id"], r["message_id"])
+                for r in rows
+            ],
+        )
+        return
+    conn.execute(_INSERT_PLATFORM, rows)
+
+
+# --- the SQLite fast path -----------------------------------------------------------------
+# On SQLite the hottest statements (two or three per message) skip SQLAlchemy's statement
+# execution layer and go to sqlite3 on the same connection and transaction: on two cores that
+# layer cost more than the SQL itself. Values are stored exactly as SQLAlchemy stores them
+# (timestamps as naive UTC "YYYY-MM-DD HH:MM:SS.ffffff", dates ISO, JSON as text, None as
+# NULL), so reads through SQLAlchemy see no difference; the contract tests run both paths.
+
+_RAW_BUMP_SEQ: Final = (
+    "UPDATE conversations SET last_seq = last_seq + ? WHERE id = ? "
+    "RETURNING last_seq, bot, platform, chat_id"
+)
+_RAW_INSERT_MESSAGE: Final = (
+    "INSERT INTO messages (conversation_id, seq, role, author_id, content, extra, token_count, "
+    "tokenizer, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+)
+_RAW_INSERT_PLATFORM: Final = (
+    "INSERT INTO platform_messages (bot, platform, chat_id, platform_message_id, message_id) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+_RAW_FINISH: Final = (
+    "UPDATE messages SET content = ?, status = ?, token_count = ?, tokenizer = ? WHERE id = ? "
+    "RETURNING conversation_id"
+)
+_RAW_FIND_PLATFORM: Final = (
+    "SELECT m.id, m.conversation_id, m.seq, m.role, m.content, m.author_id, m.status, "
+    "m.token_count, m.tokenizer, m.extra, m.created_at FROM messages AS m "
+    "JOIN platform_messages AS p ON p.message_id = m.id "
+    "WHERE p.bot = ? AND p.platform = ? AND p.chat_id = ? AND p.platform_message_id = ? LIMIT 1"
+)
+_RAW_USAGE_UPSERT: Final = (
+    "INSERT INTO usage_daily (bot, platform, user_key, day, prompt_tokens, completion_tokens, "
+    "messages) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (bot, platform, user_key, day) DO UPDATE SET "
+    "prompt_tokens = prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = completion_tokens + excluded.completion_tokens, "
+    "messages = messages + excluded.messages"
+)
+
+
+class _Place(NamedTuple):
+    last_seq: int
+    bot: str
+    platform: str
+    chat_id: str
+
+
+def _raw_stored(values: tuple[Any, ...]) -> StoredMessage:
+    """A ``messages`` row read through sqlite3, converted as SQLAlchemy's types would."""
+    (id_, conversation_id, seq, role, content, author_id, status, tokens, tokenizer, extra, at) = (
+        values
+    )
+    return StoredMessage(
+        id=id_,
+        conversation_id=conversation_id,
+        seq=seq,
+        role=Role(role),
+        content=content,
+        author_id=author_id,
+        status=MessageStatus(status),
+        token_count=tokens,
+        tokenizer=tokenizer,
+        extra=json.loads(extra) if extra is not None else None,
+        created_at=datetime.fromisoformat(at).replace(tzinfo=UTC),
+    )
+
+
+def _sqlite_raw(conn: Connection) -> sqlite3.Connection | None:
+    """The sqlite3 connection under ``conn`` (same transaction), or None on PostgreSQL."""
+    if conn.dialect.name != "sqlite":
+        return None
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, sqlite3.Connection)
+    return driver
+
+
+def _sqlite_time(value: datetime) -> str:
+    """A timestamp as SQLAlchemy stores a ``UtcDateTime`` on SQLite."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 def _newest_conversation(conn: Connection, key: ConversationKey) -> Conversation | None:

@@ -619,3 +619,24 @@ async def test_a_write_cancelled_before_its_turn_stores_nothing(store: SqlMemory
     history = await store.recent_messages(conv.id, limit=50)
     assert sorted(m.content for m in history) == sorted(f"m{i}" for i in range(19))
     assert sorted(m.seq for m in history) == list(range(1, 20))
+
+
+async def test_every_read_path_sees_the_same_message(store: SqlMemoryStore) -> None:
+    # On SQLite the hot writes and the redelivery lookup use sqlite3 directly; the history
+    # read uses SQLAlchemy. Both must agree to the microsecond, JSON and timezone included.
+    conv = await store.current_conversation(private())
+    written = NewMessage(
+        role=Role.USER,
+        content="Grüße, Zoë 👋",
+        author_id="u1",
+        token_count=7,
+        tokenizer="o200k_base",
+        extra={"author_name": "Zoë", "attachments": [{"kind": "photo"}]},
+        platform_message_ids=("m-1",),
+    )
+    (appended,) = await store.append_messages(conv.id, [written])
+    (from_history,) = await store.recent_messages(conv.id, limit=5)
+    by_platform_id = await store.find_by_platform_message(BOT, "telegram", "u1", "m-1")
+    assert appended == from_history == by_platform_id
+    assert from_history.created_at.tzinfo is not None
+    assert from_history.extra == {"author_name": "Zoë", "attachments": [{"kind": "photo"}]}
