@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapters.discord.settings import DiscordSettings
 from adapters.memory import migrate
 from adapters.memory.settings import MemorySettings, render_url
 from adapters.memory.store import SqlMemoryStore
+from adapters.telegram.settings import TelegramSettings
 from core.engine import Engine
 from core.errors import ConfigError
 from core.ports import ChatAdapter, LLMBackend
@@ -53,6 +55,8 @@ class Settings:
     llm: LLMSettings
     access: AccessSettings
     memory: MemorySettings
+    telegram: TelegramSettings
+    discord: DiscordSettings
 
     @property
     def data_dir(self) -> Path:
@@ -165,36 +169,21 @@ def tune_gc() -> None:
 
 def platform_adapters(settings: Settings, engine: Engine) -> list[ChatAdapter]:
     """The chat adapters whose tokens are configured."""
-    from bots.config import load
-
     adapters: list[ChatAdapter] = []
-    from adapters.telegram.settings import TelegramSettings
-
-    telegram = load(TelegramSettings, settings.env_file)
-    if telegram.bot_token is not None:
+    if settings.telegram.bot_token is not None:
         from adapters.telegram.adapter import TelegramAdapter
 
-        adapters.append(TelegramAdapter(telegram, engine))
-    from adapters.discord.settings import DiscordSettings
-
-    discord = load(DiscordSettings, settings.env_file)
-    if discord.bot_token is not None:
+        adapters.append(TelegramAdapter(settings.telegram, engine))
+    if settings.discord.bot_token is not None:
         from adapters.discord.adapter import DiscordAdapter
 
-        adapters.append(DiscordAdapter(discord, engine, data_dir=settings.data_dir))
+        adapters.append(DiscordAdapter(settings.discord, engine, data_dir=settings.data_dir))
     return adapters
 
 
 def has_platform_token(settings: Settings) -> bool:
     """Whether ``TELEGRAM_BOT_TOKEN`` or ``DISCORD_BOT_TOKEN`` is set."""
-    from adapters.discord.settings import DiscordSettings
-    from adapters.telegram.settings import TelegramSettings
-    from bots.config import load
-
-    return (
-        load(TelegramSettings, settings.env_file).bot_token is not None
-        or load(DiscordSettings, settings.env_file).bot_token is not None
-    )
+    return settings.telegram.bot_token is not None or settings.discord.bot_token is not None
 
 
 async def serve(settings: Settings, *, console: bool) -> None:

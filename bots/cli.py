@@ -16,10 +16,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from adapters.discord.settings import DiscordSettings
 from adapters.memory.settings import MemorySettings
+from adapters.telegram.settings import TelegramSettings
 from bots.app import Exit, Settings, has_platform_token, serve, stdin_is_terminal
 from bots.config import BotSettings, configure_logging, load, secrets_of
 from core.errors import ChinwagError, ConfigError
+from core.export import FORMATS as EXPORT_FORMATS
 from core.settings import AccessSettings, CoreSettings, LLMSettings
 
 _log = logging.getLogger("chinwag")
@@ -76,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("platform", help="telegram, discord or console")
     export.add_argument("user_id", help="the user's id on that platform")
-    export.add_argument("--format", choices=("md", "json"), default="md")
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="md")
     export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     discord = sub.add_parser("discord", help="Discord maintenance")
     discord_sub = discord.add_subparsers(dest="discord_command", required=True, metavar="ACTION")
@@ -91,6 +94,8 @@ def _load(env_file: Path | None) -> Settings:
         llm=load(LLMSettings, env_file),
         access=load(AccessSettings, env_file),
         memory=load(MemorySettings, env_file),
+        telegram=load(TelegramSettings, env_file),
+        discord=load(DiscordSettings, env_file),
     )
 
 
@@ -133,22 +138,14 @@ async def _export(settings: Settings, args: argparse.Namespace) -> None:
 
 async def _discord_sync(settings: Settings) -> None:
     from adapters.discord.adapter import sync_commands
-    from adapters.discord.settings import DiscordSettings
     from bots.app import running_engine
 
-    discord = load(DiscordSettings, settings.env_file)
+    discord = settings.discord
     if discord.bot_token is None:
         raise ConfigError("DISCORD_BOT_TOKEN", "is not set", example="MTA1...")
     async with running_engine(settings) as engine:
         count = await sync_commands(discord, engine, data_dir=settings.data_dir)
     print(f"registered {count} slash commands with Discord")
-
-
-def _platform_secrets(env_file: Path | None) -> list[str]:
-    from adapters.discord.settings import DiscordSettings
-    from adapters.telegram.settings import TelegramSettings
-
-    return secrets_of(load(TelegramSettings, env_file), load(DiscordSettings, env_file))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,8 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         bot = load(BotSettings, env_file)
         configure_logging(args.log_level or bot.log_level, [])
         settings = _load(env_file)
-        secrets = secrets_of(settings.core, settings.llm, settings.access, settings.memory)
-        configure_logging(args.log_level or bot.log_level, secrets + _platform_secrets(env_file))
+        secrets = secrets_of(
+            settings.core,
+            settings.llm,
+            settings.access,
+            settings.memory,
+            settings.telegram,
+            settings.discord,
+        )
+        configure_logging(args.log_level or bot.log_level, secrets)
         if args.command == "run":
             console = not has_platform_token(settings)
             if console and not stdin_is_terminal():

@@ -27,6 +27,7 @@ from typing import Any
 
 from core.access import AccessPolicy, RateLimiter, format_wait, until_next_utc_day
 from core.errors import BackendError, ChinwagError, ContextTooLong, DuplicateMessage
+from core.export import FORMATS as EXPORT_FORMATS
 from core.export import export_document
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
@@ -474,7 +475,6 @@ class Engine:
     async def _converse(
         self, key: ConversationKey, msg: IncomingMessage, text: str, out: ReplyChannel
     ) -> None:
-        store = self._store
         prefs = await self._preferences_for(key)
         model = self._model_for(prefs)
         tokenizer = self._backend.tokenizer_name(model)
@@ -482,7 +482,7 @@ class Engine:
         extra = {"author_name": msg.user_name} if msg.user_name else None
         user_tokens = await self._backend.count_tokens(text, model)
         try:
-            user_message, placeholder = await store.append_messages(
+            user_message, placeholder = await self._store.append_messages(
                 conversation_id,
                 [
                     NewMessage(
@@ -926,7 +926,7 @@ class Engine:
         fmt = (arg or "md").lower().lstrip(".")
         if fmt == "markdown":
             fmt = "md"
-        if fmt not in ("md", "json"):
+        if fmt not in EXPORT_FORMATS:
             await self._notify(out, "Choose a format: /export md (the default) or /export json.")
             return
         document = await self.export(msg.platform, msg.user_id, fmt)

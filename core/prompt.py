@@ -77,10 +77,6 @@ class HistoryCache:
     max_turns: int = 512
     _entries: OrderedDict[int, _Entry] = field(default_factory=OrderedDict)
 
-    def known(self, conversation_id: int) -> bool:
-        """Whether the conversation is cached."""
-        return conversation_id in self._entries
-
     def fill(self, conversation_id: int, newest_first: list[Turn], from_start: bool) -> None:
         """Cache what a store read returned (newest first)."""
         turns = deque(reversed(newest_first[: self.max_turns]), maxlen=self.max_turns)
@@ -152,16 +148,6 @@ def speaker_name(extra: Mapping[str, Any] | None, author_id: str | None) -> str:
     return author_id or "user"
 
 
-def picked_seq_floor(
-    before_seq: int | None, cache: HistoryCache | None, conversation_id: int
-) -> int | None:
-    """The store read continues below the oldest cached message."""
-    oldest = cache.oldest_seq(conversation_id) if cache is not None else None
-    if oldest is None:
-        return before_seq
-    return oldest if before_seq is None else min(oldest, before_seq)
-
-
 class PromptBuilder:
     """Builds prompts for one backend; caches only token counts of system prompts."""
 
@@ -228,7 +214,10 @@ class PromptBuilder:
             turns, from_start = cached
             if not await take_all(turns) or from_start:
                 return self._finish(system_prompt, picked, used, complete, budget)
-            cursor = picked_seq_floor(cursor, self._cache, conversation_id)
+            # every cached turn fitted: the store read continues below the oldest of them
+            oldest = self._cache.oldest_seq(conversation_id) if self._cache else None
+            if oldest is not None:
+                cursor = oldest if cursor is None else min(oldest, cursor)
         read: list[Turn] = []
         page_size = _PAGE
         while True:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from adapters.discord.settings import DiscordSettings
 from adapters.llm import local
 from adapters.llm.local import LocalBackend
 from adapters.llm.openai import OpenAIBackend
 from adapters.memory.settings import MemorySettings
+from adapters.telegram.settings import TelegramSettings
 from bots.app import NO_LLM, Exit, Settings, build_backend
 from core.errors import ConfigError
 from core.settings import AccessSettings, CoreSettings, LLMSettings
@@ -21,6 +23,8 @@ def settings(**llm: object) -> Settings:
         llm=LLMSettings(_env_file=None, **llm),
         access=AccessSettings(_env_file=None),
         memory=MemorySettings(_env_file=None),
+        telegram=TelegramSettings(_env_file=None),
+        discord=DiscordSettings(_env_file=None),
     )
 
 
