@@ -37,6 +37,7 @@ from core.engine import Engine
 from core.prompt import PromptBuilder
 from core.settings import AccessSettings, CoreSettings, LLMSettings
 from core.types import (
+    ReplyEvent,
     BackendEvent,
     CompletionRequest,
     ConversationKey,
@@ -85,8 +86,8 @@ class NullChannel:
     async def send_text(self, text: str) -> Sequence[str]:
         return ()
 
-    async def stream_reply(self, deltas: AsyncIterator[str]) -> Sequence[str]:
-        async for _ in deltas:
+    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+        async for _ in events:
             pass
         return (str(next(self._ids)),)
 

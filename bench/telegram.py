@@ -43,7 +43,7 @@ from adapters.telegram import TelegramAdapter, TelegramSettings
 from bench._common import Result
 from core.engine import Engine
 from core.settings import CoreSettings, LLMSettings
-from core.types import CompletionRequest, IncomingMessage, Role
+from core.types import CompletionRequest, IncomingMessage, ReplyEvent, Role
 from tests.fakes.scripted import ScriptedBackend
 from tests.fakes.telegram_server import FakeChat, FakeMessage, FakeTelegram, FakeUser
 
@@ -160,8 +160,8 @@ class _NullChannel:
     async def send_text(self, text: str) -> Sequence[str]:
         return [f"reply-{next(self._ids)}"]
 
-    async def stream_reply(self, deltas: AsyncIterator[str]) -> Sequence[str]:
-        async for _ in deltas:
+    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+        async for _ in events:
             pass
         return [f"reply-{next(self._ids)}"]
 

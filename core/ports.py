@@ -24,6 +24,7 @@ from core.types import (
     NewMessage,
     PlatformStats,
     Preferences,
+    ReplyEvent,
     StoredMessage,
     UsageRecord,
     UsageSummary,
@@ -227,10 +228,12 @@ class ReplyChannel(Protocol):
         """Send a short plain-text notice (command output, error); return platform ids."""
         ...
 
-    async def stream_reply(self, deltas: AsyncIterator[str]) -> Sequence[str]:
-        """Show the reply while ``deltas`` yields text, until it ends; return platform ids.
+    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+        """Show the reply while ``events`` yields text, until it ends; return platform ids.
 
-        The iterator ends normally on completion, on ``/stop`` and on backend errors (the
+        ``events`` yields text deltas, and a ``QueuePosition`` while the reply waits for a
+        busy model: the adapter shows its ``notice`` in place of the reply until text arrives
+        (the notice is never part of the reply's text). The iterator ends normally on completion, on ``/stop`` and on backend errors (the
         engine sends the error notice afterwards), so the adapter always finalises what it
         showed. Must deliver the complete text it received.
         """
@@ -259,6 +262,13 @@ class ChatAdapter(Protocol):
 
     async def wait_closed(self) -> None:
         """Return once the adapter stopped by itself (console end of input); raise if fatal."""
+        ...
+
+    async def stop_intake(self) -> None:
+        """Stop taking new messages; replies in flight can still be delivered. Idempotent.
+
+        Called at shutdown before the engine drains, so no message meets a closed engine.
+        """
         ...
 
     async def aclose(self) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from core.engine import Engine
-from core.types import IncomingAction, IncomingMessage
+from core.types import IncomingAction, IncomingMessage, QueuePosition, ReplyEvent
 
 _log = logging.getLogger(__name__)
 PLATFORM = "console"
@@ -36,11 +36,16 @@ class _ConsoleReply:
         self._adapter.write_reply(text)
         return ()
 
-    async def stream_reply(self, deltas: AsyncIterator[str]) -> Sequence[str]:
+    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
         adapter = self._adapter
         adapter.begin_reply()
         wrote = False
-        async for piece in deltas:
+        async for piece in events:
+            if isinstance(piece, QueuePosition):
+                # A terminal cannot take a line back: the notice stays above the answer.
+                adapter.write_reply(piece.notice)
+                adapter.begin_reply()
+                continue
             adapter.out.write(piece)
             if adapter.interactive:
                 adapter.out.flush()
@@ -137,6 +142,10 @@ class ConsoleAdapter:
         if self._task is None:
             raise RuntimeError("ConsoleAdapter.wait_closed() before start()")
         await asyncio.shield(self._task)
+
+    async def stop_intake(self) -> None:
+        """Stop taking new messages; replies in flight can still be delivered. Idempotent."""
+        # Interim: the structure work replaces this with a real intake stop.
 
     async def aclose(self) -> None:
         """Stop reading. Idempotent."""

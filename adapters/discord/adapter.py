@@ -38,7 +38,13 @@ from adapters.discord.settings import DiscordSettings
 from adapters.discord.split import DISCORD_LIMIT, split_message
 from core.errors import AdapterError, ConfigError
 from core.ports import ReplyChannel
-from core.types import CommandInfo, IncomingAction, IncomingMessage
+from core.types import (
+    CommandInfo,
+    IncomingAction,
+    IncomingMessage,
+    ReplyEvent,
+    text_deltas,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -459,9 +465,9 @@ class _Reply:
             ids.append(str(message.id))
         return ids
 
-    async def stream_reply(self, deltas: AsyncIterator[str]) -> Sequence[str]:
+    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
         """Stream the reply into edited messages; return their ids."""
-        return await _stream(self._sink, deltas, self._adapter.settings)
+        return await _stream(self._sink, text_deltas(events), self._adapter.settings)
 
     async def ask_confirmation(self, prompt: str, action_id: str) -> None:
         """Show ``prompt`` with Yes / No buttons; a press comes back as an action."""
@@ -809,6 +815,10 @@ class DiscordAdapter:
         if self._task is None:
             raise RuntimeError("DiscordAdapter.wait_closed() before start()")
         await asyncio.shield(self._task)
+
+    async def stop_intake(self) -> None:
+        """Stop taking new messages; replies in flight can still be delivered. Idempotent."""
+        # Interim: the structure work replaces this with a real intake stop.
 
     async def aclose(self, *, grace: float = 10.0) -> None:
         """Stop taking messages, let replies in flight finish (``grace`` s), disconnect."""

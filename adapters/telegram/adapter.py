@@ -64,7 +64,7 @@ from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.split import TELEGRAM_LIMIT, Part, render_parts, split_blocks
 from core.engine import Engine
 from core.errors import AdapterError, ConfigError
-from core.types import IncomingAction, IncomingMessage
+from core.types import IncomingAction, IncomingMessage, ReplyEvent, text_deltas
 
 __all__ = ["TelegramAdapter", "TelegramReplyChannel"]
 
@@ -337,7 +337,7 @@ class TelegramReplyChannel:
             ids.append(str(message.message_id))
         return ids
 
-    async def stream_reply(self, deltas: AsyncIterator[str]) -> Sequence[str]:
+    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
         """Show the reply in one message edited as ``deltas`` arrive; return all message ids.
 
         The first message is sent once ``first_flush_delay`` has passed since the first
@@ -348,7 +348,7 @@ class TelegramReplyChannel:
         """
         stream = _LiveReply(self)
         try:
-            async for delta in deltas:
+            async for delta in text_deltas(events):
                 if delta:
                     stream.add(delta)
         except asyncio.CancelledError:
@@ -691,6 +691,10 @@ class TelegramAdapter:
         await self._stopped.wait()
         if self._fatal is not None:
             raise self._fatal
+
+    async def stop_intake(self) -> None:
+        """Stop taking new messages; replies in flight can still be delivered. Idempotent."""
+        # Interim: the structure work replaces this with a real intake stop.
 
     async def aclose(self) -> None:
         """Stop taking updates, let replies in flight finish, disconnect. Idempotent."""

@@ -7,6 +7,8 @@ import itertools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from core.types import QueuePosition, ReplyEvent
+
 _ids = itertools.count(1)
 
 
@@ -42,10 +44,13 @@ class RecordingChannel:
         self.events.append(("notice", text))
         return (f"n{next(_ids)}",)
 
-    async def stream_reply(self, deltas: AsyncIterator[str]) -> Sequence[str]:
+    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
         self.stream_started.set()
         parts: list[str] = []
-        async for piece in deltas:
+        async for piece in events:
+            if isinstance(piece, QueuePosition):
+                self.events.append(("queue", piece.notice))
+                continue
             parts.append(piece)
         if self.fail_delivery:
             from core.errors import AdapterError

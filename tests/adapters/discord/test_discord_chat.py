@@ -10,7 +10,7 @@ import pytest
 
 from adapters.discord.split import split_message
 from core.errors import BackendUnavailable
-from tests.discord.helpers import fences_balanced, idle, same_text
+from tests.adapters.discord.helpers import fences_balanced, idle, same_text
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.scripted import ScriptedBackend
 

@@ -11,7 +11,7 @@ from adapters.telegram.render import render_blocks, runs_text
 from core.errors import BackendUnavailable
 from tests.fakes.scripted import ScriptedBackend
 from tests.fakes.telegram_server import REAL_LIMITS, FakeUser, FloodLimits
-from tests.telegram.conftest import Harness
+from tests.adapters.telegram.conftest import Harness
 
 
 def _no_space(text: str) -> str:

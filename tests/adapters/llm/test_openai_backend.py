@@ -40,7 +40,7 @@ from core.types import (
     Usage,
 )
 from tests.fakes.openai_server import FakeOpenAIServer, FakeReply, FakeToolCall
-from tests.llm.backend_helpers import API_KEY, MakeBackend, collect, request, text_of
+from tests.adapters.llm.backend_helpers import API_KEY, MakeBackend, collect, request, text_of
 
 EXPECTED = "You said: hello there. I received 2 messages."
 

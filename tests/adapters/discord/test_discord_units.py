@@ -14,8 +14,8 @@ from adapters.discord.adapter import INTENT_HELP, DiscordAdapter
 from adapters.discord.settings import DiscordSettings
 from adapters.discord.split import split_message
 from core.errors import AdapterError, ConfigError
-from tests.discord.conftest import discord_settings
-from tests.discord.helpers import fences_balanced, same_text
+from tests.adapters.discord.conftest import discord_settings
+from tests.adapters.discord.helpers import fences_balanced, same_text
 from tests.fakes.discord_server import FakeDiscord
 
 # --- split ------------------------------------------------------------------------------------

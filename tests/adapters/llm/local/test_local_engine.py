@@ -12,7 +12,7 @@ from core.engine import Engine
 from core.settings import AccessSettings, CoreSettings, LLMSettings
 from core.types import IncomingMessage
 from tests.fakes.channel import RecordingChannel
-from tests.local.conftest import local_settings
+from tests.adapters.llm.local.conftest import local_settings
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from tests.discord.helpers import idle
+from tests.adapters.discord.helpers import idle
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.scripted import ScriptedBackend
 
@@ -150,7 +150,7 @@ async def test_discord_sync_forces_registration(
     fake: FakeDiscord, make_bot, tmp_path: Path
 ) -> None:
     from adapters.discord.adapter import sync_commands
-    from tests.discord.conftest import discord_settings
+    from tests.adapters.discord.conftest import discord_settings
 
     data_dir = tmp_path / "data"
     bot = await make_bot(data_dir=data_dir)

@@ -23,7 +23,7 @@ from core.types import (
     TextDelta,
     Usage,
 )
-from tests.local.conftest import EXPECTED, TINY
+from tests.adapters.llm.local.conftest import EXPECTED, TINY
 
 MakeBackend = Callable[..., LocalBackend]
 

@@ -21,7 +21,7 @@ from core.types import (
     Preferences,
     Role,
 )
-from tests.memory.conftest import Clock, MakeStore
+from tests.adapters.memory.conftest import Clock, MakeStore
 
 BOT = "testbot"
 

@@ -24,7 +24,7 @@ from adapters.llm.tokens import (
     encoding_for_model,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 # Computed once with the real o200k_base / cl100k_base tables and written down: a change in
 # tokenizer data or in how we call it shows up here.

@@ -19,7 +19,7 @@ from core.errors import BackendError
 from core.ports import LLMBackend
 from core.types import ChatMessage, CompletionRequest, Role, TextDelta, Usage
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.llm.backend_helpers import collect, text_of
+from tests.adapters.llm.backend_helpers import collect, text_of
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ async def _local_case() -> AsyncIterator[ContractSubject]:
     reason = local_backend_available()
     if reason is not None:
         require_or_skip("llama", reason)
-    tiny = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-chat.gguf"
+    tiny = Path(__file__).resolve().parents[2] / "fixtures" / "tiny-chat.gguf"
     backend = LocalBackend(LocalSettings(_env_file=None, model_path=tiny))  # type: ignore[call-arg]
 
     async def released() -> None:

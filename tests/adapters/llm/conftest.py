@@ -9,7 +9,7 @@ import pytest
 
 from adapters.llm.openai import OpenAIBackend, OpenAISettings
 from tests.fakes.openai_server import FakeOpenAIServer
-from tests.llm.backend_helpers import API_KEY, MakeBackend
+from tests.adapters.llm.backend_helpers import API_KEY, MakeBackend
 
 
 @pytest.fixture

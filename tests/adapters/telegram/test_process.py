@@ -13,7 +13,7 @@ import pytest
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.telegram_server import FakeChat, FakeTelegram, FakeUser
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 pytestmark = pytest.mark.slow
 

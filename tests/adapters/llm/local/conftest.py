@@ -12,7 +12,7 @@ import pytest
 from adapters.llm.local import LocalBackend, LocalSettings, local_backend_available
 from tests._require import require_or_skip
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[3] / "fixtures"
 TINY = FIXTURES / "tiny-chat.gguf"
 
 
