@@ -186,6 +186,11 @@ class Engine:
         return self._core.bot_name
 
     @property
+    def default_model(self) -> str:
+        """The model a conversation that chose none is answered by."""
+        return self._backend.default_model
+
+    @property
     def backend(self) -> LLMBackend:
         """The LLM backend in use."""
         return self._backend

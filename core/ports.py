@@ -9,17 +9,21 @@ Implementations live in ``adapters/`` and are named ``<Vendor><Role>``: ``OpenAI
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from datetime import date
 from typing import Protocol, runtime_checkable
 
 from core.types import (
     BackendEvent,
+    CommandInfo,
     ChatMessage,
     CompletionRequest,
     Conversation,
     ConversationKey,
     ExportedConversation,
+    IncomingAction,
+    IncomingMessage,
     MessageStatus,
     NewMessage,
     PlatformStats,
@@ -248,6 +252,44 @@ class ReplyChannel(Protocol):
         ...
 
 
+class ConversationEngine(Protocol):
+    """The inbound port: what a chat adapter calls. ``core.engine.Engine`` implements it.
+
+    Adapters depend on this Protocol, never on the concrete engine, so each can be tested in
+    front of a stub and the engine can change shape behind it.
+    """
+
+    @property
+    def bot_name(self) -> str:
+        """The ``BOT_NAME`` memories are stored under."""
+        ...
+
+    @property
+    def default_model(self) -> str:
+        """The model a conversation that chose none is answered by (for banners)."""
+        ...
+
+    def commands(self) -> Sequence[CommandInfo]:
+        """The commands the engine answers, for adapters to register."""
+        ...
+
+    def submit(self, msg: IncomingMessage, out: ReplyChannel) -> asyncio.Future[None]:
+        """Queue ``msg`` behind earlier messages of its conversation (call in arrival order).
+
+        The future resolves once the answer was sent and recorded; it never fails for the
+        user's mistakes or the backend's.
+        """
+        ...
+
+    async def handle(self, msg: IncomingMessage, out: ReplyChannel) -> None:
+        """Submit ``msg`` and wait until it is answered."""
+        ...
+
+    async def handle_action(self, action: IncomingAction, out: ReplyChannel) -> None:
+        """Answer a button press (or console yes/no) for a confirmation the engine asked."""
+        ...
+
+
 class ChatAdapter(Protocol):
     """A chat platform connection feeding the engine."""
 
@@ -276,4 +318,11 @@ class ChatAdapter(Protocol):
         ...
 
 
-__all__ = ["ChatAdapter", "ChatMessage", "LLMBackend", "MemoryStore", "ReplyChannel"]
+__all__ = [
+    "ChatAdapter",
+    "ChatMessage",
+    "ConversationEngine",
+    "LLMBackend",
+    "MemoryStore",
+    "ReplyChannel",
+]
