@@ -18,8 +18,8 @@ from adapters.llm.openai import OpenAIBackend, OpenAISettings
 from core.errors import BackendError
 from core.ports import LLMBackend
 from core.types import ChatMessage, CompletionRequest, Role, TextDelta, Usage
-from tests.fakes.openai_server import FakeOpenAIServer
 from tests.adapters.llm.backend_helpers import collect, text_of
+from tests.fakes.openai_server import FakeOpenAIServer
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ from core.types import (
     ToolSpec,
     Usage,
 )
-from tests.fakes.openai_server import FakeOpenAIServer, FakeReply, FakeToolCall
 from tests.adapters.llm.backend_helpers import API_KEY, MakeBackend, collect, request, text_of
+from tests.fakes.openai_server import FakeOpenAIServer, FakeReply, FakeToolCall
 
 EXPECTED = "You said: hello there. I received 2 messages."
 
