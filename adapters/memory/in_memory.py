@@ -100,7 +100,7 @@ class InMemoryStore:
             self._state = Lifecycle.RUNNING
 
     async def aclose(self) -> None:
-        """Close the store (calls then raise ``RuntimeError``); the data stays. Idempotent."""
+        """Close the store: later calls raise ``RuntimeError``. Idempotent."""
         self._state = Lifecycle.CLOSED
 
     async def __aenter__(self) -> InMemoryStore:
