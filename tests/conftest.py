@@ -3,7 +3,8 @@
 * Every test runs without chinwag's environment variables (and without ``.env``), with
   ``CHINWAG_DATA_DIR`` pointing at a temporary directory.
 * A network connection outside loopback fails loudly (``NetworkBlocked``).
-* ``sqlite_url``, ``pg_url`` and ``db_url`` give databases; PostgreSQL tests need
+* ``sqlite_url``, ``pg_url`` and ``db_url`` give databases, ``sqlite_store`` (alias ``store``)
+  a started SQL store; PostgreSQL tests need
   ``CHINWAG_TEST_POSTGRES_URL`` (e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``) and
   skip without it, unless ``CHINWAG_TEST_REQUIRE`` names ``postgres``.
 """
@@ -16,7 +17,7 @@ import ipaddress
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,13 +156,19 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def store(sqlite_url: str) -> AsyncIterator[SqlMemoryStore]:
-    """A started store on a migrated SQLite file (``tmp_path / "chinwag.db"``)."""
+async def sqlite_store(sqlite_url: str) -> AsyncIterator[SqlMemoryStore]:
+    """A started SQL store on a migrated SQLite file (``sqlite_url``)."""
     await migrate.upgrade(sqlite_url)
     memory = SqlMemoryStore(sqlite_url)
     await memory.start()
     yield memory
     await memory.aclose()
+
+
+@pytest.fixture
+def store(sqlite_store: SqlMemoryStore) -> SqlMemoryStore:
+    """The store of tests that need one: ``sqlite_store`` (tests/core uses ``InMemoryStore``)."""
+    return sqlite_store
 
 
 @pytest.fixture(scope="session")
@@ -238,7 +245,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     PostgreSQL reuses the run's database and drops its ``public`` schema before each test:
     as empty as a new database, at a fraction of ``CREATE DATABASE``'s cost.
     """
-    if request.param == "sqlite":
+    return empty_database(request, str(request.param), tmp_path)
+
+
+@pytest.fixture
+def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """``empty_db(kind)``: the URL of an empty ``"sqlite"`` or ``"postgres"`` database.
+
+    For fixtures parametrised over more than databases (the store contract tests);
+    PostgreSQL skips without ``CHINWAG_TEST_POSTGRES_URL``, as ``pg_url`` does.
+    """
+    return lambda kind: empty_database(request, kind, tmp_path)
+
+
+def empty_database(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:
+    """The URL of an empty database of ``kind`` (``"sqlite"`` or ``"postgres"``) for a test."""
+    if kind == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'chinwag.db'}"
     url: str = request.getfixturevalue("pg_url")
     reset_postgres(url)

@@ -7,7 +7,7 @@ PostgreSQL.
 Conventions:
     * ``thread_id`` and ``user_id`` of a conversation slot are stored as ``""`` when the
       domain value is ``None``, so the unique keys hold on both databases (``NULL`` never
-      equals ``NULL``); :mod:`adapters.memory.store` maps them back.
+      equals ``NULL``); :mod:`adapters.memory.statements` maps them back.
     * Message order is ``seq``, assigned per conversation from ``conversations.last_seq``;
       timestamps are informative only. Timestamps are stored in UTC and read back
       tz-aware (SQLite keeps no zone: :class:`UtcDateTime` restores it).

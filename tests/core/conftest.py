@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
+from adapters.memory.in_memory import InMemoryStore
 from core.engine import Engine
+from core.ports import MemoryStore
 from core.settings import AccessSettings, CoreSettings, LLMSettings
 from core.types import IncomingMessage
 from tests.fakes.scripted import ScriptedBackend
@@ -24,6 +26,25 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+async def memory_store() -> AsyncIterator[InMemoryStore]:
+    """A started ``InMemoryStore``."""
+    async with InMemoryStore() as memory:
+        yield memory
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest) -> MemoryStore:
+    """The engine's store: ``memory_store``, as the engine tests need no SQL.
+
+    A test that also asks for ``sqlite_url`` reads the database itself: it gets the SQL
+    store on that file (``sqlite_store``) instead.
+    """
+    name = "sqlite_store" if "sqlite_url" in request.fixturenames else "memory_store"
+    found: MemoryStore = request.getfixturevalue(name)
+    return found
 
 
 @pytest.fixture

@@ -1,18 +1,18 @@
-"""Contract tests of ``SqlMemoryStore``, run on SQLite and on PostgreSQL."""
+"""Contract tests of the ``MemoryStore`` port, run over every implementation.
+
+Each test runs on SQLite, on PostgreSQL (with ``CHINWAG_TEST_POSTGRES_URL``) and on
+``InMemoryStore`` (the ``store`` fixtures are parametrised). SQL-only behaviour is in
+``test_sql_memory_store.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from adapters.memory.store import SqlMemoryStore
-from core.errors import StoreError
+from core.errors import DuplicateMessage, StoreError
 from core.ports import MemoryStore
 from core.types import (
     ConversationKey,
@@ -20,46 +20,20 @@ from core.types import (
     NewMessage,
     Preferences,
     Role,
+    UsageRecord,
 )
-from tests.adapters.memory.conftest import Clock, MakeStore
-
-BOT = "testbot"
-
-
-def private(user: str = "u1", bot: str = BOT, platform: str = "telegram") -> ConversationKey:
-    return ConversationKey(bot=bot, platform=platform, chat_id=user, thread_id=None, user_id=user)
-
-
-def shared(chat: str = "g1", bot: str = BOT, platform: str = "telegram") -> ConversationKey:
-    return ConversationKey(bot=bot, platform=platform, chat_id=chat, thread_id=None, user_id=None)
-
-
-def user_msg(content: str, author: str = "u1", *ids: str) -> NewMessage:
-    return NewMessage(role=Role.USER, content=content, author_id=author, platform_message_ids=ids)
-
-
-def bot_msg(content: str, status: MessageStatus = MessageStatus.COMPLETE) -> NewMessage:
-    return NewMessage(role=Role.ASSISTANT, content=content, status=status)
-
-
-async def fetch_all(url: str, sql: str) -> list[tuple[object, ...]]:
-    engine = create_async_engine(url)
-    try:
-        async with engine.connect() as conn:
-            return [tuple(r) for r in await conn.execute(text(sql))]
-    finally:
-        await engine.dispose()
-
+from tests.adapters.memory.conftest import Clock, NewStore
+from tests.adapters.memory.store_helpers import BOT, bot_msg, private, shared, user_msg
 
 # --- conversations ------------------------------------------------------------------------
 
 
-async def test_implements_the_port(store: SqlMemoryStore) -> None:
+async def test_implements_the_port(store: MemoryStore) -> None:
     assert isinstance(store, MemoryStore)
 
 
 async def test_current_conversation_is_created_once_and_new_conversation_replaces_it(
-    store: SqlMemoryStore, clock: Clock
+    store: MemoryStore, clock: Clock
 ) -> None:
     first = await store.current_conversation(private())
     assert await store.current_conversation(private()) == first
@@ -76,7 +50,7 @@ async def test_current_conversation_is_created_once_and_new_conversation_replace
     assert await store.recent_messages(second.id, limit=5) == []
 
 
-async def test_slots_are_separate_and_none_parts_round_trip(store: SqlMemoryStore) -> None:
+async def test_slots_are_separate_and_none_parts_round_trip(store: MemoryStore) -> None:
     keys = [
         ConversationKey(BOT, "telegram", "c", None, None),
         ConversationKey(BOT, "telegram", "c", "t1", None),
@@ -92,7 +66,7 @@ async def test_slots_are_separate_and_none_parts_round_trip(store: SqlMemoryStor
 
 
 async def test_concurrent_first_use_of_a_slot_makes_one_conversation(
-    store: SqlMemoryStore,
+    store: MemoryStore,
 ) -> None:
     found = await asyncio.gather(*(store.current_conversation(private("x")) for _ in range(20)))
     assert len({c.id for c in found}) == 1
@@ -102,7 +76,7 @@ async def test_concurrent_first_use_of_a_slot_makes_one_conversation(
 
 
 async def test_append_returns_stored_messages_with_consecutive_seq(
-    store: SqlMemoryStore, clock: Clock
+    store: MemoryStore, clock: Clock
 ) -> None:
     conv = await store.current_conversation(private())
     stored = await store.append_messages(
@@ -135,14 +109,14 @@ async def test_append_returns_stored_messages_with_consecutive_seq(
     assert read[-1].created_at.utcoffset() == timedelta(0)
 
 
-async def test_append_nothing_and_to_unknown_conversation(store: SqlMemoryStore) -> None:
+async def test_append_nothing_and_to_unknown_conversation(store: MemoryStore) -> None:
     conv = await store.current_conversation(private())
     assert await store.append_messages(conv.id, []) == []
     with pytest.raises(StoreError):
         await store.append_messages(987654, [user_msg("lost?")])
 
 
-async def test_extra_that_is_not_json_is_refused_clearly(store: SqlMemoryStore) -> None:
+async def test_extra_that_is_not_json_is_refused_clearly(store: MemoryStore) -> None:
     conv = await store.current_conversation(private())
     with pytest.raises(ValueError, match="JSON"):
         await store.append_messages(
@@ -151,7 +125,7 @@ async def test_extra_that_is_not_json_is_refused_clearly(store: SqlMemoryStore) 
     assert await store.recent_messages(conv.id, limit=5) == []
 
 
-async def test_seq_is_monotonic_under_50_concurrent_appenders(store: SqlMemoryStore) -> None:
+async def test_seq_is_monotonic_under_50_concurrent_appenders(store: MemoryStore) -> None:
     same = await store.current_conversation(private("same"))
     others = [await store.current_conversation(private(f"o{i}")) for i in range(10)]
 
@@ -182,7 +156,7 @@ async def test_seq_is_monotonic_under_50_concurrent_appenders(store: SqlMemorySt
         assert [m.seq for m in msgs] == list(range(5, 0, -1))
 
 
-async def test_duplicate_platform_id_fails_only_its_own_call(store: SqlMemoryStore) -> None:
+async def test_duplicate_platform_id_fails_only_its_own_call(store: MemoryStore) -> None:
     conv = await store.current_conversation(private())
     await store.append_messages(conv.id, [user_msg("first", "u1", "p1")])
 
@@ -195,7 +169,8 @@ async def test_duplicate_platform_id_fails_only_its_own_call(store: SqlMemorySto
     calls.insert(7, store.append_messages(conv.id, [bot_msg("lost"), user_msg("dup", "u1", "p1")]))
     results = await asyncio.gather(*calls, return_exceptions=True)
 
-    assert isinstance(results[7], StoreError)
+    assert isinstance(results[7], DuplicateMessage)
+    assert results[7].existing == await store.find_by_platform_message(BOT, "telegram", "u1", "p1")
     assert sum(isinstance(r, BaseException) for r in results) == 1
     for i, c in enumerate(convs):
         found = await store.find_by_platform_message(BOT, "telegram", c.key.chat_id, f"x{i}")
@@ -207,7 +182,17 @@ async def test_duplicate_platform_id_fails_only_its_own_call(store: SqlMemorySto
     assert nxt[0].seq == 2
 
 
-async def test_finish_message_sets_final_state_and_platform_ids(store: SqlMemoryStore) -> None:
+async def test_a_platform_id_repeated_within_one_call_stores_nothing(store: MemoryStore) -> None:
+    conv = await store.current_conversation(private())
+    with pytest.raises(StoreError):
+        await store.append_messages(conv.id, [user_msg("a", "u1", "p"), user_msg("b", "u1", "p")])
+    assert await store.recent_messages(conv.id, limit=5) == []
+    assert await store.find_by_platform_message(BOT, "telegram", "u1", "p") is None
+    (stored,) = await store.append_messages(conv.id, [user_msg("c", "u1", "p")])
+    assert stored.seq == 1
+
+
+async def test_finish_message_sets_final_state_and_platform_ids(store: MemoryStore) -> None:
     conv = await store.current_conversation(private())
     user, pending = await store.append_messages(
         conv.id, [user_msg("q", "u1", "10"), bot_msg("", MessageStatus.IN_PROGRESS)]
@@ -245,19 +230,45 @@ async def test_finish_message_sets_final_state_and_platform_ids(store: SqlMemory
     assert other.id not in [m.id for m in history]
 
 
-async def test_finish_message_of_a_forgotten_message_is_dropped(store: SqlMemoryStore) -> None:
+async def test_finish_message_of_a_forgotten_message_is_dropped(store: MemoryStore) -> None:
     conv = await store.current_conversation(private())
     _, pending = await store.append_messages(
         conv.id, [user_msg("q"), bot_msg("", MessageStatus.IN_PROGRESS)]
     )
     await store.forget_user(BOT, "telegram", "u1")
+    day = date(2026, 3, 14)
     await store.finish_message(
-        pending.id, content="late", status=MessageStatus.COMPLETE, platform_message_ids=["9"]
+        pending.id,
+        content="late",
+        status=MessageStatus.COMPLETE,
+        platform_message_ids=["9"],
+        usage=UsageRecord(BOT, "telegram", "u1", day, prompt_tokens=4, completion_tokens=2),
     )
     assert await store.find_by_platform_message(BOT, "telegram", "u1", "9") is None
+    # the tokens were spent: they count against the quota all the same
+    assert (await store.get_usage(BOT, "telegram", "u1", day)).tokens_total == 6
 
 
-async def test_recent_messages_filters_orders_and_pages(store: SqlMemoryStore) -> None:
+async def test_a_failed_finish_message_adds_no_usage(store: MemoryStore) -> None:
+    conv = await store.current_conversation(private())
+    _, pending = await store.append_messages(
+        conv.id, [user_msg("q", "u1", "taken"), bot_msg("", MessageStatus.IN_PROGRESS)]
+    )
+    day = date(2026, 3, 14)
+    with pytest.raises(StoreError):
+        await store.finish_message(
+            pending.id,
+            content="answer",
+            status=MessageStatus.COMPLETE,
+            platform_chat_id="u1",
+            platform_message_ids=["taken"],
+            usage=UsageRecord(BOT, "telegram", "u1", day, prompt_tokens=4, completion_tokens=2),
+        )
+    assert (await store.get_usage(BOT, "telegram", "u1", day)).tokens_total == 0
+    assert [m.content for m in await store.recent_messages(conv.id, limit=5)] == ["q"]
+
+
+async def test_recent_messages_filters_orders_and_pages(store: MemoryStore) -> None:
     conv = await store.current_conversation(private())
     msgs = [user_msg(f"m{i}") for i in range(1, 31)]
     msgs[4] = bot_msg("failed", MessageStatus.FAILED)
@@ -279,7 +290,7 @@ async def test_recent_messages_filters_orders_and_pages(store: SqlMemoryStore) -
     assert await store.recent_messages(conv.id, limit=3, before_seq=1) == []
 
 
-async def test_reply_to_finds_the_first_assistant_message_after(store: SqlMemoryStore) -> None:
+async def test_reply_to_finds_the_first_assistant_message_after(store: MemoryStore) -> None:
     conv = await store.current_conversation(private())
     q1, q2, a2, q3 = await store.append_messages(
         conv.id, [user_msg("q1"), user_msg("q2"), bot_msg("a2"), user_msg("q3")]
@@ -289,7 +300,7 @@ async def test_reply_to_finds_the_first_assistant_message_after(store: SqlMemory
     assert await store.reply_to(q3) is None
 
 
-async def test_mark_interrupted_touches_only_its_bot(store: SqlMemoryStore) -> None:
+async def test_mark_interrupted_touches_only_its_bot(store: MemoryStore) -> None:
     mine = await store.current_conversation(private())
     theirs = await store.current_conversation(private(bot="otherbot"))
     _, p1 = await store.append_messages(
@@ -311,36 +322,10 @@ async def test_mark_interrupted_touches_only_its_bot(store: SqlMemoryStore) -> N
     assert (await store.recent_messages(theirs.id, limit=5))[0].id == p3.id
 
 
-async def test_two_bots_sharing_a_database_never_mix(make_store: MakeStore) -> None:
-    one = await make_store()
-    two = await make_store()
-    a = await one.current_conversation(private(bot="alpha"))
-    b = await two.current_conversation(private(bot="beta"))
-    assert a.id != b.id
-    await one.append_messages(a.id, [user_msg("for alpha", "u1", "42")])
-    await two.append_messages(b.id, [user_msg("for beta", "u1", "42")])  # same platform id
-    found_a = await two.find_by_platform_message("alpha", "telegram", "u1", "42")
-    found_b = await one.find_by_platform_message("beta", "telegram", "u1", "42")
-    assert found_a is not None and found_a.content == "for alpha"
-    assert found_b is not None and found_b.content == "for beta"
-
-    await one.save_preferences(private(bot="alpha"), Preferences(persona="pirate"))
-    assert await two.get_preferences(private(bot="beta")) == Preferences()
-    await one.add_usage(
-        "alpha", "telegram", "u1", date(2026, 3, 14), prompt_tokens=5, completion_tokens=5
-    )
-    assert (await two.get_usage("beta", "telegram", "u1", date(2026, 3, 14))).tokens_total == 0
-
-    assert await two.forget_user("beta", "telegram", "u1") == 1
-    assert [m.content for m in await one.recent_messages(a.id, limit=5)] == ["for alpha"]
-    stats = await one.stats("alpha", date(2026, 3, 14))
-    assert [(s.platform, s.messages_total) for s in stats] == [("telegram", 1)]
-
-
 # --- preferences --------------------------------------------------------------------------
 
 
-async def test_preferences_default_replace_and_survive_reset(store: SqlMemoryStore) -> None:
+async def test_preferences_default_replace_and_survive_reset(store: MemoryStore) -> None:
     key = private()
     assert await store.get_preferences(key) == Preferences()
     await store.save_preferences(key, Preferences(persona="Be brief.", model="gpt-4o"))
@@ -356,7 +341,7 @@ async def test_preferences_default_replace_and_survive_reset(store: SqlMemorySto
 # --- usage, forget, export, stats -----------------------------------------------------------
 
 
-async def test_usage_counts_per_day_and_in_total(store: SqlMemoryStore) -> None:
+async def test_usage_counts_per_day_and_in_total(store: MemoryStore) -> None:
     d1, d2 = date(2026, 3, 13), date(2026, 3, 14)
     await store.add_usage(BOT, "telegram", "u1", d1, prompt_tokens=100, completion_tokens=20)
     await store.add_usage(BOT, "telegram", "u1", d2, prompt_tokens=10, completion_tokens=5)
@@ -372,30 +357,18 @@ async def test_usage_counts_per_day_and_in_total(store: SqlMemoryStore) -> None:
         await store.add_usage(BOT, "telegram", "u1", d2, prompt_tokens=-1, completion_tokens=0)
 
 
-async def test_usage_survives_forget_and_holds_no_user_id(
-    store: SqlMemoryStore, migrated_url: str
-) -> None:
+async def test_usage_survives_forget(store: MemoryStore) -> None:
     day = date(2026, 3, 14)
-    user = "user-1234567"
-    await store.add_usage(BOT, "telegram", user, day, prompt_tokens=7, completion_tokens=3)
-    await store.forget_user(BOT, "telegram", user)
-    assert (await store.get_usage(BOT, "telegram", user, day)).tokens_total == 10
-    rows = await fetch_all(migrated_url, "SELECT * FROM usage_daily")
-    assert len(rows) == 1
-    assert not any(user in str(value) for value in rows[0])
+    await store.add_usage(BOT, "telegram", "u1", day, prompt_tokens=7, completion_tokens=3)
+    conv = await store.current_conversation(private())
+    await store.append_messages(conv.id, [user_msg("q")])
+    assert await store.forget_user(BOT, "telegram", "u1") == 1
+    assert (await store.get_usage(BOT, "telegram", "u1", day)).tokens_total == 10
+    (stats,) = await store.stats(BOT, day)
+    assert (stats.users_total, stats.tokens_total, stats.messages_total) == (1, 10, 0)
 
 
-async def test_usage_pseudonyms_persist_across_restarts(make_store: MakeStore) -> None:
-    day = date(2026, 3, 14)
-    first = await make_store()
-    await first.add_usage(BOT, "telegram", "u1", day, prompt_tokens=1, completion_tokens=1)
-    await first.aclose()
-    second = await make_store()
-    await second.add_usage(BOT, "telegram", "u1", day, prompt_tokens=1, completion_tokens=1)
-    assert (await second.get_usage(BOT, "telegram", "u1", day)).tokens_today == 4
-
-
-async def test_forget_user_deletes_their_data_and_only_theirs(store: SqlMemoryStore) -> None:
+async def test_forget_user_deletes_their_data_and_only_theirs(store: MemoryStore) -> None:
     own = await store.current_conversation(private("u1"))
     older = await store.new_conversation(private("u1"))
     other = await store.current_conversation(private("u2"))
@@ -440,7 +413,7 @@ async def test_forget_user_deletes_their_data_and_only_theirs(store: SqlMemorySt
 
 
 async def test_export_user_gives_own_conversations_and_own_shared_messages(
-    store: SqlMemoryStore, clock: Clock
+    store: MemoryStore, clock: Clock
 ) -> None:
     group = await store.current_conversation(shared("g1"))
     clock.advance(minutes=1)
@@ -468,7 +441,7 @@ async def test_export_user_gives_own_conversations_and_own_shared_messages(
 
 
 async def test_stats_count_per_platform_in_total_and_on_the_day(
-    store: SqlMemoryStore, clock: Clock
+    store: MemoryStore, clock: Clock
 ) -> None:
     yesterday = clock.now.date() - timedelta(days=1)
     today = clock.now.date()
@@ -500,114 +473,35 @@ async def test_stats_count_per_platform_in_total_and_on_the_day(
 # --- lifecycle and robustness -------------------------------------------------------------
 
 
-async def test_lifecycle_is_idempotent_and_misuse_is_clear(migrated_url: str) -> None:
-    store = SqlMemoryStore(migrated_url)
-    with pytest.raises(RuntimeError, match="not started"):
+async def test_lifecycle_is_idempotent_and_misuse_is_clear(new_store: NewStore) -> None:
+    store = new_store()
+    with pytest.raises(RuntimeError, match=r"used before start\(\)"):
         await store.current_conversation(private())
     await store.start()
     await store.start()
     await store.current_conversation(private())
     await store.aclose()
     await store.aclose()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(RuntimeError, match=r"used after aclose\(\)"):
         await store.current_conversation(private())
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(RuntimeError, match=r"start\(\) after aclose\(\)"):
         await store.start()
 
 
-async def test_aclose_commits_writes_already_queued(migrated_url: str) -> None:
-    store = SqlMemoryStore(migrated_url)
-    await store.start()
-    conv = await store.current_conversation(private())
-    writes = [
-        asyncio.create_task(store.append_messages(conv.id, [user_msg(f"m{i}")])) for i in range(30)
-    ]
-    await asyncio.sleep(0)  # the appends are queued, not yet committed
-    await store.aclose()
-    await asyncio.gather(*writes)
-
-    async with SqlMemoryStore(migrated_url) as reopened:
-        history = await reopened.recent_messages(conv.id, limit=100)
-    assert sorted(m.content for m in history) == sorted(f"m{i}" for i in range(30))
-
-
-async def test_start_without_schema_says_to_migrate(db_url: str) -> None:
-    store = SqlMemoryStore(db_url)
-    with pytest.raises(StoreError, match="migrations"):
-        await store.start()
-    await store.aclose()
-
-
-async def test_data_survives_a_restart(make_store: MakeStore) -> None:
-    first = await make_store()
-    conv = await first.current_conversation(private())
-    await first.append_messages(conv.id, [user_msg("remember me")])
-    await first.aclose()
-    second = await make_store()
-    assert (await second.current_conversation(private())).id == conv.id
-    assert [m.content for m in await second.recent_messages(conv.id, limit=3)] == ["remember me"]
-
-
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # a file lock: SQLite's alone
-async def test_sqlite_waits_out_another_process_holding_the_write_lock(
-    make_store: MakeStore,
-) -> None:
-    store = await make_store()
-    conv = await store.current_conversation(private())
-    path = make_url(store._url).database  # noqa: SLF001
-    assert path is not None
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock...
-        appended = asyncio.create_task(store.append_messages(conv.id, [user_msg("patient")]))
-        await asyncio.sleep(0.5)
-        assert not appended.done()
-        other.execute("COMMIT")  # ...and lets go
-        stored = await asyncio.wait_for(appended, 10)
-    finally:
-        other.close()
-    assert stored[0].content == "patient"
-    mode = (await fetch_all(store._url, "PRAGMA journal_mode"))[0][0]  # noqa: SLF001
-    assert mode == "wal"
-
-
-async def test_timestamps_are_utc_whatever_the_clock_zone(
-    migrated_url: str,
-) -> None:
-    from datetime import datetime, timezone
-
+async def test_timestamps_are_utc_whatever_the_clock_zone(new_store: NewStore) -> None:
     tokyo = timezone(timedelta(hours=9))
     moment = datetime(2026, 3, 15, 1, 30, tzinfo=tokyo)
-    async with SqlMemoryStore(migrated_url, clock=lambda: moment) as store:
-        conv = await store.current_conversation(private())
-        await store.append_messages(conv.id, [user_msg("x")])
-        read = (await store.recent_messages(conv.id, limit=1))[0]
+    store = new_store(clock=lambda: moment)
+    await store.start()
+    conv = await store.current_conversation(private())
+    await store.append_messages(conv.id, [user_msg("x")])
+    read = (await store.recent_messages(conv.id, limit=1))[0]
     assert read.created_at == moment
     assert read.created_at.tzinfo == UTC
     assert read.created_at.hour == 16
 
 
-async def test_two_stores_on_one_database_write_and_read_at_once(make_store: MakeStore) -> None:
-    """Two bots (processes) sharing a file: contention is waited out, never an error."""
-    stores = [await make_store(), await make_store()]
-    convs = [
-        [await s.current_conversation(private(f"u{i}", bot=f"bot{n}")) for i in range(10)]
-        for n, s in enumerate(stores)
-    ]
-
-    async def talk(store: SqlMemoryStore, conversation_id: int) -> None:
-        for i in range(15):
-            await store.append_messages(conversation_id, [user_msg(f"m{i}"), bot_msg(f"r{i}")])
-            await store.recent_messages(conversation_id, limit=20)
-
-    await asyncio.gather(*(talk(s, c.id) for s, cs in zip(stores, convs, strict=True) for c in cs))
-    for store, cs in zip(stores, convs, strict=True):
-        for conv in cs:
-            seqs = [m.seq for m in await store.recent_messages(conv.id, limit=100)]
-            assert seqs == list(range(30, 0, -1))
-
-
-async def test_a_write_cancelled_before_its_turn_stores_nothing(store: SqlMemoryStore) -> None:
+async def test_a_write_cancelled_before_its_turn_stores_nothing(store: MemoryStore) -> None:
     conv = await store.current_conversation(private())
     tasks = [
         asyncio.create_task(store.append_messages(conv.id, [user_msg(f"m{i}")])) for i in range(20)
@@ -621,7 +515,7 @@ async def test_a_write_cancelled_before_its_turn_stores_nothing(store: SqlMemory
     assert sorted(m.seq for m in history) == list(range(1, 20))
 
 
-async def test_every_read_path_sees_the_same_message(store: SqlMemoryStore) -> None:
+async def test_every_read_path_sees_the_same_message(store: MemoryStore) -> None:
     # On SQLite the hot writes and the redelivery lookup use sqlite3 directly; the history
     # read uses SQLAlchemy. Both must agree to the microsecond, JSON and timezone included.
     conv = await store.current_conversation(private())
