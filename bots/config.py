@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 from typing import ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError
 
@@ -49,13 +50,24 @@ def load(cls: type[S], env_file: Path | None) -> S:
 
 
 def secrets_of(*settings: ChinwagSettings) -> list[str]:
-    """Every ``SecretStr`` value set in ``settings``, for the log redaction filter."""
+    """The secrets in ``settings``, for the log redaction filter.
+
+    That is every ``SecretStr`` value, and every password inside a URL setting
+    (``OPENAI_BASE_URL=http://user:pass@host/v1``).
+    """
     found: list[str] = []
     for model in settings:
         for name in type(model).model_fields:
             value = getattr(model, name)
             if isinstance(value, SecretStr) and value.get_secret_value():
                 found.append(value.get_secret_value())
+            elif isinstance(value, str) and "://" in value:
+                try:
+                    password = urlsplit(value).password
+                except ValueError:  # a malformed URL is its setting's own error to report
+                    continue
+                if password:
+                    found.append(password)
     return found
 
 
@@ -89,7 +101,8 @@ def configure_logging(level: str, secrets: list[str]) -> None:
     """Log to stderr at ``level``; keep vendor loggers that print request URLs quiet.
 
     python-telegram-bot puts the bot token in its request URLs, which ``httpx`` logs at
-    INFO; message bodies are only ever logged by chinwag at DEBUG.
+    INFO, and openai 3.x logs every request's URL (credentials included) through ``httpx2``;
+    message bodies are only ever logged by chinwag at DEBUG.
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -102,6 +115,8 @@ def configure_logging(level: str, secrets: list[str]) -> None:
     for noisy in (
         "httpx",
         "httpcore",
+        "httpx2",  # openai 3.x's HTTP client: logs every request's URL at INFO
+        "httpcore2",
         "openai",
         "telegram.ext",
         "discord.http",

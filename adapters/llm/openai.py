@@ -8,21 +8,37 @@ honoured) and the one place where ``openai`` exceptions become ``core.errors``.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
 import random
-import re
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, ClassVar, Final, cast
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 import openai
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import SettingsConfigDict
 
+from adapters.llm.openai_server import (
+    DEFAULT_CONTEXT_WINDOW,
+    KNOWN_CONTEXT_WINDOWS,
+    discover,
+    is_context_overflow,
+    masked_url,
+    table_window,
+    window_from_error,
+)
+from adapters.llm.openai_wire import (
+    OPENAI_BASE_URL,
+    OPENAI_DEFAULT_MODEL,
+    PLACEHOLDER_API_KEY,
+    OpenAISettings,
+    delta_events,
+    describe_error,
+    message_param,
+    parse_retry_after,
+    rejects_stream_options,
+    tool_param,
+)
 from adapters.llm.tokens import TokenCounter
 from core.errors import (
     BackendError,
@@ -32,128 +48,17 @@ from core.errors import (
     ContextTooLong,
     RateLimited,
 )
-from core.settings import ChinwagSettings, CsvList
 from core.types import (
     BackendEvent,
-    ChatMessage,
     CompletionRequest,
     TextDelta,
     ToolCallDelta,
-    ToolSpec,
     Usage,
 )
 
 _log = logging.getLogger(__name__)
 
-OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
-PLACEHOLDER_API_KEY: Final = "sk-no-key-required"
-"""Sent to servers that need no key (Ollama, llama.cpp, LM Studio) when none is set."""
-
-DEFAULT_CONTEXT_WINDOW: Final = 8192
-"""Assumed for a model the table does not know: small enough to be safe on local servers."""
-
-# Longest prefix wins, so dated snapshots ("gpt-4o-2024-08-06") find their family.
-KNOWN_CONTEXT_WINDOWS: Final[Mapping[str, int]] = {
-    "gpt-5": 400_000,
-    "gpt-4.1": 1_047_576,
-    "gpt-4.5": 128_000,
-    "gpt-4o": 128_000,
-    "chatgpt-4o": 128_000,
-    "gpt-4-turbo": 128_000,
-    "gpt-4-1106": 128_000,
-    "gpt-4-0125": 128_000,
-    "gpt-4-32k": 32_768,
-    "gpt-4": 8_192,
-    "gpt-3.5-turbo-instruct": 4_096,
-    "gpt-3.5-turbo": 16_385,
-    "gpt-35-turbo": 16_385,
-    "gpt-oss": 131_072,
-    "o1-mini": 128_000,
-    "o1-preview": 128_000,
-    "o1": 200_000,
-    "o3": 200_000,
-    "o4-mini": 200_000,
-}
-
-_CONTEXT_MARKERS: Final = (
-    "context_length_exceeded",
-    "maximum context length",
-    "prompt is too long",
-    "exceeds the context window",
-    "exceeds the maximum context",
-    "exceeds the available context size",
-    "exceed_context_size",
-    "context window exceeded",
-)
 _RETRYABLE_STATUS: Final = frozenset({408, 429})
-
-
-class OpenAISettings(ChinwagSettings):
-    """How to reach an OpenAI-compatible server (``OPENAI_*``).
-
-    ``OPENAI_BASE_URL`` unset means api.openai.com, which needs ``OPENAI_API_KEY``; local
-    servers (``http://localhost:11434/v1`` for Ollama) take any key or none.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="OPENAI_")
-    EXAMPLES: ClassVar[dict[str, str]] = {
-        "api_key": "sk-proj-...",
-        "base_url": "http://localhost:11434/v1",
-        "model": "gpt-4o-mini",
-        "allowed_models": "gpt-4o-mini,gpt-4o",
-    }
-
-    api_key: SecretStr | None = None
-    base_url: str | None = None
-    model: str = Field(default="gpt-4o-mini", min_length=1)
-    allowed_models: CsvList = Field(default_factory=list)
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL such as http://localhost:11434/v1")
-        return value.rstrip("/")
-
-    @field_validator("model")
-    @classmethod
-    def _strip_model(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must name a model, e.g. gpt-4o-mini")
-        return value
-
-
-def is_context_overflow(text: str) -> bool:
-    """Whether an error text is a server's way of saying the prompt is too long."""
-    lowered = text.lower()
-    return any(marker in lowered for marker in _CONTEXT_MARKERS)
-
-
-def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (seconds or an HTTP date)."""
-    raw_ms = headers.get("retry-after-ms")
-    if raw_ms:
-        try:
-            return max(0.0, float(raw_ms) / 1000.0)
-        except ValueError:
-            pass
-    raw = headers.get("retry-after")
-    if not raw:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class OpenAIBackend:
@@ -169,7 +74,8 @@ class OpenAIBackend:
             (``LLM_TIMEOUT_SECONDS``); exceeding it raises ``BackendTimeout`` at once.
         max_retries: retries of a request that failed with 429, 408, 5xx or a connection
             error before anything was streamed to the caller.
-        context_windows: context sizes per model name, overriding the built-in table.
+        context_windows: context sizes per model name, overriding the built-in table (what
+            the server publishes or says in an overflow error is learned and wins).
         backoff_base: the first backoff ceiling in seconds; it doubles per retry.
         backoff_max: the largest backoff ceiling in seconds.
         max_retry_after: the longest ``Retry-After`` honoured by waiting; a longer one is
@@ -177,6 +83,10 @@ class OpenAIBackend:
 
     Raises:
         ConfigError: no ``OPENAI_API_KEY`` for api.openai.com.
+
+    With ``OPENAI_BASE_URL`` set, ``start()`` asks the server for its models and context sizes
+    (see :mod:`adapters.llm.openai_server`): the first listed model is the default when
+    ``OPENAI_MODEL`` is unset, and a published window replaces the table's guess.
     """
 
     def __init__(
@@ -203,6 +113,11 @@ class OpenAIBackend:
         self._timeout = timeout
         self._max_retries = max_retries
         self._context_windows = dict(context_windows or {})
+        self._learned: dict[str, int] = {}  # published by the server or named in an overflow
+        self._model = settings.model or (
+            OPENAI_DEFAULT_MODEL if settings.base_url is None else None
+        )
+        self._shown_url = masked_url(self.base_url)
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._max_retry_after = max_retry_after
@@ -211,6 +126,7 @@ class OpenAIBackend:
         self._client: openai.AsyncOpenAI | None = None
         self._closed = False
         self._secret = settings.api_key.get_secret_value() if settings.api_key else None
+        self._url_password = urlsplit(self.base_url).password
 
     # --- identity and models ------------------------------------------------------------
 
@@ -221,8 +137,14 @@ class OpenAIBackend:
 
     @property
     def default_model(self) -> str:
-        """``OPENAI_MODEL``."""
-        return self._settings.model
+        """``OPENAI_MODEL``, else ``gpt-4o-mini`` on OpenAI or the server's first model.
+
+        Raises:
+            RuntimeError: the server decides and ``start()`` has not asked it yet.
+        """
+        if self._model is None:
+            raise RuntimeError("OPENAI_MODEL is unset: the server's list decides at start()")
+        return self._model
 
     @property
     def base_url(self) -> str:
@@ -242,14 +164,13 @@ class OpenAIBackend:
         raise err
 
     def context_window(self, model: str) -> int:
-        """The constructor's override, else the known table, else 8192 (conservative)."""
+        """What the server said, else the override, else the known table, else 8192."""
+        learned = self._learned.get(model)
+        if learned is not None:
+            return learned
         if model in self._context_windows:
             return self._context_windows[model]
-        bare = model.rsplit("/", 1)[-1].lower()
-        for prefix in sorted(KNOWN_CONTEXT_WINDOWS, key=len, reverse=True):
-            if bare == prefix or bare.startswith(prefix + "-"):
-                return KNOWN_CONTEXT_WINDOWS[prefix]
-        return DEFAULT_CONTEXT_WINDOW
+        return table_window(model)
 
     # --- tokens ---------------------------------------------------------------------------
 
@@ -286,7 +207,49 @@ class OpenAIBackend:
             timeout=self._timeout,
             max_retries=0,  # retries live in _stream, one place
         )
-        _log.info("OpenAI backend ready: %s, model %s", self.base_url, self.default_model)
+        if self._settings.base_url is not None:
+            try:
+                await self._ask_server(self._client)
+            except BaseException:
+                await self.aclose()
+                raise
+        _log.info("OpenAI backend ready: %s, model %s", self._shown_url, self.default_model)
+
+    async def _ask_server(self, client: openai.AsyncOpenAI) -> None:
+        """Learn the server's models and windows; pick the default model if the server decides.
+
+        Raises:
+            ConfigError: ``OPENAI_MODEL`` is unset and the server lists no model, or cannot
+                be reached to ask.
+        """
+        wanted = [m for m in (self._model, *self._settings.allowed_models) if m]
+        try:
+            info = await discover(client, self.base_url, wanted, per_request=min(self._timeout, 10))
+        except openai.APIConnectionError as exc:
+            if self._model is None:
+                raise ConfigError(
+                    "OPENAI_MODEL",
+                    f"is not set, and the server at {self._shown_url} could not be asked for "
+                    f"its models ({self._redact(describe_error(exc))})",
+                    "llama3.1:8b",
+                ) from exc
+            _log.warning(
+                "could not reach %s to learn its context size; assuming the table's",
+                self._shown_url,
+            )
+            return
+        if self._model is None:
+            if not info.models:
+                raise ConfigError(
+                    "OPENAI_MODEL",
+                    f"is not set, and the server at {self._shown_url} lists no models",
+                    "llama3.1:8b",
+                )
+            self._model = info.models[0]
+            _log.info("OPENAI_MODEL is unset: using %s, the server's first model", self._model)
+        for model, window in info.windows.items():
+            self._learned[model] = window
+            _log.info("%s: context window %d tokens (from the server)", model, window)
 
     async def aclose(self) -> None:
         """Close the HTTP client; streams in flight fail. Idempotent."""
@@ -322,8 +285,8 @@ class OpenAIBackend:
         return self._stream(request)
 
     async def _stream(self, request: CompletionRequest) -> AsyncIterator[BackendEvent]:
-        messages = [_message_param(m) for m in request.messages]
-        tools = [_tool_param(t) for t in request.tools]
+        messages = [message_param(m) for m in request.messages]
+        tools = [tool_param(t) for t in request.tools]
         attempt = 0
         yielded = False
         while True:
@@ -334,6 +297,7 @@ class OpenAIBackend:
             response: openai.AsyncStream[ChatCompletionChunk] | None = None
             usage: Usage | None = None
             finished = False
+            chunks = 0
             try:
                 try:
                     async with asyncio.timeout(self._timeout):
@@ -346,6 +310,7 @@ class OpenAIBackend:
                                 chunk = await response.__anext__()
                         except StopAsyncIteration:
                             break
+                        chunks += 1
                         if chunk.usage is not None:
                             usage = Usage(
                                 prompt_tokens=chunk.usage.prompt_tokens,
@@ -353,7 +318,7 @@ class OpenAIBackend:
                             )
                         for choice in chunk.choices[:1]:
                             finished = finished or choice.finish_reason is not None
-                            for event in _delta_events(choice.delta):
+                            for event in delta_events(choice.delta):
                                 yielded = True
                                 yield event
                 finally:
@@ -361,13 +326,13 @@ class OpenAIBackend:
                         await response.close()
             except TimeoutError as exc:
                 _log.warning(
-                    "%s: no chunk from %s within %gs", request.model, self.base_url, self._timeout
+                    "%s: no chunk from %s within %gs", request.model, self._shown_url, self._timeout
                 )
                 raise BackendTimeout(self._timeout) from exc
             except (openai.OpenAIError, json.JSONDecodeError) as exc:
-                if include_usage and not yielded and _rejects_stream_options(exc):
+                if include_usage and not yielded and rejects_stream_options(exc):
                     _log.warning(
-                        "%s rejects stream_options; streaming without usage", self.base_url
+                        "%s rejects stream_options; streaming without usage", self._shown_url
                     )
                     self._include_usage = False
                     continue
@@ -378,13 +343,17 @@ class OpenAIBackend:
                 _log.warning(
                     "%s: %s; retry %d/%d in %.2fs",
                     request.model,
-                    self._redact(_describe(exc)),
+                    self._redact(describe_error(exc)),
                     attempt,
                     self._max_retries,
                     delay,
                 )
                 await asyncio.sleep(delay)
                 continue
+            if not finished and chunks == 0:
+                async for event in self._unstreamed(client, request, messages, tools):
+                    yield event
+                return
             if not finished:
                 raise BackendUnavailable("the stream ended before the reply was complete")
             if usage is not None:
@@ -415,6 +384,68 @@ class OpenAIBackend:
             max_tokens=openai.omit if official else limit,
             tools=cast(Any, tools) if tools else openai.omit,
         )
+
+    async def _unstreamed(
+        self,
+        client: openai.AsyncOpenAI,
+        request: CompletionRequest,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+    ) -> AsyncIterator[BackendEvent]:
+        """Ask once more without streaming, after a stream that ended before its first chunk.
+
+        llama-cpp-python's server answers a streamed request whose prompt does not fit with
+        an empty stream (the reason goes only to its own log); asked without streaming, it
+        says why, which becomes ``ContextTooLong`` with the window learned. A server that
+        cannot stream at all still gets its answer through. The whole reply is one piece
+        here, so the wait is four times ``LLM_TIMEOUT_SECONDS``.
+        """
+        _log.warning(
+            "%s: the stream from %s ended before any data; asking again without streaming",
+            request.model,
+            self._shown_url,
+        )
+        limit = request.max_tokens if request.max_tokens is not None else openai.omit
+        official = self._settings.base_url is None
+        attempt = 0
+        while True:  # the server may have dropped the connection the empty stream came on
+            try:
+                async with asyncio.timeout(self._timeout * 4):
+                    completion = await client.chat.completions.create(
+                        model=request.model,
+                        messages=cast("list[ChatCompletionMessageParam]", messages),
+                        temperature=(
+                            request.temperature if request.temperature is not None else openai.omit
+                        ),
+                        max_completion_tokens=limit if official else openai.omit,
+                        max_tokens=openai.omit if official else limit,
+                        tools=cast(Any, tools) if tools else openai.omit,
+                    )
+                break
+            except TimeoutError as exc:
+                raise BackendTimeout(self._timeout * 4) from exc
+            except (openai.OpenAIError, json.JSONDecodeError) as exc:
+                delay = self._retry_delay(exc, attempt)
+                if delay is None:
+                    raise self._translate(exc, request.model) from exc
+                attempt += 1
+                await asyncio.sleep(delay)
+        if not completion.choices:
+            raise BackendUnavailable("the server answered with no choices")
+        message = completion.choices[0].message
+        if message.content:
+            yield TextDelta(message.content)
+        for index, call in enumerate(message.tool_calls or ()):
+            function = getattr(call, "function", None)
+            if function is not None:
+                yield ToolCallDelta(
+                    index=index, id=call.id, name=function.name, arguments=function.arguments
+                )
+        if completion.usage is not None:
+            yield Usage(
+                prompt_tokens=completion.usage.prompt_tokens,
+                completion_tokens=completion.usage.completion_tokens,
+            )
 
     async def _calibrate(self, request: CompletionRequest, usage: Usage) -> None:
         if request.tools or not self._tokens.is_estimate(request.model):
@@ -457,21 +488,21 @@ class OpenAIBackend:
 
     def _translate(self, exc: Exception, model: str) -> BackendError:
         """The one place where ``openai`` exceptions become ``core.errors``."""
-        detail = self._redact(_describe(exc))
+        detail = self._redact(describe_error(exc))
         if isinstance(exc, openai.APITimeoutError):
             return BackendTimeout(self._timeout)
         if isinstance(exc, openai.APIConnectionError):
-            return BackendUnavailable(f"connection to {self.base_url} failed: {detail}")
+            return BackendUnavailable(f"connection to {self._shown_url} failed: {detail}")
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
             if status in (401, 403):
                 _log.error(
                     "the server at %s refused the API key (HTTP %d); check OPENAI_API_KEY",
-                    self.base_url,
+                    self._shown_url,
                     status,
                 )
                 err: BackendError = BackendUnavailable(
-                    f"API key refused by {self.base_url} (HTTP {status})"
+                    f"API key refused by {self._shown_url} (HTTP {status})"
                 )
                 err.user_message = (
                     "The language model server refused this bot's API key. "
@@ -487,9 +518,10 @@ class OpenAIBackend:
                 return err
             if status == 429:
                 retry_after = parse_retry_after(exc.response.headers)
-                return RateLimited(retry_after, f"rate limited by {self.base_url}: {detail}")
-            if status == 413 or is_context_overflow(f"{exc.code} {exc.message}"):
-                return ContextTooLong(self.context_window(model), detail)
+                return RateLimited(retry_after, f"rate limited by {self._shown_url}: {detail}")
+            said = f"{exc.code} {exc.message} {exc.body}"
+            if status == 413 or is_context_overflow(said):
+                return self._overflow(model, said, detail)
             if status == 404:
                 err = BackendError(f"model {model!r} not found: {detail}")
                 err.user_message = f"The model {model!r} is not available on the server."
@@ -497,90 +529,33 @@ class OpenAIBackend:
             if status >= 500:
                 return BackendUnavailable(f"server error: {detail}")
             return BackendError(f"request refused: {detail}")
-        if isinstance(exc, openai.APIError) and is_context_overflow(f"{exc.code} {exc.message}"):
-            return ContextTooLong(self.context_window(model), detail)
+        if isinstance(exc, openai.APIError):
+            said = f"{exc.code} {exc.message} {exc.body}"
+            if is_context_overflow(said):
+                return self._overflow(model, said, detail)
         if isinstance(exc, json.JSONDecodeError):
-            return BackendError(f"malformed stream from {self.base_url}: {detail}")
+            return BackendError(f"malformed stream from {self._shown_url}: {detail}")
         return BackendError(detail)
 
+    def _overflow(self, model: str, said: str, detail: str) -> ContextTooLong:
+        """``ContextTooLong``, remembering the window the server named for later prompts."""
+        window = window_from_error(said)
+        if window is not None and window != self._learned.get(model):
+            self._learned[model] = window
+            _log.warning("%s: the server's context window is %d tokens; remembered", model, window)
+        return ContextTooLong(self.context_window(model), detail)
+
     def _redact(self, text: str) -> str:
-        if self._secret:
-            text = text.replace(self._secret, "[redacted]")
+        for secret in (self._secret, self._url_password):
+            if secret:
+                text = text.replace(secret, "[redacted]")
         return text
-
-
-def _describe(exc: Exception) -> str:
-    """A short operator-facing summary of a vendor error (may quote the server)."""
-    message = exc.message if isinstance(exc, openai.APIError) else str(exc)
-    message = re.sub(r"\s+", " ", message)[:300]
-    if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}: {message}"
-    return f"{type(exc).__name__}: {message}"
-
-
-def _rejects_stream_options(exc: Exception) -> bool:
-    return (
-        isinstance(exc, openai.APIStatusError)
-        and exc.status_code in (400, 422)
-        and "stream_options" in f"{exc.message} {exc.body}"
-    )
-
-
-def _delta_events(delta: Any) -> list[BackendEvent]:
-    events: list[BackendEvent] = []
-    if delta.content:
-        events.append(TextDelta(delta.content))
-    for call in delta.tool_calls or ():
-        function = call.function
-        events.append(
-            ToolCallDelta(
-                index=call.index,
-                id=call.id,
-                name=function.name if function is not None else None,
-                arguments=(function.arguments or "") if function is not None else "",
-            )
-        )
-    return events
-
-
-def _message_param(message: ChatMessage) -> dict[str, Any]:
-    param: dict[str, Any] = {"role": message.role.value, "content": message.content}
-    if message.name:
-        # OpenAI accepts ^[a-zA-Z0-9_-]{1,64}$ as a participant name.
-        name = re.sub(r"[^A-Za-z0-9_-]", "_", message.name)[:64]
-        if name.strip("_"):
-            param["name"] = name
-    if message.tool_calls:
-        param["tool_calls"] = [
-            {
-                "id": call.id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": call.arguments},
-            }
-            for call in message.tool_calls
-        ]
-        if not message.content:
-            param["content"] = None
-    if message.tool_call_id is not None:
-        param["tool_call_id"] = message.tool_call_id
-        param.pop("name", None)
-    return param
-
-
-def _tool_param(tool: ToolSpec) -> dict[str, Any]:
-    return {
-        "type": "function",
-        "function": {
-            "name": tool.name,
-            "description": tool.description,
-            "parameters": dict(tool.parameters),
-        },
-    }
 
 
 __all__ = [
     "DEFAULT_CONTEXT_WINDOW",
     "KNOWN_CONTEXT_WINDOWS",
+    "OPENAI_DEFAULT_MODEL",
     "OpenAIBackend",
     "OpenAISettings",
     "is_context_overflow",

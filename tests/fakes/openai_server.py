@@ -156,6 +156,14 @@ class FakeOpenAIServer:
             server whose tokenizer differs from o200k (Llama, Mistral...).
         reject_stream_options: answer 400 to any request carrying ``stream_options``, as
             some older servers do.
+        overflow_style: how a prompt over ``context_limit`` is refused, as each server does:
+            ``"openai"`` (400 ``context_length_exceeded``, also vLLM's sentence),
+            ``"llama_server"`` (llama.cpp's 400 ``exceed_context_size_error`` with ``n_ctx``),
+            ``"empty_stream"`` (llama-cpp-python's server: a streamed request gets an empty
+            200 stream, a plain one the 400), ``"lmstudio"`` (an error event in the stream).
+        published: extra fields per model in ``/v1/models`` (``{"m": {"max_model_len": 4096}}``).
+        props: llama.cpp's ``/props`` document (404 when ``None``).
+        ollama_show: Ollama's ``/api/show`` answer per model (404 when ``None``).
     """
 
     def __init__(
@@ -168,7 +176,15 @@ class FakeOpenAIServer:
         chunk_delay: float = 0.0,
         prompt_token_scale: float = 1.0,
         reject_stream_options: bool = False,
+        overflow_style: str = "openai",
+        published: Mapping[str, Mapping[str, Any]] | None = None,
+        props: Mapping[str, Any] | None = None,
+        ollama_show: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
+        self.overflow_style = overflow_style
+        self.published = dict(published or {})
+        self.props = props
+        self.ollama_show = ollama_show
         self.reply = reply or default_reply
         self.api_key = api_key
         self.models = list(models)
@@ -193,6 +209,8 @@ class FakeOpenAIServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/props", self._props)
+        app.router.add_post("/api/show", self._show)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -305,10 +323,70 @@ class FakeOpenAIServer:
         if (refused := self._auth_error(request)) is not None:
             return refused
         data = [
-            {"id": m, "object": "model", "created": 1700000000, "owned_by": "system"}
+            {
+                "id": m,
+                "object": "model",
+                "created": 1700000000,
+                "owned_by": "system",
+                **self.published.get(m, {}),
+            }
             for m in self.models
         ]
         return web.json_response({"object": "list", "data": data})
+
+    async def _props(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if self.props is None:
+            return web.json_response({"detail": "Not Found"}, status=404)
+        return web.json_response(dict(self.props))
+
+    async def _show(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        model = body.get("model") if isinstance(body, dict) else None
+        if self.ollama_show is None or model not in self.ollama_show:
+            return web.json_response({"error": f"model '{model}' not found"}, status=404)
+        return web.json_response(dict(self.ollama_show[model]))
+
+    async def _overflow(
+        self, request: web.Request, body: Mapping[str, Any], used: int, limit: int
+    ) -> web.StreamResponse:
+        """Refuse a prompt of ``used`` tokens over ``limit`` the way ``overflow_style`` says."""
+        style = self.overflow_style
+        if style == "llama_server":
+            return web.json_response(
+                {
+                    "error": {
+                        "code": 400,
+                        "message": "the request exceeds the available context size, "
+                        "try increasing it",
+                        "type": "exceed_context_size_error",
+                        "n_prompt_tokens": used,
+                        "n_ctx": limit,
+                    }
+                },
+                status=400,
+            )
+        if style in ("empty_stream", "lmstudio") and body.get("stream"):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            if style == "lmstudio":
+                message = (
+                    f"Trying to keep the first {used} tokens when context the overflows. "
+                    f"However, the model is loaded with context length of only {limit} "
+                    "tokens, which is not enough. Try to load the model with a larger "
+                    "context length, or provide a shorter input"
+                )
+                await response.write(f"data: {json.dumps({'error': message})}\n\n".encode())
+            await response.write_eof()
+            return response
+        return _error(
+            400,
+            f"This model's maximum context length is {limit} tokens. However, "
+            f"your messages resulted in {used} tokens. "
+            "Please reduce the length of the messages.",
+            "invalid_request_error",
+            "context_length_exceeded",
+        )
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
@@ -335,14 +413,7 @@ class FakeOpenAIServer:
             )
         used = prompt_tokens(body, self.prompt_token_scale)
         if self.context_limit is not None and used > self.context_limit:
-            return _error(
-                400,
-                f"This model's maximum context length is {self.context_limit} tokens. However, "
-                f"your messages resulted in {used} tokens. "
-                "Please reduce the length of the messages.",
-                "invalid_request_error",
-                "context_length_exceeded",
-            )
+            return await self._overflow(request, body, used, self.context_limit)
         fault = self._next_fault()
         if fault is not None and fault.kind == "429":
             headers = {}

@@ -69,7 +69,11 @@ def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("OPENAI_BASE_URL", "")
     settings = OpenAISettings(_env_file=None)  # type: ignore[call-arg]
     assert settings.api_key is None and settings.base_url is None
-    assert settings.model == "gpt-4o-mini"
+    assert settings.model is None
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-set")
+    monkeypatch.setenv("OPENAI_MODEL", "")
+    official = OpenAIBackend(OpenAISettings(_env_file=None))  # type: ignore[call-arg]
+    assert official.default_model == "gpt-4o-mini"  # api.openai.com: the default model
 
 
 @pytest.mark.parametrize("url", ["localhost:11434", "ftp://example.com/v1", "http://", "not a url"])
@@ -339,7 +343,7 @@ async def test_unreachable_server_is_unavailable_after_retries() -> None:
     url = srv.base_url
     await srv.aclose()  # nothing listens on that port any more
     backend = OpenAIBackend(
-        OpenAISettings(_env_file=None, base_url=url),  # type: ignore[call-arg]
+        OpenAISettings(_env_file=None, base_url=url, model="gpt-4o-mini"),  # type: ignore[call-arg]
         max_retries=2,
         backoff_base=0.01,
         timeout=5,

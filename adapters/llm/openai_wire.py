@@ -1,0 +1,177 @@
+"""The OpenAI chat-completions wire format: settings, requests, chunks and error texts.
+
+Pure translation between chinwag's types and what an OpenAI-compatible server sends and
+receives; :class:`adapters.llm.openai.OpenAIBackend` does the talking.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
+from urllib.parse import urlsplit
+
+import openai
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from core.settings import ChinwagSettings, CsvList
+from core.types import BackendEvent, ChatMessage, TextDelta, ToolCallDelta, ToolSpec
+
+OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
+OPENAI_DEFAULT_MODEL: Final = "gpt-4o-mini"
+"""The model used with api.openai.com when ``OPENAI_MODEL`` is unset."""
+PLACEHOLDER_API_KEY: Final = "sk-no-key-required"
+"""Sent to servers that need no key (Ollama, llama.cpp, LM Studio) when none is set."""
+
+
+class OpenAISettings(ChinwagSettings):
+    """How to reach an OpenAI-compatible server (``OPENAI_*``).
+
+    ``OPENAI_BASE_URL`` unset means api.openai.com, which needs ``OPENAI_API_KEY``; local
+    servers (``http://localhost:11434/v1`` for Ollama) take any key or none. ``OPENAI_MODEL``
+    unset means ``gpt-4o-mini`` on api.openai.com, and the first model a server lists at
+    ``/v1/models`` elsewhere.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OPENAI_")
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "api_key": "sk-proj-...",
+        "base_url": "http://localhost:11434/v1",
+        "model": "gpt-4o-mini",
+        "allowed_models": "gpt-4o-mini,gpt-4o",
+    }
+
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    model: str | None = None
+    allowed_models: CsvList = Field(default_factory=list)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL such as http://localhost:11434/v1")
+        return value.rstrip("/")
+
+    @field_validator("model")
+    @classmethod
+    def _strip_model(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return value.strip() or None
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` / ``Retry-After`` (seconds or an HTTP date)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def describe_error(exc: Exception) -> str:
+    """A short operator-facing summary of a vendor error (may quote the server)."""
+    message = exc.message if isinstance(exc, openai.APIError) else str(exc)
+    message = re.sub(r"\s+", " ", message)[:300]
+    if isinstance(exc, openai.APIStatusError):
+        return f"HTTP {exc.status_code}: {message}"
+    return f"{type(exc).__name__}: {message}"
+
+
+def rejects_stream_options(exc: Exception) -> bool:
+    """Whether a server refused the request because it does not know ``stream_options``."""
+    return (
+        isinstance(exc, openai.APIStatusError)
+        and exc.status_code in (400, 422)
+        and "stream_options" in f"{exc.message} {exc.body}"
+    )
+
+
+def delta_events(delta: Any) -> list[BackendEvent]:
+    """The backend events of one streamed chunk's delta: text, then tool-call pieces."""
+    events: list[BackendEvent] = []
+    if delta.content:
+        events.append(TextDelta(delta.content))
+    for call in delta.tool_calls or ():
+        function = call.function
+        events.append(
+            ToolCallDelta(
+                index=call.index,
+                id=call.id,
+                name=function.name if function is not None else None,
+                arguments=(function.arguments or "") if function is not None else "",
+            )
+        )
+    return events
+
+
+def message_param(message: ChatMessage) -> dict[str, Any]:
+    """One stored chat message as the API's message object."""
+    param: dict[str, Any] = {"role": message.role.value, "content": message.content}
+    if message.name:
+        # OpenAI accepts ^[a-zA-Z0-9_-]{1,64}$ as a participant name.
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", message.name)[:64]
+        if name.strip("_"):
+            param["name"] = name
+    if message.tool_calls:
+        param["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in message.tool_calls
+        ]
+        if not message.content:
+            param["content"] = None
+    if message.tool_call_id is not None:
+        param["tool_call_id"] = message.tool_call_id
+        param.pop("name", None)
+    return param
+
+
+def tool_param(tool: ToolSpec) -> dict[str, Any]:
+    """A tool offered to the model, as the API's ``tools`` entry."""
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": dict(tool.parameters),
+        },
+    }
+
+
+__all__ = [
+    "OPENAI_BASE_URL",
+    "OPENAI_DEFAULT_MODEL",
+    "PLACEHOLDER_API_KEY",
+    "OpenAISettings",
+    "delta_events",
+    "describe_error",
+    "message_param",
+    "parse_retry_after",
+    "rejects_stream_options",
+    "tool_param",
+]
