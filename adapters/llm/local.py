@@ -39,6 +39,7 @@ from core.errors import (
     ConfigError,
     ContextTooLong,
 )
+from core.lifecycle import Lifecycle
 from core.settings import ChinwagSettings, CsvList
 from core.types import (
     BackendEvent,
@@ -329,7 +330,7 @@ class LocalBackend:
         self._vocab_locks: dict[str, asyncio.Lock] = {}
         self._loaded: OrderedDict[str, _Loaded] = OrderedDict()  # worker thread only
         self._executor: ThreadPoolExecutor | None = None
-        self._state = "new"  # new -> started -> closed
+        self._state = Lifecycle.NEW  # NEW -> RUNNING -> CLOSED; _start_lock orders starts
         self._start_lock = asyncio.Lock()
         # The line: one generation runs; others wait in ``_waiters`` in arrival order.
         self._running = False
@@ -522,10 +523,8 @@ class LocalBackend:
             RuntimeError: after ``aclose()``.
         """
         async with self._start_lock:
-            if self._state == "started":
+            if not self._state.require_startable("LocalBackend"):
                 return
-            if self._state == "closed":
-                raise RuntimeError("LocalBackend.start() after aclose()")
             reason = local_backend_available()
             if reason is not None:
                 raise ConfigError(
@@ -557,13 +556,13 @@ class LocalBackend:
                 default.n_ctx,
                 time.perf_counter() - started,
             )
-            self._state = "started"
+            self._state = Lifecycle.RUNNING
 
     async def aclose(self) -> None:
         """Cancel waiting and running generations, unload every model. Idempotent."""
-        if self._state == "closed":
+        if self._state is Lifecycle.CLOSED:
             return
-        self._state = "closed"
+        self._state = Lifecycle.CLOSED
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -584,12 +583,7 @@ class LocalBackend:
         await asyncio.to_thread(executor.shutdown, wait=True)
 
     def _require_started(self) -> None:
-        if self._state != "started":
-            raise RuntimeError(
-                "LocalBackend used before start()"
-                if self._state == "new"
-                else "LocalBackend used after aclose()"
-            )
+        self._state.require_running("LocalBackend")
 
     # --- worker thread ------------------------------------------------------------------
 
