@@ -232,7 +232,7 @@ class _Loaded:
         if settings.threads is not None:
             kwargs["n_threads"] = settings.threads
         self.llama = llama_cpp.Llama(str(spec.path), **kwargs)
-        self.vocab = self.llama._model.vocab  # noqa: SLF001 - eog/control checks per token
+        self.vocab = self.llama._model.vocab  # private, for the eog/control checks per token
         self._is_eog = llama_cpp.llama_vocab_is_eog
         self._get_attr = llama_cpp.llama_vocab_get_attr
         self._control = int(llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
@@ -284,7 +284,7 @@ class _Loaded:
     def abort_on(self, cancel: threading.Event | None) -> None:
         """Let ``cancel`` abort the next evaluation (``None``: nothing aborts it)."""
         self.cancel = cancel
-        ctx = self.llama._ctx.ctx  # noqa: SLF001 - llama-cpp-python exposes no setter
+        ctx = self.llama._ctx.ctx  # private: llama-cpp-python exposes no abort setter
         self._set_abort(ctx, self._abort if cancel is not None else self._no_abort, None)
 
     def stops(self, token: int) -> bool:

@@ -70,7 +70,8 @@ def test_db_upgrade_and_current_load_no_platform_or_model_library(tmp_path):
     assert heavy_in(modules) == []
     status, modules, out = run_probe(tmp_path, RUN_CLI, "db", "current")
     assert status == 0
-    assert out.strip() and not out.startswith("base")  # the revision upgrade just applied
+    assert out.strip()
+    assert not out.startswith("base")  # the revision upgrade just applied
     assert heavy_in(modules) == []
 
 

@@ -54,7 +54,8 @@ def test_nothing_configured_and_no_local_backend_exits_2_explaining_the_choices(
         build_backend(settings())
     assert raised.value.status == 2
     assert str(raised.value) == NO_LLM
-    assert "OPENAI_API_KEY" in NO_LLM and "LOCAL_MODEL_PATH" in NO_LLM
+    assert "OPENAI_API_KEY" in NO_LLM
+    assert "LOCAL_MODEL_PATH" in NO_LLM
 
 
 def test_local_chosen_but_unavailable_is_a_config_error(monkeypatch):

@@ -111,7 +111,8 @@ async def test_the_end_of_input_closes_the_adapter_after_every_line_is_answered(
 ):
     backend = ScriptedBackend(chunk_size=2)
     lines = await converse(make_engine(backend), "one\ntwo\nthree\n", tmp_path)
-    assert len(lines) == 3 and lines[2].startswith("echo: three")
+    assert len(lines) == 3
+    assert lines[2].startswith("echo: three")
     assert backend.completed == 3
 
 

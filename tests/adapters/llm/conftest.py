@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from adapters.llm.openai import OpenAIBackend, OpenAISettings
-from tests.fakes.openai_server import FakeOpenAIServer
 from tests.adapters.llm.backend_helpers import API_KEY, MakeBackend
+from tests.fakes.openai_server import FakeOpenAIServer
 
 
 @pytest.fixture

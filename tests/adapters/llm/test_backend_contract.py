@@ -18,8 +18,8 @@ from adapters.llm.openai import OpenAIBackend, OpenAISettings
 from core.errors import BackendError
 from core.ports import LLMBackend
 from core.types import ChatMessage, CompletionRequest, Role, TextDelta, Usage
-from tests.fakes.openai_server import FakeOpenAIServer
 from tests.adapters.llm.backend_helpers import collect, text_of
+from tests.fakes.openai_server import FakeOpenAIServer
 
 
 @dataclass(frozen=True)
@@ -129,8 +129,10 @@ async def test_stream_yields_text_then_usage(backend: LLMBackend) -> None:
     events = await collect(backend.stream(ask(backend, "Say hello")))
     assert text_of(events).strip()
     usage = [e for e in events if isinstance(e, Usage)]
-    assert len(usage) == 1 and events[-1] is usage[0]
-    assert usage[0].prompt_tokens > 0 and usage[0].completion_tokens > 0
+    assert len(usage) == 1
+    assert events[-1] is usage[0]
+    assert usage[0].prompt_tokens > 0
+    assert usage[0].completion_tokens > 0
 
 
 async def test_closing_early_releases_and_the_backend_goes_on(

@@ -8,6 +8,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from itertools import pairwise
 
 import pytest
 from pydantic import ValidationError
@@ -39,8 +40,8 @@ from core.types import (
     ToolSpec,
     Usage,
 )
-from tests.fakes.openai_server import FakeOpenAIServer, FakeReply, FakeToolCall
 from tests.adapters.llm.backend_helpers import API_KEY, MakeBackend, collect, request, text_of
+from tests.fakes.openai_server import FakeOpenAIServer, FakeReply, FakeToolCall
 
 EXPECTED = "You said: hello there. I received 2 messages."
 
@@ -68,7 +69,8 @@ def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("OPENAI_API_KEY", "")
     monkeypatch.setenv("OPENAI_BASE_URL", "")
     settings = OpenAISettings(_env_file=None)  # type: ignore[call-arg]
-    assert settings.api_key is None and settings.base_url is None
+    assert settings.api_key is None
+    assert settings.base_url is None
     assert settings.model == "gpt-4o-mini"
 
 
@@ -227,7 +229,8 @@ async def test_tool_call_deltas_stream_through(
     ]
     deltas = [e for e in events if isinstance(e, ToolCallDelta)]
     assert len(deltas) > 2  # arguments arrive in pieces
-    assert deltas[0].id == "call_abc" and deltas[0].name == "get_weather"
+    assert deltas[0].id == "call_abc"
+    assert deltas[0].name == "get_weather"
     assert all(d.index == 0 for d in deltas)
     assert "".join(d.arguments for d in deltas) == arguments
     assert text_of(events) == "Let me check."
@@ -246,7 +249,8 @@ async def test_server_rejecting_stream_options_still_streams_and_is_remembered(
     sent = [r.body for r in server.chat_requests]
     assert len(sent) == 3  # one refusal, then two plain streams
     assert "stream_options" in sent[0]
-    assert "stream_options" not in sent[1] and "stream_options" not in sent[2]
+    assert "stream_options" not in sent[1]
+    assert "stream_options" not in sent[2]
 
 
 # --- retries ------------------------------------------------------------------------------------
@@ -272,7 +276,7 @@ async def test_retry_after_ms_is_preferred(
     assert text_of(await collect(backend.stream(request()))) == EXPECTED
     times = [r.at for r in server.chat_requests]
     assert len(times) == 3
-    assert all(0.15 <= b - a < 5 for a, b in zip(times, times[1:], strict=False))
+    assert all(0.15 <= b - a < 5 for a, b in pairwise(times))
 
 
 async def test_429_after_retries_raises_rate_limited(

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import socket
+from itertools import pairwise
 
 import aiohttp
 import pytest
 
 from adapters.telegram.render import render_blocks, runs_text
 from core.errors import BackendUnavailable
+from tests.adapters.telegram.conftest import Harness
 from tests.fakes.scripted import ScriptedBackend
 from tests.fakes.telegram_server import REAL_LIMITS, FakeUser, FloodLimits
-from tests.adapters.telegram.conftest import Harness
 
 
 def _no_space(text: str) -> str:
@@ -174,7 +175,7 @@ async def test_real_telegram_limits_and_edit_interval(harness_factory) -> None:
     )
     writes = [c for c in fake.calls if c.method in ("sendMessage", "editMessageText")]
     assert len(writes) >= 3  # it streamed: a send and some edits
-    gaps = [b.at - a.at for a, b in zip(writes, writes[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in pairwise(writes)]
     assert min(gaps) >= 0.95
     assert [c for c in fake.calls if c.error_code == 429 or c.premature] == []
 
@@ -330,7 +331,7 @@ def test_webhook_settings_need_a_valid_secret(secret: str | None) -> None:
 
     from adapters.telegram import TelegramSettings
 
-    with pytest.raises(ValidationError, match="TELEGRAM_WEBHOOK_SECRET|webhook_secret"):
+    with pytest.raises(ValidationError, match=r"TELEGRAM_WEBHOOK_SECRET|webhook_secret"):
         TelegramSettings(
             _env_file=None,
             bot_token="1:x",

