@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from adapters.discord.settings import DiscordSettings
@@ -16,7 +18,7 @@ from core.settings import AccessSettings, CoreSettings, LLMSettings
 from tests._require import require_or_skip
 
 
-def settings(**llm: object) -> Settings:
+def settings(**llm: Any) -> Settings:
     return Settings(
         env_file=None,
         core=CoreSettings(_env_file=None),

@@ -40,8 +40,8 @@ async def make_engine(store: MemoryStore) -> AsyncIterator[Callable[..., Engine]
         engine = Engine(
             backend=backend or ScriptedBackend(),
             store=store,
-            core=CoreSettings(_env_file=None, bot_name="consolebot"),  # type: ignore[call-arg]
-            llm=LLMSettings(_env_file=None),  # type: ignore[call-arg]
+            core=CoreSettings(_env_file=None, bot_name="consolebot"),
+            llm=LLMSettings(_env_file=None),
         )
         engines.append(engine)
         return engine

@@ -107,7 +107,7 @@ def test_settings_refuse_bad_values() -> None:
 class _NoEngine:
     bot_name = "chinwag"
 
-    def commands(self):  # type: ignore[no-untyped-def]
+    def commands(self):
         return ()
 
 

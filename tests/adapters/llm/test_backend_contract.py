@@ -56,7 +56,7 @@ async def _openai_case() -> AsyncIterator[ContractSubject]:
         reply=_story_or_echo, chunk_delay=0.005, models=("gpt-4o-mini",)
     ) as srv:
         backend = OpenAIBackend(
-            OpenAISettings(_env_file=None, base_url=srv.base_url, api_key="sk-contract"),  # type: ignore[call-arg]
+            OpenAISettings(_env_file=None, base_url=srv.base_url, api_key="sk-contract"),
             timeout=5.0,
         )
         try:
@@ -77,7 +77,7 @@ async def _local_case() -> AsyncIterator[ContractSubject]:
     if reason is not None:
         require_or_skip("llama", reason)
     tiny = Path(__file__).resolve().parents[2] / "fixtures" / "tiny-chat.gguf"
-    backend = LocalBackend(LocalSettings(_env_file=None, model_path=tiny))  # type: ignore[call-arg]
+    backend = LocalBackend(LocalSettings(_env_file=None, model_path=tiny))
 
     async def released() -> None:
         while backend.busy:

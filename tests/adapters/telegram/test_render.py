@@ -222,10 +222,10 @@ def _document(draw: st.DrawFn) -> tuple[str, str]:
             md.append(f"## {words}")
             vis.append(words)
         else:
-            lines = draw(st.lists(_CODE_LINE, min_size=1, max_size=12))
+            code = draw(st.lists(_CODE_LINE, min_size=1, max_size=12))
             language = draw(st.sampled_from(["", "python", "c++"]))
-            md.append(f"```{language}\n" + "\n".join(lines) + "\n```")
-            vis.append("\n".join(lines))
+            md.append(f"```{language}\n" + "\n".join(code) + "\n```")
+            vis.append("\n".join(code))
     return "\n\n".join(md), "\n\n".join(vis)
 
 

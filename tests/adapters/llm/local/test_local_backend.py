@@ -23,6 +23,7 @@ from core.types import (
     TextDelta,
     Usage,
 )
+from tests.adapters.llm.backend_helpers import generator
 from tests.adapters.llm.local.conftest import EXPECTED, TINY
 
 MakeBackend = Callable[..., LocalBackend]
@@ -70,7 +71,9 @@ async def test_the_reply_depends_on_the_system_prompt_and_the_history(tiny: Loca
 async def test_max_tokens_cuts_the_reply(tiny: LocalBackend) -> None:
     events = await collect(tiny.stream(chat(None, ["My name is Zed."], max_tokens=2)))
     assert text_of(events) == "Nice to"
-    assert events[-1] == Usage(prompt_tokens=events[-1].prompt_tokens, completion_tokens=2)
+    last = events[-1]
+    assert isinstance(last, Usage)
+    assert last == Usage(prompt_tokens=last.prompt_tokens, completion_tokens=2)
 
 
 async def test_ten_conversations_answered_in_order_of_arrival(tiny: LocalBackend) -> None:
@@ -112,9 +115,9 @@ async def test_full_queue_says_busy_and_loses_nothing(make_backend: MakeBackend)
 
 
 async def test_leaving_the_line_lets_the_next_one_in(tiny: LocalBackend) -> None:
-    first = tiny.stream(chat("You are a pirate.", ["Say hello."]))
+    first = generator(tiny.stream(chat("You are a pirate.", ["Say hello."])))
     await anext(first)
-    quitter = tiny.stream(chat(None, ["Say hello."]))
+    quitter = generator(tiny.stream(chat(None, ["Say hello."])))
     assert await anext(quitter) == QueuePosition(1)
     patient = tiny.stream(chat("You are a robot.", ["Say hello."]))
     assert await anext(patient) == QueuePosition(2)
@@ -127,7 +130,7 @@ async def test_leaving_the_line_lets_the_next_one_in(tiny: LocalBackend) -> None
 async def test_shutdown_fails_waiting_requests_cleanly(make_backend: MakeBackend) -> None:
     backend = make_backend()
     await backend.start()
-    first = backend.stream(chat("You are a pirate.", ["Say hello."]))
+    first = generator(backend.stream(chat("You are a pirate.", ["Say hello."])))
     await anext(first)
     waiting = backend.stream(chat(None, ["Say hello."]))
     assert await anext(waiting) == QueuePosition(1)
