@@ -42,7 +42,7 @@ async def test_malformed_requests_are_refused_as_the_real_api_does(
         openai.AsyncOpenAI(api_key="k", base_url=srv.base_url, max_retries=0) as client,
     ):
         with pytest.raises(openai.BadRequestError) as info:
-            await client.chat.completions.create(model="gpt-4o-mini", messages=[message])  # type: ignore[list-item]
+            await client.chat.completions.create(model="gpt-4o-mini", messages=[message])  # type: ignore[list-item]  # malformed on purpose
     assert complaint in info.value.message
 
 
