@@ -14,7 +14,8 @@ import pytest
 
 from tests.fakes.openai_server import FakeOpenAIServer
 
-pytestmark = pytest.mark.timeout(120)
+# Every test here starts real `chinwag` processes: seconds each.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 def remembering_reply(body: Mapping[str, Any]) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real processes, a second or two each
+
 # The libraries only a running adapter or backend needs (openai too: it pulls in httpx).
 HEAVY = ("telegram", "discord", "llama_cpp", "openai")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
 from core.errors import BackendUnavailable, ContextTooLong, RateLimited
 from core.types import ConversationKey, MessageStatus, Role
 from tests.core.conftest import dm
@@ -43,6 +45,7 @@ async def test_memory_recall_and_users_kept_apart(make_engine):
     assert "Bob" not in a.replies[-1]
 
 
+@pytest.mark.slow
 async def test_many_conversations_at_once_all_answered_in_order(make_engine, store, backend):
     rng = random.Random(7)
     backend.delay_for = lambda request: rng.random() * 0.002

@@ -587,6 +587,7 @@ async def test_timestamps_are_utc_whatever_the_clock_zone(
     assert read.created_at.hour == 16
 
 
+@pytest.mark.slow
 async def test_two_stores_on_one_database_write_and_read_at_once(make_store: MakeStore) -> None:
     """Two bots (processes) sharing a file: contention is waited out, never an error."""
     stores = [await make_store(), await make_store()]

@@ -139,6 +139,7 @@ async def test_ten_thousand_character_reply_arrives_complete_and_renders(harness
     assert all("bold" in m.entity_types() for m in messages if "paragraph" in m.text)
 
 
+@pytest.mark.slow
 async def test_flood_control_is_honoured_and_nothing_is_lost(harness_factory) -> None:
     reply = " ".join(f"word{i}" for i in range(120))
     backend = ScriptedBackend(reply=reply, chunk_size=20, delay=0.03)
@@ -156,6 +157,7 @@ async def test_flood_control_is_honoured_and_nothing_is_lost(harness_factory) ->
     assert [c for c in fake.calls if c.premature] == []
 
 
+@pytest.mark.slow
 async def test_real_telegram_limits_and_edit_interval(harness_factory) -> None:
     reply = " ".join(f"token{i}" for i in range(60))
     backend = ScriptedBackend(reply=reply, chunk_size=24, delay=0.1)

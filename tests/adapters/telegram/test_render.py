@@ -243,6 +243,7 @@ def _check_parts(markdown: str, limit: int) -> list[str]:
     return texts
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=_document(), limit=st.integers(40, 600))
 def test_property_markdown_survives_render_and_split(doc: tuple[str, str], limit: int) -> None:

@@ -66,6 +66,7 @@ async def test_memory_of_an_earlier_turn_survives_a_restart(make_engine) -> None
     assert bob.replies == ["I do not know."]
 
 
+@pytest.mark.slow
 async def test_ten_users_at_once_are_told_their_place_and_all_answered(make_engine) -> None:
     engine = await make_engine(max_concurrency=16)
     names = ["Zed", "Amy"] * 5
