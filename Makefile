@@ -8,14 +8,18 @@ BASE_STAMP := $(VENV)/.installed-base-$(KEY)
 DEV_STAMP := $(VENV)/.installed-dev-$(KEY)
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev run test lint bench clean help
+# Every benchmark `make bench` runs, in this order (python -m bench.NAME).
+BENCHES := core store telegram discord local
+
+.PHONY: install install-dev run test test-fast lint bench clean help
 
 help:
-	@echo "make run      install (first time) and start the bot (chinwag run)"
-	@echo "make test     install with the dev extra and run the test suite"
-	@echo "make install  create .venv and install chinwag with the local model backend"
-	@echo "make lint     ruff, mypy and import-linter"
-	@echo "make bench    run the benchmarks in bench/"
+	@echo "make run        install (first time) and start the bot (chinwag run)"
+	@echo "make test       install with the dev extra and run the whole test suite"
+	@echo "make test-fast  the suite without the tests marked slow (for the edit loop)"
+	@echo "make install    create .venv and install chinwag with the local model backend"
+	@echo "make lint       ruff, mypy and import-linter"
+	@echo "make bench      run every benchmark in bench/; fails at the end if any missed its target"
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -46,18 +50,24 @@ run: install
 test: install-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-fast: install-dev
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
 lint: install-dev
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# Run them all, even after one misses its target or fails, then name each that did.
 bench: install-dev
-	$(PY) -m bench.core
-	$(PY) -m bench.store
-	$(PY) -m bench.telegram
-	$(PY) -m bench.discord
-	$(PY) -m bench.local
+	@failed=""; \
+	for name in $(BENCHES); do \
+		echo "== python -m bench.$$name"; \
+		$(PY) -m bench.$$name || { echo "== bench.$$name: below target or failed"; failed="$$failed bench.$$name"; }; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make bench: below target or failed:$$failed"; exit 1; fi; \
+	echo "make bench: every benchmark ran and met its target"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

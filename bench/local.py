@@ -97,7 +97,7 @@ async def main() -> None:
         params["n_threads"] = args.threads
     direct = llama_cpp.Llama(str(path), **params)
     backend = LocalBackend(
-        LocalSettings(_env_file=None, model_path=path, context=args.context, threads=args.threads)  # type: ignore[call-arg]
+        LocalSettings(_env_file=None, model_path=path, context=args.context, threads=args.threads)
     )
     await backend.start()
     try:

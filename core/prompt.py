@@ -36,7 +36,7 @@ class Turn:
     objects keeps a busy bot from allocating (and garbage-collecting) hundreds per reply.
     """
 
-    __slots__ = ("message", "tokenizer", "tokens", "_plain", "_named")
+    __slots__ = ("_named", "_plain", "message", "tokenizer", "tokens")
 
     def __init__(self, message: StoredMessage) -> None:
         self.message = message

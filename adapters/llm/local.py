@@ -39,6 +39,7 @@ from core.errors import (
     ConfigError,
     ContextTooLong,
 )
+from core.lifecycle import Lifecycle
 from core.settings import ChinwagSettings, CsvList
 from core.types import (
     BackendEvent,
@@ -231,7 +232,7 @@ class _Loaded:
         if settings.threads is not None:
             kwargs["n_threads"] = settings.threads
         self.llama = llama_cpp.Llama(str(spec.path), **kwargs)
-        self.vocab = self.llama._model.vocab  # noqa: SLF001 - eog/control checks per token
+        self.vocab = self.llama._model.vocab  # private, for the eog/control checks per token
         self._is_eog = llama_cpp.llama_vocab_is_eog
         self._get_attr = llama_cpp.llama_vocab_get_attr
         self._control = int(llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
@@ -283,7 +284,7 @@ class _Loaded:
     def abort_on(self, cancel: threading.Event | None) -> None:
         """Let ``cancel`` abort the next evaluation (``None``: nothing aborts it)."""
         self.cancel = cancel
-        ctx = self.llama._ctx.ctx  # noqa: SLF001 - llama-cpp-python exposes no setter
+        ctx = self.llama._ctx.ctx  # private: llama-cpp-python exposes no abort setter
         self._set_abort(ctx, self._abort if cancel is not None else self._no_abort, None)
 
     def stops(self, token: int) -> bool:
@@ -329,7 +330,7 @@ class LocalBackend:
         self._vocab_locks: dict[str, asyncio.Lock] = {}
         self._loaded: OrderedDict[str, _Loaded] = OrderedDict()  # worker thread only
         self._executor: ThreadPoolExecutor | None = None
-        self._state = "new"  # new -> started -> closed
+        self._state = Lifecycle.NEW  # NEW -> RUNNING -> CLOSED; _start_lock orders starts
         self._start_lock = asyncio.Lock()
         # The line: one generation runs; others wait in ``_waiters`` in arrival order.
         self._running = False
@@ -522,10 +523,8 @@ class LocalBackend:
             RuntimeError: after ``aclose()``.
         """
         async with self._start_lock:
-            if self._state == "started":
+            if not self._state.require_startable("LocalBackend"):
                 return
-            if self._state == "closed":
-                raise RuntimeError("LocalBackend.start() after aclose()")
             reason = local_backend_available()
             if reason is not None:
                 raise ConfigError(
@@ -557,13 +556,13 @@ class LocalBackend:
                 default.n_ctx,
                 time.perf_counter() - started,
             )
-            self._state = "started"
+            self._state = Lifecycle.RUNNING
 
     async def aclose(self) -> None:
         """Cancel waiting and running generations, unload every model. Idempotent."""
-        if self._state == "closed":
+        if self._state is Lifecycle.CLOSED:
             return
-        self._state = "closed"
+        self._state = Lifecycle.CLOSED
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -584,12 +583,7 @@ class LocalBackend:
         await asyncio.to_thread(executor.shutdown, wait=True)
 
     def _require_started(self) -> None:
-        if self._state != "started":
-            raise RuntimeError(
-                "LocalBackend used before start()"
-                if self._state == "new"
-                else "LocalBackend used after aclose()"
-            )
+        self._state.require_running("LocalBackend")
 
     # --- worker thread ------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from core.errors import (
     ContextTooLong,
     RateLimited,
 )
+from core.lifecycle import Lifecycle
 from core.types import (
     BackendEvent,
     CompletionRequest,
@@ -123,8 +124,8 @@ class OpenAIBackend:
         self._max_retry_after = max_retry_after
         self._tokens = TokenCounter()
         self._include_usage = True  # cleared for a server that rejects stream_options
-        self._client: openai.AsyncOpenAI | None = None
-        self._closed = False
+        self._client: openai.AsyncOpenAI | None = None  # set while RUNNING
+        self._state = Lifecycle.NEW
         self._secret = settings.api_key.get_secret_value() if settings.api_key else None
         self._url_password = urlsplit(self.base_url).password
 
@@ -197,9 +198,9 @@ class OpenAIBackend:
 
     async def start(self) -> None:
         """Create the HTTP client. Idempotent; ``RuntimeError`` after ``aclose()``."""
-        if self._closed:
+        if self._state.closed:
             raise RuntimeError("OpenAIBackend is closed; build a new one")
-        if self._client is not None:
+        if self._state is Lifecycle.RUNNING:
             return
         self._client = openai.AsyncOpenAI(
             api_key=self._secret or PLACEHOLDER_API_KEY,
@@ -213,6 +214,7 @@ class OpenAIBackend:
             except BaseException:
                 await self.aclose()
                 raise
+        self._state = Lifecycle.RUNNING
         _log.info("OpenAI backend ready: %s, model %s", self._shown_url, self.default_model)
 
     async def _ask_server(self, client: openai.AsyncOpenAI) -> None:
@@ -253,15 +255,16 @@ class OpenAIBackend:
 
     async def aclose(self) -> None:
         """Close the HTTP client; streams in flight fail. Idempotent."""
-        self._closed = True
+        self._state = Lifecycle.CLOSED
         client, self._client = self._client, None
         if client is not None:
             await client.close()
 
     def _require_client(self) -> openai.AsyncOpenAI:
-        if self._client is None:
-            state = "closed" if self._closed else "not started"
-            raise RuntimeError(f"OpenAIBackend is {state}; call start() first")
+        if self._state is Lifecycle.NEW:
+            raise RuntimeError("OpenAIBackend is not started; call start() first")
+        if self._state is not Lifecycle.RUNNING or self._client is None:
+            raise RuntimeError("OpenAIBackend is closed; build a new one")
         return self._client
 
     # --- streaming ------------------------------------------------------------------------
@@ -556,6 +559,7 @@ __all__ = [
     "DEFAULT_CONTEXT_WINDOW",
     "KNOWN_CONTEXT_WINDOWS",
     "OPENAI_DEFAULT_MODEL",
+    "PLACEHOLDER_API_KEY",
     "OpenAIBackend",
     "OpenAISettings",
     "is_context_overflow",

@@ -81,7 +81,8 @@ class Base(DeclarativeBase):
     """Declarative base carrying the naming conventions."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON(none_as_null=True)}
+    # SQLAlchemy's declarative API: read once per class, never mutated.
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON(none_as_null=True)}  # noqa: RUF012
 
 
 class ConversationRow(Base):

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_bench_core_smoke_prints_all_figures():
     result = subprocess.run(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from adapters.discord.settings import DiscordSettings
@@ -16,7 +18,7 @@ from core.settings import AccessSettings, CoreSettings, LLMSettings
 from tests._require import require_or_skip
 
 
-def settings(**llm: object) -> Settings:
+def settings(**llm: Any) -> Settings:
     return Settings(
         env_file=None,
         core=CoreSettings(_env_file=None),
@@ -54,7 +56,8 @@ def test_nothing_configured_and_no_local_backend_exits_2_explaining_the_choices(
         build_backend(settings())
     assert raised.value.status == 2
     assert str(raised.value) == NO_LLM
-    assert "OPENAI_API_KEY" in NO_LLM and "LOCAL_MODEL_PATH" in NO_LLM
+    assert "OPENAI_API_KEY" in NO_LLM
+    assert "LOCAL_MODEL_PATH" in NO_LLM
 
 
 def test_local_chosen_but_unavailable_is_a_config_error(monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -104,7 +106,7 @@ async def test_daily_quota_blocks_until_utc_midnight(make_engine, clock, backend
     assert out.replies[-1].startswith("echo: new day")
 
 
-async def _all_rows(url: str, sql: str) -> list[tuple]:
+async def _all_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
 from core.errors import BackendUnavailable, ContextTooLong, RateLimited
 from core.types import ConversationKey, MessageStatus, Role
 from tests.core.conftest import dm
@@ -43,6 +45,7 @@ async def test_memory_recall_and_users_kept_apart(make_engine):
     assert "Bob" not in a.replies[-1]
 
 
+@pytest.mark.slow
 async def test_many_conversations_at_once_all_answered_in_order(make_engine, store, backend):
     rng = random.Random(7)
     backend.delay_for = lambda request: rng.random() * 0.002
@@ -74,7 +77,8 @@ async def test_held_reply_does_not_block_other_conversations(make_engine, backen
     backend.gate = gate
     slow = RecordingChannel()
     slow_done = engine.submit(dm("slow", "alice"), slow)
-    await asyncio.sleep(0.05)
+    while backend.active < 1:  # until the slow reply waits at the gate
+        await asyncio.sleep(0)
     backend.gate = None  # later requests pass straight through
     fast = RecordingChannel()
     await asyncio.wait_for(engine.handle(dm("fast", "bob"), fast), timeout=5)
@@ -233,7 +237,8 @@ async def test_crash_leftovers_marked_interrupted_for_this_bot_only(make_engine,
         crashed.submit(dm("one"), RecordingChannel()),
         other.submit(dm("two"), RecordingChannel()),
     ]
-    await asyncio.sleep(0.1)
+    while backend.active < 2:  # both replies stored as in progress, held at the gate
+        await asyncio.sleep(0)
     # A new process of "testbot" starts while the old one is stuck: its sweep must only
     # touch testbot's rows.
     restarted = make_engine(bot_name="testbot")

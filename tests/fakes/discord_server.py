@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import WSMsgType, web
 
@@ -823,7 +823,7 @@ class FakeDiscord:
 
     # --- REST ------------------------------------------------------------------------------
 
-    _ROUTES: list[tuple[str, str]] = [
+    _ROUTES: ClassVar[list[tuple[str, str]]] = [
         ("GET", "/users/@me"),
         ("GET", "/oauth2/applications/@me"),
         ("GET", "/gateway"),

@@ -342,7 +342,7 @@ class FakeOpenAIServer:
 
     async def _show(self, request: web.Request) -> web.Response:
         body = await self._record(request)
-        model = body.get("model") if isinstance(body, dict) else None
+        model = str(body.get("model")) if isinstance(body, dict) else ""
         if self.ollama_show is None or model not in self.ollama_show:
             return web.json_response({"error": f"model '{model}' not found"}, status=404)
         return web.json_response(dict(self.ollama_show[model]))

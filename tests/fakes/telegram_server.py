@@ -665,7 +665,7 @@ class FakeTelegram:
         return [m for m in self._messages.get(chat_id, {}).values() if not m.deleted]
 
     def bot_messages(
-        self, chat_id: int, *, thread_id: int | None | str = "any"
+        self, chat_id: int, *, thread_id: int | str | None = "any"
     ) -> list[FakeMessage]:
         """The bot's visible messages in a chat (optionally only in one topic)."""
         return [

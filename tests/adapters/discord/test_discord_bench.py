@@ -7,6 +7,7 @@ import pytest
 from bench import discord as bench_discord
 
 
+@pytest.mark.slow
 def test_bench_smoke_measures_all_three_bots(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_discord.main(["--smoke"]) == 0
 

@@ -3,7 +3,6 @@ engine and ``SqlMemoryStore`` on SQLite, the in-process scripted backend, the fa
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import pytest
@@ -406,7 +405,6 @@ async def test_stop_ends_a_reply_and_keeps_what_was_shown(
     shown = fake.bot_texts(dm)[0]
     assert 0 < len(shown) < len(backend._reply)
     assert backend._reply.startswith(shown)
-    await asyncio.sleep(0)
 
 
 async def test_a_message_deleted_mid_stream_is_posted_again(

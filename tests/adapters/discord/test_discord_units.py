@@ -67,6 +67,7 @@ _piece = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(st.lists(_piece, min_size=1, max_size=25), st.sampled_from(["\n", "\n\n"]))
 def test_split_keeps_everything_within_limits(pieces: list[str], sep: str) -> None:
@@ -107,7 +108,7 @@ def test_settings_refuse_bad_values() -> None:
 class _NoEngine:
     bot_name = "chinwag"
 
-    def commands(self):  # type: ignore[no-untyped-def]
+    def commands(self):
         return ()
 
 

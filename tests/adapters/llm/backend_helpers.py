@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from adapters.llm.openai import OpenAIBackend
@@ -32,6 +32,13 @@ async def collect(
     async for event in stream:
         events.append(event)
     return events
+
+
+def generator(stream: AsyncIterator[BackendEvent]) -> AsyncGenerator[BackendEvent, None]:
+    """``stream`` as the async generator both backends return, which the engine closes early
+    (``aclose()``) on ``/stop``; fails if a backend returns something that cannot be closed."""
+    assert isinstance(stream, AsyncGenerator)
+    return stream
 
 
 def text_of(events: list[BackendEvent]) -> str:

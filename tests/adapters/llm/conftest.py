@@ -24,7 +24,7 @@ async def make_backend(server: FakeOpenAIServer) -> AsyncIterator[MakeBackend]:
     made: list[OpenAIBackend] = []
 
     async def make(**kwargs: Any) -> OpenAIBackend:
-        settings_args = {
+        settings_args: dict[str, Any] = {
             "api_key": API_KEY,
             "base_url": server.base_url,
             "model": "gpt-4o-mini",
@@ -33,7 +33,7 @@ async def make_backend(server: FakeOpenAIServer) -> AsyncIterator[MakeBackend]:
         settings_args.update(kwargs.pop("settings", {}))
         kwargs.setdefault("timeout", 5.0)
         kwargs.setdefault("backoff_base", 0.01)
-        backend = OpenAIBackend(OpenAISettings(_env_file=None, **settings_args), **kwargs)  # type: ignore[call-arg]
+        backend = OpenAIBackend(OpenAISettings(_env_file=None, **settings_args), **kwargs)
         made.append(backend)
         await backend.start()
         return backend

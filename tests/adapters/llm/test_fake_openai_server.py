@@ -21,7 +21,8 @@ async def test_non_streamed_completion_and_models_with_the_real_client() -> None
     assert models == ["gpt-4o-mini", "gpt-4o"]
     assert completion.choices[0].message.content == "You said: ping. I received 1 messages."
     assert completion.choices[0].finish_reason == "stop"
-    assert completion.usage is not None and completion.usage.prompt_tokens == 1 + 4 + 3
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == 1 + 4 + 3
     assert [r.path for r in srv.requests] == ["/v1/models", "/v1/chat/completions"]
 
 
@@ -41,7 +42,7 @@ async def test_malformed_requests_are_refused_as_the_real_api_does(
         openai.AsyncOpenAI(api_key="k", base_url=srv.base_url, max_retries=0) as client,
     ):
         with pytest.raises(openai.BadRequestError) as info:
-            await client.chat.completions.create(model="gpt-4o-mini", messages=[message])  # type: ignore[list-item]
+            await client.chat.completions.create(model="gpt-4o-mini", messages=[message])  # type: ignore[list-item]  # malformed on purpose
     assert complaint in info.value.message
 
 

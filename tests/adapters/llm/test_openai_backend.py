@@ -8,6 +8,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from itertools import pairwise
 
 import pytest
 from pydantic import ValidationError
@@ -39,7 +40,14 @@ from core.types import (
     ToolSpec,
     Usage,
 )
-from tests.adapters.llm.backend_helpers import API_KEY, MakeBackend, collect, request, text_of
+from tests.adapters.llm.backend_helpers import (
+    API_KEY,
+    MakeBackend,
+    collect,
+    generator,
+    request,
+    text_of,
+)
 from tests.fakes.openai_server import FakeOpenAIServer, FakeReply, FakeToolCall
 
 EXPECTED = "You said: hello there. I received 2 messages."
@@ -53,7 +61,7 @@ def test_settings_read_the_conventional_variables(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("OPENAI_BASE_URL", "http://localhost:11434/v1/")
     monkeypatch.setenv("OPENAI_MODEL", "llama3")
     monkeypatch.setenv("OPENAI_ALLOWED_MODELS", "qwen2.5, llama3,,mistral")
-    settings = OpenAISettings(_env_file=None)  # type: ignore[call-arg]
+    settings = OpenAISettings(_env_file=None)
     assert settings.api_key is not None
     assert settings.api_key.get_secret_value() == "sk-from-env"
     assert "sk-from-env" not in repr(settings)
@@ -67,31 +75,32 @@ def test_settings_read_the_conventional_variables(monkeypatch: pytest.MonkeyPatc
 def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "")
     monkeypatch.setenv("OPENAI_BASE_URL", "")
-    settings = OpenAISettings(_env_file=None)  # type: ignore[call-arg]
-    assert settings.api_key is None and settings.base_url is None
+    settings = OpenAISettings(_env_file=None)
+    assert settings.api_key is None
+    assert settings.base_url is None
     assert settings.model is None
     monkeypatch.setenv("OPENAI_API_KEY", "sk-set")
     monkeypatch.setenv("OPENAI_MODEL", "")
-    official = OpenAIBackend(OpenAISettings(_env_file=None))  # type: ignore[call-arg]
+    official = OpenAIBackend(OpenAISettings(_env_file=None))
     assert official.default_model == "gpt-4o-mini"  # api.openai.com: the default model
 
 
 @pytest.mark.parametrize("url", ["localhost:11434", "ftp://example.com/v1", "http://", "not a url"])
 def test_base_url_must_be_http(url: str) -> None:
     with pytest.raises(ValidationError, match="http"):
-        OpenAISettings(_env_file=None, base_url=url)  # type: ignore[call-arg]
+        OpenAISettings(_env_file=None, base_url=url)
 
 
 def test_official_api_without_key_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as info:
-        OpenAIBackend(OpenAISettings(_env_file=None))  # type: ignore[call-arg]
+        OpenAIBackend(OpenAISettings(_env_file=None))
     assert info.value.variable == "OPENAI_API_KEY"
     assert "OPENAI_API_KEY=" in str(info.value)
 
 
 async def test_local_server_without_key_gets_a_placeholder() -> None:
     async with FakeOpenAIServer() as srv:
-        backend = OpenAIBackend(OpenAISettings(_env_file=None, base_url=srv.base_url))  # type: ignore[call-arg]
+        backend = OpenAIBackend(OpenAISettings(_env_file=None, base_url=srv.base_url))
         await backend.start()
         try:
             events = await collect(backend.stream(request()))
@@ -115,7 +124,7 @@ async def test_models_default_first_and_check_model(make_backend: MakeBackend) -
 
 
 def test_context_windows_table_override_and_default() -> None:
-    settings = OpenAISettings(_env_file=None, api_key="k")  # type: ignore[call-arg]
+    settings = OpenAISettings(_env_file=None, api_key="k")
     backend = OpenAIBackend(settings, context_windows={"llama3": 32768, "gpt-4o": 64000})
     assert backend.context_window("gpt-4o-mini") == 128_000
     assert backend.context_window("gpt-4o-2024-08-06") == 128_000
@@ -137,7 +146,7 @@ def test_context_windows_table_override_and_default() -> None:
 async def test_lifecycle_is_idempotent_and_misuse_raises(server: FakeOpenAIServer) -> None:
     backend = OpenAIBackend(
         OpenAISettings(_env_file=None, api_key=API_KEY, base_url=server.base_url)
-    )  # type: ignore[call-arg]
+    )
     with pytest.raises(RuntimeError, match="not started"):
         backend.stream(request())
     await backend.start()
@@ -231,7 +240,8 @@ async def test_tool_call_deltas_stream_through(
     ]
     deltas = [e for e in events if isinstance(e, ToolCallDelta)]
     assert len(deltas) > 2  # arguments arrive in pieces
-    assert deltas[0].id == "call_abc" and deltas[0].name == "get_weather"
+    assert deltas[0].id == "call_abc"
+    assert deltas[0].name == "get_weather"
     assert all(d.index == 0 for d in deltas)
     assert "".join(d.arguments for d in deltas) == arguments
     assert text_of(events) == "Let me check."
@@ -250,7 +260,8 @@ async def test_server_rejecting_stream_options_still_streams_and_is_remembered(
     sent = [r.body for r in server.chat_requests]
     assert len(sent) == 3  # one refusal, then two plain streams
     assert "stream_options" in sent[0]
-    assert "stream_options" not in sent[1] and "stream_options" not in sent[2]
+    assert "stream_options" not in sent[1]
+    assert "stream_options" not in sent[2]
 
 
 # --- retries ------------------------------------------------------------------------------------
@@ -276,7 +287,7 @@ async def test_retry_after_ms_is_preferred(
     assert text_of(await collect(backend.stream(request()))) == EXPECTED
     times = [r.at for r in server.chat_requests]
     assert len(times) == 3
-    assert all(0.15 <= b - a < 5 for a, b in zip(times, times[1:], strict=False))
+    assert all(0.15 <= b - a < 5 for a, b in pairwise(times))
 
 
 async def test_429_after_retries_raises_rate_limited(
@@ -343,7 +354,7 @@ async def test_unreachable_server_is_unavailable_after_retries() -> None:
     url = srv.base_url
     await srv.aclose()  # nothing listens on that port any more
     backend = OpenAIBackend(
-        OpenAISettings(_env_file=None, base_url=url, model="gpt-4o-mini"),  # type: ignore[call-arg]
+        OpenAISettings(_env_file=None, base_url=url, model="gpt-4o-mini"),
         max_retries=2,
         backoff_base=0.01,
         timeout=5,
@@ -440,7 +451,7 @@ async def test_closing_the_stream_early_closes_the_http_stream(
     server.chunk_delay = 0.05
     server.reply = lambda body: "word " * 200
     backend = await make_backend()
-    stream = backend.stream(request())
+    stream = generator(backend.stream(request()))
     first = await anext(stream)
     assert first == TextDelta("word")
     await stream.aclose()  # what the engine does on /stop
@@ -543,7 +554,7 @@ async def test_key_never_reaches_logs_or_errors(
     await collect(backend.stream(request()))
     server.fail_rate_limited(5, retry_after="0")
     server.fail_server_error(5)
-    errors: list[BaseException] = []
+    errors: list[BackendError] = []
     for _ in range(2):
         try:
             await collect(backend.stream(request()))

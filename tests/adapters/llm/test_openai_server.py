@@ -122,7 +122,7 @@ async def test_without_openai_model_an_unreachable_server_names_the_variable() -
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again: nothing listens there
     backend = OpenAIBackend(
-        OpenAISettings(_env_file=None, base_url=f"http://127.0.0.1:{port}/v1"),  # type: ignore[call-arg]
+        OpenAISettings(_env_file=None, base_url=f"http://127.0.0.1:{port}/v1"),
         timeout=2,
     )
     with pytest.raises(ConfigError) as info:
@@ -218,7 +218,7 @@ async def test_credentials_in_the_base_url_never_reach_the_operators_log(
 ) -> None:
     async with FakeOpenAIServer(models=("llama3",), context_limit=50) as server:
         url = server.base_url.replace("http://", "http://alice:Pa55-w0rd-XYZ@")
-        configured = OpenAISettings(_env_file=None, base_url=url, model="llama3")  # type: ignore[call-arg]
+        configured = OpenAISettings(_env_file=None, base_url=url, model="llama3")
         assert "Pa55-w0rd-XYZ" in secrets_of(configured)
         # No redaction filter: the backend masks by itself, and httpx2 is kept quiet.
         configure_logging("INFO", [])
@@ -297,7 +297,7 @@ async def test_llama_cpp_server_overflow_teaches_the_window_then_answers(
     llama_cpp_server: str,
 ) -> None:
     backend = OpenAIBackend(
-        OpenAISettings(_env_file=None, base_url=llama_cpp_server),  # type: ignore[call-arg]
+        OpenAISettings(_env_file=None, base_url=llama_cpp_server),
         timeout=20,
     )
     await backend.start()

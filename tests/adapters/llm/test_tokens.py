@@ -71,6 +71,7 @@ _OFFLINE_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_fixed_counts_offline_without_any_tokenizer_cache(tmp_path: Path) -> None:
     caches = [tmp_path / name for name in ("home", "tiktoken", "xdg", "data_gym")]
     for folder in caches:

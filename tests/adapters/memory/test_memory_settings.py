@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,8 +11,8 @@ from adapters.memory.settings import MemorySettings, normalize_database_url, ren
 from core.errors import ConfigError
 
 
-def settings(**values: object) -> MemorySettings:
-    return MemorySettings(_env_file=None, **values)  # type: ignore[call-arg]
+def settings(**values: Any) -> MemorySettings:
+    return MemorySettings(_env_file=None, **values)
 
 
 def test_unset_means_a_sqlite_file_in_the_data_dir(tmp_path: Path) -> None:
@@ -24,12 +25,12 @@ def test_unset_means_a_sqlite_file_in_the_data_dir(tmp_path: Path) -> None:
 def test_the_environment_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgres://bot:pw@db:5432/chinwag")
     monkeypatch.setenv("DB_AUTO_MIGRATE", "false")
-    loaded = MemorySettings(_env_file=None)  # type: ignore[call-arg]
+    loaded = MemorySettings(_env_file=None)
     assert loaded.async_url() == "postgresql+asyncpg://bot:pw@db:5432/chinwag"
     assert loaded.db_auto_migrate is False
     monkeypatch.setenv("DATABASE_URL", "")  # empty counts as unset
     monkeypatch.setenv("CHINWAG_DATA_DIR", str(tmp_path / "d"))
-    assert MemorySettings(_env_file=None).async_url().endswith("/d/chinwag.db")  # type: ignore[call-arg]
+    assert MemorySettings(_env_file=None).async_url().endswith("/d/chinwag.db")
 
 
 def test_default_data_dir_is_the_platform_user_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -353,7 +353,7 @@ async def test_usage_counts_per_day_and_in_total(store: MemoryStore) -> None:
     assert (usage.tokens_today, usage.tokens_total, usage.messages_today) == (18, 138, 4)
     unknown = await store.get_usage(BOT, "telegram", "nobody", d2)
     assert (unknown.tokens_today, unknown.tokens_total, unknown.messages_today) == (0, 0, 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="negative"):
         await store.add_usage(BOT, "telegram", "u1", d2, prompt_tokens=-1, completion_tokens=0)
 
 
@@ -408,7 +408,7 @@ async def test_forget_user_deletes_their_data_and_only_theirs(store: MemoryStore
     assert [m.content for m in await store.recent_messages(other.id, limit=10)] == ["u2 private"]
     fresh = await store.current_conversation(private("u1"))
     assert fresh.id not in (own.id, older.id)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="user id"):
         await store.forget_user(BOT, "telegram", "")
 
 

@@ -115,7 +115,7 @@ async def test_sqlite_waits_out_another_process_holding_the_write_lock(
 ) -> None:
     store = await make_sql_store()
     conv = await store.current_conversation(private())
-    path = make_url(store._url).database  # noqa: SLF001
+    path = make_url(store._url).database
     assert path is not None
     other = sqlite3.connect(path, isolation_level=None)
     try:
@@ -128,10 +128,11 @@ async def test_sqlite_waits_out_another_process_holding_the_write_lock(
     finally:
         other.close()
     assert stored[0].content == "patient"
-    mode = (await fetch_all(store._url, "PRAGMA journal_mode"))[0][0]  # noqa: SLF001
+    mode = (await fetch_all(store._url, "PRAGMA journal_mode"))[0][0]
     assert mode == "wal"
 
 
+@pytest.mark.slow
 async def test_two_stores_on_one_database_write_and_read_at_once(
     make_sql_store: MakeSqlStore,
 ) -> None:

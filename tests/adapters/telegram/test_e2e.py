@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from itertools import pairwise
 
 import aiohttp
 import pytest
@@ -138,6 +139,7 @@ async def test_ten_thousand_character_reply_arrives_complete_and_renders(harness
     assert all("bold" in m.entity_types() for m in messages if "paragraph" in m.text)
 
 
+@pytest.mark.slow
 async def test_flood_control_is_honoured_and_nothing_is_lost(harness_factory) -> None:
     reply = " ".join(f"word{i}" for i in range(120))
     backend = ScriptedBackend(reply=reply, chunk_size=20, delay=0.03)
@@ -155,6 +157,7 @@ async def test_flood_control_is_honoured_and_nothing_is_lost(harness_factory) ->
     assert [c for c in fake.calls if c.premature] == []
 
 
+@pytest.mark.slow
 async def test_real_telegram_limits_and_edit_interval(harness_factory) -> None:
     reply = " ".join(f"token{i}" for i in range(60))
     backend = ScriptedBackend(reply=reply, chunk_size=24, delay=0.1)
@@ -174,7 +177,7 @@ async def test_real_telegram_limits_and_edit_interval(harness_factory) -> None:
     )
     writes = [c for c in fake.calls if c.method in ("sendMessage", "editMessageText")]
     assert len(writes) >= 3  # it streamed: a send and some edits
-    gaps = [b.at - a.at for a, b in zip(writes, writes[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in pairwise(writes)]
     assert min(gaps) >= 0.95
     assert [c for c in fake.calls if c.error_code == 429 or c.premature] == []
 
@@ -330,7 +333,7 @@ def test_webhook_settings_need_a_valid_secret(secret: str | None) -> None:
 
     from adapters.telegram import TelegramSettings
 
-    with pytest.raises(ValidationError, match="TELEGRAM_WEBHOOK_SECRET|webhook_secret"):
+    with pytest.raises(ValidationError, match=r"TELEGRAM_WEBHOOK_SECRET|webhook_secret"):
         TelegramSettings(
             _env_file=None,
             bot_token="1:x",

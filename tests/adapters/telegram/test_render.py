@@ -222,10 +222,10 @@ def _document(draw: st.DrawFn) -> tuple[str, str]:
             md.append(f"## {words}")
             vis.append(words)
         else:
-            lines = draw(st.lists(_CODE_LINE, min_size=1, max_size=12))
+            code = draw(st.lists(_CODE_LINE, min_size=1, max_size=12))
             language = draw(st.sampled_from(["", "python", "c++"]))
-            md.append(f"```{language}\n" + "\n".join(lines) + "\n```")
-            vis.append("\n".join(lines))
+            md.append(f"```{language}\n" + "\n".join(code) + "\n```")
+            vis.append("\n".join(code))
     return "\n\n".join(md), "\n\n".join(vis)
 
 
@@ -243,6 +243,7 @@ def _check_parts(markdown: str, limit: int) -> list[str]:
     return texts
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=_document(), limit=st.integers(40, 600))
 def test_property_markdown_survives_render_and_split(doc: tuple[str, str], limit: int) -> None:

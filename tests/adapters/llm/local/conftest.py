@@ -19,7 +19,8 @@ TINY = FIXTURES / "tiny-chat.gguf"
 def _load_generator():
     """The fixture's generator module (it lives outside any package), for its ``EXPECTED``."""
     spec = importlib.util.spec_from_file_location("make_tiny_gguf", FIXTURES / "make_tiny_gguf.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

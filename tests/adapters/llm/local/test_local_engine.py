@@ -66,6 +66,7 @@ async def test_memory_of_an_earlier_turn_survives_a_restart(make_engine) -> None
     assert bob.replies == ["I do not know."]
 
 
+@pytest.mark.slow
 async def test_ten_users_at_once_are_told_their_place_and_all_answered(make_engine) -> None:
     engine = await make_engine(max_concurrency=16)
     names = ["Zed", "Amy"] * 5
@@ -81,7 +82,8 @@ async def test_ten_users_at_once_are_told_their_place_and_all_answered(make_engi
     # The engine reaches the backend in its own order (memory writes interleave); whoever
     # found the model busy was told their place, and nobody was dropped.
     waited = [t for t in told if t is not None]
-    assert waited and any("number 1 in line" in t for t in waited)
+    assert waited
+    assert any("number 1 in line" in t for t in waited)
     assert len(waited) < len(names)
     seconds = [
         engine.submit(dm("What is my name?", f"user{i}", f"b{i}"), outs[i])

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from adapters.llm.local import LocalBackend, LocalSettings, default_model_path
 from core.types import ChatMessage, CompletionRequest, Role, TextDelta, Usage
 from tests._require import require_or_skip
+from tests.adapters.llm.backend_helpers import generator
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +44,13 @@ async def test_reply_is_clean_and_streaming_matches_greedy_generation(smol: Loca
     first = [e async for e in smol.stream(request)]
     deltas = [e.text for e in first if isinstance(e, TextDelta)]
     text = "".join(deltas)
-    assert text.strip() and len(deltas) > 1
-    assert "<|im_start|>" not in text and "<|im_end|>" not in text
+    assert text.strip()
+    assert len(deltas) > 1
+    assert "<|im_start|>" not in text
+    assert "<|im_end|>" not in text
     usage = first[-1]
-    assert isinstance(usage, Usage) and 0 < usage.completion_tokens <= 40
+    assert isinstance(usage, Usage)
+    assert 0 < usage.completion_tokens <= 40
     # llama-cpp-python's own non-streamed chat completion, same file and parameters, gives
     # the same text: same chat template, same stop, nothing lost or added while streaming.
     # (Both evaluate the whole prompt fresh: llama.cpp's batched and one-token kernels round
@@ -68,11 +72,14 @@ async def test_reply_is_clean_and_streaming_matches_greedy_generation(smol: Loca
         )
     finally:
         direct.close()
+    assert not isinstance(answer, Iterator)  # not streamed: one response
     assert answer["choices"][0]["message"]["content"] == text
 
 
 async def test_stop_cancels_generation_promptly(smol: LocalBackend) -> None:
-    stream = smol.stream(ask(smol, "Tell me a very long story about a dragon.", max_tokens=2000))
+    stream = generator(
+        smol.stream(ask(smol, "Tell me a very long story about a dragon.", max_tokens=2000))
+    )
     got = 0
     async for event in stream:
         if isinstance(event, TextDelta):
@@ -88,18 +95,21 @@ async def test_stop_cancels_generation_promptly(smol: LocalBackend) -> None:
 
 
 async def test_counting_tokens_never_waits_behind_generation(smol: LocalBackend) -> None:
-    stream = smol.stream(ask(smol, "Tell me a very long story about a dragon.", max_tokens=300))
+    stream = generator(
+        smol.stream(ask(smol, "Tell me a very long story about a dragon.", max_tokens=300))
+    )
     await anext(stream)  # generating now
     started = time.perf_counter()
     counted = await smol.count_tokens("Hello, world! " * 20, smol.default_model)
-    assert time.perf_counter() - started < 0.05 and counted > 20
+    assert time.perf_counter() - started < 0.05
+    assert counted > 20
     assert smol.busy
     await stream.aclose()
 
 
 async def test_stop_during_a_long_prompt_aborts_its_evaluation(smol: LocalBackend) -> None:
     document = " ".join(f"Line {i}: the sky is blue and the grass is green." for i in range(120))
-    stream = smol.stream(ask(smol, f"{document}\nSummarise this.", max_tokens=50))
+    stream = generator(smol.stream(ask(smol, f"{document}\nSummarise this.", max_tokens=50)))
     first = asyncio.ensure_future(anext(stream))
     await asyncio.sleep(0.3)  # the prompt (about 2000 tokens) is being evaluated
     assert not first.done()
