@@ -192,25 +192,7 @@ class TelegramAdapter:
         try:
             await self._sync_commands()
             await app.start()
-            updater = app.updater
-            assert updater is not None
-            if self._settings.webhook_mode:
-                host, port = self._settings.listen_address()
-                secret = self._settings.webhook_secret
-                await updater.start_webhook(
-                    listen=host,
-                    port=port,
-                    url_path=self._settings.webhook_path(),
-                    webhook_url=self._settings.webhook_url,
-                    secret_token=secret.get_secret_value() if secret else None,
-                    allowed_updates=_ALLOWED_UPDATES,
-                )
-            else:
-                await updater.start_polling(
-                    timeout=timedelta(seconds=self._settings.poll_timeout),
-                    allowed_updates=_ALLOWED_UPDATES,
-                    error_callback=self._on_polling_error,
-                )
+            await self._start_updates(app)
         except BaseException:
             await self._shutdown(app)
             self._state = Lifecycle.CLOSED
@@ -221,6 +203,28 @@ class TelegramAdapter:
             self._username,
             "webhook" if self._settings.webhook_mode else "polling",
         )
+
+    async def _start_updates(self, app: AnyApplication) -> None:
+        """Start the webhook server (``TELEGRAM_WEBHOOK_URL`` set) or long polling."""
+        updater = app.updater
+        assert updater is not None
+        if self._settings.webhook_mode:
+            host, port = self._settings.listen_address()
+            secret = self._settings.webhook_secret
+            await updater.start_webhook(
+                listen=host,
+                port=port,
+                url_path=self._settings.webhook_path(),
+                webhook_url=self._settings.webhook_url,
+                secret_token=secret.get_secret_value() if secret else None,
+                allowed_updates=_ALLOWED_UPDATES,
+            )
+        else:
+            await updater.start_polling(
+                timeout=timedelta(seconds=self._settings.poll_timeout),
+                allowed_updates=_ALLOWED_UPDATES,
+                error_callback=self._on_polling_error,
+            )
 
     async def wait_closed(self) -> None:
         """Return once the adapter stopped; raise the fatal error that stopped it, if any."""
