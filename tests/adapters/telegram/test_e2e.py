@@ -9,9 +9,9 @@ import pytest
 
 from adapters.telegram.render import render_blocks, runs_text
 from core.errors import BackendUnavailable
+from tests.adapters.telegram.conftest import Harness
 from tests.fakes.scripted import ScriptedBackend
 from tests.fakes.telegram_server import REAL_LIMITS, FakeUser, FloodLimits
-from tests.adapters.telegram.conftest import Harness
 
 
 def _no_space(text: str) -> str:

@@ -6,8 +6,8 @@ import pytest
 
 from adapters.telegram import TelegramAdapter
 from core.errors import ConfigError
-from tests.fakes.telegram_server import FakeTelegram
 from tests.adapters.telegram.conftest import Harness, fast_settings
+from tests.fakes.telegram_server import FakeTelegram
 
 
 async def test_refused_token_names_the_variable(bot: Harness) -> None:
