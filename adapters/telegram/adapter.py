@@ -3,8 +3,10 @@
 :class:`TelegramAdapter` owns a python-telegram-bot ``Application`` (polling by default,
 webhook when ``TELEGRAM_WEBHOOK_URL`` is set), turns each ``telegram.Update`` into an
 :class:`~core.types.IncomingMessage` at the edge, submits it to the engine in arrival order,
-and answers through a :class:`TelegramReplyChannel` that streams the reply into one message
-edited as tokens arrive.
+and answers through a :class:`~adapters.telegram.channel.TelegramReplyChannel`, which shows
+the streamed reply as an :class:`~adapters.live.LiveMessage` (messages edited as text
+arrives). At shutdown :meth:`TelegramAdapter.stop_intake` stops fetching updates before the
+engine drains; the bot keeps sending until :meth:`TelegramAdapter.aclose`.
 
 Pacing and flood control live in :mod:`adapters.telegram.transport`, answering in
 :mod:`adapters.telegram.channel`.

@@ -428,3 +428,24 @@ async def test_console_prints_a_reply_once_whole() -> None:
 async def test_console_prints_the_queue_notice_above_the_answer() -> None:
     printed, _ = await _console_reply(QueuePosition(3), "The answer.")
     assert printed == f"{QueuePosition(3).notice}\nThe answer.\n"
+
+
+async def test_console_stop_intake_answers_no_later_line(tmp_path: Path) -> None:
+    engine = StubEngine()
+    adapter = ConsoleAdapter(
+        engine,
+        files_dir=tmp_path,
+        stdin=io.StringIO("first\nsecond\n"),
+        stdout=io.StringIO(),
+        interactive=False,
+    )
+    await adapter.start()
+    await engine.wait_received(1)  # "first" is being answered; "second" is already read
+    await adapter.stop_intake()
+    await adapter.stop_intake()  # idempotent
+    engine.settle_all()
+    async with asyncio.timeout(5):  # a console still reading would answer "second" and hang
+        await adapter.wait_closed()
+    await adapter.aclose()
+
+    assert [msg.text for msg, _ in engine.received] == ["first"]
