@@ -353,7 +353,7 @@ async def test_existing_messages_are_edited_into_the_complete_answer(platform: A
     expected = platform.render(text)
     assert len(expected) >= 2
 
-    live = out.adopt(old)  # type: ignore[attr-defined]
+    live = out.adopt(old)
     live.add(text)
     ids = await live.finish()
 
@@ -371,7 +371,7 @@ async def test_spare_existing_messages_are_deleted_when_the_answer_is_shorter(
         *await out.send_text("third old part"),
     ]
 
-    live = out.adopt(old)  # type: ignore[attr-defined]
+    live = out.adopt(old)
     live.add("The whole answer, short.")
     ids = await live.finish()
 
