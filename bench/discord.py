@@ -79,6 +79,7 @@ class StubEngine:
     """Just enough of the engine for the adapter: streams ``echo: <text>`` at once."""
 
     bot_name = "bench"
+    default_model = "stub"
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()

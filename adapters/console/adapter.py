@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from core.engine import Engine
+from core.lifecycle import Lifecycle
+from core.ports import ConversationEngine
 from core.types import IncomingAction, IncomingMessage, QueuePosition, ReplyEvent
 
 _log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class ConsoleAdapter:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: ConversationEngine,
         *,
         files_dir: Path,
         user_id: str | None = None,
@@ -108,7 +109,8 @@ class ConsoleAdapter:
         self._files_dir = files_dir
         self._lines: asyncio.Queue[object] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._state = "new"
+        self._state = Lifecycle.NEW
+        self._intake_open = True
 
     @property
     def name(self) -> str:
@@ -117,11 +119,9 @@ class ConsoleAdapter:
 
     async def start(self) -> None:
         """Start reading input. Idempotent."""
-        if self._state == "started":
+        if not self._state.require_startable("ConsoleAdapter"):
             return
-        if self._state == "closed":
-            raise RuntimeError("ConsoleAdapter.start() after aclose()")
-        self._state = "started"
+        self._state = Lifecycle.RUNNING
         loop = asyncio.get_running_loop()
         # A daemon thread, not the default executor: a read blocked on a terminal must not
         # keep the process alive at shutdown.
@@ -131,7 +131,7 @@ class ConsoleAdapter:
         if self.interactive:
             self.out.write(
                 f"chinwag console: chatting with {self.engine.bot_name} as {self.user_id} "
-                f"(model {self.engine.backend.default_model}). /help lists commands; "
+                f"(model {self.engine.default_model}). /help lists commands; "
                 "Ctrl-D quits.\n"
             )
             self.out.flush()
@@ -144,12 +144,19 @@ class ConsoleAdapter:
         await asyncio.shield(self._task)
 
     async def stop_intake(self) -> None:
-        """Stop taking new messages; replies in flight can still be delivered. Idempotent."""
-        # Interim: the structure work replaces this with a real intake stop.
+        """Stop reading input: no line read from now on is answered. Idempotent.
+
+        The reply in flight is still printed; ``wait_closed()`` returns once it is done.
+        """
+        if not self._intake_open:
+            return
+        self._intake_open = False
+        self._lines.put_nowait(_EOF)  # wakes a read waiting for the next line
 
     async def aclose(self) -> None:
         """Stop reading. Idempotent."""
-        self._state = "closed"
+        self._intake_open = False
+        self._state = Lifecycle.CLOSED
         if self._task is not None and not self._task.done():
             self._task.cancel()
             await asyncio.wait([self._task])
@@ -169,8 +176,8 @@ class ConsoleAdapter:
         if self.interactive:
             self.out.write(prompt)
             self.out.flush()
-        line = await self._lines.get()
-        if line is _EOF:
+        line = await self._lines.get() if self._intake_open else _EOF
+        if line is _EOF or not self._intake_open:
             self._lines.put_nowait(_EOF)  # stay at end of input for later readers
             return None
         assert isinstance(line, str)

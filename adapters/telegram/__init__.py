@@ -7,22 +7,26 @@ start without it.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from adapters.telegram.settings import TelegramSettings
 
 if TYPE_CHECKING:
-    from adapters.telegram.adapter import TelegramAdapter, TelegramReplyChannel
+    from adapters.telegram.adapter import TelegramAdapter
+    from adapters.telegram.channel import TelegramReplyChannel
 
 __all__ = ["TelegramAdapter", "TelegramReplyChannel", "TelegramSettings"]
 
-_LAZY = frozenset({"TelegramAdapter", "TelegramReplyChannel"})
+_LAZY = {
+    "TelegramAdapter": "adapters.telegram.adapter",
+    "TelegramReplyChannel": "adapters.telegram.channel",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """Import the adapter module when one of its classes is first asked for (PEP 562)."""
-    if name in _LAZY:
-        from adapters.telegram import adapter
-
-        return getattr(adapter, name)
+    """Import the adapter modules when one of their classes is first asked for (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is not None:
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,49 +3,32 @@
 :class:`TelegramAdapter` owns a python-telegram-bot ``Application`` (polling by default,
 webhook when ``TELEGRAM_WEBHOOK_URL`` is set), turns each ``telegram.Update`` into an
 :class:`~core.types.IncomingMessage` at the edge, submits it to the engine in arrival order,
-and answers through a :class:`TelegramReplyChannel` that streams the reply into one message
-edited as tokens arrive.
+and answers through a :class:`~adapters.telegram.channel.TelegramReplyChannel`, which shows
+the streamed reply as an :class:`~adapters.live.LiveMessage` (messages edited as text
+arrives). At shutdown :meth:`TelegramAdapter.stop_intake` stops fetching updates before the
+engine drains; the bot keeps sending until :meth:`TelegramAdapter.aclose`.
 
-Pacing: edits in a chat are at most one per ``TELEGRAM_EDIT_INTERVAL`` seconds (groups:
-``TELEGRAM_GROUP_EDIT_INTERVAL``). A 429 from Telegram sets the chat's *flood gate*: no call
-to that chat is made before ``retry_after`` has run out; intermediate edits are skipped,
-final ones wait and retry, so the complete text always arrives.
+Pacing and flood control live in :mod:`adapters.telegram.transport`, answering in
+:mod:`adapters.telegram.channel`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import re
-import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-from telegram import (
-    BotCommand,
-    CallbackQuery,
-    InlineKeyboardButton,
-    InlineKeyboardMarkup,
-    InputFile,
-    LinkPreviewOptions,
-    Message,
-    MessageEntity,
-    ReplyParameters,
-    Update,
-)
-from telegram.constants import ChatAction, ChatType, ParseMode
+from telegram import BotCommand, CallbackQuery, Message, MessageEntity, Update
+from telegram.constants import ChatType
 from telegram.error import (
     BadRequest,
     Conflict,
-    Forbidden,
     InvalidToken,
     NetworkError,
-    RetryAfter,
     TelegramError,
 )
 from telegram.ext import (
@@ -57,14 +40,14 @@ from telegram.ext import (
     filters,
 )
 from telegram.request import HTTPXRequest
-from telegram.warnings import PTBDeprecationWarning
 
-from adapters.telegram.render import Block, Run
+from adapters.telegram.channel import TelegramReplyChannel
 from adapters.telegram.settings import TelegramSettings
-from adapters.telegram.split import TELEGRAM_LIMIT, Part, render_parts, split_blocks
-from core.engine import Engine
+from adapters.telegram.transport import AnyApplication, Transport, is_not_modified
 from core.errors import AdapterError, ConfigError
-from core.types import IncomingAction, IncomingMessage, ReplyEvent, text_deltas
+from core.lifecycle import Lifecycle
+from core.ports import ConversationEngine
+from core.types import IncomingAction, IncomingMessage
 
 __all__ = ["TelegramAdapter", "TelegramReplyChannel"]
 
@@ -72,9 +55,6 @@ _log = logging.getLogger(__name__)
 
 PLATFORM: Final = "telegram"
 _ALLOWED_UPDATES: Final = ["message", "callback_query"]
-_TYPING_REPEAT: Final = 4.5  # Telegram shows "typing" for 5 seconds
-_FLOOD_MARGIN: Final = 0.05
-_CALLBACK_LIMIT: Final = 64  # bytes of callback_data
 _UNSUPPORTED_KINDS: Final = (
     "sticker",
     "photo",
@@ -93,448 +73,6 @@ _UNSUPPORTED_KINDS: Final = (
     "story",
 )
 
-_T = TypeVar("_T")
-_AnyApplication = Application[Any, Any, Any, Any, Any, Any]
-
-
-def _retry_seconds(exc: RetryAfter) -> float:
-    # PTB 22 warns when reading retry_after as int; accept both shapes quietly.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PTBDeprecationWarning)
-        value: Any = exc.retry_after
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    return float(value)
-
-
-def _is_parse_error(exc: BadRequest) -> bool:
-    return "can't parse entities" in exc.message.lower()
-
-
-def _is_not_modified(exc: BadRequest) -> bool:
-    return "message is not modified" in exc.message.lower()
-
-
-def _is_gone(exc: BadRequest) -> bool:
-    text = exc.message.lower()
-    return "message to edit not found" in text or "message can't be edited" in text
-
-
-class _Throttled(Exception):
-    """A call skipped because its chat's flood gate is closed (``retry_after`` pending)."""
-
-
-class _Transport:
-    """What reply channels share: the bot, per-chat pacing and the flood gates."""
-
-    def __init__(self, app: _AnyApplication, settings: TelegramSettings) -> None:
-        self.app = app
-        self.settings = settings
-        self._flood_until: dict[int, float] = {}
-        self._last_edit: dict[int, float] = {}
-        self.confirmations: dict[str, str] = {}  # long action ids by short token
-        self.askers: dict[tuple[int, int], str] = {}  # (chat, message) -> asking user id
-
-    @staticmethod
-    def now() -> float:
-        return asyncio.get_running_loop().time()
-
-    def gate(self, chat_id: int) -> float:
-        """The loop time before which nothing may be sent to ``chat_id``."""
-        return self._flood_until.get(chat_id, 0.0)
-
-    def edit_slot(self, chat_id: int, interval: float) -> float:
-        """The earliest loop time the next edit in ``chat_id`` may be made."""
-        return max(self._last_edit.get(chat_id, float("-inf")) + interval, self.gate(chat_id))
-
-    def note_edit(self, chat_id: int) -> None:
-        self._last_edit[chat_id] = self.now()
-
-    async def call(
-        self, chat_id: int, make: Callable[[], Awaitable[_T]], *, wait_flood: bool = True
-    ) -> _T:
-        """Run one Bot API call for ``chat_id``, honouring its flood gate.
-
-        With ``wait_flood`` a 429 closes the gate for ``retry_after`` and the call is retried
-        after it; without, the ``RetryAfter`` propagates (after closing the gate).
-        """
-        while True:
-            wait = self.gate(chat_id) - self.now()
-            if wait > 0:
-                if not wait_flood:
-                    raise _Throttled(wait)
-                await asyncio.sleep(wait)
-            try:
-                return await make()
-            except RetryAfter as exc:
-                seconds = _retry_seconds(exc)
-                until = self.now() + seconds + _FLOOD_MARGIN
-                self._flood_until[chat_id] = max(self.gate(chat_id), until)
-                _log.info("flood control in chat %s: waiting %.1fs", chat_id, seconds)
-                if not wait_flood:
-                    raise
-
-
-@dataclass(slots=True)
-class _Shown:
-    """One message of a reply as last shown."""
-
-    message_id: int
-    html: str
-
-
-class TelegramReplyChannel:
-    """Answers one incoming message in its chat (and forum topic).
-
-    Built by :class:`TelegramAdapter` for each update; implements ``core.ports.ReplyChannel``.
-    Raises :class:`~core.errors.AdapterError` when Telegram refuses for good (the user blocked
-    the bot, the chat is gone).
-    """
-
-    def __init__(
-        self,
-        transport: _Transport,
-        *,
-        chat_id: int,
-        thread_id: int | None = None,
-        reply_to: int | None = None,
-        is_private: bool = True,
-        asker: str | None = None,
-    ) -> None:
-        self._t = transport
-        self._asker = asker
-        self._chat_id = chat_id
-        self._thread_id = thread_id
-        self._reply_to = reply_to
-        self._is_private = is_private
-        settings = transport.settings
-        self._interval = settings.edit_interval if is_private else settings.group_edit_interval
-
-    # --- sending primitives ---
-
-    def _reply_parameters(self) -> ReplyParameters | None:
-        if self._reply_to is None:
-            return None
-        reply = ReplyParameters(self._reply_to, allow_sending_without_reply=True)
-        self._reply_to = None  # only the first message of an answer points at the question
-        return reply
-
-    async def _send(
-        self, part: Part, *, html: bool = True, markup: InlineKeyboardMarkup | None = None
-    ) -> Message:
-        bot = self._t.app.bot
-        reply = self._reply_parameters()
-
-        async def send(text: str, parse_mode: str | None) -> Message:
-            try:
-                return await self._t.call(
-                    self._chat_id,
-                    lambda: bot.send_message(
-                        self._chat_id,
-                        text,
-                        parse_mode=parse_mode,
-                        message_thread_id=self._thread_id,
-                        reply_parameters=reply,
-                        reply_markup=markup,
-                        link_preview_options=LinkPreviewOptions(is_disabled=True),
-                    ),
-                )
-            finally:
-                self._t.note_edit(self._chat_id)
-
-        try:
-            if html:
-                try:
-                    return await send(part.html, ParseMode.HTML)
-                except BadRequest as exc:
-                    if not _is_parse_error(exc):
-                        raise
-                    _log.warning(
-                        "Telegram refused the HTML of a reply part (%s); sent as plain text",
-                        exc.message,
-                    )
-            return await send(part.text, None)
-        except TelegramError as exc:
-            raise self._translate(exc) from exc
-
-    async def _edit(self, message_id: int, part: Part, *, final: bool) -> int | None:
-        """Edit a shown message to ``part``; returns the id now holding it (None if skipped)."""
-        bot = self._t.app.bot
-
-        async def edit(text: str, parse_mode: str | None) -> None:
-            await self._t.call(
-                self._chat_id,
-                lambda: bot.edit_message_text(
-                    text,
-                    chat_id=self._chat_id,
-                    message_id=message_id,
-                    parse_mode=parse_mode,
-                    link_preview_options=LinkPreviewOptions(is_disabled=True),
-                ),
-                wait_flood=final,
-            )
-
-        try:
-            try:
-                await edit(part.html, ParseMode.HTML)
-            except BadRequest as exc:
-                if not _is_parse_error(exc):
-                    raise
-                _log.warning(
-                    "Telegram refused the HTML of an edit (%s); sent as plain text", exc.message
-                )
-                await edit(part.text, None)
-        except (RetryAfter, _Throttled):
-            return None  # an intermediate edit: the next flush shows the text
-        except BadRequest as exc:
-            if _is_not_modified(exc):
-                return message_id
-            if _is_gone(exc):
-                # The user deleted the message we were editing: show the part anew.
-                return (await self._send(part)).message_id
-            if not final:
-                _log.warning("an intermediate edit failed: %s", exc.message)
-                return None
-            raise self._translate(exc) from exc
-        except TelegramError as exc:
-            if not final and not isinstance(exc, Forbidden):
-                _log.warning("an intermediate edit failed: %s", exc)
-                return None
-            raise self._translate(exc) from exc
-        finally:
-            self._t.note_edit(self._chat_id)
-        return message_id
-
-    def _translate(self, exc: TelegramError) -> AdapterError:
-        if isinstance(exc, Forbidden):
-            return AdapterError(f"Telegram refused chat {self._chat_id}: {exc.message}")
-        return AdapterError(f"Telegram call failed in chat {self._chat_id}: {exc}")
-
-    async def _typing(self) -> None:
-        if self._t.gate(self._chat_id) > self._t.now():
-            return
-        bot = self._t.app.bot
-        try:
-            await self._t.call(
-                self._chat_id,
-                lambda: bot.send_chat_action(
-                    self._chat_id, ChatAction.TYPING, message_thread_id=self._thread_id
-                ),
-                wait_flood=False,
-            )
-        except (TelegramError, _Throttled) as exc:
-            _log.debug("typing action failed: %s", exc)
-
-    # --- ReplyChannel ---
-
-    async def send_text(self, text: str) -> Sequence[str]:
-        """Send a plain-text notice (split if long); return the message ids."""
-        ids: list[str] = []
-        block = Block((Run(text),))
-        for runs in split_blocks([block], TELEGRAM_LIMIT):
-            plain = "".join(run.text for run in runs)
-            message = await self._send(Part(plain, plain), html=False)
-            ids.append(str(message.message_id))
-        return ids
-
-    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
-        """Show the reply in one message edited as ``deltas`` arrive; return all message ids.
-
-        The first message is sent once ``first_flush_delay`` has passed since the first
-        token (or at the end, so a fast reply is sent once and never edited); then edits
-        follow at most every edit interval. "typing" is shown while no token arrived for
-        ``typing_delay``. Replies over 4096 characters continue in new messages. The final
-        text is always delivered complete.
-        """
-        stream = _LiveReply(self)
-        try:
-            async for delta in text_deltas(events):
-                if delta:
-                    stream.add(delta)
-        except asyncio.CancelledError:
-            stream.cancel()
-            raise
-        except Exception:
-            # The deltas failed: deliver what was received (unless the user is unreachable),
-            # then report the failure.
-            with contextlib.suppress(AdapterError):
-                await stream.finish()
-            raise
-        return await stream.finish()
-
-    async def _show(self, shown: list[_Shown], markdown: str, *, final: bool) -> None:
-        """Make the chat show ``markdown``: edit changed parts, send new ones."""
-        parts = render_parts(markdown)
-        for index, part in enumerate(parts):
-            if index < len(shown):
-                current = shown[index]
-                if current.html == part.html:
-                    continue
-                wait = self._t.edit_slot(self._chat_id, self._interval) - self._t.now()
-                if wait > 0:
-                    if not final and index == len(parts) - 1:
-                        return  # the next flush will show it
-                    await asyncio.sleep(wait)
-                new_id = await self._edit(
-                    current.message_id, part, final=final or index < len(parts) - 1
-                )
-                if new_id is None:
-                    return
-                current.message_id = new_id
-                current.html = part.html
-            else:
-                message = await self._send(part)
-                shown.append(_Shown(message.message_id, part.html))
-        if final and len(shown) > len(parts):
-            # Rare: the finished text renders shorter than a partial one did.
-            bot = self._t.app.bot
-            for extra in shown[len(parts) :]:
-                stale = extra.message_id
-                with contextlib.suppress(TelegramError):
-                    await self._t.call(
-                        self._chat_id, functools.partial(bot.delete_message, self._chat_id, stale)
-                    )
-            del shown[len(parts) :]
-
-    async def ask_confirmation(self, prompt: str, action_id: str) -> None:
-        """Show ``prompt`` with Yes/No buttons; the press reaches ``Engine.handle_action``."""
-        token = action_id
-        if len(f"y|{token}".encode()) > _CALLBACK_LIMIT:
-            token = f"#{len(self._t.confirmations)}"
-            self._t.confirmations[token] = action_id
-        markup = InlineKeyboardMarkup(
-            [
-                [
-                    InlineKeyboardButton("Yes", callback_data=f"y|{token}"),
-                    InlineKeyboardButton("No", callback_data=f"n|{token}"),
-                ]
-            ]
-        )
-        asker = self._asker
-        message = await self._send(Part(prompt, prompt), html=False, markup=markup)
-        if asker is not None:
-            self._t.askers[(self._chat_id, message.message_id)] = asker
-
-    async def send_file(self, filename: str, data: bytes, caption: str = "") -> None:
-        """Send ``data`` as a document named ``filename``."""
-        bot = self._t.app.bot
-        reply = self._reply_parameters()
-        try:
-            await self._t.call(
-                self._chat_id,
-                lambda: bot.send_document(
-                    self._chat_id,
-                    InputFile(data, filename=filename),
-                    caption=caption[:1024] or None,
-                    message_thread_id=self._thread_id,
-                    reply_parameters=reply,
-                ),
-            )
-        except TelegramError as exc:
-            raise self._translate(exc) from exc
-
-
-class _LiveReply:
-    """The state of one streamed reply: text so far, messages shown, pending timers.
-
-    Tokens are read by the caller's task; flushes and "typing" run on timers, so a reply
-    that arrives at once costs no extra task or wake-up and is sent in one message.
-    """
-
-    def __init__(self, channel: TelegramReplyChannel) -> None:
-        self._c = channel
-        self._t = channel._t
-        self._loop = asyncio.get_running_loop()
-        self._chunks: list[str] = []
-        self._shown: list[_Shown] = []
-        self._flushed = 0  # chunks shown by the last flush
-        self._first_token_at: float | None = None
-        self._flush_timer: asyncio.TimerHandle | None = None
-        self._flushing: asyncio.Task[None] | None = None
-        self._typing_timer: asyncio.TimerHandle | None = None
-        self._typing_tasks: set[asyncio.Task[None]] = set()
-        self._done = False
-        self._arm_typing(self._t.settings.typing_delay)
-
-    def add(self, delta: str) -> None:
-        """Take one piece of text; schedule a flush if none is pending."""
-        self._chunks.append(delta)
-        now = self._loop.time()
-        if self._first_token_at is None:
-            self._first_token_at = now
-        self._arm_typing(self._t.settings.typing_delay)
-        self._arm_flush()
-
-    def _arm_typing(self, delay: float) -> None:
-        if self._done:
-            return
-        if self._typing_timer is not None:
-            self._typing_timer.cancel()
-        self._typing_timer = self._loop.call_later(delay, self._start_typing)
-
-    def _start_typing(self) -> None:
-        if self._done:
-            return
-        task = asyncio.create_task(self._c._typing(), name=f"telegram-typing-{self._c._chat_id}")
-        self._typing_tasks.add(task)
-        task.add_done_callback(self._typing_tasks.discard)
-        self._typing_timer = self._loop.call_later(_TYPING_REPEAT, self._start_typing)
-
-    def _arm_flush(self) -> None:
-        if self._done or self._flush_timer is not None or self._flushing is not None:
-            return
-        if self._shown:
-            due = self._t.edit_slot(self._c._chat_id, self._c._interval)
-        else:
-            assert self._first_token_at is not None
-            due = max(
-                self._first_token_at + self._t.settings.first_flush_delay,
-                self._t.gate(self._c._chat_id),
-            )
-        self._flush_timer = self._loop.call_at(due, self._start_flush)
-
-    def _start_flush(self) -> None:
-        self._flush_timer = None
-        self._flushing = asyncio.create_task(
-            self._flush(), name=f"telegram-reply-flush-{self._c._chat_id}"
-        )
-
-    async def _flush(self) -> None:
-        try:
-            count = len(self._chunks)
-            await self._c._show(self._shown, "".join(self._chunks), final=False)
-            self._flushed = count
-        except AdapterError as exc:
-            _log.warning("could not show a partial reply: %s", exc)
-        finally:
-            self._flushing = None
-        if len(self._chunks) > self._flushed:
-            self._arm_flush()
-
-    def _stop_timers(self) -> None:
-        self._done = True
-        for timer in (self._flush_timer, self._typing_timer):
-            if timer is not None:
-                timer.cancel()
-        self._flush_timer = self._typing_timer = None
-
-    def cancel(self) -> None:
-        """Stop everything at once (the caller was cancelled)."""
-        self._stop_timers()
-        if self._flushing is not None:
-            self._flushing.cancel()
-        for task in self._typing_tasks:
-            task.cancel()
-
-    async def finish(self) -> list[str]:
-        """Show the complete text; return the ids of every message of the reply."""
-        self._stop_timers()
-        if self._flushing is not None:
-            await asyncio.wait([self._flushing])  # its edit lands before the final one
-        if len(self._chunks) > self._flushed or not self._shown:
-            await self._c._show(self._shown, "".join(self._chunks), final=True)
-        return [str(item.message_id) for item in self._shown]
-
 
 class TelegramAdapter:
     """Serves the engine on Telegram (``core.ports.ChatAdapter``).
@@ -550,12 +88,13 @@ class TelegramAdapter:
     refused token and :class:`~core.errors.AdapterError` when Telegram cannot be reached.
     """
 
-    def __init__(self, settings: TelegramSettings, engine: Engine) -> None:
+    def __init__(self, settings: TelegramSettings, engine: ConversationEngine) -> None:
         self._engine = engine
         self._settings = settings
-        self._state = "new"
-        self._app: _AnyApplication | None = None
-        self._transport: _Transport | None = None
+        self._state = Lifecycle.NEW
+        self._intake_stopped = False
+        self._app: AnyApplication | None = None
+        self._transport: Transport | None = None
         self._stopped = asyncio.Event()
         self._fatal: BaseException | None = None
         self._username = ""
@@ -569,13 +108,13 @@ class TelegramAdapter:
         return PLATFORM
 
     @property
-    def application(self) -> _AnyApplication:
+    def application(self) -> AnyApplication:
         """The python-telegram-bot application (after ``start()``)."""
         if self._app is None:
             raise RuntimeError("TelegramAdapter.start() has not been called")
         return self._app
 
-    def _build(self) -> _AnyApplication:
+    def _build(self) -> AnyApplication:
         settings = self._settings
         if settings.bot_token is None:
             raise ConfigError(
@@ -614,10 +153,9 @@ class TelegramAdapter:
 
     async def start(self) -> None:
         """Connect and begin serving. Idempotent."""
-        if self._state == "started":
+        if not self._state.require_startable("TelegramAdapter"):
             return
-        if self._state != "new":
-            raise RuntimeError("TelegramAdapter.start() after aclose()")
+        self._state = Lifecycle.STARTING
         # httpx logs request URLs, which carry the bot token, at INFO.
         for noisy in ("httpx", "httpcore"):
             logger = logging.getLogger(noisy)
@@ -642,10 +180,10 @@ class TelegramAdapter:
             # initialize() failed half-way: PTB will not close its HTTP clients itself.
             for request in self._requests:
                 await request.shutdown()
-            self._state = "closed"
+            self._state = Lifecycle.CLOSED
             raise
         self._app = app
-        self._transport = _Transport(app, self._settings)
+        self._transport = Transport(app, self._settings)
         me = app.bot.bot
         self._username = (me.username or "").lower()
         self._bot_id = me.id
@@ -656,35 +194,39 @@ class TelegramAdapter:
         try:
             await self._sync_commands()
             await app.start()
-            updater = app.updater
-            assert updater is not None
-            if self._settings.webhook_mode:
-                host, port = self._settings.listen_address()
-                secret = self._settings.webhook_secret
-                await updater.start_webhook(
-                    listen=host,
-                    port=port,
-                    url_path=self._settings.webhook_path(),
-                    webhook_url=self._settings.webhook_url,
-                    secret_token=secret.get_secret_value() if secret else None,
-                    allowed_updates=_ALLOWED_UPDATES,
-                )
-            else:
-                await updater.start_polling(
-                    timeout=timedelta(seconds=self._settings.poll_timeout),
-                    allowed_updates=_ALLOWED_UPDATES,
-                    error_callback=self._on_polling_error,
-                )
+            await self._start_updates(app)
         except BaseException:
             await self._shutdown(app)
-            self._state = "closed"
+            self._state = Lifecycle.CLOSED
             raise
-        self._state = "started"
+        self._state = Lifecycle.RUNNING
         _log.info(
             "Telegram: serving @%s by %s",
             self._username,
             "webhook" if self._settings.webhook_mode else "polling",
         )
+
+    async def _start_updates(self, app: AnyApplication) -> None:
+        """Start the webhook server (``TELEGRAM_WEBHOOK_URL`` set) or long polling."""
+        updater = app.updater
+        assert updater is not None
+        if self._settings.webhook_mode:
+            host, port = self._settings.listen_address()
+            secret = self._settings.webhook_secret
+            await updater.start_webhook(
+                listen=host,
+                port=port,
+                url_path=self._settings.webhook_path(),
+                webhook_url=self._settings.webhook_url,
+                secret_token=secret.get_secret_value() if secret else None,
+                allowed_updates=_ALLOWED_UPDATES,
+            )
+        else:
+            await updater.start_polling(
+                timeout=timedelta(seconds=self._settings.poll_timeout),
+                allowed_updates=_ALLOWED_UPDATES,
+                error_callback=self._on_polling_error,
+            )
 
     async def wait_closed(self) -> None:
         """Return once the adapter stopped; raise the fatal error that stopped it, if any."""
@@ -693,22 +235,33 @@ class TelegramAdapter:
             raise self._fatal
 
     async def stop_intake(self) -> None:
-        """Stop taking new messages; replies in flight can still be delivered. Idempotent."""
-        # Interim: the structure work replaces this with a real intake stop.
+        """Stop fetching updates (polling or the webhook server); the bot can still send.
+
+        Updates already fetched are still handed to the engine; later ones stay with
+        Telegram for the next start. Replies in flight are delivered until ``aclose()``.
+        Idempotent; nothing to do before ``start()``.
+        """
+        app = self._app
+        if self._intake_stopped or app is None or app.updater is None:
+            return
+        self._intake_stopped = True
+        if app.updater.running:
+            await app.updater.stop()
+        _log.info("Telegram: stopped taking updates")
 
     async def aclose(self) -> None:
         """Stop taking updates, let replies in flight finish, disconnect. Idempotent."""
-        if self._state != "started":
-            self._state = "closed"
+        if self._state is not Lifecycle.RUNNING:
+            self._state = Lifecycle.CLOSED
             self._stopped.set()
             return
-        self._state = "closed"
+        self._state = Lifecycle.CLOSED
         if self._app is not None:
             await self._shutdown(self._app)
         self._stopped.set()
 
     @staticmethod
-    async def _shutdown(app: _AnyApplication) -> None:
+    async def _shutdown(app: AnyApplication) -> None:
         if app.updater is not None and app.updater.running:
             await app.updater.stop()
         if app.running:
@@ -842,7 +395,7 @@ class TelegramAdapter:
                 self._transport.askers.pop((chat.id, message.message_id), None)
                 await self._transport.call(chat.id, lambda: message.edit_reply_markup(None))
         except BadRequest as exc:
-            if not _is_not_modified(exc):
+            if not is_not_modified(exc):
                 _log.warning("could not clear confirmation buttons: %s", exc.message)
         except TelegramError as exc:
             _log.warning("could not answer a button press: %s", exc)
