@@ -37,13 +37,13 @@ from core.engine import Engine
 from core.prompt import PromptBuilder
 from core.settings import AccessSettings, CoreSettings, LLMSettings
 from core.types import (
-    ReplyEvent,
     BackendEvent,
     CompletionRequest,
     ConversationKey,
     IncomingMessage,
     MessageStatus,
     NewMessage,
+    ReplyEvent,
     Role,
 )
 from tests.fakes.scripted import ScriptedBackend

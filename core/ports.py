@@ -16,8 +16,8 @@ from typing import Protocol, runtime_checkable
 
 from core.types import (
     BackendEvent,
-    CommandInfo,
     ChatMessage,
+    CommandInfo,
     CompletionRequest,
     Conversation,
     ConversationKey,
@@ -237,9 +237,10 @@ class ReplyChannel(Protocol):
 
         ``events`` yields text deltas, and a ``QueuePosition`` while the reply waits for a
         busy model: the adapter shows its ``notice`` in place of the reply until text arrives
-        (the notice is never part of the reply's text). The iterator ends normally on completion, on ``/stop`` and on backend errors (the
-        engine sends the error notice afterwards), so the adapter always finalises what it
-        showed. Must deliver the complete text it received.
+        (the notice is never part of the reply's text). The iterator ends normally on
+        completion, on ``/stop`` and on backend errors (the engine sends the error notice
+        afterwards), so the adapter always finalises what it showed. Must deliver the
+        complete text it received.
         """
         ...
 
