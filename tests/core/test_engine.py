@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
+
+import pytest
 
 from core.errors import BackendUnavailable, ContextTooLong, RateLimited
-from core.types import ConversationKey, MessageStatus, Role
+from core.types import (
+    BackendEvent,
+    CompletionRequest,
+    ConversationKey,
+    MessageStatus,
+    QueuePosition,
+    Role,
+)
 from tests.core.conftest import dm
 from tests.fakes.channel import RecordingChannel
+from tests.fakes.scripted import ScriptedBackend
 
 
 async def history(store, engine, user="alice", platform="test", chat=None):
@@ -182,6 +193,54 @@ async def test_stop_closes_stream_stores_interrupted_and_queue_continues(
     assert 0 < len(assistants[0].content) < len("echo: a long story please | remembered: nothing")
     assert assistants[1].status is MessageStatus.COMPLETE
     assert out.replies[-1].startswith("echo: after the stop")
+
+
+@pytest.mark.parametrize("stop", [" /stop", "/STOP@testbot", "/stop\nplease"])
+async def test_stop_in_any_spelling_skips_the_queue(make_engine, store, backend, stop):
+    backend.gate = asyncio.Event()  # the reply stays open until /stop ends it
+    engine = make_engine()
+    out = RecordingChannel()
+    first = engine.submit(dm("hold on"), out)
+    await asyncio.wait_for(out.stream_started.wait(), 5)
+    await asyncio.wait_for(engine.handle(dm(stop), out), 5)  # would wait behind "hold on"
+    await asyncio.wait_for(first, 5)
+    assert out.notices == ["Stopped."]
+    rows = await history(store, engine)
+    assert rows[-1].status is MessageStatus.INTERRUPTED
+
+
+class _BusyBackend(ScriptedBackend):
+    """Says the request waits in line (second, then first) before it answers."""
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[BackendEvent]:
+        yield QueuePosition(2)
+        yield QueuePosition(1)
+        async for event in super().stream(request):
+            yield event
+
+
+async def test_place_in_line_is_shown_in_the_reply_stream_and_never_stored(make_engine, store):
+    engine = make_engine(backend_override=_BusyBackend())
+    out = RecordingChannel()
+    await engine.handle(dm("hello"), out)
+    answer = "echo: hello | remembered: nothing"
+    assert out.events == [
+        ("queue", QueuePosition(2).notice),
+        ("queue", QueuePosition(1).notice),
+        ("reply", answer),
+    ]
+    rows = await history(store, engine)
+    assert (rows[-1].content, rows[-1].status) == (answer, MessageStatus.COMPLETE)
+
+
+async def test_closed_engine_refuses_messages_and_restart(make_engine):
+    engine = make_engine()
+    await engine.start()
+    await engine.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await engine.submit(dm("too late"), RecordingChannel())
+    with pytest.raises(RuntimeError, match="after aclose"):
+        await engine.start()
 
 
 async def test_stop_with_nothing_running(make_engine):

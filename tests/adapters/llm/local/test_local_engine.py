@@ -11,8 +11,8 @@ from adapters.memory.store import SqlMemoryStore
 from core.engine import Engine
 from core.settings import AccessSettings, CoreSettings, LLMSettings
 from core.types import IncomingMessage
-from tests.fakes.channel import RecordingChannel
 from tests.adapters.llm.local.conftest import local_settings
+from tests.fakes.channel import RecordingChannel
 
 
 @pytest.fixture
