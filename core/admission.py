@@ -66,17 +66,18 @@ class Admission:
             await notify(out, REFUSAL)
         return False
 
-    async def within_size(self, text: str, out: ReplyChannel) -> bool:
-        """Whether ``text`` fits ``MAX_INPUT_CHARS``; if not, the user is told the limit."""
+    def size_refusal(self, text: str) -> str | None:
+        """``None`` if ``text`` fits ``MAX_INPUT_CHARS``, else what to tell the user.
+
+        Not a coroutine: the check costs an ordinary message nothing to await.
+        """
         limit = self._settings.max_input_chars
         if len(text) <= limit:
-            return True
-        await notify(
-            out,
+            return None
+        return (
             f"Your message is too long: {len(text):,} characters, and I accept at most "
-            f"{limit:,}. Please shorten it or send it in parts.",
+            f"{limit:,}. Please shorten it or send it in parts."
         )
-        return False
 
     async def within_limits(self, msg: IncomingMessage, out: ReplyChannel) -> bool:
         """The rate and daily-quota checks (admins always pass).
@@ -88,8 +89,12 @@ class Admission:
         if self.is_admin(msg):
             return True
         now = self._clock()
-        if self._rate is not None and not await self._within_rate(msg, now, out):
-            return False
+        if self._rate is not None:
+            refusal = self._rate_refusal(self._rate, msg, now)
+            if refusal is not None:
+                if refusal:
+                    await notify(out, refusal)
+                return False
         quota = self._settings.daily_token_quota
         if quota is not None:
             usage = await self._store.get_usage(
@@ -104,22 +109,21 @@ class Admission:
                 return False
         return True
 
-    async def _within_rate(self, msg: IncomingMessage, now: datetime, out: ReplyChannel) -> bool:
-        assert self._rate is not None
+    def _rate_refusal(self, rate: RateLimiter, msg: IncomingMessage, now: datetime) -> str | None:
+        """``None`` if within the rate; else the notice to send, or ``""`` to stay silent."""
         subject = f"{msg.platform}:{msg.user_id}"
-        wait = self._rate.check(subject, now.timestamp())
+        wait = rate.check(subject, now.timestamp())
         if wait <= 0:
-            return True
+            return None
         noticed = self._rate_noticed.get(subject, 0.0)
-        if now.timestamp() - noticed >= wait:  # one notice per full window, no storm
-            self._rate_noticed[subject] = now.timestamp()
-            limit = self._settings.rate_limit_per_minute
-            await notify(
-                out,
-                f"You're sending messages too fast (limit: {limit} per minute). "
-                f"Please try again in {format_wait(wait)}.",
-            )
-        return False
+        if now.timestamp() - noticed < wait:  # one notice per full window, no storm
+            return ""
+        self._rate_noticed[subject] = now.timestamp()
+        limit = self._settings.rate_limit_per_minute
+        return (
+            f"You're sending messages too fast (limit: {limit} per minute). "
+            f"Please try again in {format_wait(wait)}."
+        )
 
 
 __all__ = ["Admission"]

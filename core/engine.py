@@ -324,7 +324,9 @@ class Engine:
                 admin = admission.is_admin(msg)
                 await self._commands.dispatch(key, msg, out, *parsed, admin=admin)
             return
-        if not await admission.within_size(text, out):
+        too_long = admission.size_refusal(text)
+        if too_long is not None:
+            await notify(out, too_long)
             return
         if not await admission.within_limits(msg, out):
             return

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -85,7 +85,7 @@ class Replier:
         self.slots = asyncio.Semaphore(llm.max_concurrency)
         self.active: dict[ConversationKey, ReplyRun] = {}
 
-    async def reply(
+    def reply(
         self,
         key: ConversationKey,
         msg: IncomingMessage,
@@ -94,16 +94,17 @@ class Replier:
         model: str,
         system_prompt: str,
         budget: int,
-    ) -> None:
-        """Answer ``msg`` from the history before ``placeholder`` and record it there.
+    ) -> Awaitable[None]:
+        """Start answering ``msg`` from the history before ``placeholder``; await the result.
 
-        Returns once the reply was shown, recorded and any notice about it sent. Backend
-        and delivery failures are recorded and told, not raised; ``CancelledError`` is
-        raised after the reply was recorded as interrupted.
+        The run counts as in progress (``/stop`` reaches it) from this call on. Awaiting the
+        result returns once the reply was shown, recorded and any notice about it sent.
+        Backend and delivery failures are recorded and told, not raised; ``CancelledError``
+        is raised after the reply was recorded as interrupted.
         """
         run = ReplyRun(self, key, msg, out, placeholder, model, system_prompt, budget)
         self.active[key] = run
-        await run.run()
+        return run.run()
 
     def stop(self, key: ConversationKey) -> bool:
         """Stop ``key``'s reply in progress; ``False`` if there is none (or it was stopped)."""

@@ -48,15 +48,13 @@ async def test_stranger_is_refused_once_a_day_per_chat() -> None:
     assert out.notices == [REFUSAL, REFUSAL, REFUSAL]
 
 
-async def test_size_limit_names_the_limit() -> None:
+def test_size_limit_names_the_limit() -> None:
     admission = _admission(Clock(), max_input_chars=10)
-    out = RecordingChannel()
-    assert await admission.within_size("x" * 10, out)
-    assert not await admission.within_size("x" * 11, out)
-    assert out.notices == [
+    assert admission.size_refusal("x" * 10) is None
+    assert admission.size_refusal("x" * 11) == (
         "Your message is too long: 11 characters, and I accept at most 10. "
         "Please shorten it or send it in parts."
-    ]
+    )
 
 
 async def test_rate_limit_tells_once_per_window_and_admins_pass() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -15,11 +16,47 @@ from core.types import (
     ConversationKey,
     MessageStatus,
     QueuePosition,
+    ReplyEvent,
     Role,
 )
 from tests.core.conftest import dm
 from tests.fakes.channel import RecordingChannel
 from tests.fakes.scripted import ScriptedBackend
+
+
+class WatchedChannel(RecordingChannel):
+    """Sets ``first_text`` when the first piece of reply text reaches the user."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_text = asyncio.Event()
+
+    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+        async def watched() -> AsyncIterator[ReplyEvent]:
+            async for event in events:
+                if isinstance(event, str):
+                    self.first_text.set()
+                yield event
+
+        return await super().stream_reply(watched())
+
+
+class Turnstile(ScriptedBackend):
+    """Tells when each request reached the model; holds those for ``hold`` until released."""
+
+    def __init__(self, *hold: str) -> None:
+        super().__init__()
+        self.hold = set(hold)
+        self.release = asyncio.Event()
+        self.arrived: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[BackendEvent]:
+        text = request.messages[-1].content
+        self.arrived[text].set()
+        if text in self.hold:
+            await self.release.wait()
+        async for event in super().stream(request):
+            yield event
 
 
 async def history(store, engine, user="alice", platform="test", chat=None):
@@ -79,19 +116,17 @@ async def test_many_conversations_at_once_all_answered_in_order(make_engine, sto
     assert backend.peak <= 16
 
 
-async def test_held_reply_does_not_block_other_conversations(make_engine, backend):
-    engine = make_engine()
-    gate = asyncio.Event()
-    backend.gate = gate
+async def test_held_reply_does_not_block_other_conversations(make_engine):
+    backend = Turnstile("slow")
+    engine = make_engine(backend_override=backend)
     slow = RecordingChannel()
     slow_done = engine.submit(dm("slow", "alice"), slow)
-    await asyncio.sleep(0.05)
-    backend.gate = None  # later requests pass straight through
+    await asyncio.wait_for(backend.arrived["slow"].wait(), 5)
     fast = RecordingChannel()
     await asyncio.wait_for(engine.handle(dm("fast", "bob"), fast), timeout=5)
     assert fast.replies == ["echo: fast | remembered: nothing"]
     assert not slow_done.done()
-    gate.set()
+    backend.release.set()
     await asyncio.wait_for(slow_done, timeout=5)
     assert slow.replies == ["echo: slow | remembered: nothing"]
 
@@ -178,11 +213,10 @@ async def test_stop_closes_stream_stores_interrupted_and_queue_continues(
     backend.chunk_size = 2
     backend.delay = 0.02
     engine = make_engine()
-    out = RecordingChannel()
+    out = WatchedChannel()
     first = engine.submit(dm("a long story please"), out)
     queued = engine.submit(dm("after the stop"), out)
-    await asyncio.wait_for(out.stream_started.wait(), 5)
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(out.first_text.wait(), 5)
     await asyncio.wait_for(engine.handle(dm("/stop"), out), 5)
     await asyncio.wait_for(asyncio.gather(first, queued), 10)
     assert backend.closed_early == 1
@@ -283,16 +317,16 @@ async def test_redelivered_message_with_interrupted_reply_is_answered(make_engin
     assert [r.content for r in rows if r.role is Role.USER] == ["hi"]
 
 
-async def test_crash_leftovers_marked_interrupted_for_this_bot_only(make_engine, store, backend):
-    gate = asyncio.Event()
-    backend.gate = gate
-    crashed = make_engine(bot_name="testbot")
-    other = make_engine(bot_name="otherbot")
+async def test_crash_leftovers_marked_interrupted_for_this_bot_only(make_engine, store):
+    backend = Turnstile("one", "two")
+    crashed = make_engine(bot_name="testbot", backend_override=backend)
+    other = make_engine(bot_name="otherbot", backend_override=backend)
     pending = [
         crashed.submit(dm("one"), RecordingChannel()),
         other.submit(dm("two"), RecordingChannel()),
     ]
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(backend.arrived["one"].wait(), 5)  # both replies are in progress
+    await asyncio.wait_for(backend.arrived["two"].wait(), 5)
     # A new process of "testbot" starts while the old one is stuck: its sweep must only
     # touch testbot's rows.
     restarted = make_engine(bot_name="testbot")
@@ -301,7 +335,7 @@ async def test_crash_leftovers_marked_interrupted_for_this_bot_only(make_engine,
     theirs = await history(store, other)
     assert mine[-1].status is MessageStatus.INTERRUPTED
     assert theirs[-1].status is MessageStatus.IN_PROGRESS
-    gate.set()
+    backend.release.set()
     await asyncio.gather(*pending)
 
 
