@@ -269,12 +269,14 @@ async def shut_down(engine: Engine, adapters: Sequence[ChatAdapter], *, grace: f
             await adapter.stop_intake()
         except Exception:
             _log.exception("stopping the %s adapter's intake failed", adapter.name)
-    await engine.aclose(grace=grace)
-    for adapter in reversed(adapters):
-        try:
-            await adapter.aclose()
-        except Exception:
-            _log.exception("closing the %s adapter failed", adapter.name)
+    try:
+        await engine.aclose(grace=grace)
+    finally:
+        for adapter in reversed(adapters):
+            try:
+                await adapter.aclose()
+            except Exception:
+                _log.exception("closing the %s adapter failed", adapter.name)
 
 
 def stdin_is_terminal() -> bool:
