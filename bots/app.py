@@ -1,8 +1,9 @@
 """Wiring: the LLM backend, the memory store, the engine and the chat adapters.
 
 Everything is built once from settings loaded in :mod:`bots.cli` and torn down in reverse
-order. Adapters run side by side in one process; the engine finishes replies in flight (or
-stores them as interrupted) before the database closes.
+order. Adapters run side by side in one process. At shutdown the adapters stop taking
+messages first, then the engine finishes replies in flight (or stores them as interrupted)
+while the adapters can still deliver them, then the adapters close, and the database last.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,40 +203,80 @@ async def serve(settings: Settings, *, console: bool) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
-        started: list[ChatAdapter] = []
-        fatal: BaseException | None = None
         try:
-            for adapter in adapters:
-                await adapter.start()
-                started.append(adapter)
-                _log.info("%s adapter started", adapter.name)
-            tune_gc()
-            waiters = [
-                asyncio.create_task(a.wait_closed(), name=f"chinwag-wait-{a.name}") for a in started
-            ]
-            stopper = asyncio.create_task(stop.wait(), name="chinwag-signal")
-            done, _ = await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)
-            for task in [*waiters, stopper]:
-                if task not in done:
-                    task.cancel()
-            for task in done:
-                if task is not stopper and task.exception() is not None:
-                    fatal = task.exception()
-                    _log.error("an adapter stopped with an error", exc_info=fatal)
-            if stop.is_set():
-                _log.info("shutting down on a signal")
+            fatal = await run_adapters(engine, adapters, stop, on_serving=tune_gc)
         finally:
-            await engine.aclose()  # finish or interrupt replies while adapters can deliver
-            for adapter in reversed(started):
-                try:
-                    await adapter.aclose()
-                except Exception:
-                    _log.exception("closing the %s adapter failed", adapter.name)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
         if fatal is not None:
             raise Exit(f"stopped: {fatal}", status=1)
+
+
+async def run_adapters(
+    engine: Engine,
+    adapters: Sequence[ChatAdapter],
+    stop: asyncio.Event,
+    *,
+    grace: float = 10.0,
+    on_serving: Callable[[], None] | None = None,
+) -> BaseException | None:
+    """Start ``adapters``, serve until ``stop`` is set or one ends, then shut down.
+
+    ``on_serving`` runs once every adapter started. Shutdown always happens, in the order
+    :func:`shut_down` gives, even when starting an adapter failed.
+
+    Returns:
+        The error an adapter stopped with, if one did (it was logged).
+    """
+    started: list[ChatAdapter] = []
+    fatal: BaseException | None = None
+    try:
+        for adapter in adapters:
+            await adapter.start()
+            started.append(adapter)
+            _log.info("%s adapter started", adapter.name)
+        if on_serving is not None:
+            on_serving()
+        waiters = [
+            asyncio.create_task(a.wait_closed(), name=f"chinwag-wait-{a.name}") for a in started
+        ]
+        stopper = asyncio.create_task(stop.wait(), name="chinwag-signal")
+        done, _ = await asyncio.wait([*waiters, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in [*waiters, stopper]:
+            if task not in done:
+                task.cancel()
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                fatal = task.exception()
+                _log.error("an adapter stopped with an error", exc_info=fatal)
+        if stop.is_set():
+            _log.info("shutting down on a signal")
+    finally:
+        await shut_down(engine, started, grace=grace)
+    return fatal
+
+
+async def shut_down(engine: Engine, adapters: Sequence[ChatAdapter], *, grace: float) -> None:
+    """Stop intake everywhere, let the engine drain, then close the adapters.
+
+    Adapters stop taking messages first, so no message meets a closed engine; they close
+    only after the engine drained, so replies in flight (``grace`` seconds at most) are still
+    delivered. A failing adapter is logged and does not keep the others open.
+    """
+    for adapter in reversed(adapters):
+        try:
+            await adapter.stop_intake()
+        except Exception:
+            _log.exception("stopping the %s adapter's intake failed", adapter.name)
+    try:
+        await engine.aclose(grace=grace)
+    finally:
+        for adapter in reversed(adapters):
+            try:
+                await adapter.aclose()
+            except Exception:
+                _log.exception("closing the %s adapter failed", adapter.name)
 
 
 def stdin_is_terminal() -> bool:

@@ -6,7 +6,7 @@ Adapters build these at the edge from vendor objects (``telegram.Update``,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
@@ -189,13 +189,6 @@ BackendEvent = TextDelta | ToolCallDelta | Usage | QueuePosition
 ReplyEvent = str | QueuePosition
 """What ``ReplyChannel.stream_reply`` receives: text deltas (``str``), and ``QueuePosition``
 while the reply waits for a busy model (the adapter shows ``notice`` until text arrives)."""
-
-
-async def text_deltas(events: AsyncIterator[ReplyEvent]) -> AsyncIterator[str]:
-    """The text deltas of ``events``, for a channel that shows no queue notices."""
-    async for event in events:
-        if isinstance(event, str):
-            yield event
 
 
 # --- what the store keeps -----------------------------------------------------------------

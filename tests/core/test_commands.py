@@ -1,20 +1,104 @@
-"""Every command, as a user sends it."""
+"""Every command, as a user sends it; and the parsing and registry behind them."""
 
 from __future__ import annotations
 
 import json
 
-from core.engine import parse_command
+import pytest
+
+from core.commands import CommandRegistry, parse_command
+from core.types import CommandInfo, ConversationKey, IncomingMessage
 from tests.core.conftest import dm
 from tests.fakes.channel import RecordingChannel
 
 
-def test_parse_command():
-    assert parse_command("/Model@mybot  big ") == ("model", "big")
-    assert parse_command("/system be brief\nand kind") == ("system", "be brief\nand kind")
-    assert parse_command("/") is None
-    assert parse_command("/ not") is None
-    assert parse_command("hello /help") is None
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("/Model@mybot  big ", ("model", "big")),
+        ("  /help", ("help", "")),
+        ("/system be brief\nand kind", ("system", "be brief\nand kind")),
+        ("/system\nbe brief", ("system", "be brief")),
+        ("/export\tjson", ("export", "json")),
+        ("/stop@my_bot", ("stop", "")),
+        ("/", None),
+        ("/ not", None),
+        ("hello /help", None),
+        ("/what?", None),
+        ("", None),
+    ],
+)
+def test_parse_command(text: str, parsed: tuple[str, str] | None) -> None:
+    assert parse_command(text) == parsed
+
+
+class _Calls:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def handler(self, name: str):
+        async def handle(key, msg, out, arg) -> None:
+            self.seen.append((name, arg))
+
+        return handle
+
+
+_KEY = ConversationKey("bot", "test", "alice", None, "alice")
+_MSG = IncomingMessage(platform="test", chat_id="alice", user_id="alice", text="")
+
+
+def test_registry_lists_commands_in_order_with_choices_read_when_listed() -> None:
+    calls, models = _Calls(), ["a"]
+    registry = CommandRegistry()
+    registry.register("help", "List", calls.handler("help"))
+    registry.register(
+        "model", "Switch", calls.handler("model"), argument="name", choices=lambda: models
+    )
+    registry.register("stats", "Numbers", calls.handler("stats"), admin_only=True)
+    models.append("b")
+    assert registry.infos() == (
+        CommandInfo("help", "List"),
+        CommandInfo("model", "Switch", "name", False, ("a", "b")),
+        CommandInfo("stats", "Numbers", None, True),
+    )
+    assert registry.help_text(admin=False) == "Commands:\n/help - List\n/model - Switch"
+    assert registry.help_text(admin=True).endswith("\n/stats - Numbers")
+
+
+def test_registry_refuses_duplicate_and_malformed_names() -> None:
+    registry = CommandRegistry()
+    registry.register("stop", "Stop", _Calls().handler("stop"), bypasses_lane=True)
+    command = registry.get("stop")
+    assert command is not None and command.bypasses_lane
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("stop", "again", _Calls().handler("stop"))
+    for bad in ("Stop", "two words", "", "a@b"):
+        with pytest.raises(ValueError, match="not a valid command name"):
+            registry.register(bad, "bad", _Calls().handler(bad))
+
+
+async def test_dispatch_runs_known_refuses_unknown_and_admin_only() -> None:
+    calls = _Calls()
+    registry = CommandRegistry()
+    registry.register("echo", "Echo", calls.handler("echo"))
+    registry.register("stats", "Numbers", calls.handler("stats"), admin_only=True)
+    out = RecordingChannel()
+    await registry.dispatch(_KEY, _MSG, out, "echo", "hi", admin=False)
+    await registry.dispatch(_KEY, _MSG, out, "stats", "", admin=False)
+    await registry.dispatch(_KEY, _MSG, out, "nope", "", admin=True)
+    await registry.dispatch(_KEY, _MSG, out, "stats", "", admin=True)
+    assert calls.seen == [("echo", "hi"), ("stats", "")]
+    assert out.notices == [
+        "/stats is for the bot's admins only.",
+        "I don't know the command /nope. Send /help for the list.",
+    ]
+
+
+async def test_leading_space_and_bot_suffix_reach_the_command(make_engine):
+    out = RecordingChannel()
+    engine = make_engine()
+    await engine.handle(dm("  /model@testbot scripted-large"), out)
+    assert out.notices == ["Model set to scripted-large."]
 
 
 async def test_start_and_help_list_commands(make_engine):

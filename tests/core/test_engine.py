@@ -4,13 +4,59 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
 from core.errors import BackendUnavailable, ContextTooLong, RateLimited
-from core.types import ConversationKey, MessageStatus, Role
+from core.types import (
+    BackendEvent,
+    CompletionRequest,
+    ConversationKey,
+    MessageStatus,
+    QueuePosition,
+    ReplyEvent,
+    Role,
+)
 from tests.core.conftest import dm
 from tests.fakes.channel import RecordingChannel
+from tests.fakes.scripted import ScriptedBackend
+
+
+class WatchedChannel(RecordingChannel):
+    """Sets ``first_text`` when the first piece of reply text reaches the user."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_text = asyncio.Event()
+
+    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+        async def watched() -> AsyncIterator[ReplyEvent]:
+            async for event in events:
+                if isinstance(event, str):
+                    self.first_text.set()
+                yield event
+
+        return await super().stream_reply(watched())
+
+
+class Turnstile(ScriptedBackend):
+    """Tells when each request reached the model; holds those for ``hold`` until released."""
+
+    def __init__(self, *hold: str) -> None:
+        super().__init__()
+        self.hold = set(hold)
+        self.release = asyncio.Event()
+        self.arrived: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[BackendEvent]:
+        text = request.messages[-1].content
+        self.arrived[text].set()
+        if text in self.hold:
+            await self.release.wait()
+        async for event in super().stream(request):
+            yield event
 
 
 async def history(store, engine, user="alice", platform="test", chat=None):
@@ -71,20 +117,17 @@ async def test_many_conversations_at_once_all_answered_in_order(make_engine, sto
     assert backend.peak <= 16
 
 
-async def test_held_reply_does_not_block_other_conversations(make_engine, backend):
-    engine = make_engine()
-    gate = asyncio.Event()
-    backend.gate = gate
+async def test_held_reply_does_not_block_other_conversations(make_engine):
+    backend = Turnstile("slow")
+    engine = make_engine(backend_override=backend)
     slow = RecordingChannel()
     slow_done = engine.submit(dm("slow", "alice"), slow)
-    while backend.active < 1:  # until the slow reply waits at the gate
-        await asyncio.sleep(0)
-    backend.gate = None  # later requests pass straight through
+    await asyncio.wait_for(backend.arrived["slow"].wait(), 5)
     fast = RecordingChannel()
     await asyncio.wait_for(engine.handle(dm("fast", "bob"), fast), timeout=5)
     assert fast.replies == ["echo: fast | remembered: nothing"]
     assert not slow_done.done()
-    gate.set()
+    backend.release.set()
     await asyncio.wait_for(slow_done, timeout=5)
     assert slow.replies == ["echo: slow | remembered: nothing"]
 
@@ -171,11 +214,10 @@ async def test_stop_closes_stream_stores_interrupted_and_queue_continues(
     backend.chunk_size = 2
     backend.delay = 0.02
     engine = make_engine()
-    out = RecordingChannel()
+    out = WatchedChannel()
     first = engine.submit(dm("a long story please"), out)
     queued = engine.submit(dm("after the stop"), out)
-    await asyncio.wait_for(out.stream_started.wait(), 5)
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(out.first_text.wait(), 5)
     await asyncio.wait_for(engine.handle(dm("/stop"), out), 5)
     await asyncio.wait_for(asyncio.gather(first, queued), 10)
     assert backend.closed_early == 1
@@ -186,6 +228,54 @@ async def test_stop_closes_stream_stores_interrupted_and_queue_continues(
     assert 0 < len(assistants[0].content) < len("echo: a long story please | remembered: nothing")
     assert assistants[1].status is MessageStatus.COMPLETE
     assert out.replies[-1].startswith("echo: after the stop")
+
+
+@pytest.mark.parametrize("stop", [" /stop", "/STOP@testbot", "/stop\nplease"])
+async def test_stop_in_any_spelling_skips_the_queue(make_engine, store, backend, stop):
+    backend.gate = asyncio.Event()  # the reply stays open until /stop ends it
+    engine = make_engine()
+    out = RecordingChannel()
+    first = engine.submit(dm("hold on"), out)
+    await asyncio.wait_for(out.stream_started.wait(), 5)
+    await asyncio.wait_for(engine.handle(dm(stop), out), 5)  # would wait behind "hold on"
+    await asyncio.wait_for(first, 5)
+    assert out.notices == ["Stopped."]
+    rows = await history(store, engine)
+    assert rows[-1].status is MessageStatus.INTERRUPTED
+
+
+class _BusyBackend(ScriptedBackend):
+    """Says the request waits in line (second, then first) before it answers."""
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[BackendEvent]:
+        yield QueuePosition(2)
+        yield QueuePosition(1)
+        async for event in super().stream(request):
+            yield event
+
+
+async def test_place_in_line_is_shown_in_the_reply_stream_and_never_stored(make_engine, store):
+    engine = make_engine(backend_override=_BusyBackend())
+    out = RecordingChannel()
+    await engine.handle(dm("hello"), out)
+    answer = "echo: hello | remembered: nothing"
+    assert out.events == [
+        ("queue", QueuePosition(2).notice),
+        ("queue", QueuePosition(1).notice),
+        ("reply", answer),
+    ]
+    rows = await history(store, engine)
+    assert (rows[-1].content, rows[-1].status) == (answer, MessageStatus.COMPLETE)
+
+
+async def test_closed_engine_refuses_messages_and_restart(make_engine):
+    engine = make_engine()
+    await engine.start()
+    await engine.aclose()
+    with pytest.raises(RuntimeError, match="closed"):
+        await engine.submit(dm("too late"), RecordingChannel())
+    with pytest.raises(RuntimeError, match="after aclose"):
+        await engine.start()
 
 
 async def test_stop_with_nothing_running(make_engine):
@@ -228,17 +318,16 @@ async def test_redelivered_message_with_interrupted_reply_is_answered(make_engin
     assert [r.content for r in rows if r.role is Role.USER] == ["hi"]
 
 
-async def test_crash_leftovers_marked_interrupted_for_this_bot_only(make_engine, store, backend):
-    gate = asyncio.Event()
-    backend.gate = gate
-    crashed = make_engine(bot_name="testbot")
-    other = make_engine(bot_name="otherbot")
+async def test_crash_leftovers_marked_interrupted_for_this_bot_only(make_engine, store):
+    backend = Turnstile("one", "two")
+    crashed = make_engine(bot_name="testbot", backend_override=backend)
+    other = make_engine(bot_name="otherbot", backend_override=backend)
     pending = [
         crashed.submit(dm("one"), RecordingChannel()),
         other.submit(dm("two"), RecordingChannel()),
     ]
-    while backend.active < 2:  # both replies stored as in progress, held at the gate
-        await asyncio.sleep(0)
+    await asyncio.wait_for(backend.arrived["one"].wait(), 5)  # both replies are in progress
+    await asyncio.wait_for(backend.arrived["two"].wait(), 5)
     # A new process of "testbot" starts while the old one is stuck: its sweep must only
     # touch testbot's rows.
     restarted = make_engine(bot_name="testbot")
@@ -247,7 +336,7 @@ async def test_crash_leftovers_marked_interrupted_for_this_bot_only(make_engine,
     theirs = await history(store, other)
     assert mine[-1].status is MessageStatus.INTERRUPTED
     assert theirs[-1].status is MessageStatus.IN_PROGRESS
-    gate.set()
+    backend.release.set()
     await asyncio.gather(*pending)
 
 

@@ -10,7 +10,7 @@ import pytest
 from adapters.llm.openai import OpenAIBackend, OpenAISettings
 from core.types import MessageStatus, Role
 from tests.core.conftest import dm
-from tests.core.test_engine import history
+from tests.core.test_engine import WatchedChannel, history
 from tests.fakes.channel import RecordingChannel
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -34,10 +34,9 @@ async def test_stop_closes_the_http_stream_and_stores_the_partial_reply(
 ):
     server, backend = openai_backend
     engine = make_engine(backend_override=backend)
-    out = RecordingChannel()
+    out = WatchedChannel()
     reply = engine.submit(dm("tell me a long story"), out)
-    await asyncio.wait_for(out.stream_started.wait(), 5)
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(out.first_text.wait(), 5)  # the server is streaming
     await asyncio.wait_for(engine.handle(dm("/stop"), out), 5)
     await asyncio.wait_for(reply, 5)
     await asyncio.wait_for(server.disconnected.wait(), 5)  # the server saw the client go

@@ -1,0 +1,360 @@
+"""Writing one reply: build the prompt, stream the model's answer to the user, record it.
+
+A :class:`ReplyRun` owns everything about one reply: the producer task that reads the
+backend (with one retry on half the budget when the context is too long), the stream of
+events the adapter shows (text deltas, and ``QueuePosition`` while a busy model keeps the
+reply waiting), ``/stop``, the final status and the record in the store. :class:`Replier`
+holds what all runs share (the backend, the store, the global cap on concurrent LLM calls)
+and the runs in progress, so ``/stop`` and shutdown can reach them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from core.errors import BackendError, ChinwagError, ContextTooLong
+from core.notices import EMPTY_MODEL_REPLY, notify
+from core.ports import LLMBackend, MemoryStore, ReplyChannel
+from core.prompt import HistoryCache, PromptBuilder
+from core.settings import LLMSettings
+from core.types import (
+    CompletionRequest,
+    ConversationKey,
+    IncomingMessage,
+    MessageStatus,
+    QueuePosition,
+    ReplyEvent,
+    StoredMessage,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    UsageRecord,
+)
+
+_log = logging.getLogger(__name__)
+
+
+class _End:
+    """The producer's last word on the queue: finished, or failed with ``error``."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+_DONE = _End()
+
+
+class Replier:
+    """Starts reply runs and keeps track of the ones in progress (one per conversation).
+
+    Args:
+        backend: the LLM backend.
+        store: where replies are recorded.
+        prompts: builds each run's prompt within its budget.
+        history: the in-memory history the recorded reply is added to.
+        llm: temperature, reply length and ``LLM_MAX_CONCURRENCY`` (the global cap).
+        bot_name: the bot usage is counted for.
+        clock: the engine's clock (current UTC time).
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: LLMBackend,
+        store: MemoryStore,
+        prompts: PromptBuilder,
+        history: HistoryCache,
+        llm: LLMSettings,
+        bot_name: str,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.backend = backend
+        self.store = store
+        self.prompts = prompts
+        self.history = history
+        self.llm = llm
+        self.bot_name = bot_name
+        self.clock = clock
+        self.slots = asyncio.Semaphore(llm.max_concurrency)
+        self.active: dict[ConversationKey, ReplyRun] = {}
+
+    def reply(
+        self,
+        key: ConversationKey,
+        msg: IncomingMessage,
+        out: ReplyChannel,
+        placeholder: StoredMessage,
+        model: str,
+        system_prompt: str,
+        budget: int,
+    ) -> Awaitable[None]:
+        """Start answering ``msg`` from the history before ``placeholder``; await the result.
+
+        The run counts as in progress (``/stop`` reaches it) from this call on. Awaiting the
+        result returns once the reply was shown, recorded and any notice about it sent.
+        Backend and delivery failures are recorded and told, not raised; ``CancelledError``
+        is raised after the reply was recorded as interrupted.
+        """
+        run = ReplyRun(self, key, msg, out, placeholder, model, system_prompt, budget)
+        self.active[key] = run
+        return run.run()
+
+    def stop(self, key: ConversationKey) -> bool:
+        """Stop ``key``'s reply in progress; ``False`` if there is none (or it was stopped)."""
+        run = self.active.get(key)
+        if run is None or run.stopped:
+            return False
+        run.stop()
+        return True
+
+    def stop_all(self) -> None:
+        """Stop every reply in progress (at shutdown, once the grace period ran out)."""
+        for run in list(self.active.values()):
+            run.stop()
+
+
+class ReplyRun:
+    """One reply, from the prompt to the record; created and run by :class:`Replier`."""
+
+    __slots__ = (
+        "_r",
+        "budget",
+        "delivery_failed",
+        "error",
+        "key",
+        "model",
+        "msg",
+        "out",
+        "parts",
+        "placeholder",
+        "platform_ids",
+        "producer",
+        "prompt_tokens",
+        "queue",
+        "stopped",
+        "system_prompt",
+        "tool_calls",
+        "usage",
+    )
+
+    def __init__(
+        self,
+        replier: Replier,
+        key: ConversationKey,
+        msg: IncomingMessage,
+        out: ReplyChannel,
+        placeholder: StoredMessage,
+        model: str,
+        system_prompt: str,
+        budget: int,
+    ) -> None:
+        self._r = replier
+        self.key = key
+        self.msg = msg
+        self.out = out
+        self.placeholder = placeholder
+        self.model = model
+        self.system_prompt = system_prompt
+        self.budget = budget
+        self.prompt_tokens = 0
+        self.parts: list[str] = []
+        self.tool_calls: dict[int, dict[str, str]] = {}
+        self.usage: Usage | None = None
+        self.error: BaseException | None = None
+        self.stopped = False
+        self.delivery_failed = False
+        self.platform_ids: Sequence[str] = ()
+        self.producer: asyncio.Task[None] | None = None
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+
+    def stop(self) -> None:
+        """End the generation now (``/stop``, shutdown); what was written is kept."""
+        self.stopped = True
+        if self.producer is not None and not self.producer.done():
+            self.producer.cancel()
+
+    async def run(self) -> None:
+        """Stream, record, then tell the user about an error or an empty answer."""
+        self.producer = asyncio.create_task(
+            self._produce(), name=f"chinwag-llm-{self.key.platform}"
+        )
+        try:
+            await self._deliver()
+        finally:
+            text = await self._finish()
+        await self._report(text)
+
+    async def _request(self, shrink: int) -> CompletionRequest:
+        prompt = await self._r.prompts.build(
+            conversation_id=self.placeholder.conversation_id,
+            before_seq=self.placeholder.seq,
+            system_prompt=self.system_prompt,
+            model=self.model,
+            budget=self.budget // shrink,
+            shared=self.key.user_id is None,
+        )
+        self.prompt_tokens = prompt.tokens
+        llm = self._r.llm
+        return CompletionRequest(
+            messages=prompt.messages,
+            model=self.model,
+            temperature=llm.temperature,
+            max_tokens=llm.max_reply_tokens,
+        )
+
+    async def _produce(self) -> None:
+        """Read the backend into the queue; always end with an ``_End``."""
+        queue = self.queue
+        sent_any = False
+        for attempt in (1, 2):
+            try:
+                request = await self._request(attempt)
+                async with self._r.slots:
+                    stream = self._r.backend.stream(request)
+                    try:
+                        async for event in stream:
+                            if isinstance(event, TextDelta) and event.text:
+                                sent_any = True
+                            queue.put_nowait(event)
+                    finally:
+                        closer = getattr(stream, "aclose", None)
+                        if closer is not None:
+                            await closer()
+                queue.put_nowait(_DONE)
+                return
+            except ContextTooLong as exc:
+                if attempt == 1 and not sent_any:
+                    _log.info("context too long for %s; retrying with half the budget", self.model)
+                    continue
+                queue.put_nowait(_End(exc))
+                return
+            except asyncio.CancelledError:
+                queue.put_nowait(_DONE)
+                raise
+            except Exception as exc:
+                queue.put_nowait(_End(exc))
+                return
+
+    async def _events(self) -> AsyncGenerator[ReplyEvent, None]:
+        """What the adapter shows: text deltas, and where the reply waits in line."""
+        queue = self.queue
+        parts = self.parts
+        while True:
+            event = await queue.get()
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+                yield event.text
+            elif isinstance(event, _End):
+                self.error = event.error
+                return
+            elif isinstance(event, Usage):
+                self.usage = event
+            elif isinstance(event, QueuePosition):
+                yield event  # shown by the adapter, never part of the reply's text
+            elif isinstance(event, ToolCallDelta):
+                call = self.tool_calls.setdefault(
+                    event.index, {"id": "", "name": "", "arguments": ""}
+                )
+                call["id"] = event.id or call["id"]
+                call["name"] = event.name or call["name"]
+                call["arguments"] += event.arguments
+
+    async def _deliver(self) -> None:
+        try:
+            events = self._events()
+            try:
+                self.platform_ids = await self.out.stream_reply(events)
+            finally:
+                await events.aclose()
+        except asyncio.CancelledError:
+            self.stop()
+            raise
+        except Exception:
+            self.delivery_failed = True
+            _log.exception("the %s adapter failed to deliver a reply", self.msg.platform)
+
+    async def _finish(self) -> str:
+        """End the producer, leave the runs in progress, record; return the reply's text."""
+        producer = self.producer
+        if producer is not None and not producer.done():
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+        active = self._r.active
+        if active.get(self.key) is self:
+            del active[self.key]
+        text = "".join(self.parts)
+        await asyncio.shield(self._record(text, self._status(text)))
+        return text
+
+    def _status(self, text: str) -> MessageStatus:
+        if self.delivery_failed:
+            return MessageStatus.FAILED
+        if self.stopped:
+            return MessageStatus.INTERRUPTED
+        if self.error is not None:
+            return MessageStatus.INTERRUPTED if text else MessageStatus.FAILED
+        return MessageStatus.COMPLETE
+
+    async def _record(self, text: str, status: MessageStatus) -> None:
+        r, msg, usage = self._r, self.msg, self.usage
+        if usage is not None:
+            reply_tokens = usage.completion_tokens
+        else:
+            reply_tokens = await r.backend.count_tokens(text, self.model) if text else 0
+        if self.tool_calls:
+            _log.info("the model asked for tools, which this bot does not offer yet")
+        spent = status is not MessageStatus.FAILED or bool(text)
+        tokenizer = r.backend.tokenizer_name(self.model)
+        await r.store.finish_message(
+            self.placeholder.id,
+            content=text,
+            status=status,
+            token_count=reply_tokens,
+            tokenizer=tokenizer,
+            platform_chat_id=msg.chat_id,
+            platform_message_ids=tuple(self.platform_ids),
+            usage=UsageRecord(
+                r.bot_name,
+                msg.platform,
+                msg.user_id,
+                r.clock().date(),
+                prompt_tokens=usage.prompt_tokens if usage else self.prompt_tokens,
+                completion_tokens=reply_tokens,
+            )
+            if spent
+            else None,
+        )
+        r.history.add(
+            replace(
+                self.placeholder,
+                content=text,
+                status=status,
+                token_count=reply_tokens,
+                tokenizer=tokenizer,
+            )
+        )
+
+    async def _report(self, text: str) -> None:
+        msg, error = self.msg, self.error
+        if error is not None:
+            if isinstance(error, ChinwagError):
+                _log.warning("backend error in %s chat %s: %s", msg.platform, msg.chat_id, error)
+                await notify(self.out, error.user_message)
+            else:
+                _log.error("unexpected backend failure", exc_info=error)
+                await notify(self.out, BackendError.user_message)
+        elif self.stopped:
+            _log.info("reply stopped by the user in %s chat %s", msg.platform, msg.chat_id)
+        elif not self.delivery_failed and not text.strip():
+            await notify(self.out, EMPTY_MODEL_REPLY)
+
+
+__all__ = ["Replier", "ReplyRun"]

@@ -1,0 +1,96 @@
+"""What the engine keeps per conversation slot between messages, in front of the store.
+
+The current conversation id and the preferences (persona, model) of recently active slots
+are cached in bounded LRU maps, so an ordinary message costs no extra store read for them.
+The store stays the truth: every change is written through, and ``/forget`` drops the
+caches whole. The model a slot is answered by and its prompt budget follow from these.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TypeVar
+
+from core.ports import LLMBackend, MemoryStore
+from core.settings import LLMSettings
+from core.types import ConversationKey, Preferences
+
+_CACHE_SIZE = 10_000
+
+V = TypeVar("V")
+
+
+def _remember(cache: OrderedDict[ConversationKey, V], key: ConversationKey, value: V) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+
+
+class Sessions:
+    """Conversation ids and preferences per slot, cached; models and budgets.
+
+    Args:
+        backend: the LLM backend (its models and context windows).
+        store: where conversations and preferences are stored.
+        llm: ``LLM_CONTEXT_WINDOW`` and ``LLM_MAX_REPLY_TOKENS``.
+    """
+
+    def __init__(self, backend: LLMBackend, store: MemoryStore, llm: LLMSettings) -> None:
+        self._backend = backend
+        self._store = store
+        self._llm = llm
+        self._conversations: OrderedDict[ConversationKey, int] = OrderedDict()
+        self._preferences: OrderedDict[ConversationKey, Preferences] = OrderedDict()
+
+    async def conversation_id(self, key: ConversationKey) -> int:
+        """The id of ``key``'s current conversation (created by the store if none)."""
+        cached = self._conversations.get(key)
+        if cached is not None:
+            self._conversations.move_to_end(key)
+            return cached
+        conversation = await self._store.current_conversation(key)
+        _remember(self._conversations, key, conversation.id)
+        return conversation.id
+
+    async def new_conversation(self, key: ConversationKey) -> int:
+        """Start a new conversation for ``key`` (``/reset``) and return its id."""
+        conversation = await self._store.new_conversation(key)
+        _remember(self._conversations, key, conversation.id)
+        return conversation.id
+
+    async def preferences(self, key: ConversationKey) -> Preferences:
+        """``key``'s preferences (the defaults when none were saved)."""
+        cached = self._preferences.get(key)
+        if cached is None:
+            cached = await self._store.get_preferences(key)
+            _remember(self._preferences, key, cached)
+        return cached
+
+    async def save_preferences(self, key: ConversationKey, prefs: Preferences) -> None:
+        """Store ``prefs`` for ``key``; they apply from the next message."""
+        await self._store.save_preferences(key, prefs)
+        _remember(self._preferences, key, prefs)
+
+    def clear(self) -> None:
+        """Forget every cached id and preference (after ``/forget``)."""
+        self._conversations.clear()
+        self._preferences.clear()
+
+    def model_for(self, prefs: Preferences) -> str:
+        """The model chosen in ``prefs`` if the backend still offers it, else the default."""
+        models = self._backend.models()
+        if prefs.model and prefs.model in models:
+            return prefs.model
+        return self._backend.default_model
+
+    def budget(self, model: str) -> int:
+        """Prompt tokens for ``model``: its window (capped) less the reply's reserve."""
+        window = self._backend.context_window(model)
+        if self._llm.context_window:
+            window = min(window, self._llm.context_window)
+        reserve = min(self._llm.max_reply_tokens, window // 2)
+        return window - reserve
+
+
+__all__ = ["Sessions"]
