@@ -373,20 +373,32 @@ class OpenAIBackend:
         include_usage: bool,
     ) -> openai.AsyncStream[ChatCompletionChunk]:
         _log.debug("request to %s: %r", request.model, messages)
+        stream: openai.AsyncStream[ChatCompletionChunk] = await client.chat.completions.create(
+            stream=True,
+            stream_options={"include_usage": True} if include_usage else openai.omit,
+            **self._request_args(request, messages, tools),
+        )
+        return stream
+
+    def _request_args(
+        self,
+        request: CompletionRequest,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """What a chat-completions request carries besides the streaming switches."""
         # api.openai.com wants max_completion_tokens (o-series refuse max_tokens); most
         # compatible servers only know max_tokens.
         limit = request.max_tokens if request.max_tokens is not None else openai.omit
         official = self._settings.base_url is None
-        return await client.chat.completions.create(
-            model=request.model,
-            messages=cast("list[ChatCompletionMessageParam]", messages),
-            stream=True,
-            stream_options={"include_usage": True} if include_usage else openai.omit,
-            temperature=request.temperature if request.temperature is not None else openai.omit,
-            max_completion_tokens=limit if official else openai.omit,
-            max_tokens=openai.omit if official else limit,
-            tools=cast(Any, tools) if tools else openai.omit,
-        )
+        return {
+            "model": request.model,
+            "messages": cast("list[ChatCompletionMessageParam]", messages),
+            "temperature": request.temperature if request.temperature is not None else openai.omit,
+            "max_completion_tokens": limit if official else openai.omit,
+            "max_tokens": openai.omit if official else limit,
+            "tools": cast(Any, tools) if tools else openai.omit,
+        }
 
     async def _unstreamed(
         self,
@@ -408,21 +420,12 @@ class OpenAIBackend:
             request.model,
             self._shown_url,
         )
-        limit = request.max_tokens if request.max_tokens is not None else openai.omit
-        official = self._settings.base_url is None
         attempt = 0
         while True:  # the server may have dropped the connection the empty stream came on
             try:
                 async with asyncio.timeout(self._timeout * 4):
                     completion = await client.chat.completions.create(
-                        model=request.model,
-                        messages=cast("list[ChatCompletionMessageParam]", messages),
-                        temperature=(
-                            request.temperature if request.temperature is not None else openai.omit
-                        ),
-                        max_completion_tokens=limit if official else openai.omit,
-                        max_tokens=openai.omit if official else limit,
-                        tools=cast(Any, tools) if tools else openai.omit,
+                        stream=False, **self._request_args(request, messages, tools)
                     )
                 break
             except TimeoutError as exc:
