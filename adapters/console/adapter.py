@@ -164,7 +164,11 @@ class ConsoleAdapter:
     def _read_lines(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             for line in self._stdin:
+                if self._state is Lifecycle.CLOSED:
+                    return  # a line typed after the chat ended has no one to read it
                 loop.call_soon_threadsafe(self._lines.put_nowait, line.rstrip("\r\n"))
+        except RuntimeError:
+            _log.debug("console input after the event loop closed; dropped")
         except (OSError, ValueError):
             _log.debug("console input closed", exc_info=True)
         finally:
