@@ -288,7 +288,11 @@ class PostgresExecutor:
 
 def _cause(exc: BaseException) -> str:
     """A short, body-free name for a connection failure, for the log."""
-    inner = exc.__cause__ if isinstance(exc, _CommitUnknown) else exc
-    if isinstance(inner, DBAPIError) and inner.orig is not None:
-        inner = inner.orig
-    return type(inner).__name__ if inner is not None else type(exc).__name__
+    inner = exc
+    for _ in range(8):  # the driver's own exception is at the end of the chain
+        following = inner.orig if isinstance(inner, DBAPIError) else None
+        following = following or inner.__cause__
+        if following is None:
+            break
+        inner = following
+    return type(inner).__name__
