@@ -138,13 +138,15 @@ def _network_cause(exc: BaseException) -> str:
 
 def _sqlite_cause(path: Path, exc: BaseException) -> str:
     for inner in _chain(exc):
-        if isinstance(inner, OSError) and inner.errno in _CAUSES:
+        if isinstance(inner, OSError) and inner.errno in _CAUSES and inner.errno != errno.ENOENT:
             return _CAUSES[inner.errno]
-    parent = path.parent
-    if not parent.exists():
-        return f"the directory {parent} does not exist"
-    if not parent.is_dir():
+    parent = ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
         return _CAUSES[errno.ENOTDIR]
+    if ancestor != parent:
+        return f"the directory {parent} does not exist"
     if path.is_dir():
         return _CAUSES[errno.EISDIR]
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):

@@ -190,10 +190,7 @@ async def upgrade(url: str, revision: str = "head") -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(
-                f"cannot open SQLite file {path} (cannot create its directory: "
-                f"{(exc.strerror or type(exc).__name__).lower()})"
-            ) from exc
+            raise StoreError(describe_open_failure(url, exc)) from exc
     await backup_if_pending(url, revision)
     config = alembic_config(url)
 

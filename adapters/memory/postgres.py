@@ -290,7 +290,7 @@ def _cause(exc: BaseException) -> str:
     """A short, body-free name for a connection failure, for the log."""
     inner = exc
     for _ in range(8):  # the driver's own exception is at the end of the chain
-        following = inner.orig if isinstance(inner, DBAPIError) else None
+        following: BaseException | None = inner.orig if isinstance(inner, DBAPIError) else None
         following = following or inner.__cause__
         if following is None:
             break
