@@ -146,7 +146,7 @@ class PostgresExecutor:
         self._grace = outage_grace
         self._engine: AsyncEngine | None = None
         self._closed = asyncio.Event()
-        self._outage_logged = False
+        self._outage_since: float | None = None  # when a call first lost its connection
 
     async def open(self) -> None:
         """Create the pool and make one connection, so that start-up fails fast and clearly.
@@ -259,9 +259,12 @@ class PostgresExecutor:
                     raise
                 self._log_outage(exc)
             else:
-                if self._outage_logged:
-                    self._outage_logged = False
-                    _log.warning("the database is reachable again")
+                if self._outage_since is not None:
+                    _log.warning(
+                        "the database is reachable again after %.1fs",
+                        loop.time() - self._outage_since,
+                    )
+                    self._outage_since = None
                 return result
             waited = loop.time() - started
             left = None if until_closed else self._grace - waited
@@ -275,10 +278,10 @@ class PostgresExecutor:
                 await asyncio.wait_for(self._closed.wait(), delay)
 
     def _log_outage(self, exc: BaseException) -> None:
-        if self._outage_logged:
+        if self._outage_since is not None:
             _log.debug("still no database connection", exc_info=exc)
             return
-        self._outage_logged = True
+        self._outage_since = asyncio.get_running_loop().time()
         _log.warning(
             "lost the database connection (%s); retrying calls for up to %gs",
             _cause(exc),
