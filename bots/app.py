@@ -124,7 +124,7 @@ async def open_store(settings: MemorySettings) -> SqlMemoryStore:
         await migrate.upgrade(url)
     elif await migrate.pending(url):
         _log.warning("the database has pending migrations; run `chinwag db upgrade`")
-    store = SqlMemoryStore(url)
+    store = SqlMemoryStore(url, outage_grace=settings.db_outage_grace_seconds)
     await store.start()
     _log.info("memory: %s", render_url(url))
     return store

@@ -11,7 +11,8 @@ Every error the project raises on purpose derives from :class:`ChinwagError`::
     │   └── ContextTooLong       the prompt does not fit the model's context
     ├── AdapterError             a chat platform failed
     └── StoreError               the memory store failed
-        └── DuplicateMessage     a platform message id is already stored (a redelivery)
+        ├── DuplicateMessage     a platform message id is already stored (a redelivery)
+        └── StoreUnavailable     the database stayed unreachable for the outage grace period
 
 Vendor exceptions are translated into these at exactly one boundary per implementation
 (``raise ... from exc``). ``user_message`` is the short, safe text a chat user may see; the
@@ -125,3 +126,24 @@ class DuplicateMessage(StoreError):
     def __init__(self, existing: object) -> None:
         self.existing = existing
         super().__init__("this platform message is already stored")
+
+
+class StoreUnavailable(StoreError):
+    """The database stayed unreachable for the whole outage grace period.
+
+    The store retried the call while its connections were lost; nothing of the call is
+    stored. Raised by a call after ``DB_OUTAGE_GRACE_SECONDS`` (or when the store closes
+    during the outage).
+
+    Attributes:
+        waited: seconds the call spent retrying before giving up.
+    """
+
+    user_message = (
+        "I couldn't reach my memory, so I did not keep your message. "
+        "Please send it again in a minute."
+    )
+
+    def __init__(self, waited: float, message: str | None = None) -> None:
+        self.waited = waited
+        super().__init__(message or f"the database stayed unreachable for {waited:.0f}s")

@@ -15,12 +15,15 @@ The store owns the lifecycle and the error boundary (:data:`DATABASE_ERRORS` bec
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Final, Protocol
 
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 
 Op = Callable[[Connection], Any]
 """One store operation: run on a sync connection, inside a transaction for writes."""
@@ -48,11 +51,15 @@ class Executor(Protocol):
         """Run ``op`` on a read connection; the awaitable gives its result."""
         ...
 
-    def write(self, op: Op) -> Awaitable[Any]:
+    def write(self, op: Op, *, until_closed: bool = False) -> Awaitable[Any]:
         """Run ``op`` in a write transaction; the awaitable resolves after its ``COMMIT``.
+
+        ``until_closed``: keep retrying a lost connection past the outage grace period,
+        until the write lands or the executor closes (a reply the user has already seen).
 
         Raises:
             StoreError: the runtime can no longer write (its writer stopped).
+            StoreUnavailable: the database stayed unreachable (nothing was written).
         """
         ...
 
@@ -78,3 +85,93 @@ def describe(exc: BaseException) -> str:
             )
         return f"{type(orig).__name__} from the database"
     return type(exc).__name__
+
+
+_CAUSES: Final = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ETIMEDOUT: "timed out",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOENT: "no such file or directory",
+    errno.ENOTDIR: "a parent is not a directory",
+    errno.EISDIR: "it is a directory",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on the device",
+}
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc``, the DBAPI error it wraps and their causes, outermost first."""
+    found: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in found and len(found) < 8:
+        found.append(current)
+        if isinstance(current, DBAPIError) and current.orig is not None:
+            found.append(current.orig)
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _network_cause(exc: BaseException) -> str:
+    for inner in _chain(exc):
+        if isinstance(inner, TimeoutError):
+            return "timed out"
+        if isinstance(inner, OSError):
+            code = inner.errno
+            if code is None and "Connect call failed" in str(inner):
+                return "connection refused"  # asyncpg's summary of several addresses
+            if code in _CAUSES:
+                return _CAUSES[code]
+            if code is not None and code < 0:  # getaddrinfo's codes
+                return "unknown host"
+            return (inner.strerror or type(inner).__name__).lower()
+        message = getattr(inner, "sqlstate", None) and str(inner).splitlines()[0]
+        if message:  # the server's own words: never the password
+            return str(message)
+        if type(inner).__name__ == "InterfaceError" or "closed" in str(inner):
+            return "the server closed the connection"
+    return type(exc).__name__
+
+
+def _sqlite_cause(path: Path, exc: BaseException) -> str:
+    for inner in _chain(exc):
+        if isinstance(inner, OSError) and inner.errno in _CAUSES and inner.errno != errno.ENOENT:
+            return _CAUSES[inner.errno]
+    parent = ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return _CAUSES[errno.ENOTDIR]
+    if ancestor != parent:
+        return f"the directory {parent} does not exist"
+    if path.is_dir():
+        return _CAUSES[errno.EISDIR]
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return _CAUSES[errno.EACCES]
+    if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        return _CAUSES[errno.EACCES]
+    for inner in _chain(exc):
+        if isinstance(inner, sqlite3.Error):
+            return str(inner).splitlines()[0] if str(inner) else type(inner).__name__
+    return type(exc).__name__
+
+
+def describe_open_failure(url: str, exc: BaseException) -> str:
+    """One line for an operator: which database could not be opened, and why.
+
+    ``"DATABASE_URL: cannot connect to PostgreSQL at db:5432 (connection refused)"``, or
+    ``"cannot open SQLite file /var/lib/chinwag/chinwag.db (permission denied)"``. Never
+    contains the password.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return f"DATABASE_URL: cannot open the database ({type(exc).__name__})"
+    if parsed.get_backend_name() == "sqlite":
+        path = Path(parsed.database or "")
+        return f"cannot open SQLite file {path} ({_sqlite_cause(path, exc)})"
+    where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
+    return f"DATABASE_URL: cannot connect to PostgreSQL at {where} ({_network_cause(exc)})"

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 import migrations
+from adapters.memory.executor import describe_open_failure
 from adapters.memory.settings import normalize_database_url, render_url
 from core.errors import StoreError
 
@@ -92,11 +93,23 @@ def _current_revision(connection: Connection) -> str | None:
 
 
 async def _run(url: str, fn: Any) -> Any:
-    """Run ``fn(sync_connection)`` in one transaction on ``url``; translate errors."""
+    """Run ``fn(sync_connection)`` in one transaction on ``url``; translate errors.
+
+    Raises:
+        StoreError: the database cannot be reached or opened (one line naming the host or
+            file and the cause), or ``fn`` failed.
+    """
     engine = migration_engine(url)
     try:
-        async with engine.begin() as connection:
-            return await connection.run_sync(fn)
+        try:
+            connection = await engine.connect()
+        except (SQLAlchemyError, OSError, TimeoutError, sqlite3.Error) as exc:
+            raise StoreError(describe_open_failure(url, exc)) from exc
+        try:
+            async with connection.begin():
+                return await connection.run_sync(fn)
+        finally:
+            await connection.close()
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         raise StoreError(f"migrating {render_url(url)} failed: {exc.__class__.__name__}") from exc
     finally:
@@ -177,7 +190,7 @@ async def upgrade(url: str, revision: str = "head") -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the directory of {path}: {exc.strerror}") from exc
+            raise StoreError(describe_open_failure(url, exc)) from exc
     await backup_if_pending(url, revision)
     config = alembic_config(url)
 

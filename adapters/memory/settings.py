@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import platformdirs
+from pydantic import Field
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -95,17 +96,23 @@ class MemorySettings(ChinwagSettings):
         database_url: the database; unset means a SQLite file in ``chinwag_data_dir``.
         chinwag_data_dir: the data directory; default the user's XDG data dir.
         db_auto_migrate: apply pending migrations at start (``DB_AUTO_MIGRATE``).
+        db_outage_grace_seconds: how long a call waits for a lost PostgreSQL connection to
+            come back before it fails, saying the message was not kept
+            (``DB_OUTAGE_GRACE_SECONDS``). A reply the user has already seen is stored
+            whenever the database returns, however long that takes.
     """
 
     EXAMPLES: ClassVar[dict[str, str]] = {
         "database_url": _EXAMPLE_URL,
         "chinwag_data_dir": "/var/lib/chinwag",
         "db_auto_migrate": "true",
+        "db_outage_grace_seconds": "30",
     }
 
     database_url: str | None = None
     chinwag_data_dir: Path | None = None
     db_auto_migrate: bool = True
+    db_outage_grace_seconds: float = Field(default=30.0, ge=0, le=86_400)
 
     def data_dir(self) -> Path:
         """The data directory: ``CHINWAG_DATA_DIR`` or the platform's user data dir."""

@@ -38,8 +38,7 @@ from sqlalchemy.engine import Connection, Engine, create_engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool, QueuePool
 
-from adapters.memory.executor import Op, describe
-from adapters.memory.settings import render_url
+from adapters.memory.executor import Op, describe_open_failure
 from core.errors import StoreError
 
 _log = logging.getLogger(__name__)
@@ -80,7 +79,6 @@ class SqliteExecutor:
 
     def __init__(self, url: str, *, readers: int, echo: bool) -> None:
         self._sync_url = url.replace("sqlite+aiosqlite", "sqlite+pysqlite", 1)
-        self._display_url = render_url(url)
         self._readers = readers
         self._echo = echo
         self._reader_engine: Engine | None = None
@@ -120,7 +118,7 @@ class SqliteExecutor:
         try:
             self._writer_conn = await self._in_writer_thread(self._writer_engine.connect)
         except _CONNECT_ERRORS as exc:
-            raise StoreError(f"cannot open {self._display_url}: {describe(exc)}") from exc
+            raise StoreError(describe_open_failure(self._sync_url, exc)) from exc
         self._queue = asyncio.Queue()
         self._writer_task = asyncio.create_task(self._writer_loop(), name="chinwag-store-writer")
         self._writer_task.add_done_callback(self._writer_done)
@@ -168,8 +166,11 @@ class SqliteExecutor:
         with self._reader_engine.connect() as conn:
             return op(conn)
 
-    def write(self, op: Op) -> asyncio.Future[Any]:
+    def write(self, op: Op, *, until_closed: bool = False) -> asyncio.Future[Any]:
         """Queue ``op`` for the writer; the future resolves after the group's ``COMMIT``.
+
+        ``until_closed`` changes nothing here: a SQLite file has no outages to wait out (a
+        file locked by another process is retried anyway, see :meth:`_commit_group`).
 
         Raises:
             StoreError: the writer task stopped.

@@ -9,7 +9,9 @@ hands it to the executor of the URL's runtime (:mod:`adapters.memory.executor`):
   run on a small pool of reader threads, each in one thread hop. sqlite3 is driven directly
   (the ``sqlite+aiosqlite`` URL only names the file): aiosqlite is not used at run time.
 * PostgreSQL (:class:`adapters.memory.postgres.PostgresExecutor`): an asyncpg pool, each write
-  its own transaction, retried on deadlock or serialization failure.
+  its own transaction, retried on deadlock or serialization failure, and every call retried
+  through a brief outage (``outage_grace`` seconds) while the pool reconnects; a write whose
+  ``COMMIT`` was cut off is applied exactly once.
 
 Every vendor exception is translated into :class:`core.errors.StoreError` in
 :meth:`SqlMemoryStore._call`, the one boundary, ``from`` the original.
@@ -31,7 +33,7 @@ from adapters.memory.settings import normalize_database_url, render_url
 from adapters.memory.sqlite import SqliteExecutor
 from adapters.memory.statements import recent_messages_query, to_stored
 from adapters.memory.validation import check_extra, check_usage, usage_pseudonym
-from core.errors import StoreError
+from core.errors import StoreError, StoreUnavailable
 from core.lifecycle import Lifecycle
 from core.types import (
     Conversation,
@@ -49,6 +51,7 @@ from core.types import (
 _log = logging.getLogger(__name__)
 
 _SHUTDOWN_WAIT_S: Final = 30.0
+_OUTAGE_GRACE_S: Final = 30.0
 _NAME: Final = "SqlMemoryStore"
 
 
@@ -68,6 +71,10 @@ class SqlMemoryStore:
             (PostgreSQL, default 10).
         echo: log every SQL statement (debugging only: it shows message bodies).
         clock: the source of "now" (tz-aware; stored as UTC) for timestamps; for tests.
+        outage_grace: PostgreSQL only: seconds a call keeps retrying a lost connection
+            before it raises ``StoreUnavailable`` (``DB_OUTAGE_GRACE_SECONDS``).
+        close_timeout: seconds ``aclose()`` waits for calls still running (a reply being
+            stored during an outage, say) before it closes the connections under them.
 
     Raises:
         ConfigError: ``url`` is not a SQLite or PostgreSQL URL (names ``DATABASE_URL``).
@@ -81,6 +88,8 @@ class SqlMemoryStore:
         pool_size: int | None = None,
         echo: bool = False,
         clock: Callable[[], datetime] | None = None,
+        outage_grace: float = _OUTAGE_GRACE_S,
+        close_timeout: float = _SHUTDOWN_WAIT_S,
     ) -> None:
         self._url = normalize_database_url(url)
         if pool_size is not None and pool_size < 1:
@@ -89,7 +98,10 @@ class SqlMemoryStore:
         if self._url.startswith("sqlite"):
             self._executor = SqliteExecutor(self._url, readers=pool_size or 4, echo=echo)
         else:
-            self._executor = PostgresExecutor(self._url, pool_size=pool_size or 10, echo=echo)
+            self._executor = PostgresExecutor(
+                self._url, pool_size=pool_size or 10, echo=echo, outage_grace=outage_grace
+            )
+        self._close_timeout = close_timeout
         self._clock = clock or (lambda: datetime.now(UTC))
         self._state = Lifecycle.NEW
         self._transition = asyncio.Lock()
@@ -113,7 +125,8 @@ class SqlMemoryStore:
 
         Raises:
             RuntimeError: after ``aclose()``.
-            StoreError: the database cannot be reached or has no schema.
+            StoreError: the database cannot be reached (the message names the host or file
+                and the cause, in one line) or has no schema.
         """
         async with self._transition:
             if not self._state.require_startable(_NAME):
@@ -132,7 +145,9 @@ class SqlMemoryStore:
     async def aclose(self) -> None:
         """Commit the writes already queued, then close every connection. Idempotent.
 
-        Calls made after ``aclose()`` began raise ``RuntimeError``.
+        Calls made after ``aclose()`` began raise ``RuntimeError``. Calls still running get
+        up to ``close_timeout`` seconds to finish (during an outage, to reach the database
+        again); those still retrying then raise ``StoreUnavailable``.
         """
         async with self._transition:
             if self._state is Lifecycle.CLOSED:
@@ -151,20 +166,22 @@ class SqlMemoryStore:
     async def _shutdown(self) -> None:
         await self._executor.close_writes()
         try:  # reads still running finish before their connections go
-            await asyncio.wait_for(self._idle.wait(), _SHUTDOWN_WAIT_S)
+            await asyncio.wait_for(self._idle.wait(), self._close_timeout)
         except TimeoutError:
             _log.warning("closing the store with %d call(s) still running", self._inflight)
         await self._executor.close()
 
     # --- the one boundary ------------------------------------------------------------------
 
-    async def _call(self, op: Op, *, write: bool) -> Any:
+    async def _call(self, op: Op, *, write: bool, until_closed: bool = False) -> Any:
         """Run ``op(sync_connection)`` for reading or in a committed write transaction.
 
-        This is where driver and SQLAlchemy errors become ``StoreError``.
+        This is where driver and SQLAlchemy errors become ``StoreError``. ``until_closed``
+        (writes only) retries a lost connection past the outage grace period.
 
         Raises:
             RuntimeError: the store is not running (before ``start()``, after ``aclose()``).
+            StoreUnavailable: the database stayed unreachable; nothing was written.
         """
         if self._state is not Lifecycle.RUNNING:
             self._state.require_running(_NAME)
@@ -172,7 +189,7 @@ class SqlMemoryStore:
         self._idle.clear()
         try:
             if write:
-                return await self._executor.write(op)
+                return await self._executor.write(op, until_closed=until_closed)
             return await self._executor.read(op)
         except DATABASE_ERRORS as exc:
             _log.debug("store operation failed", exc_info=True)
@@ -249,26 +266,43 @@ class SqlMemoryStore:
         A message deleted meanwhile (``forget_user`` while the reply streamed) is left
         deleted: nothing is written and no error is raised.
 
+        The user has usually seen this reply already, so it is never given up for an outage:
+        while the database is unreachable the call keeps retrying, past the outage grace
+        period, until the row is stored (exactly once, even if a ``COMMIT`` was cut off) or
+        the store is closed. ``aclose()`` during an outage waits ``close_timeout`` for it,
+        then the call logs an ERROR naming the message id (never its text) and raises.
+
         Raises:
             StoreError: a platform id is already recorded (the message is left unchanged).
+            StoreUnavailable: the store closed before the database came back.
         """
         status_value = MessageStatus(status).value
         pids = tuple(platform_message_ids)
         usage_row = self._usage_row(usage) if usage is not None else None
-        await self._call(
-            lambda c: ops.finish(
-                c,
+        try:
+            await self._call(
+                lambda c: ops.finish(
+                    c,
+                    message_id,
+                    content,
+                    status_value,
+                    token_count,
+                    tokenizer,
+                    platform_chat_id,
+                    pids,
+                    usage_row,
+                ),
+                write=True,
+                until_closed=True,
+            )
+        except StoreUnavailable:
+            _log.error(
+                "the final state of message %d (status %s) was not stored: the database "
+                "stayed unreachable until the store closed",
                 message_id,
-                content,
                 status_value,
-                token_count,
-                tokenizer,
-                platform_chat_id,
-                pids,
-                usage_row,
-            ),
-            write=True,
-        )
+            )
+            raise
 
     async def recent_messages(
         self, conversation_id: int, *, limit: int, before_seq: int | None = None

@@ -136,5 +136,8 @@ async def test_migrating_an_unreachable_database_raises_store_error_without_pass
     url = "postgresql://chinwag:hunter2@127.0.0.1:1/chinwag"
     with pytest.raises(StoreError) as caught:
         await migrate.upgrade(url)
+    # One line an operator can act on: the variable, the host and the cause.
+    assert str(caught.value) == (
+        "DATABASE_URL: cannot connect to PostgreSQL at 127.0.0.1:1 (connection refused)"
+    )
     assert "hunter2" not in str(caught.value)
-    assert "***" in str(caught.value)
