@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Sequence
 
 from core.ports import ReplyChannel
@@ -22,6 +23,38 @@ EMPTY_REPLY = "Your message is empty. Send me some text and I'll answer."
 EMPTY_MODEL_REPLY = "The model returned an empty answer. Please try rephrasing your message."
 GENERIC_ERROR = "Something went wrong on my side. Please try again."
 REFUSAL = "Sorry, this bot is private and you're not on its list of allowed users."
+CUT_NOTICE = '… (cut: the reply reached its length limit — say "continue" for the rest)'
+
+# A CommonMark code fence: up to three spaces, then three or more backticks or tildes.
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+
+
+def open_fence(markdown: str) -> str | None:
+    """The fence of the code block left open at the end of ``markdown``, or ``None``."""
+    open_: str | None = None
+    for line in markdown.splitlines():
+        match = _FENCE.match(line)
+        if match is None:
+            continue
+        marker, rest = match.group(1), match.group(2)
+        if open_ is None:
+            if marker[0] == "`" and "`" in rest:
+                continue  # ```inline``` on one line opens nothing
+            open_ = marker
+        elif marker[0] == open_[0] and len(marker) >= len(open_) and not rest.strip():
+            open_ = None
+    return open_
+
+
+def cut_ending(markdown: str) -> str:
+    """What follows a reply the token limit cut: its open code block closed, and the notice.
+
+    Shown after the model's text, never stored with it: the next prompt holds the reply as
+    the model wrote it, so "continue" picks it up where it stopped.
+    """
+    fence = open_fence(markdown)
+    close = "" if fence is None else ("" if markdown.endswith("\n") else "\n") + fence
+    return f"{close}\n\n{CUT_NOTICE}"
 
 
 async def notify(out: ReplyChannel, text: str) -> Sequence[str]:
@@ -39,10 +72,13 @@ async def notify(out: ReplyChannel, text: str) -> Sequence[str]:
 
 
 __all__ = [
+    "CUT_NOTICE",
     "EMPTY_MODEL_REPLY",
     "EMPTY_REPLY",
     "GENERIC_ERROR",
     "REFUSAL",
     "UNSUPPORTED_REPLY",
+    "cut_ending",
     "notify",
+    "open_fence",
 ]

@@ -21,7 +21,7 @@ from core.ports import LLMBackend, MemoryStore
 from core.types import ChatMessage, MessageStatus, Role, StoredMessage
 
 _PAGE = 64
-_USABLE = (MessageStatus.COMPLETE, MessageStatus.INTERRUPTED)
+_USABLE = (MessageStatus.COMPLETE, MessageStatus.CUT, MessageStatus.INTERRUPTED)
 
 
 def usable(message: StoredMessage) -> bool:
