@@ -621,7 +621,7 @@ class LocalBackend:
                 raise ContextTooLong(
                     n_ctx, f"the prompt has {len(tokens)} tokens; the context holds {n_ctx}"
                 )
-            budget = min(job.max_tokens or n_ctx // 2, n_ctx - len(tokens))
+            budget = reply_limit(job.max_tokens, n_ctx, len(tokens))
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             llama = loaded.llama
             produced = 0
@@ -775,6 +775,11 @@ class LocalBackend:
                 waiter.set_result(None)
                 return
         self._running = False
+
+
+def reply_limit(max_tokens: int | None, n_ctx: int, prompt_tokens: int) -> int:
+    """The longest reply: ``max_tokens`` (else half the context), within the room left."""
+    return min(max_tokens or n_ctx // 2, n_ctx - prompt_tokens)
 
 
 def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
