@@ -87,7 +87,7 @@ async def harness_factory(tmp_path) -> AsyncIterator[HarnessFactory]:
         memory_scope: str = "user",
         fake: FakeTelegram | None = None,
         limits: FloodLimits | None = None,
-        max_reply_tokens: int | None = 4096,
+        max_reply_tokens: int | None = None,
         **settings: Any,
     ) -> Harness:
         stack = AsyncExitStack()
