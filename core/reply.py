@@ -10,6 +10,8 @@ the refusal); only when the window did not change is the prompt budget halved. A
 token limit cut (the backend's ``Finish`` says ``length``) is stored as ``CUT`` and shown
 with its open code block closed and a notice after it; the notice is the bot's, never part
 of the stored text, so the user's "continue" resumes the reply from the model's own words.
+A continuation that starts inside the cut reply's code block is shown with the block's
+opening line before it (unless the model opened one itself), so its code renders as code.
 
 :class:`Replier` holds what all runs share (the backend, the store, the global cap on
 concurrent LLM calls) and the runs in progress, so ``/stop`` and shutdown can reach them.
@@ -25,7 +27,7 @@ from dataclasses import replace
 from datetime import datetime
 
 from core.errors import BackendError, ChinwagError, ContextTooLong
-from core.notices import EMPTY_MODEL_REPLY, cut_ending, notify
+from core.notices import EMPTY_MODEL_REPLY, asks_to_continue, cut_ending, notify, reopening
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
 from core.sessions import Budget
@@ -150,9 +152,11 @@ class ReplyRun:
         "parts",
         "placeholder",
         "platform_ids",
+        "prefix",
         "producer",
         "prompt_tokens",
         "queue",
+        "resuming",
         "stopped",
         "system_prompt",
         "tool_calls",
@@ -183,6 +187,8 @@ class ReplyRun:
         self.tool_calls: dict[int, dict[str, str]] = {}
         self.usage: Usage | None = None
         self.finish: Finish | None = None
+        self.resuming: str | None = None  # a cut reply this one continues, until shown
+        self.prefix = ""  # shown before the reply's text, never stored
         self.error: BaseException | None = None
         self.stopped = False
         self.delivery_failed = False
@@ -218,6 +224,10 @@ class ReplyRun:
             shared=self.key.user_id is None,
         )
         self.prompt_tokens = prompt.tokens
+        previous = prompt.previous
+        self.resuming = None
+        if previous is not None and previous.status is MessageStatus.CUT:
+            self.resuming = previous.content if asks_to_continue(self.msg.text) else None
         return CompletionRequest(
             messages=prompt.messages,
             model=self.model,
@@ -279,11 +289,19 @@ class ReplyRun:
             event = await queue.get()
             if isinstance(event, TextDelta):
                 parts.append(event.text)
-                yield event.text
+                if self.resuming is None:
+                    yield event.text
+                elif len(held := "".join(parts).lstrip()) >= 3:
+                    # Enough to see whether the model reopened the cut reply's code block.
+                    self.prefix = reopening(self.resuming, self.msg.text, held)
+                    self.resuming = None
+                    yield self.prefix + "".join(parts)
             elif isinstance(event, _End):
                 self.error = event.error
+                if self.resuming is not None and parts:
+                    yield "".join(parts)  # too short to be code: shown as it is
                 if self._cut():
-                    yield cut_ending("".join(parts))  # shown, never stored
+                    yield cut_ending(self.prefix + "".join(parts))  # shown, never stored
                 return
             elif isinstance(event, Finish):
                 self.finish = event

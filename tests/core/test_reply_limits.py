@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from core.errors import ContextTooLong
-from core.notices import CUT_NOTICE, cut_ending, open_fence
+from core.notices import CUT_NOTICE, cut_ending, open_fence, reopening
 from core.sessions import Budget
 from core.types import BackendEvent, CompletionRequest, MessageStatus, Role
 from tests.core.conftest import dm
@@ -133,12 +133,22 @@ def _code_or_rest(request: CompletionRequest) -> str:
 
 
 def test_the_cut_ending_closes_an_open_code_block() -> None:
-    assert open_fence("a\n```python\nx = 1") == "```"
+    assert open_fence("a\n```python\nx = 1") == "```python"
     assert open_fence("a\n```python\nx = 1\n```\nb") is None
     assert open_fence("a\n~~~~\nx\n```\n") == "~~~~"
     assert open_fence("run ```ls``` now") is None
     assert cut_ending("a\n```python\nx = 1") == f"\n```\n\n{CUT_NOTICE}"
     assert cut_ending("plain words") == f"\n\n{CUT_NOTICE}"
+    assert cut_ending("a\n~~~~ text\nx\n") == f"~~~~\n\n{CUT_NOTICE}"
+
+
+def test_a_continuation_inside_a_cut_code_block_is_shown_reopened() -> None:
+    cut = "Try:\n```python\nx = 1\n"
+    assert reopening(cut, "continue", "y = 2\n```") == "```python\n"
+    assert reopening(cut, "Continue.", "  y = 2") == "```python\n"
+    assert reopening(cut, "continue", "```python\ny = 2") == ""  # the model reopened it
+    assert reopening(cut, "thanks, that's enough", "You're welcome!") == ""
+    assert reopening("Plain words cut", "continue", "more words") == ""
 
 
 async def test_a_cut_reply_ends_with_a_notice_is_stored_cut_and_continue_resumes_it(
@@ -161,9 +171,11 @@ async def test_a_cut_reply_ends_with_a_notice_is_stored_cut_and_continue_resumes
     resumed = backend.calls[-1].messages
     assert (resumed[-2].role, resumed[-2].content) == (Role.ASSISTANT, cut.content)
     assert resumed[-1].content == "continue"
-    assert out.replies[-1] == "x39 = 39\n```\nDone."
+    # Shown inside the reopened block, so the code renders as code; stored as written.
+    assert out.replies[-1] == "```python\nx39 = 39\n```\nDone."
     statuses = [m.status for m in await history(store, engine) if m.role is Role.ASSISTANT]
     assert statuses == [MessageStatus.CUT, MessageStatus.COMPLETE]
+    assert (await history(store, engine))[-1].content == "x39 = 39\n```\nDone."
 
     await engine.handle(dm("/history"), out)
     assert out.notices[-1].startswith("In context: 4 message(s)")  # the cut reply counts
@@ -178,3 +190,13 @@ async def test_a_reply_within_the_limit_is_complete_without_a_notice(make_engine
     assert out.replies == ["echo: short | remembered: nothing"]
     [_, reply] = await history(store, engine)
     assert reply.status is MessageStatus.COMPLETE
+
+
+async def test_after_a_cut_reply_another_question_is_shown_as_written(make_engine, store):
+    backend = ScriptedBackend(_code_or_rest)
+    engine = make_engine(backend_override=backend, max_reply_tokens=20)
+    out = RecordingChannel()
+    await engine.handle(dm("show me code"), out)
+    await engine.handle(dm("something else then"), out)
+    second = [m for m in await history(store, engine) if m.role is Role.ASSISTANT][-1]
+    assert out.replies[-1] == second.content + "\n```\n\n" + CUT_NOTICE  # no reopened block

@@ -40,7 +40,7 @@ async def test_a_cut_reply_closes_its_code_block_and_ends_with_the_notice(
 
     await fake.user_message(dm, alice, "continue")
     await idle(fake, bot)
-    assert fake.bot_texts(dm)[-1] == "log(29);\n```"
+    assert fake.bot_texts(dm)[-1] == "```js\nlog(29);\n```"  # shown inside the block again
     assert backend.calls[-1].messages[-2].content == cut.removesuffix(f"\n```\n\n{CUT_NOTICE}")
 
 
