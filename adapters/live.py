@@ -20,6 +20,9 @@ The policy:
 * A message someone deleted (:class:`MessageGone` on edit) is posted again.
 * "typing" is shown while no text arrived for ``typing_delay``, repeated every
   ``typing_repeat`` seconds.
+* A reply whose markup renders to nothing (only ``"```"``, ``"# "``, ``"> "``, backticks) is
+  shown at the end as its literal characters (``surface.plain``): the user always gets a
+  message when the model wrote something.
 * A :class:`~core.types.QueuePosition` shows its notice in the live message until the first
   text arrives; that message then becomes the answer. The notice is never part of the reply.
 
@@ -71,6 +74,10 @@ class LiveSurface(Protocol[P, H]):
 
     def render(self, text: str) -> Sequence[P]:
         """Render ``text`` and split it into message parts (empty when nothing is visible)."""
+        ...
+
+    def plain(self, text: str) -> Sequence[P]:
+        """``text`` as its literal characters, no markup, split into message parts."""
         ...
 
     async def post(self, part: P, index: int) -> H:
@@ -259,7 +266,10 @@ class LiveMessage(Generic[P, H]):
     async def _show(self, *, final: bool) -> bool:
         """Make the messages show the text; ``False`` if an edit was left to a later flush."""
         surface = self._surface
-        parts = surface.render(self._text())
+        text = self._text()
+        parts = surface.render(text)
+        if final and not parts and text.strip():
+            parts = surface.plain(text)  # markup that renders to nothing: show the characters
         last = len(parts) - 1
         for index, part in enumerate(parts):
             if index >= len(self._shown):
@@ -341,7 +351,11 @@ class LiveMessage(Generic[P, H]):
         if self._notice is not None:
             self._notice = None  # a notice never followed by text was never the reply
             self._version += 1
-        if self._version > self._flushed or any(slot.part is None for slot in self._shown):
+        if (
+            self._version > self._flushed
+            or not self._shown
+            or any(slot.part is None for slot in self._shown)
+        ):
             try:
                 await self._show(final=True)
             except ChatRefused:

@@ -292,7 +292,7 @@ class BuiltinCommands:
         prefs = await self._sessions.preferences(key)
         model = self._sessions.model_for(prefs)
         conversation_id = await self._sessions.conversation_id(key)
-        budget = self._sessions.budget(model)
+        budget = self._sessions.budget(model).prompt
         prompt = await self._prompts.build(
             conversation_id=conversation_id,
             before_seq=None,

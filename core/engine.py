@@ -105,6 +105,7 @@ class Engine:
             prompts=self._prompts,
             history=self._history,
             llm=llm,
+            budgets=self._sessions.budget,
             bot_name=core.bot_name,
             clock=self._clock,
         )
@@ -380,7 +381,7 @@ class Engine:
         """A message we stored before: answered once; re-answered if its reply broke off."""
         self._history.drop(seen.conversation_id)
         reply = await self._store.reply_to(seen) if seen.role is Role.USER else seen
-        if reply is not None and reply.status is MessageStatus.COMPLETE:
+        if reply is not None and reply.status in (MessageStatus.COMPLETE, MessageStatus.CUT):
             _log.info(
                 "ignoring redelivered %s message %s: already answered", msg.platform, msg.message_id
             )

@@ -75,6 +75,12 @@ class LLMBackend(Protocol):
     def stream(self, request: CompletionRequest) -> AsyncIterator[BackendEvent]:
         """Stream the completion of ``request`` as events.
 
+        Text and tool-call deltas, then one ``Finish`` saying why the reply ended (``cut``
+        when ``request.max_tokens`` or the context stopped it), then ``Usage`` when the
+        backend counts it; a backend that waits for a busy model may first yield
+        ``QueuePosition``. A stream that raises yields no ``Finish``. ``max_tokens`` ``None``
+        means the backend's own limit.
+
         Closing the iterator early (``aclose()``) cancels the generation and releases the
         connection or worker promptly. Raises ``BackendError`` subclasses while iterating.
         """

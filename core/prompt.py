@@ -21,7 +21,7 @@ from core.ports import LLMBackend, MemoryStore
 from core.types import ChatMessage, MessageStatus, Role, StoredMessage
 
 _PAGE = 64
-_USABLE = (MessageStatus.COMPLETE, MessageStatus.INTERRUPTED)
+_USABLE = (MessageStatus.COMPLETE, MessageStatus.CUT, MessageStatus.INTERRUPTED)
 
 
 def usable(message: StoredMessage) -> bool:
@@ -133,12 +133,15 @@ class Prompt:
         tokens: the prompt's size in the backend's tokens (content plus per-message overhead).
         turns: how many stored messages it includes.
         complete: whether the whole conversation fitted.
+        previous: the assistant's reply before the newest message, if the prompt holds it
+            (a cut one is what "continue" resumes).
     """
 
     messages: list[ChatMessage]
     tokens: int
     turns: int
     complete: bool
+    previous: StoredMessage | None = None
 
 
 def speaker_name(extra: Mapping[str, Any] | None, author_id: str | None) -> str:
@@ -189,6 +192,7 @@ class PromptBuilder:
         tokenizer = backend.tokenizer_name(model)
         used = await self._system_tokens(system_prompt, model) + overhead + 3  # reply priming
         picked: list[ChatMessage] = []
+        newest: list[StoredMessage] = []  # the two newest turns taken
         complete = True
 
         async def take_all(turns: Iterable[Turn]) -> bool:
@@ -206,6 +210,8 @@ class PromptBuilder:
                     return False
                 used += cost
                 picked.append(chat)
+                if len(newest) < 2:
+                    newest.append(turn.message)
             return True
 
         cursor = before_seq
@@ -213,7 +219,7 @@ class PromptBuilder:
         if cached is not None:
             turns, from_start = cached
             if not await take_all(turns) or from_start:
-                return self._finish(system_prompt, picked, used, complete, budget)
+                return self._finish(system_prompt, picked, used, complete, budget, newest)
             # every cached turn fitted: the store read continues below the oldest of them
             oldest = self._cache.oldest_seq(conversation_id) if self._cache else None
             if oldest is not None:
@@ -237,11 +243,16 @@ class PromptBuilder:
         if self._cache is not None and cached is None:
             # ``before_seq`` is the reply being written: everything usable was read or is older.
             self._cache.fill(conversation_id, read, from_start=len(page) < page_size)
-        return self._finish(system_prompt, picked, used, complete, budget)
+        return self._finish(system_prompt, picked, used, complete, budget, newest)
 
     @staticmethod
     def _finish(
-        system_prompt: str, picked: list[ChatMessage], used: int, complete: bool, budget: int
+        system_prompt: str,
+        picked: list[ChatMessage],
+        used: int,
+        complete: bool,
+        budget: int,
+        newest: list[StoredMessage],
     ) -> Prompt:
         if not picked and not complete:
             raise ContextTooLong(
@@ -249,4 +260,11 @@ class PromptBuilder:
             )
         picked.reverse()
         messages = [ChatMessage(role=Role.SYSTEM, content=system_prompt), *picked]
-        return Prompt(messages=messages, tokens=used, turns=len(picked), complete=complete)
+        previous = newest[1] if len(newest) > 1 and newest[1].role is Role.ASSISTANT else None
+        return Prompt(
+            messages=messages,
+            tokens=used,
+            turns=len(picked),
+            complete=complete,
+            previous=previous,
+        )

@@ -1,11 +1,20 @@
 """Writing one reply: build the prompt, stream the model's answer to the user, record it.
 
 A :class:`ReplyRun` owns everything about one reply: the producer task that reads the
-backend (with one retry on half the budget when the context is too long), the stream of
-events the adapter shows (text deltas, and ``QueuePosition`` while a busy model keeps the
-reply waiting), ``/stop``, the final status and the record in the store. :class:`Replier`
-holds what all runs share (the backend, the store, the global cap on concurrent LLM calls)
-and the runs in progress, so ``/stop`` and shutdown can reach them.
+backend, the stream of events the adapter shows (text deltas, and ``QueuePosition`` while a
+busy model keeps the reply waiting), ``/stop``, the final status and the record in the store.
+
+When the server says the prompt does not fit, the prompt is built again from the budget of
+the model's window as the backend knows it now (it may just have learned the real one from
+the refusal); only when the window did not change is the prompt budget halved. A reply the
+token limit cut (the backend's ``Finish`` says ``length``) is stored as ``CUT`` and shown
+with its open code block closed and a notice after it; the notice is the bot's, never part
+of the stored text, so the user's "continue" resumes the reply from the model's own words.
+A continuation that starts inside the cut reply's code block is shown with the block's
+opening line before it (unless the model opened one itself), so its code renders as code.
+
+:class:`Replier` holds what all runs share (the backend, the store, the global cap on
+concurrent LLM calls) and the runs in progress, so ``/stop`` and shutdown can reach them.
 """
 
 from __future__ import annotations
@@ -18,13 +27,15 @@ from dataclasses import replace
 from datetime import datetime
 
 from core.errors import BackendError, ChinwagError, ContextTooLong
-from core.notices import EMPTY_MODEL_REPLY, notify
+from core.notices import EMPTY_MODEL_REPLY, asks_to_continue, cut_ending, notify, reopening
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
+from core.sessions import Budget
 from core.settings import LLMSettings
 from core.types import (
     CompletionRequest,
     ConversationKey,
+    Finish,
     IncomingMessage,
     MessageStatus,
     QueuePosition,
@@ -37,6 +48,8 @@ from core.types import (
 )
 
 _log = logging.getLogger(__name__)
+
+_ATTEMPTS = 3  # a prompt refused as too long is built again, smaller, up to twice
 
 
 class _End:
@@ -59,7 +72,8 @@ class Replier:
         store: where replies are recorded.
         prompts: builds each run's prompt within its budget.
         history: the in-memory history the recorded reply is added to.
-        llm: temperature, reply length and ``LLM_MAX_CONCURRENCY`` (the global cap).
+        llm: the temperature and ``LLM_MAX_CONCURRENCY`` (the global cap).
+        budgets: a model's budget from its current window (``Sessions.budget``).
         bot_name: the bot usage is counted for.
         clock: the engine's clock (current UTC time).
     """
@@ -72,10 +86,12 @@ class Replier:
         prompts: PromptBuilder,
         history: HistoryCache,
         llm: LLMSettings,
+        budgets: Callable[[str], Budget],
         bot_name: str,
         clock: Callable[[], datetime],
     ) -> None:
         self.backend = backend
+        self.budgets = budgets
         self.store = store
         self.prompts = prompts
         self.history = history
@@ -93,7 +109,7 @@ class Replier:
         placeholder: StoredMessage,
         model: str,
         system_prompt: str,
-        budget: int,
+        budget: Budget,
     ) -> Awaitable[None]:
         """Start answering ``msg`` from the history before ``placeholder``; await the result.
 
@@ -128,6 +144,7 @@ class ReplyRun:
         "budget",
         "delivery_failed",
         "error",
+        "finish",
         "key",
         "model",
         "msg",
@@ -135,9 +152,11 @@ class ReplyRun:
         "parts",
         "placeholder",
         "platform_ids",
+        "prefix",
         "producer",
         "prompt_tokens",
         "queue",
+        "resuming",
         "stopped",
         "system_prompt",
         "tool_calls",
@@ -153,7 +172,7 @@ class ReplyRun:
         placeholder: StoredMessage,
         model: str,
         system_prompt: str,
-        budget: int,
+        budget: Budget,
     ) -> None:
         self._r = replier
         self.key = key
@@ -167,6 +186,9 @@ class ReplyRun:
         self.parts: list[str] = []
         self.tool_calls: dict[int, dict[str, str]] = {}
         self.usage: Usage | None = None
+        self.finish: Finish | None = None
+        self.resuming: str | None = None  # a cut reply this one continues, until shown
+        self.prefix = ""  # shown before the reply's text, never stored
         self.error: BaseException | None = None
         self.stopped = False
         self.delivery_failed = False
@@ -191,31 +213,48 @@ class ReplyRun:
             text = await self._finish()
         await self._report(text)
 
-    async def _request(self, shrink: int) -> CompletionRequest:
+    async def _request(self) -> CompletionRequest:
+        budget = self.budget
         prompt = await self._r.prompts.build(
             conversation_id=self.placeholder.conversation_id,
             before_seq=self.placeholder.seq,
             system_prompt=self.system_prompt,
             model=self.model,
-            budget=self.budget // shrink,
+            budget=budget.prompt,
             shared=self.key.user_id is None,
         )
         self.prompt_tokens = prompt.tokens
-        llm = self._r.llm
+        previous = prompt.previous
+        self.resuming = None
+        if previous is not None and previous.status is MessageStatus.CUT:
+            self.resuming = previous.content if asks_to_continue(self.msg.text) else None
         return CompletionRequest(
             messages=prompt.messages,
             model=self.model,
-            temperature=llm.temperature,
-            max_tokens=llm.max_reply_tokens,
+            temperature=self._r.llm.temperature,
+            max_tokens=budget.max_tokens,
+        )
+
+    def _shrink(self) -> None:
+        """A smaller budget after the prompt was refused as too long (see the module doc)."""
+        old = self.budget
+        fresh = self._r.budgets(self.model)
+        self.budget = fresh if fresh.window != old.window else old.halved()
+        _log.info(
+            "context too long for %s; prompt budget %d -> %d tokens (window %d)",
+            self.model,
+            old.prompt,
+            self.budget.prompt,
+            self.budget.window,
         )
 
     async def _produce(self) -> None:
         """Read the backend into the queue; always end with an ``_End``."""
         queue = self.queue
         sent_any = False
-        for attempt in (1, 2):
+        for attempt in range(1, _ATTEMPTS + 1):
             try:
-                request = await self._request(attempt)
+                request = await self._request()
                 async with self._r.slots:
                     stream = self._r.backend.stream(request)
                     try:
@@ -230,8 +269,8 @@ class ReplyRun:
                 queue.put_nowait(_DONE)
                 return
             except ContextTooLong as exc:
-                if attempt == 1 and not sent_any:
-                    _log.info("context too long for %s; retrying with half the budget", self.model)
+                if attempt < _ATTEMPTS and not sent_any:
+                    self._shrink()
                     continue
                 queue.put_nowait(_End(exc))
                 return
@@ -250,10 +289,22 @@ class ReplyRun:
             event = await queue.get()
             if isinstance(event, TextDelta):
                 parts.append(event.text)
-                yield event.text
+                if self.resuming is None:
+                    yield event.text
+                elif len(held := "".join(parts).lstrip()) >= 3:
+                    # Enough to see whether the model reopened the cut reply's code block.
+                    self.prefix = reopening(self.resuming, self.msg.text, held)
+                    self.resuming = None
+                    yield self.prefix + "".join(parts)
             elif isinstance(event, _End):
                 self.error = event.error
+                if self.resuming is not None and parts:
+                    yield "".join(parts)  # too short to be code: shown as it is
+                if self._cut():
+                    yield cut_ending(self.prefix + "".join(parts))  # shown, never stored
                 return
+            elif isinstance(event, Finish):
+                self.finish = event
             elif isinstance(event, Usage):
                 self.usage = event
             elif isinstance(event, QueuePosition):
@@ -294,6 +345,17 @@ class ReplyRun:
         await asyncio.shield(self._record(text, self._status(text)))
         return text
 
+    def _cut(self) -> bool:
+        """Whether the token limit cut the reply (and there is text to continue from)."""
+        finish = self.finish
+        return (
+            finish is not None
+            and finish.cut
+            and self.error is None
+            and not self.stopped
+            and any(part.strip() for part in self.parts)
+        )
+
     def _status(self, text: str) -> MessageStatus:
         if self.delivery_failed:
             return MessageStatus.FAILED
@@ -301,7 +363,7 @@ class ReplyRun:
             return MessageStatus.INTERRUPTED
         if self.error is not None:
             return MessageStatus.INTERRUPTED if text else MessageStatus.FAILED
-        return MessageStatus.COMPLETE
+        return MessageStatus.CUT if self._cut() else MessageStatus.COMPLETE
 
     async def _record(self, text: str, status: MessageStatus) -> None:
         r, msg, usage = self._r, self.msg, self.usage

@@ -3,19 +3,57 @@
 The current conversation id and the preferences (persona, model) of recently active slots
 are cached in bounded LRU maps, so an ordinary message costs no extra store read for them.
 The store stays the truth: every change is written through, and ``/forget`` drops the
-caches whole. The model a slot is answered by and its prompt budget follow from these.
+caches whole. The model a slot is answered by and its token budget follow from these.
+
+The budget splits the model's context window between the prompt and the reply. With
+``LLM_MAX_REPLY_TOKENS`` set, that many tokens (at most half the window) are kept free and
+asked for as the request's ``max_tokens``, so prompt and reply always fit. Unset, a quarter
+of the window (at most :data:`DEFAULT_REPLY_RESERVE`) is kept free and the request names no
+limit: an API model uses its own, the local backend half its context.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import Final, TypeVar
 
 from core.ports import LLMBackend, MemoryStore
 from core.settings import LLMSettings
 from core.types import ConversationKey, Preferences
 
 _CACHE_SIZE = 10_000
+
+DEFAULT_REPLY_RESERVE: Final = 4096
+"""The most tokens kept free for the reply when ``LLM_MAX_REPLY_TOKENS`` is unset."""
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """How one reply may spend a model's context window.
+
+    Attributes:
+        window: the context window it was computed from (the backend's, capped).
+        prompt: the most tokens the prompt may take.
+        max_tokens: the request's reply limit; ``None`` leaves it to the backend.
+    """
+
+    window: int
+    prompt: int
+    max_tokens: int | None
+
+    @classmethod
+    def of(cls, window: int, max_reply_tokens: int | None) -> Budget:
+        """The split of ``window`` for a reply limit of ``max_reply_tokens`` (``None``: unset)."""
+        if max_reply_tokens is None:
+            return cls(window, window - min(window // 4, DEFAULT_REPLY_RESERVE), None)
+        reserve = min(max_reply_tokens, window // 2)
+        return cls(window, window - reserve, reserve)
+
+    def halved(self) -> Budget:
+        """The same with half the prompt (after the server refused a prompt as too long)."""
+        return replace(self, prompt=self.prompt // 2)
+
 
 V = TypeVar("V")
 
@@ -84,13 +122,16 @@ class Sessions:
             return prefs.model
         return self._backend.default_model
 
-    def budget(self, model: str) -> int:
-        """Prompt tokens for ``model``: its window (capped) less the reply's reserve."""
+    def window(self, model: str) -> int:
+        """``model``'s context window as the backend knows it now, capped by the setting."""
         window = self._backend.context_window(model)
         if self._llm.context_window:
             window = min(window, self._llm.context_window)
-        reserve = min(self._llm.max_reply_tokens, window // 2)
-        return window - reserve
+        return window
+
+    def budget(self, model: str) -> Budget:
+        """The prompt and reply budget for ``model`` from its current window (see above)."""
+        return Budget.of(self.window(model), self._llm.max_reply_tokens)
 
 
-__all__ = ["Sessions"]
+__all__ = ["DEFAULT_REPLY_RESERVE", "Budget", "Sessions"]

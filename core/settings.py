@@ -75,7 +75,7 @@ class LLMSettings(ChinwagSettings):
 
     backend: str | None = Field(default=None, pattern=r"^(openai|local)$")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    max_reply_tokens: int = Field(default=1024, ge=1, le=1_000_000)
+    max_reply_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     context_window: int | None = Field(default=None, ge=256)
     timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     max_concurrency: int = Field(default=8, ge=1, le=1024)

@@ -29,6 +29,7 @@ class MessageStatus(StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     IN_PROGRESS = "in_progress"
+    CUT = "cut"  # stopped by the token limit; shown with a notice, "continue" resumes it
 
 
 class MemoryScope(StrEnum):
@@ -162,6 +163,23 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class Finish:
+    """Why the reply ended, as the backend said: once per stream, before ``Usage``.
+
+    ``reason`` is OpenAI's ``finish_reason`` vocabulary: ``"stop"`` (the model finished),
+    ``"length"`` (the token limit cut it), ``"tool_calls"``, ``"content_filter"``; other
+    servers' words pass through unchanged.
+    """
+
+    reason: str
+
+    @property
+    def cut(self) -> bool:
+        """Whether the token limit stopped the reply before the model finished it."""
+        return self.reason == "length"
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     """Token usage for the whole request, as the backend counted it."""
 
@@ -184,7 +202,7 @@ class QueuePosition:
         )
 
 
-BackendEvent = TextDelta | ToolCallDelta | Usage | QueuePosition
+BackendEvent = TextDelta | ToolCallDelta | Finish | Usage | QueuePosition
 
 ReplyEvent = str | QueuePosition
 """What ``ReplyChannel.stream_reply`` receives: text deltas (``str``), and ``QueuePosition``

@@ -265,3 +265,15 @@ def empty_database(request: pytest.FixtureRequest, kind: str, tmp_path: Path) ->
     url: str = request.getfixturevalue("pg_url")
     reset_postgres(url)
     return url
+
+
+# --- llama-cpp-python's real server -----------------------------------------------------------
+
+
+@pytest.fixture
+async def llama_cpp_server() -> AsyncIterator[str]:
+    """``python -m llama_cpp.server`` on the tiny model with a 256-token context: its URL."""
+    from tests.llama_server import llama_cpp_server as serve
+
+    async with serve(n_ctx=256) as base_url:
+        yield base_url

@@ -21,7 +21,7 @@ import discord
 
 from adapters.discord.connection import NO_MENTIONS, REPLY_MENTION, Gone, reap
 from adapters.discord.settings import DiscordSettings
-from adapters.discord.split import DISCORD_LIMIT, split_message
+from adapters.discord.split import DISCORD_LIMIT, escape_markdown, shows_nothing, split_message
 from adapters.live import LiveMessage, LivePacing
 from core.errors import AdapterError
 from core.types import ReplyEvent
@@ -318,7 +318,10 @@ class _Surface:
         self._last_write = float("-inf")
 
     def render(self, text: str) -> list[str]:
-        return split_message(text)
+        return [] if shows_nothing(text) else split_message(text)
+
+    def plain(self, text: str) -> list[str]:
+        return split_message(escape_markdown(text))
 
     async def post(self, part: str, index: int) -> Any:
         try:

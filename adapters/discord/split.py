@@ -8,10 +8,26 @@ in the next part, so every part renders on its own.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 DISCORD_LIMIT = 2000
 _CLOSE = "```"
+_MARKUP = re.compile(r"[\\`*_~|>#-]")
+_MARKUP_ONLY = re.compile(r"[\s\\`*_~|>#-]*")
+
+
+def shows_nothing(text: str) -> bool:
+    """Whether ``text`` is only Markdown markup (``"```"``, ``"# "``, ``"** **"``...) and space.
+
+    Discord shows such a message blank or mangled, or refuses it as empty.
+    """
+    return _MARKUP_ONLY.fullmatch(text) is not None
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` with every Markdown character escaped, so Discord shows it literally."""
+    return _MARKUP.sub(lambda match: "\\" + match.group(0), text)
 
 
 @dataclass(frozen=True, slots=True)

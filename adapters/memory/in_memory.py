@@ -40,7 +40,7 @@ from core.types import (
 )
 
 _NAME: Final = "InMemoryStore"
-_USABLE: Final = (MessageStatus.COMPLETE, MessageStatus.INTERRUPTED)
+_USABLE: Final = (MessageStatus.COMPLETE, MessageStatus.CUT, MessageStatus.INTERRUPTED)
 
 _Slot = tuple[str, str, str, str, str]
 _PlatformId = tuple[str, str, str, str]  # bot, platform, chat_id, platform message id

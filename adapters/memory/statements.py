@@ -52,7 +52,11 @@ META: Final = cast(Table, MetaRow.__table__)
 
 USAGE_SECRET_KEY: Final = "usage_key_secret"
 """The ``meta`` key of the secret that pseudonymises user ids in ``usage_daily``."""
-USABLE: Final = (MessageStatus.COMPLETE.value, MessageStatus.INTERRUPTED.value)
+USABLE: Final = (
+    MessageStatus.COMPLETE.value,
+    MessageStatus.CUT.value,
+    MessageStatus.INTERRUPTED.value,
+)
 """Statuses of messages usable in a prompt (when their content is not empty)."""
 
 MESSAGE_COLUMNS: Final = (

@@ -24,8 +24,7 @@ from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
 from adapters.live import ChatRefused, LiveMessage, MessageGone
-from adapters.telegram.render import Block, Run
-from adapters.telegram.split import TELEGRAM_LIMIT, Part, render_parts, split_blocks
+from adapters.telegram.split import Part, plain_parts, render_parts
 from adapters.telegram.transport import (
     Throttled,
     Transport,
@@ -192,10 +191,8 @@ class TelegramReplyChannel:
     async def send_text(self, text: str) -> Sequence[str]:
         """Send a plain-text notice (split if long); return the message ids."""
         ids: list[str] = []
-        block = Block((Run(text),))
-        for runs in split_blocks([block], TELEGRAM_LIMIT):
-            plain = "".join(run.text for run in runs)
-            message = await self._send(Part(plain, plain), html=False)
+        for part in plain_parts(text):
+            message = await self._send(Part(part.text, part.text), html=False)
             ids.append(str(message.message_id))
         return ids
 
@@ -272,6 +269,9 @@ class _Surface:
 
     def render(self, text: str) -> list[Part]:
         return render_parts(text)
+
+    def plain(self, text: str) -> list[Part]:
+        return plain_parts(text)
 
     async def post(self, part: Part, index: int) -> int:
         return (await self._c._send(part)).message_id

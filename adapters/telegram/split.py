@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from adapters.telegram.render import Block, Run, render_blocks, runs_html, runs_text
 
-__all__ = ["TELEGRAM_LIMIT", "Part", "render_parts", "split_blocks"]
+__all__ = ["TELEGRAM_LIMIT", "Part", "plain_parts", "render_parts", "split_blocks"]
 
 TELEGRAM_LIMIT = 4096
 """The most UTF-16 code units of visible text a Telegram message may hold."""
@@ -41,6 +41,18 @@ def render_parts(markdown: str, limit: int = TELEGRAM_LIMIT) -> list[Part]:
     return [
         Part(runs_html(runs), runs_text(runs))
         for runs in split_blocks(render_blocks(markdown), limit)
+    ]
+
+
+def plain_parts(text: str, limit: int = TELEGRAM_LIMIT) -> list[Part]:
+    """``text`` as its literal characters, no markup, in messages of at most ``limit`` units.
+
+    For notices, and for a reply whose Markdown renders to nothing (only ``"```"``,
+    ``"# "``...): the user then sees the characters the model wrote.
+    """
+    return [
+        Part(runs_html(runs), runs_text(runs))
+        for runs in split_blocks([Block((Run(text),))], limit)
     ]
 
 

@@ -21,9 +21,9 @@ import pytest
 
 from adapters.console.adapter import ConsoleAdapter, _ConsoleReply
 from adapters.discord.adapter import DiscordAdapter
-from adapters.discord.split import DISCORD_LIMIT, split_message
+from adapters.discord.split import DISCORD_LIMIT, escape_markdown, split_message
 from adapters.telegram import TelegramAdapter
-from adapters.telegram.split import TELEGRAM_LIMIT, render_parts
+from adapters.telegram.split import TELEGRAM_LIMIT, plain_parts, render_parts
 from core.ports import ReplyChannel
 from core.types import CommandInfo, IncomingAction, IncomingMessage, QueuePosition, ReplyEvent
 from tests.adapters.discord.conftest import discord_settings
@@ -103,6 +103,8 @@ class Platform(Protocol):
 
     def render(self, text: str) -> list[str]: ...
 
+    def plain(self, text: str) -> list[str]: ...
+
     def texts(self) -> list[str]: ...
 
     def ids(self) -> list[str]: ...
@@ -136,6 +138,9 @@ class TelegramPlatform:
 
     def render(self, text: str) -> list[str]:
         return [part.text for part in render_parts(text)]
+
+    def plain(self, text: str) -> list[str]:
+        return [part.text.strip() for part in plain_parts(text)]  # Telegram trims the edges
 
     def texts(self) -> list[str]:
         return [m.text for m in self.fake.bot_messages(self.chat.id)]
@@ -189,6 +194,9 @@ class DiscordPlatform:
 
     def render(self, text: str) -> list[str]:
         return split_message(text)
+
+    def plain(self, text: str) -> list[str]:
+        return split_message(escape_markdown(text))
 
     def texts(self) -> list[str]:
         return self.fake.bot_texts(self.chat)
@@ -344,6 +352,25 @@ async def test_a_notice_never_followed_by_text_is_taken_down(platform: Any) -> N
 
     assert list(await task) == []  # the notice is never part of the reply
     assert platform.deleted(notice_id)
+
+
+@pytest.mark.parametrize("reply", ["```", "# ", "> ", "_ _", "```\n```"])
+async def test_a_reply_that_renders_to_nothing_is_shown_as_its_characters(
+    platform: Any, reply: str
+) -> None:
+    out = await platform.ask("say little")
+    feed = Feed()
+    task = await _stream(out, feed)
+    feed.push(reply)
+    await platform.quiet()
+    # While it streams, markup alone is shown as nothing (or, where visible, as itself).
+    assert platform.texts() in ([], platform.plain(reply))
+    feed.end()
+    ids = await task
+
+    assert platform.texts() == platform.plain(reply)
+    assert len(ids) == 1
+    assert platform.refusals() == []
 
 
 async def test_existing_messages_are_edited_into_the_complete_answer(platform: Any) -> None:

@@ -69,7 +69,7 @@ async def make_engine(store, backend, clock) -> AsyncIterator[EngineFactory]:
         bot_name: str = "testbot",
         max_concurrency: int = 8,
         context_window: int | None = None,
-        max_reply_tokens: int = 64,
+        max_reply_tokens: int | None = None,
         memory_scope: str = "user",
         system_prompt: str = "You are a test bot.",
         backend_override: Any = None,

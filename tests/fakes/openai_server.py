@@ -10,7 +10,8 @@ Replies are deterministic functions of the request. Faults are queued per test a
 by the next chat requests in order: 429 with ``Retry-After``, 5xx, a hang before the first
 chunk, a hang, a dropped connection or a malformed event mid-stream. A prompt over
 ``context_limit`` tokens gets the real ``context_length_exceeded`` error; a wrong bearer key
-gets a 401.
+gets a 401. A reply longer than the request's ``max_tokens`` (or ``max_completion_tokens``)
+is cut there and ends with ``finish_reason`` ``"length"``, as the real API does.
 
 Everything received is recorded (bodies, headers, monotonic timestamps), and so is every
 client that disconnected before its stream ended.
@@ -136,6 +137,16 @@ def _invalid(body: Mapping[str, Any]) -> str | None:
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             return f"Invalid '{key}': integer below minimum value. Expected >= 1."
     return None
+
+
+def _limited(answer: FakeReply, limit: Any) -> tuple[FakeReply, str]:
+    """``answer`` cut to ``limit`` tokens, and its ``finish_reason``."""
+    if answer.tool_calls:
+        return answer, "tool_calls"
+    tokens = _ENCODING.encode_ordinary(answer.text)
+    if isinstance(limit, int) and len(tokens) > limit:
+        return FakeReply(text=_ENCODING.decode(tokens[:limit])), "length"
+    return answer, "stop"
 
 
 def _error(status: int, message: str, type_: str, code: str | None, **headers: str) -> web.Response:
@@ -441,6 +452,9 @@ class FakeOpenAIServer:
         answer = self.reply(body)
         if isinstance(answer, str):
             answer = FakeReply(text=answer)
+        answer, finish = _limited(
+            answer, body.get("max_completion_tokens") or body.get("max_tokens")
+        )
         completion_tokens = len(_ENCODING.encode_ordinary(answer.text)) + sum(
             len(_ENCODING.encode_ordinary(c.arguments)) + 5 for c in answer.tool_calls
         )
@@ -450,11 +464,15 @@ class FakeOpenAIServer:
             "total_tokens": used + completion_tokens,
         }
         if not body.get("stream"):
-            return web.json_response(self._completion(model, answer, usage))
+            return web.json_response(self._completion(model, answer, usage, finish))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return await self._stream(request, model, answer, usage if include_usage else None, fault)
+        return await self._stream(
+            request, model, answer, usage if include_usage else None, fault, finish
+        )
 
-    def _completion(self, model: str, answer: FakeReply, usage: dict[str, int]) -> dict[str, Any]:
+    def _completion(
+        self, model: str, answer: FakeReply, usage: dict[str, int], finish: str
+    ) -> dict[str, Any]:
         message: dict[str, Any] = {
             "role": "assistant",
             "content": answer.text or None,
@@ -480,7 +498,7 @@ class FakeOpenAIServer:
                     "index": 0,
                     "message": message,
                     "logprobs": None,
-                    "finish_reason": "tool_calls" if answer.tool_calls else "stop",
+                    "finish_reason": finish,
                 }
             ],
             "usage": usage,
@@ -493,6 +511,7 @@ class FakeOpenAIServer:
         answer: FakeReply,
         usage: dict[str, int] | None,
         fault: _Fault | None,
+        finish: str,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={
@@ -543,7 +562,7 @@ class FakeOpenAIServer:
                 events.append(
                     chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
                 )
-        events.append(chunk({}, "tool_calls" if answer.tool_calls else "stop"))
+        events.append(chunk({}, finish))
         if usage is not None:
             final = chunk({})
             final["choices"] = []

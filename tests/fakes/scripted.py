@@ -3,16 +3,18 @@
 It implements ``core.ports.LLMBackend`` for real: replies are a function of the prompt, streamed
 in chunks, with optional delays, a gate to hold replies open, injectable failures, and counters
 tests read (calls, concurrency peak, streams closed early). Tokens are counted as
-whitespace-separated words, which keeps budgets easy to reason about in tests.
+whitespace-separated words, which keeps budgets easy to reason about in tests; a request's
+``max_tokens`` cuts the reply after that many words, ending it with ``Finish("length")``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from core.errors import BackendError
-from core.types import BackendEvent, CompletionRequest, Role, TextDelta, Usage
+from core.types import BackendEvent, CompletionRequest, Finish, Role, TextDelta, Usage
 
 
 def default_reply(request: CompletionRequest) -> str:
@@ -105,6 +107,10 @@ class ScriptedBackend:
             if self.gate is not None:
                 await self.gate.wait()
             text = self.reply_for(request)
+            reason = "stop"
+            words = re.findall(r"\s*\S+\s*", text)
+            if request.max_tokens is not None and len(words) > request.max_tokens:
+                text, reason = "".join(words[: request.max_tokens]).rstrip(), "length"
             delay = self.delay_for(request) if self.delay_for else self.delay
             for start in range(0, len(text), self.chunk_size):
                 if delay:
@@ -112,6 +118,7 @@ class ScriptedBackend:
                 yield TextDelta(text[start : start + self.chunk_size])
                 if start == 0 and self.mid_stream_failures:
                     raise self.mid_stream_failures.pop(0)
+            yield Finish(reason)
             prompt = sum(len(m.content.split()) + 3 for m in request.messages)
             yield Usage(prompt_tokens=prompt, completion_tokens=len(text.split()))
             finished = True

@@ -74,13 +74,14 @@ async def make_bot(
         memory_scope: str = "user",
         admins: str = "",
         data_dir: Path | None = None,
+        max_reply_tokens: int | None = None,
         **settings: Any,
     ) -> Bot:
         engine = Engine(
             backend=backend,
             store=store,
             core=CoreSettings(_env_file=None, bot_name="chinwag", memory_scope_groups=memory_scope),
-            llm=LLMSettings(_env_file=None),
+            llm=LLMSettings(_env_file=None, max_reply_tokens=max_reply_tokens),
             access=AccessSettings(_env_file=None, admin_users=admins),
         )
         await engine.start()

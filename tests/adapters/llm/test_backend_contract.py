@@ -8,6 +8,7 @@ is *not yet started* (the tests start it) and is closed on exit.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import pytest
 from adapters.llm.openai import OpenAIBackend, OpenAISettings
 from core.errors import BackendError
 from core.ports import LLMBackend
-from core.types import ChatMessage, CompletionRequest, Role, TextDelta, Usage
+from core.types import ChatMessage, CompletionRequest, Finish, Role, TextDelta, Usage
 from tests.adapters.llm.backend_helpers import collect, generator, text_of
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -133,6 +134,25 @@ async def test_stream_yields_text_then_usage(backend: LLMBackend) -> None:
     assert events[-1] is usage[0]
     assert usage[0].prompt_tokens > 0
     assert usage[0].completion_tokens > 0
+
+
+async def test_the_reason_the_stream_ended_comes_once_before_usage(backend: LLMBackend) -> None:
+    events = await collect(backend.stream(ask(backend, "My name is Zed.")))
+    finishes = [e for e in events if isinstance(e, Finish)]
+    assert finishes == [Finish("stop")]
+    assert not finishes[0].cut
+    assert events[-2] is finishes[0]  # then Usage, last
+
+
+async def test_a_reply_cut_by_max_tokens_says_so(backend: LLMBackend) -> None:
+    request = dataclasses.replace(ask(backend, "My name is Zed."), max_tokens=2)
+    events = await collect(backend.stream(request))
+    finishes = [e for e in events if isinstance(e, Finish)]
+    assert finishes == [Finish("length")]
+    assert finishes[0].cut
+    assert text_of(events).strip()
+    usage = [e for e in events if isinstance(e, Usage)]
+    assert usage[0].completion_tokens == 2
 
 
 async def test_closing_early_releases_and_the_backend_goes_on(

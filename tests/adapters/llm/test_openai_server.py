@@ -6,18 +6,12 @@ Each server's own wording is played by the loopback fake (``overflow_style``, ``
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from adapters.llm.local import local_backend_available
 from adapters.llm.openai import OpenAIBackend, OpenAISettings
 from adapters.llm.openai_server import (
     OLLAMA_DEFAULT_CONTEXT,
@@ -28,11 +22,9 @@ from adapters.llm.openai_server import (
 )
 from bots.config import configure_logging, secrets_of
 from core.errors import ConfigError, ContextTooLong
-from tests._require import require_or_skip
 from tests.adapters.llm.backend_helpers import collect, request, text_of
 from tests.fakes.openai_server import FakeOpenAIServer
 
-TINY = Path(__file__).resolve().parents[2] / "fixtures" / "tiny-chat.gguf"
 LONG = "many words " * 200  # about 400 tokens
 
 
@@ -236,60 +228,6 @@ async def test_credentials_in_the_base_url_never_reach_the_operators_log(
 
 
 # --- llama-cpp-python's own server ------------------------------------------------------------
-
-
-@pytest.fixture
-async def llama_cpp_server() -> AsyncIterator[str]:
-    """``python -m llama_cpp.server`` on the tiny model with a 256-token context."""
-    reason = local_backend_available()
-    if reason is not None:
-        require_or_skip("llama", reason)
-    try:
-        import llama_cpp.server  # noqa: F401
-    except ImportError as exc:
-        require_or_skip("llama", f"llama_cpp.server cannot be imported: {exc}")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(TINY),
-            "--n_ctx",
-            "256",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base_url = f"http://127.0.0.1:{port}/v1"
-    try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                if process.poll() is not None:
-                    pytest.fail(f"llama_cpp.server exited with {process.returncode}")
-                try:
-                    if (await client.get(f"{base_url}/models")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-            else:
-                pytest.fail("llama_cpp.server did not answer within 30 s")
-        yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.slow

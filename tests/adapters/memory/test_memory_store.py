@@ -275,6 +275,7 @@ async def test_recent_messages_filters_orders_and_pages(store: MemoryStore) -> N
     msgs[9] = bot_msg("", MessageStatus.INTERRUPTED)
     msgs[14] = bot_msg("half an answer", MessageStatus.INTERRUPTED)
     msgs[19] = bot_msg("still going", MessageStatus.IN_PROGRESS)
+    msgs[24] = bot_msg("cut by the token limit", MessageStatus.CUT)  # kept: "continue" needs it
     await store.append_messages(conv.id, msgs)
 
     newest = await store.recent_messages(conv.id, limit=5)

@@ -87,6 +87,7 @@ async def harness_factory(tmp_path) -> AsyncIterator[HarnessFactory]:
         memory_scope: str = "user",
         fake: FakeTelegram | None = None,
         limits: FloodLimits | None = None,
+        max_reply_tokens: int | None = None,
         **settings: Any,
     ) -> Harness:
         stack = AsyncExitStack()
@@ -103,7 +104,7 @@ async def harness_factory(tmp_path) -> AsyncIterator[HarnessFactory]:
             backend=backend,
             store=store,
             core=CoreSettings(_env_file=None, bot_name="tgtest", memory_scope_groups=memory_scope),
-            llm=LLMSettings(_env_file=None, max_reply_tokens=4096),
+            llm=LLMSettings(_env_file=None, max_reply_tokens=max_reply_tokens),
             access=AccessSettings(_env_file=None),
         )
         await engine.start()

@@ -12,7 +12,7 @@ import gguf
 import numpy as np
 import pytest
 
-from adapters.llm.local import LocalBackend, LocalSettings, default_model_path
+from adapters.llm.local import LocalBackend, LocalSettings, default_model_path, reply_limit
 from core.errors import BackendBusy, BackendError, BackendUnavailable, ConfigError, ContextTooLong
 from core.types import (
     BackendEvent,
@@ -307,3 +307,10 @@ async def test_lifecycle_misuse_raises_runtime_error(make_backend: MakeBackend) 
     await backend.aclose()
     with pytest.raises(RuntimeError):
         await backend.start()
+
+
+def test_without_a_reply_limit_a_reply_takes_at_most_half_the_context() -> None:
+    assert reply_limit(None, 4096, 100) == 2048
+    assert reply_limit(None, 4096, 3000) == 1096  # and never more than the room left
+    assert reply_limit(300, 4096, 100) == 300
+    assert reply_limit(300, 4096, 3900) == 196

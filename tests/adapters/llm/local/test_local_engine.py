@@ -9,8 +9,9 @@ import pytest
 from adapters.llm.local import LocalBackend
 from adapters.memory.store import SqlMemoryStore
 from core.engine import Engine
+from core.notices import CUT_NOTICE
 from core.settings import AccessSettings, CoreSettings, LLMSettings
-from core.types import IncomingMessage
+from core.types import IncomingMessage, MessageStatus, Role
 from tests.adapters.llm.local.conftest import local_settings
 from tests.fakes.channel import RecordingChannel
 
@@ -94,3 +95,19 @@ async def test_ten_users_at_once_are_told_their_place_and_all_answered(make_engi
     await asyncio.wait_for(asyncio.gather(*seconds), 30)
     for i, name in enumerate(names):
         assert outs[i].replies[-1] == f"Your name is {name}."
+
+
+async def test_a_reply_cut_by_the_token_limit_is_marked_and_stored_as_cut(
+    make_engine, store: SqlMemoryStore
+) -> None:
+    engine = await make_engine(temperature=0.0, max_reply_tokens=3)
+    out = RecordingChannel()
+    await engine.handle(dm("My name is Zed."), out)
+    [shown] = out.replies
+    assert shown.endswith(f"\n\n{CUT_NOTICE}")
+    text = shown.removesuffix(f"\n\n{CUT_NOTICE}")
+    assert text == "Nice to meet"  # three tokens of "Nice to meet you, Zed."
+    key = engine.key_for("test", "alice", "alice")
+    conversation = await store.current_conversation(key)
+    [reply, _] = await store.recent_messages(conversation.id, limit=2)
+    assert (reply.role, reply.status, reply.content) == (Role.ASSISTANT, MessageStatus.CUT, text)
