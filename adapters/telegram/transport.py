@@ -1,9 +1,13 @@
 """What every Telegram reply channel shares: the bot, per-chat pacing and flood gates.
 
 Pacing: edits in a chat are at most one per ``TELEGRAM_EDIT_INTERVAL`` seconds (groups:
-``TELEGRAM_GROUP_EDIT_INTERVAL``). A 429 from Telegram sets the chat's *flood gate*: no call
-to that chat is made before ``retry_after`` has run out; intermediate edits are skipped,
-final ones wait and retry, so the complete text always arrives.
+``TELEGRAM_GROUP_EDIT_INTERVAL``). A 429 from Telegram closes the *flood gate*: no call is
+made before ``retry_after`` has run out; intermediate edits are skipped, final ones wait and
+retry, so the complete text always arrives. The gate closes for the whole bot, not only the
+chat that got the 429: Telegram does not say whether a 429 is the chat's limit or its
+bot-wide one (~30 messages a second across chats), and calls to other chats inside a
+bot-wide wait only prolong it. python-telegram-bot's ``AIORateLimiter`` makes the same
+choice; the edit intervals keep a single chat's 429s rare.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class Transport:
         self.app = app
         self.settings = settings
         self._flood_until: dict[int, float] = {}
+        self._bot_flood_until = 0.0  # a 429 anywhere pauses every chat until then
         self._last_edit: dict[int, float] = {}
         self.confirmations: dict[str, str] = {}  # long action ids by short token
         self.askers: dict[tuple[int, int], str] = {}  # (chat, message) -> asking user id
@@ -93,7 +98,7 @@ class Transport:
 
     def gate(self, chat_id: int) -> float:
         """The loop time before which nothing may be sent to ``chat_id``."""
-        return self._flood_until.get(chat_id, 0.0)
+        return max(self._flood_until.get(chat_id, 0.0), self._bot_flood_until)
 
     def edit_slot(self, chat_id: int, interval: float) -> float:
         """The earliest loop time the next edit in ``chat_id`` may be made."""
@@ -112,8 +117,8 @@ class Transport:
         after it; without, the ``RetryAfter`` propagates (after closing the gate).
         """
         while True:
-            wait = self.gate(chat_id) - self.now()
-            if wait > 0:
+            # Re-read after each sleep: a 429 elsewhere may have pushed the gate further.
+            while (wait := self.gate(chat_id) - self.now()) > 0:
                 if not wait_flood:
                     raise Throttled(wait)
                 await asyncio.sleep(wait)
@@ -123,6 +128,7 @@ class Transport:
                 seconds = _retry_seconds(exc)
                 until = self.now() + seconds + _FLOOD_MARGIN
                 self._flood_until[chat_id] = max(self.gate(chat_id), until)
+                self._bot_flood_until = max(self._bot_flood_until, until)
                 _log.info("flood control in chat %s: waiting %.1fs", chat_id, seconds)
                 if not wait_flood:
                     raise

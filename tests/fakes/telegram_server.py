@@ -11,7 +11,9 @@ Point a bot at it with ``TELEGRAM_API_BASE_URL=<fake.base_url>``; the fake answe
 * editing a message to the same content fails with ``message is not modified``;
 * flood control: limits per chat, per group and globally (:class:`FloodLimits`) answer 429
   with ``parameters.retry_after``; a call to a chat still serving its penalty is recorded
-  as *premature*;
+  as *premature*; with ``FloodLimits(bot_wide=True)`` the global limit's penalty applies to
+  the whole bot, so a call to *any* chat inside it is premature (calls already on the wire
+  when the 429 was answered, :attr:`FakeTelegram.in_flight`, are not counted);
 * chats marked blocked answer ``Forbidden: bot was blocked by the user``.
 
 Tests inject updates (:meth:`FakeTelegram.send_text` and friends), read every call with its
@@ -430,12 +432,15 @@ class Call:
 class FloodLimits:
     """At most ``count`` calls per ``seconds``, per chat, per group chat, and in total.
 
-    ``None`` disables a limit. Counted calls: sending, editing and document calls.
+    ``None`` disables a limit. Counted calls: sending, editing and document calls. With
+    ``bot_wide`` the penalty for passing ``global_`` closes every chat, as Telegram's
+    bot-wide limit (~30 messages a second across chats) does.
     """
 
     chat: tuple[int, float] | None = None
     group: tuple[int, float] | None = None
     global_: tuple[int, float] | None = None
+    bot_wide: bool = False
 
 
 REAL_LIMITS = FloodLimits(chat=(2, 2.0), group=(20, 60.0), global_=(30, 1.0))
@@ -505,6 +510,9 @@ class FakeTelegram:
         self._changed = asyncio.Event()
         self._window: dict[Any, deque[float]] = {}
         self._penalty: dict[int, float] = {}
+        self._bot_penalty = (0.0, 0.0)  # (since, until) of a bot-wide penalty
+        # A call arriving this soon after a bot-wide 429 was already on the wire: not premature.
+        self.in_flight = 0.2
         self._runner: web.AppRunner | None = None
         self._site_port = 0
         self._session: aiohttp.ClientSession | None = None
@@ -702,7 +710,7 @@ class FakeTelegram:
     def _check_flood(self, chat: FakeChat | None, now: float) -> None:
         if chat is None:
             return
-        penalty = self._penalty.get(chat.id, 0.0)
+        penalty = max(self._penalty.get(chat.id, 0.0), self._bot_until(now))
         if now < penalty:
             raise _ApiError(429, "premature", {"retry_after": max(1, math.ceil(penalty - now))})
         windows: list[tuple[Any, tuple[int, float]]] = []
@@ -719,11 +727,24 @@ class FakeTelegram:
             if len(stamps) >= count:
                 retry = max(1, math.ceil(stamps[0] + seconds - now))
                 self._penalty[chat.id] = now + retry
+                if key == "global" and self.limits.bot_wide:
+                    self._bot_penalty = (now, now + retry)
                 raise _ApiError(
                     429, f"Too Many Requests: retry after {retry}", {"retry_after": retry}
                 )
         for key, _ in windows:
             self._window[key].append(now)
+
+    def _bot_until(self, now: float) -> float:
+        since, until = self._bot_penalty
+        return until if since <= now else 0.0
+
+    def _premature(self, chat_id: int | None, now: float) -> bool:
+        """Whether a call to ``chat_id`` arrived while it (or the whole bot) served a 429."""
+        if chat_id is None:
+            return False
+        since, until = self._bot_penalty
+        return now < self._penalty.get(chat_id, 0.0) or since + self.in_flight <= now < until
 
     # --- HTTP ---
 
@@ -762,7 +783,7 @@ class FakeTelegram:
         handler = getattr(self, f"_api_{method}", None)
         chat_id = _int_or_none(params.get("chat_id"))
         now = time.monotonic()
-        premature = chat_id is not None and now < self._penalty.get(chat_id, 0.0)
+        premature = self._premature(chat_id, now)
         try:
             if handler is None:
                 raise _ApiError(404, "Not Found")
@@ -1006,7 +1027,7 @@ class FakeTelegram:
 
     async def _api_sendChatAction(self, params: dict[str, Any], now: float) -> Any:
         chat = self._chat(params)
-        if now < self._penalty.get(chat.id, 0.0):
+        if now < max(self._penalty.get(chat.id, 0.0), self._bot_until(now)):
             raise _ApiError(429, "premature", {"retry_after": 1})
         if params.get("action") not in {"typing", "upload_document"}:
             raise _ApiError(400, "Bad Request: wrong parameter action in request")
