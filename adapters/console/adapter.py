@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from adapters.files import private_dir, write_private
 from core.lifecycle import Lifecycle
 from core.ports import ConversationEngine
 from core.types import IncomingAction, IncomingMessage, QueuePosition, ReplyEvent
@@ -197,10 +198,7 @@ class ConsoleAdapter:
 
     def save_file(self, filename: str, data: bytes) -> Path:
         """Save a delivered document and return its path."""
-        self._files_dir.mkdir(parents=True, exist_ok=True)
-        path = self._files_dir / Path(filename).name
-        path.write_bytes(data)
-        return path
+        return write_private(private_dir(self._files_dir) / Path(filename).name, data)
 
     async def _serve(self) -> None:
         reply = _ConsoleReply(self)

@@ -15,6 +15,7 @@ import platformdirs
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from adapters.files import private_dir
 from core.errors import ConfigError
 from core.settings import ChinwagSettings
 
@@ -127,7 +128,7 @@ class MemorySettings(ChinwagSettings):
             return normalize_database_url(self.database_url)
         directory = self.data_dir()
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            private_dir(directory)  # 0700: the database and exports live here
         except OSError as exc:
             raise ConfigError(
                 "CHINWAG_DATA_DIR",
