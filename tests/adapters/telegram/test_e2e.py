@@ -377,3 +377,13 @@ async def test_bot_wide_flood_wait_is_honoured_in_every_chat(harness_factory) ->
     await fake.wait_idle(quiet=0.3)
     assert any(c.error_code == 429 for c in fake.calls)  # the limit was really reached
     assert [c for c in fake.calls if c.premature] == []
+
+
+async def test_nul_and_lone_surrogate_are_answered(bot: Harness) -> None:
+    """Telegram's JSON can carry ``\\u0000`` and a lone ``\\ud800``: kept as U+FFFD, answered."""
+    alice = bot.user("Alice")
+    chat = bot.private(alice)
+    [reply] = await bot.say(chat, alice, "a\x00b\ud800c")
+    assert reply.text == "echo: a\ufffdb\ufffdc | remembered: nothing"
+    [reply] = await bot.say(chat, alice, "next")
+    assert reply.text == "echo: next | remembered: a\ufffdb\ufffdc"
