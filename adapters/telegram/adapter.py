@@ -375,6 +375,7 @@ class TelegramAdapter:
             is_private=is_private,
             asker=str(user.id),
         )
+        self._transport.saw(chat.id, message.message_id)
         _log.debug("Telegram update %s from chat %s", update.update_id, chat.id)
         # submit() is synchronous: arrival order is kept per conversation.
         await self._engine.submit(incoming, out)

@@ -14,7 +14,9 @@ Point a bot at it with ``TELEGRAM_API_BASE_URL=<fake.base_url>``; the fake answe
   as *premature*; with ``FloodLimits(bot_wide=True)`` the global limit's penalty applies to
   the whole bot, so a call to *any* chat inside it is premature (calls already on the wire
   when the 429 was answered, :attr:`FakeTelegram.in_flight`, are not counted);
-* chats marked blocked answer ``Forbidden: bot was blocked by the user``.
+* chats marked blocked answer ``Forbidden: bot was blocked by the user``;
+* :meth:`FakeTelegram.answer_late` applies the next calls of a method at once but answers
+  them only after a delay (a slow Telegram that did deliver: the client times out).
 
 Tests inject updates (:meth:`FakeTelegram.send_text` and friends), read every call with its
 timestamp (:attr:`FakeTelegram.calls`), and read what a user sees in each chat
@@ -501,6 +503,7 @@ class FakeTelegram:
         # Called with every message the bot sends or edits (benchmarks time replies by it).
         self.listeners: list[Callable[[FakeMessage], None]] = []
         self._blocked: set[int] = set()
+        self._late: dict[str, list[float]] = {}  # method -> delays of its next answers
         self._messages: dict[int, dict[int, FakeMessage]] = {}
         self._next_message_id: dict[int, int] = {}
         self._updates: deque[tuple[int, dict[str, Any]]] = deque()
@@ -556,6 +559,14 @@ class FakeTelegram:
         return f"http://127.0.0.1:{self._site_port}"
 
     # --- test API: users, chats, updates ---
+
+    def answer_late(self, method: str, seconds: float, times: int = 1) -> None:
+        """Handle the next ``times`` calls of ``method`` at once, answer each ``seconds`` late.
+
+        Errors are late too ("message is not modified" included): a slow server is slow for
+        every answer.
+        """
+        self._late.setdefault(method, []).extend([seconds] * times)
 
     def block(self, chat_id: int) -> None:
         """Mark a private chat as one whose user blocked the bot."""
@@ -804,10 +815,17 @@ class FakeTelegram:
             }
             if exc.parameters:
                 body["parameters"] = exc.parameters
+            await self._answer_late(method)
             return web.json_response(body, status=exc.code)
         self.calls.append(Call(method, params, now, chat_id, True, premature=premature))
         self._notify()
+        await self._answer_late(method)
         return web.json_response({"ok": True, "result": result})
+
+    async def _answer_late(self, method: str) -> None:
+        late = self._late.get(method)
+        if late:
+            await asyncio.sleep(late.pop(0))  # the call is applied already; the client may give up
 
     def _chat(self, params: dict[str, Any]) -> FakeChat:
         chat_id = _int_or_none(params.get("chat_id"))
@@ -986,8 +1004,10 @@ class FakeTelegram:
         chat = self._chat(params)
         self._check_flood(chat, now)
         message = self.find_message(chat.id, params.get("message_id") or 0)
-        if message is None or message.deleted or message.sender.id != self.bot.id:
+        if message is None or message.deleted:
             raise _ApiError(400, "Bad Request: message to edit not found")
+        if message.sender.id != self.bot.id:
+            raise _ApiError(400, "Bad Request: message can't be edited")
         text, entities = self._formatted(params)
         if not text:
             raise _ApiError(400, "Bad Request: message text is empty")
