@@ -147,7 +147,7 @@ class ConsoleAdapter:
             self.out.write(
                 f"chinwag console: chatting with {self.engine.bot_name} as {self.user_id} "
                 f"(model {self.engine.default_model}). /help lists commands; "
-                "Ctrl-D quits.\n"
+                "Ctrl-C stops a reply; Ctrl-D quits.\n"
             )
             self.out.flush()
         self._task = asyncio.create_task(self._serve(), name="chinwag-console")
