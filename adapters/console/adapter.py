@@ -184,6 +184,8 @@ class ConsoleAdapter:
                 loop.call_soon_threadsafe(self._take_line, line.rstrip("\r\n"))
         except (OSError, ValueError):
             _log.debug("console input closed", exc_info=True)
+        except RuntimeError:  # a line typed after the loop closed: nobody is listening
+            return
         finally:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 loop.call_soon_threadsafe(self._lines.put_nowait, _EOF)
