@@ -190,19 +190,25 @@ def has_platform_token(settings: Settings) -> bool:
 async def serve(settings: Settings, *, console: bool) -> None:
     """Run the configured adapters (or the console) until a signal or the end of input."""
     async with running_engine(settings) as engine:
+        stop = asyncio.Event()
+        terminal = None
         if console:
             from adapters.console import ConsoleAdapter
 
-            adapters: list[ChatAdapter] = [
-                ConsoleAdapter(engine, files_dir=settings.data_dir / "exports")
-            ]
+            terminal = ConsoleAdapter(engine, files_dir=settings.data_dir / "exports")
+            adapters: list[ChatAdapter] = [terminal]
         else:
             adapters = platform_adapters(settings, engine)
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+
+        def on_sigint() -> None:
+            # Ctrl-C stops the reply streaming in the terminal; again (or at the prompt) quits.
+            if terminal is None or not terminal.interrupt():
+                stop.set()
+
+        for sig, handler in ((signal.SIGINT, on_sigint), (signal.SIGTERM, stop.set)):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, handler)
         try:
             fatal = await run_adapters(engine, adapters, stop, on_serving=tune_gc)
         finally:

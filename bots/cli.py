@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from adapters.discord.settings import DiscordSettings
+from adapters.files import write_private
 from adapters.memory.settings import MemorySettings
 from adapters.telegram.settings import TelegramSettings
 from bots.app import Exit, Settings, has_platform_token, serve, stdin_is_terminal
@@ -132,7 +133,7 @@ async def _export(settings: Settings, args: argparse.Namespace) -> None:
     if args.output is None:
         sys.stdout.write(document)
     else:
-        args.output.write_text(document, encoding="utf-8")
+        write_private(args.output, document.encode())
         print(f"wrote {args.output}", file=sys.stderr)
 
 

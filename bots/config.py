@@ -44,7 +44,8 @@ def load(cls: type[S], env_file: Path | None) -> S:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else ""
         prefix = str(cls.model_config.get("env_prefix") or "")
-        variable = f"{prefix}{field}".upper()
+        # A model-level error has no field: name the settings group rather than a bare prefix.
+        variable = f"{prefix}{field}".upper() if field else f"{prefix}*"
         problem = re.sub(r"^Value error, ", "", str(error["msg"]))
         raise ConfigError(variable, problem, example=cls.EXAMPLES.get(field)) from None
 

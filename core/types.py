@@ -12,6 +12,8 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
+from core.text import safe_text
+
 
 class Role(StrEnum):
     """Who wrote a message in the dialogue."""
@@ -67,6 +69,13 @@ class IncomingMessage:
     user_name: str | None = None
     unsupported: str | None = None
     reply_to_message_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # The one place a user's text enters the core: the prompt, the store and any echo
+        # then hold the same text, one every database and wire can carry.
+        object.__setattr__(self, "text", safe_text(self.text))
+        if self.user_name is not None:
+            object.__setattr__(self, "user_name", safe_text(self.user_name))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,10 @@ The console user is platform ``console`` with the OS login name as id, so memory
 across runs. Interactive (a terminal): a banner, a prompt, replies printed as they stream.
 Piped: standard output carries only the replies, every line is answered before the adapter
 ends at end of input, and a confirmation reads the next line (``yes``/``y`` confirms).
+
+On a terminal a reply can be stopped while it streams: ``/stop`` typed during it is handled
+at once (not after the reply), and so is Ctrl-C (:meth:`ConsoleAdapter.interrupt`, which the
+composition root calls on SIGINT); Ctrl-C again, or at the prompt, quits.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from adapters.files import private_dir, write_private
 from core.lifecycle import Lifecycle
 from core.ports import ConversationEngine
 from core.types import IncomingAction, IncomingMessage, QueuePosition, ReplyEvent
@@ -41,20 +46,26 @@ class _ConsoleReply:
         adapter = self._adapter
         adapter.begin_reply()
         wrote = False
-        async for piece in events:
-            if isinstance(piece, QueuePosition):
-                # A terminal cannot take a line back: the notice stays above the answer.
-                adapter.write_reply(piece.notice)
-                adapter.begin_reply()
-                continue
-            adapter.out.write(piece)
-            if adapter.interactive:
-                adapter.out.flush()
-            wrote = True
-        if wrote:
+        adapter.streaming = True
+        try:
+            async for piece in events:
+                if isinstance(piece, QueuePosition):
+                    # A terminal cannot take a line back: the notice stays above the answer.
+                    adapter.write_reply(piece.notice)
+                    adapter.begin_reply()
+                    continue
+                adapter.out.write(piece)
+                adapter.mid_line = True
+                if adapter.interactive:
+                    adapter.out.flush()
+                wrote = True
+        finally:
+            adapter.streaming = False
+        if adapter.mid_line:
             adapter.out.write("\n")
+            adapter.mid_line = False
             adapter.out.flush()
-        elif adapter.interactive:
+        elif adapter.interactive and not wrote:
             adapter.out.write("\r")
         return ()
 
@@ -111,6 +122,10 @@ class ConsoleAdapter:
         self._task: asyncio.Task[None] | None = None
         self._state = Lifecycle.NEW
         self._intake_open = True
+        self.streaming = False  # a reply is being printed now
+        self.mid_line = False  # the last thing printed was part of a line
+        self._interrupted = False  # Ctrl-C already stopped the reply in flight
+        self._stoppers: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -132,7 +147,7 @@ class ConsoleAdapter:
             self.out.write(
                 f"chinwag console: chatting with {self.engine.bot_name} as {self.user_id} "
                 f"(model {self.engine.default_model}). /help lists commands; "
-                "Ctrl-D quits.\n"
+                "Ctrl-C stops a reply; Ctrl-D quits.\n"
             )
             self.out.flush()
         self._task = asyncio.create_task(self._serve(), name="chinwag-console")
@@ -157,23 +172,62 @@ class ConsoleAdapter:
         """Stop reading. Idempotent."""
         self._intake_open = False
         self._state = Lifecycle.CLOSED
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.wait([self._task])
+        tasks = [t for t in (self._task, *self._stoppers) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     def _read_lines(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
             for line in self._stdin:
                 if self._state is Lifecycle.CLOSED:
                     return  # a line typed after the chat ended has no one to read it
-                loop.call_soon_threadsafe(self._lines.put_nowait, line.rstrip("\r\n"))
-        except RuntimeError:
-            _log.debug("console input after the event loop closed; dropped")
+                loop.call_soon_threadsafe(self._take_line, line.rstrip("\r\n"))
         except (OSError, ValueError):
             _log.debug("console input closed", exc_info=True)
+        except RuntimeError:  # a line typed after the loop closed: nobody is listening
+            return
         finally:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 loop.call_soon_threadsafe(self._lines.put_nowait, _EOF)
+
+    def _take_line(self, line: str) -> None:
+        # ``/stop`` must reach the reply it stops now, not wait in line behind it.
+        if self.interactive and self.streaming and line.strip() == "/stop":
+            self._stop_reply()
+        else:
+            self._lines.put_nowait(line)
+
+    def interrupt(self) -> bool:
+        """Ctrl-C: stop the reply streaming now and return ``True``.
+
+        ``False`` (the caller quits) when no reply is streaming, or Ctrl-C already stopped
+        this one: a second Ctrl-C quits.
+        """
+        if not (self.interactive and self.streaming) or self._interrupted:
+            return False
+        self._interrupted = True
+        self._stop_reply()
+        return True
+
+    def _stop_reply(self) -> None:
+        message = self._message("/stop")
+        task = asyncio.create_task(
+            self.engine.handle(message, _ConsoleReply(self)), name="chinwag-console-stop"
+        )
+        self._stoppers.add(task)
+        task.add_done_callback(self._stoppers.discard)
+
+    def _message(self, text: str) -> IncomingMessage:
+        return IncomingMessage(
+            platform=PLATFORM,
+            chat_id=self.user_id,
+            user_id=self.user_id,
+            text=text,
+            is_private=True,
+            user_name=self.user_id,
+        )
 
     async def next_line(self, prompt: str = "you> ") -> str | None:
         """The next input line, or ``None`` at end of input."""
@@ -194,17 +248,17 @@ class ConsoleAdapter:
             self.out.flush()
 
     def write_reply(self, text: str) -> None:
-        """Print a whole reply or notice."""
+        """Print a whole reply or notice (on a line of its own)."""
+        if self.mid_line:
+            self.out.write("\n")
+            self.mid_line = False
         self.begin_reply()
         self.out.write(text.rstrip("\n") + "\n")
         self.out.flush()
 
     def save_file(self, filename: str, data: bytes) -> Path:
         """Save a delivered document and return its path."""
-        self._files_dir.mkdir(parents=True, exist_ok=True)
-        path = self._files_dir / Path(filename).name
-        path.write_bytes(data)
-        return path
+        return write_private(private_dir(self._files_dir) / Path(filename).name, data)
 
     async def _serve(self) -> None:
         reply = _ConsoleReply(self)
@@ -217,14 +271,5 @@ class ConsoleAdapter:
                 return
             if not line.strip() and self.interactive:
                 continue
-            await self.engine.handle(
-                IncomingMessage(
-                    platform=PLATFORM,
-                    chat_id=self.user_id,
-                    user_id=self.user_id,
-                    text=line,
-                    is_private=True,
-                    user_name=self.user_id,
-                ),
-                reply,
-            )
+            self._interrupted = False
+            await self.engine.handle(self._message(line), reply)

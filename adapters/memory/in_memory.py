@@ -22,9 +22,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Final
 
-from adapters.memory.validation import check_extra, check_usage, usage_pseudonym
+from adapters.memory.validation import check_extra, check_usage, storable, usage_pseudonym
 from core.errors import DuplicateMessage, StoreError
 from core.lifecycle import Lifecycle
+from core.text import safe_text
 from core.types import (
     Conversation,
     ConversationKey,
@@ -156,7 +157,7 @@ class InMemoryStore:
             StoreError: the conversation does not exist, or the call repeats a platform id.
             ValueError: ``extra`` is not JSON-serialisable.
         """
-        batch = tuple(messages)
+        batch = storable(messages)
         for message in batch:
             check_extra(message.extra)
         if not batch:
@@ -222,6 +223,7 @@ class InMemoryStore:
             StoreError: a platform id is already recorded (nothing of the call is stored).
         """
         final_status = MessageStatus(status)
+        content = safe_text(content)
         if usage is not None:
             check_usage(usage)
         await self._enter()

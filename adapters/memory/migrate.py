@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 import migrations
+from adapters.files import private_dir, private_file, private_sqlite
 from adapters.memory.executor import describe_open_failure
 from adapters.memory.settings import normalize_database_url, render_url
 from core.errors import StoreError
@@ -148,7 +149,7 @@ def _backup_sqlite(path: Path) -> Path:
     # which a plain file copy would miss.
     source = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        destination = sqlite3.connect(target)
+        destination = sqlite3.connect(private_file(target))
         try:
             source.backup(destination)
         finally:
@@ -186,9 +187,11 @@ async def upgrade(url: str, revision: str = "head") -> None:
     PostgreSQL the failed migration is rolled back as a whole.
     """
     path = _sqlite_path(url)
-    if path is not None and not path.parent.exists():
+    if path is not None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.exists():
+                private_dir(path.parent)
+            private_sqlite(path)  # 0600 before SQLite creates it (and its WAL) with the umask
         except OSError as exc:
             raise StoreError(describe_open_failure(url, exc)) from exc
     await backup_if_pending(url, revision)

@@ -16,6 +16,7 @@ from pydantic import Field
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from adapters.files import private_dir
 from core.errors import ConfigError
 from core.settings import ChinwagSettings
 
@@ -74,11 +75,14 @@ def normalize_database_url(url: str) -> str:
     normalized = text if scheme == target else f"{target}://{rest}"
     try:
         parsed = make_url(normalized)
-    except (ArgumentError, ValueError):
+    except (ArgumentError, ValueError) as exc:
         # ``from None``: the parser's message quotes the whole URL, password included.
+        why = "the port must be 1-65535" if "int()" in str(exc) else "is not a valid URL"
         raise ConfigError(
-            "DATABASE_URL", f"{render_url(text)} is not a valid URL", example=_EXAMPLE_URL
+            "DATABASE_URL", f"{render_url(text)}: {why}", example=_EXAMPLE_URL
         ) from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ConfigError("DATABASE_URL", "the port must be 1-65535", example=_EXAMPLE_URL)
     in_memory = parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
     if target.startswith("sqlite") and in_memory:
         raise ConfigError(
@@ -131,7 +135,7 @@ class MemorySettings(ChinwagSettings):
             return normalize_database_url(self.database_url)
         directory = self.data_dir()
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            private_dir(directory)  # 0700: the database and exports live here
         except OSError as exc:
             raise ConfigError(
                 "CHINWAG_DATA_DIR",

@@ -31,13 +31,15 @@ import random
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, create_engine
+from sqlalchemy.engine import Connection, Engine, create_engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool, QueuePool
 
+from adapters.files import private_sqlite
 from adapters.memory.executor import Op, describe_open_failure
 from core.errors import StoreError
 
@@ -97,6 +99,12 @@ class SqliteExecutor:
         Raises:
             StoreError: the file cannot be opened.
         """
+        database = make_url(self._sync_url).database
+        if database and database != ":memory:":
+            try:  # 0600 before SQLite opens it: its WAL and SHM files take the same mode
+                private_sqlite(Path(database))
+            except OSError as exc:
+                raise StoreError(describe_open_failure(self._sync_url, exc)) from exc
         self._writer_engine = create_engine(self._sync_url, echo=self._echo, poolclass=NullPool)
         _configure(self._writer_engine, writer=True)
         self._reader_engine = create_engine(

@@ -32,9 +32,10 @@ from adapters.memory.postgres import PostgresExecutor
 from adapters.memory.settings import normalize_database_url, render_url
 from adapters.memory.sqlite import SqliteExecutor
 from adapters.memory.statements import recent_messages_query, to_stored
-from adapters.memory.validation import check_extra, check_usage, usage_pseudonym
+from adapters.memory.validation import check_extra, check_usage, storable, usage_pseudonym
 from core.errors import StoreError, StoreUnavailable
 from core.lifecycle import Lifecycle
+from core.text import safe_text
 from core.types import (
     Conversation,
     ConversationKey,
@@ -236,7 +237,7 @@ class SqlMemoryStore:
             StoreError: the conversation does not exist.
             ValueError: ``extra`` is not JSON-serialisable.
         """
-        batch = tuple(messages)
+        batch = storable(messages)
         for message in batch:
             check_extra(message.extra)
         if not batch:
@@ -277,6 +278,7 @@ class SqlMemoryStore:
             StoreUnavailable: the store closed before the database came back.
         """
         status_value = MessageStatus(status).value
+        content = safe_text(content)
         pids = tuple(platform_message_ids)
         usage_row = self._usage_row(usage) if usage is not None else None
         try:

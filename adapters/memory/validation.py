@@ -9,9 +9,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
-from core.types import UsageRecord
+from core.text import safe_text
+from core.types import NewMessage, UsageRecord
 
 
 def check_extra(extra: Any) -> None:
@@ -22,6 +25,18 @@ def check_extra(extra: Any) -> None:
         json.dumps(dict(extra))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"NewMessage.extra must be JSON-serialisable: {exc}") from exc
+
+
+def storable(messages: Iterable[NewMessage]) -> tuple[NewMessage, ...]:
+    """``messages`` with their content made storable (:func:`core.text.safe_text`).
+
+    The store boundary for text that did not come through ``IncomingMessage`` (a model's
+    reply): every store keeps a NUL byte or lone surrogate the same way, as U+FFFD.
+    """
+    return tuple(
+        m if safe_text(m.content) is m.content else replace(m, content=safe_text(m.content))
+        for m in messages
+    )
 
 
 def check_usage(usage: UsageRecord) -> None:

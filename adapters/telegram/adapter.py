@@ -213,14 +213,21 @@ class TelegramAdapter:
         if self._settings.webhook_mode:
             host, port = self._settings.listen_address()
             secret = self._settings.webhook_secret
-            await updater.start_webhook(
-                listen=host,
-                port=port,
-                url_path=self._settings.webhook_path(),
-                webhook_url=self._settings.webhook_url,
-                secret_token=secret.get_secret_value() if secret else None,
-                allowed_updates=_ALLOWED_UPDATES,
-            )
+            try:
+                await updater.start_webhook(
+                    listen=host,
+                    port=port,
+                    url_path=self._settings.webhook_path(),
+                    webhook_url=self._settings.webhook_url,
+                    secret_token=secret.get_secret_value() if secret else None,
+                    allowed_updates=_ALLOWED_UPDATES,
+                )
+            except OSError as exc:  # the address is taken, or not one of this host's
+                raise ConfigError(
+                    "TELEGRAM_WEBHOOK_LISTEN",
+                    f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+                    TelegramSettings.EXAMPLES["webhook_listen"],
+                ) from exc
         else:
             await updater.start_polling(
                 timeout=timedelta(seconds=self._settings.poll_timeout),
@@ -368,6 +375,7 @@ class TelegramAdapter:
             is_private=is_private,
             asker=str(user.id),
         )
+        self._transport.saw(chat.id, message.message_id)
         _log.debug("Telegram update %s from chat %s", update.update_id, chat.id)
         # submit() is synchronous: arrival order is kept per conversation.
         await self._engine.submit(incoming, out)

@@ -17,11 +17,10 @@ from telegram import (
     InlineKeyboardMarkup,
     InputFile,
     LinkPreviewOptions,
-    Message,
     ReplyParameters,
 )
 from telegram.constants import ChatAction, ParseMode
-from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError, TimedOut
 
 from adapters.live import ChatRefused, LiveMessage, MessageGone
 from adapters.telegram.split import Part, plain_parts, render_parts
@@ -80,13 +79,14 @@ class TelegramReplyChannel:
 
     async def _send(
         self, part: Part, *, html: bool = True, markup: InlineKeyboardMarkup | None = None
-    ) -> Message:
+    ) -> int:
+        """Send ``part``; return the new message's id."""
         bot = self._t.app.bot
         reply = self._reply_parameters()
 
-        async def send(text: str, parse_mode: str | None) -> Message:
+        async def send(text: str, parse_mode: str | None) -> int:
             try:
-                return await self._t.call(
+                return await self._t.send(
                     self._chat_id,
                     lambda: bot.send_message(
                         self._chat_id,
@@ -97,6 +97,9 @@ class TelegramReplyChannel:
                         reply_markup=markup,
                         link_preview_options=LinkPreviewOptions(is_disabled=True),
                     ),
+                    text=text,
+                    parse_mode=parse_mode,
+                    markup=markup,
                 )
             finally:
                 self._t.note_edit(self._chat_id)
@@ -134,6 +137,7 @@ class TelegramReplyChannel:
                     link_preview_options=LinkPreviewOptions(is_disabled=True),
                 ),
                 wait_flood=final,
+                repeat_on_timeout=2 if final else 0,  # an edit is idempotent
             )
 
         try:
@@ -148,6 +152,13 @@ class TelegramReplyChannel:
                 await edit(part.text, None)
         except (RetryAfter, Throttled):
             return False  # an intermediate edit: the next flush shows the text
+        except TimedOut:
+            if not final:
+                return False  # applied or not, the next flush sends the text again
+            # Made three times, each possibly applied: assume it was, rather than call a
+            # reply the user may well be reading complete "failed".
+            _log.warning("a final edit in chat %s timed out; assuming it arrived", self._chat_id)
+            return True
         except BadRequest as exc:
             if is_not_modified(exc):
                 return True
@@ -192,8 +203,7 @@ class TelegramReplyChannel:
         """Send a plain-text notice (split if long); return the message ids."""
         ids: list[str] = []
         for part in plain_parts(text):
-            message = await self._send(Part(part.text, part.text), html=False)
-            ids.append(str(message.message_id))
+            ids.append(str(await self._send(Part(part.text, part.text), html=False)))
         return ids
 
     async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
@@ -236,9 +246,9 @@ class TelegramReplyChannel:
             ]
         )
         asker = self._asker
-        message = await self._send(Part(prompt, prompt), html=False, markup=markup)
+        message_id = await self._send(Part(prompt, prompt), html=False, markup=markup)
         if asker is not None:
-            self._t.askers[(self._chat_id, message.message_id)] = asker
+            self._t.askers[(self._chat_id, message_id)] = asker
 
     async def send_file(self, filename: str, data: bytes, caption: str = "") -> None:
         """Send ``data`` as a document named ``filename``."""
@@ -274,7 +284,7 @@ class _Surface:
         return plain_parts(text)
 
     async def post(self, part: Part, index: int) -> int:
-        return (await self._c._send(part)).message_id
+        return await self._c._send(part)
 
     async def edit(self, handle: int, part: Part, *, final: bool) -> bool:
         return await self._c._edit(handle, part, final=final)

@@ -6,7 +6,7 @@ import re
 from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from core.settings import ChinwagSettings
@@ -43,7 +43,7 @@ class TelegramSettings(ChinwagSettings):
     api_base_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
     webhook_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/[^\s]*)?$")
     webhook_listen: str = Field(default="0.0.0.0:8443", pattern=r"^[^\s:]*:\d{1,5}$")
-    webhook_secret: SecretStr | None = None
+    webhook_secret: SecretStr | None = Field(default=None, validate_default=True)
     group_mode: Literal["mention", "all"] = "mention"
     edit_interval: float = Field(default=1.0, ge=0.0, le=60.0)
     group_edit_interval: float = Field(default=3.0, ge=0.0, le=120.0)
@@ -59,21 +59,24 @@ class TelegramSettings(ChinwagSettings):
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
 
+    @field_validator("webhook_listen")
+    @classmethod
+    def _port_in_range(cls, value: str) -> str:
+        if not 0 < int(value.rpartition(":")[2]) < 65536:
+            raise ValueError("the port must be 1-65535")
+        return value
+
     @field_validator("webhook_secret")
     @classmethod
-    def _secret_shape(cls, value: SecretStr | None) -> SecretStr | None:
-
+    def _secret_shape(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # A field validator (not a model one) so that the error names this variable.
+        if value is None and info.data.get("webhook_url"):
+            raise ValueError("is required when TELEGRAM_WEBHOOK_URL is set")
         if value is not None and not re.fullmatch(
             r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()
         ):
             raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
         return value
-
-    @model_validator(mode="after")
-    def _webhook_needs_secret(self) -> TelegramSettings:
-        if self.webhook_url and self.webhook_secret is None:
-            raise ValueError("TELEGRAM_WEBHOOK_SECRET is required when TELEGRAM_WEBHOOK_URL is set")
-        return self
 
     @property
     def webhook_mode(self) -> bool:

@@ -11,8 +11,12 @@ Point a bot at it with ``TELEGRAM_API_BASE_URL=<fake.base_url>``; the fake answe
 * editing a message to the same content fails with ``message is not modified``;
 * flood control: limits per chat, per group and globally (:class:`FloodLimits`) answer 429
   with ``parameters.retry_after``; a call to a chat still serving its penalty is recorded
-  as *premature*;
-* chats marked blocked answer ``Forbidden: bot was blocked by the user``.
+  as *premature*; with ``FloodLimits(bot_wide=True)`` the global limit's penalty applies to
+  the whole bot, so a call to *any* chat inside it is premature (calls already on the wire
+  when the 429 was answered, :attr:`FakeTelegram.in_flight`, are not counted);
+* chats marked blocked answer ``Forbidden: bot was blocked by the user``;
+* :meth:`FakeTelegram.answer_late` applies the next calls of a method at once but answers
+  them only after a delay (a slow Telegram that did deliver: the client times out).
 
 Tests inject updates (:meth:`FakeTelegram.send_text` and friends), read every call with its
 timestamp (:attr:`FakeTelegram.calls`), and read what a user sees in each chat
@@ -430,12 +434,15 @@ class Call:
 class FloodLimits:
     """At most ``count`` calls per ``seconds``, per chat, per group chat, and in total.
 
-    ``None`` disables a limit. Counted calls: sending, editing and document calls.
+    ``None`` disables a limit. Counted calls: sending, editing and document calls. With
+    ``bot_wide`` the penalty for passing ``global_`` closes every chat, as Telegram's
+    bot-wide limit (~30 messages a second across chats) does.
     """
 
     chat: tuple[int, float] | None = None
     group: tuple[int, float] | None = None
     global_: tuple[int, float] | None = None
+    bot_wide: bool = False
 
 
 REAL_LIMITS = FloodLimits(chat=(2, 2.0), group=(20, 60.0), global_=(30, 1.0))
@@ -496,6 +503,7 @@ class FakeTelegram:
         # Called with every message the bot sends or edits (benchmarks time replies by it).
         self.listeners: list[Callable[[FakeMessage], None]] = []
         self._blocked: set[int] = set()
+        self._late: dict[str, list[float]] = {}  # method -> delays of its next answers
         self._messages: dict[int, dict[int, FakeMessage]] = {}
         self._next_message_id: dict[int, int] = {}
         self._updates: deque[tuple[int, dict[str, Any]]] = deque()
@@ -505,6 +513,9 @@ class FakeTelegram:
         self._changed = asyncio.Event()
         self._window: dict[Any, deque[float]] = {}
         self._penalty: dict[int, float] = {}
+        self._bot_penalty = (0.0, 0.0)  # (since, until) of a bot-wide penalty
+        # A call arriving this soon after a bot-wide 429 was already on the wire: not premature.
+        self.in_flight = 0.2
         self._runner: web.AppRunner | None = None
         self._site_port = 0
         self._session: aiohttp.ClientSession | None = None
@@ -548,6 +559,14 @@ class FakeTelegram:
         return f"http://127.0.0.1:{self._site_port}"
 
     # --- test API: users, chats, updates ---
+
+    def answer_late(self, method: str, seconds: float, times: int = 1) -> None:
+        """Handle the next ``times`` calls of ``method`` at once, answer each ``seconds`` late.
+
+        Errors are late too ("message is not modified" included): a slow server is slow for
+        every answer.
+        """
+        self._late.setdefault(method, []).extend([seconds] * times)
 
     def block(self, chat_id: int) -> None:
         """Mark a private chat as one whose user blocked the bot."""
@@ -702,7 +721,7 @@ class FakeTelegram:
     def _check_flood(self, chat: FakeChat | None, now: float) -> None:
         if chat is None:
             return
-        penalty = self._penalty.get(chat.id, 0.0)
+        penalty = max(self._penalty.get(chat.id, 0.0), self._bot_until(now))
         if now < penalty:
             raise _ApiError(429, "premature", {"retry_after": max(1, math.ceil(penalty - now))})
         windows: list[tuple[Any, tuple[int, float]]] = []
@@ -719,11 +738,24 @@ class FakeTelegram:
             if len(stamps) >= count:
                 retry = max(1, math.ceil(stamps[0] + seconds - now))
                 self._penalty[chat.id] = now + retry
+                if key == "global" and self.limits.bot_wide:
+                    self._bot_penalty = (now, now + retry)
                 raise _ApiError(
                     429, f"Too Many Requests: retry after {retry}", {"retry_after": retry}
                 )
         for key, _ in windows:
             self._window[key].append(now)
+
+    def _bot_until(self, now: float) -> float:
+        since, until = self._bot_penalty
+        return until if since <= now else 0.0
+
+    def _premature(self, chat_id: int | None, now: float) -> bool:
+        """Whether a call to ``chat_id`` arrived while it (or the whole bot) served a 429."""
+        if chat_id is None:
+            return False
+        since, until = self._bot_penalty
+        return now < self._penalty.get(chat_id, 0.0) or since + self.in_flight <= now < until
 
     # --- HTTP ---
 
@@ -762,7 +794,7 @@ class FakeTelegram:
         handler = getattr(self, f"_api_{method}", None)
         chat_id = _int_or_none(params.get("chat_id"))
         now = time.monotonic()
-        premature = chat_id is not None and now < self._penalty.get(chat_id, 0.0)
+        premature = self._premature(chat_id, now)
         try:
             if handler is None:
                 raise _ApiError(404, "Not Found")
@@ -783,10 +815,17 @@ class FakeTelegram:
             }
             if exc.parameters:
                 body["parameters"] = exc.parameters
+            await self._answer_late(method)
             return web.json_response(body, status=exc.code)
         self.calls.append(Call(method, params, now, chat_id, True, premature=premature))
         self._notify()
+        await self._answer_late(method)
         return web.json_response({"ok": True, "result": result})
+
+    async def _answer_late(self, method: str) -> None:
+        late = self._late.get(method)
+        if late:
+            await asyncio.sleep(late.pop(0))  # the call is applied already; the client may give up
 
     def _chat(self, params: dict[str, Any]) -> FakeChat:
         chat_id = _int_or_none(params.get("chat_id"))
@@ -965,8 +1004,10 @@ class FakeTelegram:
         chat = self._chat(params)
         self._check_flood(chat, now)
         message = self.find_message(chat.id, params.get("message_id") or 0)
-        if message is None or message.deleted or message.sender.id != self.bot.id:
+        if message is None or message.deleted:
             raise _ApiError(400, "Bad Request: message to edit not found")
+        if message.sender.id != self.bot.id:
+            raise _ApiError(400, "Bad Request: message can't be edited")
         text, entities = self._formatted(params)
         if not text:
             raise _ApiError(400, "Bad Request: message text is empty")
@@ -1006,7 +1047,7 @@ class FakeTelegram:
 
     async def _api_sendChatAction(self, params: dict[str, Any], now: float) -> Any:
         chat = self._chat(params)
-        if now < self._penalty.get(chat.id, 0.0):
+        if now < max(self._penalty.get(chat.id, 0.0), self._bot_until(now)):
             raise _ApiError(429, "premature", {"retry_after": 1})
         if params.get("action") not in {"typing", "upload_document"}:
             raise _ApiError(400, "Bad Request: wrong parameter action in request")

@@ -192,6 +192,22 @@ async def test_a_platform_id_repeated_within_one_call_stores_nothing(store: Memo
     assert stored.seq == 1
 
 
+async def test_nul_and_lone_surrogates_are_stored_as_replacement_characters(
+    store: MemoryStore,
+) -> None:
+    """PostgreSQL refuses NUL and no driver encodes a lone surrogate: every store keeps both
+    as U+FFFD, whether they arrive in an appended message or in a finished reply."""
+    conv = await store.current_conversation(private())
+    _, pending = await store.append_messages(
+        conv.id, [user_msg("a\x00b\ud800c"), bot_msg("", MessageStatus.IN_PROGRESS)]
+    )
+    await store.finish_message(
+        pending.id, content="ok \udfff\x00 \ud83d\ude00", status=MessageStatus.COMPLETE
+    )
+    contents = [m.content for m in await store.recent_messages(conv.id, limit=5)]
+    assert contents == ["ok \ufffd\ufffd \U0001f600", "a\ufffdb\ufffdc"]  # newest first
+
+
 async def test_finish_message_sets_final_state_and_platform_ids(store: MemoryStore) -> None:
     conv = await store.current_conversation(private())
     user, pending = await store.append_messages(

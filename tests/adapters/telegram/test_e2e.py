@@ -355,3 +355,35 @@ async def test_streamed_reply_overflowing_a_message_continues_in_new_ones(harnes
     messages = await bot.say(chat, alice, "stream a lot", replies=len(expected))
     assert [m.text for m in messages] == expected  # nothing stale, lost or doubled
     assert len(bot.fake.calls_to("editMessageText")) >= 2  # it was shown while streaming
+
+
+@pytest.mark.slow
+async def test_bot_wide_flood_wait_is_honoured_in_every_chat(harness_factory) -> None:
+    """A 429 for the bot-wide limit pauses calls to every chat, not only the one that got it."""
+    reply = " ".join(f"word{i}" for i in range(30))
+    backend = ScriptedBackend(reply=reply, chunk_size=30, delay=0.02)
+    limits = FloodLimits(global_=(12, 1.0), bot_wide=True)
+    bot: Harness = await harness_factory(backend=backend, limits=limits)
+    fake = bot.fake
+    users = [bot.user(f"User{i}") for i in range(25)]
+    for round_ in range(2):
+        for user in users:
+            fake.send_text(bot.private(user), user, f"hello {round_}")
+    expected = 2 * len(users)
+    await fake.wait_for(
+        lambda: sum(m.text == reply for u in users for m in fake.bot_messages(u.id)) == expected,
+        timeout=60,
+    )
+    await fake.wait_idle(quiet=0.3)
+    assert any(c.error_code == 429 for c in fake.calls)  # the limit was really reached
+    assert [c for c in fake.calls if c.premature] == []
+
+
+async def test_nul_and_lone_surrogate_are_answered(bot: Harness) -> None:
+    """Telegram's JSON can carry ``\\u0000`` and a lone ``\\ud800``: kept as U+FFFD, answered."""
+    alice = bot.user("Alice")
+    chat = bot.private(alice)
+    [reply] = await bot.say(chat, alice, "a\x00b\ud800c")
+    assert reply.text == "echo: a\ufffdb\ufffdc | remembered: nothing"
+    [reply] = await bot.say(chat, alice, "next")
+    assert reply.text == "echo: next | remembered: a\ufffdb\ufffdc"
