@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from datetime import date
+from datetime import date, datetime
 from typing import Protocol, runtime_checkable
 
 from core.types import (
@@ -24,11 +24,13 @@ from core.types import (
     ExportedConversation,
     IncomingAction,
     IncomingMessage,
+    InstanceInfo,
     MessageStatus,
     NewMessage,
     PlatformStats,
     Preferences,
     ReplyEvent,
+    ReplyInProgress,
     StoredMessage,
     UsageRecord,
     UsageSummary,
@@ -169,6 +171,57 @@ class MemoryStore(Protocol):
 
     async def mark_interrupted(self, bot: str) -> int:
         """Mark ``bot``'s messages left in progress (by a crash) interrupted; return how many."""
+        ...
+
+    async def save_progress(
+        self,
+        message_id: int,
+        *,
+        content: str | None,
+        platform_chat_id: str | None = None,
+        platform_message_ids: Sequence[str] = (),
+    ) -> None:
+        """Save a reply in progress: its text so far (unless ``None``) and its messages.
+
+        Only a message still in progress is changed; ids already recorded for it are
+        skipped, new ones added after them (the order of the messages on screen).
+        """
+        ...
+
+    # --- instances, owner leases and recovery ---
+
+    async def register_instance(self, instance: InstanceInfo) -> None:
+        """Record a running process (or renew its row)."""
+        ...
+
+    async def heartbeat(self, instance_id: str, at: datetime) -> bool:
+        """Say ``instance_id`` is alive at ``at``; ``False`` if its row is gone."""
+        ...
+
+    async def retire_instance(self, instance_id: str) -> None:
+        """Forget a process (stopped, or found dead); its leases are released."""
+        ...
+
+    async def instances(self, bot: str) -> list[InstanceInfo]:
+        """The processes recorded for ``bot``, live or not."""
+        ...
+
+    async def claim_replies(
+        self, bot: str, owner: str, live: Sequence[str], *, message_id: int | None = None
+    ) -> list[ReplyInProgress]:
+        """Take over ``bot``'s replies in progress whose owner is not in ``live``.
+
+        Atomic per reply: two claimants never both get one. With ``message_id``, only that
+        reply is considered. Returns the replies now owned by ``owner``, oldest first.
+        """
+        ...
+
+    async def acquire_lease(self, bot: str, platform: str, owner: str, live: Sequence[str]) -> str:
+        """Hold the (bot, platform) lease unless a holder in ``live`` has it; return the holder."""
+        ...
+
+    async def release_lease(self, bot: str, platform: str, owner: str) -> None:
+        """Give up the (bot, platform) lease if ``owner`` holds it."""
         ...
 
     # --- preferences ---

@@ -25,6 +25,8 @@ TABLES = {
     "preferences",
     "usage_daily",
     "chinwag_meta",
+    "instances",
+    "leases",
 }
 
 
@@ -66,11 +68,22 @@ async def test_revision_0001_lacks_only_the_secondary_indexes(db_url: str) -> No
     assert await migrate.current(db_url) == "0001"
     diff = await schema_diff(db_url)
     assert diff, "0002 must add something"
-    assert {entry[0] for entry in diff} == {"add_index"}
+    # 0002/0003 add indexes; 0004 the instances and leases tables and messages.owner.
+    assert {entry[0] for entry in diff} == {"add_index", "add_table", "add_column"}
+
+
+async def test_revision_0003_lacks_only_the_owner_leases(db_url: str) -> None:
+    await migrate.upgrade(db_url, "0003")
+    diff = await schema_diff(db_url)
+    added = {entry[-1].name for entry in diff if entry[0] in ("add_table", "add_column")}
+    assert added == {"instances", "leases", "owner"}
+    assert {entry[0] for entry in diff} <= {"add_table", "add_column", "add_index"}
 
 
 async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     await migrate.upgrade(db_url)
+    await migrate.downgrade(db_url)
+    assert await migrate.current(db_url) == "0003"
     await migrate.downgrade(db_url)
     assert await migrate.current(db_url) == "0002"
     await migrate.downgrade(db_url, "0001")
