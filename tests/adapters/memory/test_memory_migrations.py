@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from pathlib import Path
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, make_url
 from adapters.memory import migrate
 from adapters.memory.models import metadata
 from adapters.memory.store import SqlMemoryStore
-from core.types import ConversationKey, NewMessage, Role
+from core.types import ConversationKey
 
 TABLES = {
     "conversations",
