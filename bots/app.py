@@ -204,7 +204,13 @@ async def serve(settings: Settings, *, console: bool) -> None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
         try:
-            fatal = await run_adapters(engine, adapters, stop, on_serving=tune_gc)
+            fatal = await run_adapters(
+                engine,
+                adapters,
+                stop,
+                grace=settings.core.shutdown_grace_seconds,
+                on_serving=tune_gc,
+            )
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -223,19 +229,27 @@ async def run_adapters(
 ) -> BaseException | None:
     """Start ``adapters``, serve until ``stop`` is set or one ends, then shut down.
 
-    ``on_serving`` runs once every adapter started. Shutdown always happens, in the order
-    :func:`shut_down` gives, even when starting an adapter failed.
+    ``on_serving`` runs once every adapter started and the replies a crash left unfinished
+    were taken over (:meth:`Engine.recover`). Shutdown always happens, in the order
+    :func:`shut_down` gives, even when starting an adapter failed. Replies in flight get
+    ``grace`` seconds (``SHUTDOWN_GRACE_SECONDS``); the rest are left to recovery.
 
     Returns:
         The error an adapter stopped with, if one did (it was logged).
     """
     started: list[ChatAdapter] = []
     fatal: BaseException | None = None
+    engine.use_adapters(adapters)
     try:
         for adapter in adapters:
             await adapter.start()
             started.append(adapter)
             _log.info("%s adapter started", adapter.name)
+        # Replies a crash or restart left unfinished, now that the adapters can edit them.
+        try:
+            await engine.recover()
+        except Exception:
+            _log.exception("recovering interrupted replies failed; retried at the next heartbeat")
         if on_serving is not None:
             on_serving()
         waiters = [

@@ -10,7 +10,7 @@ Implementations live in ``adapters/`` and are named ``<Vendor><Role>``: ``OpenAI
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date, datetime
 from typing import Protocol, runtime_checkable
 
@@ -285,8 +285,17 @@ class ReplyChannel(Protocol):
         """Send a short plain-text notice (command output, error); return platform ids."""
         ...
 
-    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+    async def stream_reply(
+        self,
+        events: AsyncIterator[ReplyEvent],
+        on_posted: Callable[[Sequence[str]], None] | None = None,
+    ) -> Sequence[str]:
         """Show the reply while ``events`` yields text, until it ends; return platform ids.
+
+        ``on_posted`` (when given) is called with the ids of every message the reply has on
+        screen each time one is posted while the reply streams (not in the final update), so
+        the engine can store them before the reply ends. A channel built by
+        :meth:`ResumableAdapter.resume` edits the messages it was given instead of posting.
 
         ``events`` yields text deltas, and a ``QueuePosition`` while the reply waits for a
         busy model: the adapter shows its ``notice`` in place of the reply until text arrives
@@ -303,6 +312,25 @@ class ReplyChannel(Protocol):
 
     async def send_file(self, filename: str, data: bytes, caption: str = "") -> None:
         """Deliver a document (``/export``)."""
+        ...
+
+
+@runtime_checkable
+class ResumableAdapter(Protocol):
+    """A chat adapter that can reopen a reply in a stored chat (crash recovery)."""
+
+    @property
+    def name(self) -> str:
+        """The platform name, e.g. ``"telegram"``."""
+        ...
+
+    def resume(
+        self, chat_id: str, thread_id: str | None, message_ids: Sequence[str]
+    ) -> ReplyChannel:
+        """A channel into ``chat_id`` (and thread) whose streamed reply takes over
+        ``message_ids`` (already on screen, in order): they are edited into the answer,
+        extra parts posted after them, spare ones deleted. A platform that cannot edit
+        shows the answer anew."""
         ...
 
 
@@ -379,4 +407,5 @@ __all__ = [
     "LLMBackend",
     "MemoryStore",
     "ReplyChannel",
+    "ResumableAdapter",
 ]

@@ -14,7 +14,7 @@ import getpass
 import logging
 import sys
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -37,7 +37,11 @@ class _ConsoleReply:
         self._adapter.write_reply(text)
         return ()
 
-    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+    async def stream_reply(
+        self,
+        events: AsyncIterator[ReplyEvent],
+        on_posted: Callable[[Sequence[str]], None] | None = None,
+    ) -> Sequence[str]:
         adapter = self._adapter
         adapter.begin_reply()
         wrote = False
@@ -152,6 +156,13 @@ class ConsoleAdapter:
             return
         self._intake_open = False
         self._lines.put_nowait(_EOF)  # wakes a read waiting for the next line
+
+    def resume(
+        self, chat_id: str, thread_id: str | None, message_ids: Sequence[str]
+    ) -> _ConsoleReply:
+        """A channel for a reply recovered after a crash: a terminal cannot edit what it
+        printed, so the answer is printed anew."""
+        return _ConsoleReply(self)
 
     async def aclose(self) -> None:
         """Stop reading. Idempotent."""

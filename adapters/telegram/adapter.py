@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Final
 
@@ -259,6 +260,27 @@ class TelegramAdapter:
         if self._app is not None:
             await self._shutdown(self._app)
         self._stopped.set()
+
+    def resume(
+        self, chat_id: str, thread_id: str | None, message_ids: Sequence[str]
+    ) -> TelegramReplyChannel:
+        """A channel into a stored chat whose streamed reply edits ``message_ids``.
+
+        Used by crash recovery (``core.ports.ResumableAdapter``) once the adapter started.
+
+        Raises:
+            RuntimeError: before ``start()``.
+        """
+        if self._transport is None:
+            raise RuntimeError("TelegramAdapter.resume() before start()")
+        chat = int(chat_id)
+        return TelegramReplyChannel(
+            self._transport,
+            chat_id=chat,
+            thread_id=int(thread_id) if thread_id else None,
+            is_private=chat > 0,  # Telegram's private chats are the users' (positive) ids
+            adopt=message_ids,
+        )
 
     @staticmethod
     async def _shutdown(app: AnyApplication) -> None:

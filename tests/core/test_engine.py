@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
@@ -31,7 +31,11 @@ class WatchedChannel(RecordingChannel):
         super().__init__()
         self.first_text = asyncio.Event()
 
-    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+    async def stream_reply(
+        self,
+        events: AsyncIterator[ReplyEvent],
+        on_posted: Callable[[Sequence[str]], None] | None = None,
+    ) -> Sequence[str]:
         async def watched() -> AsyncIterator[ReplyEvent]:
             async for event in events:
                 if isinstance(event, str):
@@ -318,26 +322,27 @@ async def test_redelivered_message_with_interrupted_reply_is_answered(make_engin
     assert [r.content for r in rows if r.role is Role.USER] == ["hi"]
 
 
-async def test_crash_leftovers_marked_interrupted_for_this_bot_only(make_engine, store):
+async def test_a_second_process_never_touches_replies_a_live_one_writes(make_engine, store):
     backend = Turnstile("one", "two")
-    crashed = make_engine(bot_name="testbot", backend_override=backend)
+    first = make_engine(bot_name="testbot", backend_override=backend)
     other = make_engine(bot_name="otherbot", backend_override=backend)
-    pending = [
-        crashed.submit(dm("one"), RecordingChannel()),
-        other.submit(dm("two"), RecordingChannel()),
-    ]
+    await first.start()
+    await other.start()
+    out = RecordingChannel()
+    pending = [first.submit(dm("one"), out), other.submit(dm("two"), RecordingChannel())]
     await asyncio.wait_for(backend.arrived["one"].wait(), 5)  # both replies are in progress
     await asyncio.wait_for(backend.arrived["two"].wait(), 5)
-    # A new process of "testbot" starts while the old one is stuck: its sweep must only
-    # touch testbot's rows.
-    restarted = make_engine(bot_name="testbot")
-    await restarted.start()
-    mine = await history(store, crashed)
-    theirs = await history(store, other)
-    assert mine[-1].status is MessageStatus.INTERRUPTED
-    assert theirs[-1].status is MessageStatus.IN_PROGRESS
+    # A second process of "testbot" starts while the first one streams: the first is alive
+    # (its heartbeat is fresh), so its reply is left alone; "otherbot" is not its business.
+    second = make_engine(bot_name="testbot", backend_override=backend)
+    await second.start()
+    assert await second.recover() == 0
+    assert (await history(store, first))[-1].status is MessageStatus.IN_PROGRESS
+    assert (await history(store, other))[-1].status is MessageStatus.IN_PROGRESS
     backend.release.set()
     await asyncio.gather(*pending)
+    assert out.replies == ["echo: one | remembered: nothing"]
+    assert (await history(store, first))[-1].status is MessageStatus.COMPLETE
 
 
 async def test_adapter_failure_does_not_break_the_engine(make_engine, store):
