@@ -327,10 +327,12 @@ class ResumableAdapter(Protocol):
     def resume(
         self, chat_id: str, thread_id: str | None, message_ids: Sequence[str]
     ) -> ReplyChannel:
-        """A channel into ``chat_id`` (and thread) whose streamed reply takes over
-        ``message_ids`` (already on screen, in order): they are edited into the answer,
-        extra parts posted after them, spare ones deleted. A platform that cannot edit
-        shows the answer anew."""
+        """A channel into ``chat_id`` (and thread) that takes over ``message_ids``.
+
+        Its streamed reply edits those messages (already on screen, in order) into the
+        answer, extra parts posted after them, spare ones deleted. A platform that cannot
+        edit shows the answer anew.
+        """
         ...
 
 

@@ -160,8 +160,10 @@ class ConsoleAdapter:
     def resume(
         self, chat_id: str, thread_id: str | None, message_ids: Sequence[str]
     ) -> _ConsoleReply:
-        """A channel for a reply recovered after a crash: a terminal cannot edit what it
-        printed, so the answer is printed anew."""
+        """A channel for a reply recovered after a crash; the answer is printed anew.
+
+        A terminal cannot edit what it printed.
+        """
         return _ConsoleReply(self)
 
     async def aclose(self) -> None:
