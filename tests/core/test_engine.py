@@ -386,7 +386,7 @@ async def test_two_bots_sharing_a_database_never_mix(make_engine):
 
 
 async def test_prompt_from_history_cache_equals_prompt_read_from_store(make_engine, store, backend):
-    from core.prompt import PromptBuilder
+    from core.prompt import CUT_OFF_LABEL, PromptBuilder
 
     engine = make_engine(context_window=300, max_reply_tokens=100)
     out = RecordingChannel()
@@ -408,7 +408,8 @@ async def test_prompt_from_history_cache_equals_prompt_read_from_store(make_engi
         shared=False,
     )
     assert list(backend.calls[-1].messages) == prompt.messages
-    assert any(m.content == "echo:" for m in prompt.messages)  # the interrupted partial
+    # the interrupted partial, labelled as such
+    assert any(m.content == f"echo:\n\n{CUT_OFF_LABEL}" for m in prompt.messages)
 
 
 async def test_blank_model_reply_gets_a_notice(make_engine, backend):

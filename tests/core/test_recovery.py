@@ -192,3 +192,28 @@ async def test_a_process_is_dead_when_its_heartbeat_is_stale_or_its_pid_gone(sto
     finally:
         await me.aclose()
     assert me.id not in {i.id for i in await store.instances("testbot")}
+
+
+async def test_the_prompt_never_holds_a_half_reply_as_complete_nor_a_lost_answer(
+    make_engine, backend
+):
+    from core.errors import BackendUnavailable
+    from core.prompt import CUT_OFF_LABEL, NO_REPLY_LABEL
+
+    engine = make_engine()
+    out = RecordingChannel()
+    backend.failures.append(BackendUnavailable("down"))  # no answer at all
+    await engine.handle(dm("first"), out)
+    backend.mid_stream_failures.append(BackendUnavailable("cut"))  # half an answer
+    backend.chunk_size = 4
+    await engine.handle(dm("second"), out)
+    backend.chunk_size = 64
+    await engine.handle(dm("third"), out)
+    prompt = [(m.role, m.content) for m in backend.calls[-1].messages]
+    assert prompt[1:] == [
+        (Role.USER, "first"),
+        (Role.ASSISTANT, NO_REPLY_LABEL),
+        (Role.USER, "second"),
+        (Role.ASSISTANT, f"echo\n\n{CUT_OFF_LABEL}"),
+        (Role.USER, "third"),
+    ]
