@@ -242,6 +242,8 @@ async def run_adapters(
     engine.use_adapters(adapters)
     try:
         for adapter in adapters:
+            if not await _wait_to_serve(engine, adapter, stop):
+                break
             await adapter.start()
             started.append(adapter)
             _log.info("%s adapter started", adapter.name)
@@ -269,6 +271,28 @@ async def run_adapters(
     finally:
         await shut_down(engine, started, grace=grace)
     return fatal
+
+
+async def _wait_to_serve(engine: Engine, adapter: ChatAdapter, stop: asyncio.Event) -> bool:
+    """Wait until no other live process of this bot serves ``adapter``'s platform.
+
+    Two processes on one token would fight over it (Telegram answers 409, Discord sends both
+    every event): the second waits for the first to stop. ``False`` if ``stop`` came first.
+    """
+    if adapter.name == "console":
+        return True
+    waiting = asyncio.create_task(
+        engine.wait_to_serve(adapter.name), name=f"chinwag-lease-{adapter.name}"
+    )
+    stopper = asyncio.create_task(stop.wait(), name="chinwag-lease-signal")
+    done, pending = await asyncio.wait({waiting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if waiting in done:
+        waiting.result()
+        return True
+    return False
 
 
 async def shut_down(engine: Engine, adapters: Sequence[ChatAdapter], *, grace: float) -> None:

@@ -193,6 +193,14 @@ class Engine:
         """Remember the adapters that can reopen a stored chat (call before starting them)."""
         self._recovery.use(adapters)
 
+    async def wait_to_serve(self, platform: str) -> None:
+        """Return once this process may serve ``platform`` (holds its lease for this bot).
+
+        While another live process of the same bot serves it, this waits (logging why once)
+        and takes over when that process stops or dies.
+        """
+        await self._instance.hold_lease(platform)
+
     async def recover(self) -> int:
         """Finish the replies dead processes left in progress; from now on at every heartbeat.
 

@@ -119,6 +119,35 @@ class Instance:
         """The recorded instances of this bot that are dead."""
         return [i for i in await self._store.instances(self._bot) if not self.alive(i)]
 
+    async def hold_lease(self, platform: str) -> None:
+        """Return once this process holds the (bot, ``platform``) lease; wait while another has it.
+
+        A second process on the same token waits here, says why once, and takes over when
+        the holder stops (its lease is released) or dies (its heartbeat goes stale).
+        """
+        told = False
+        while True:
+            live = await self.live()
+            holder = await self._store.acquire_lease(self._bot, platform, self.id, live)
+            if holder == self.id:
+                if told:
+                    _log.warning(
+                        "taking over %s for bot %r: the other process stopped", platform, self._bot
+                    )
+                return
+            if not told:
+                told = True
+                found = {i.id: i for i in await self._store.instances(self._bot)}.get(holder)
+                where = f"pid {found.pid} on {found.host}" if found else f"instance {holder}"
+                _log.warning(
+                    "another chinwag process (%s) serves %s for bot %r; waiting, and taking "
+                    "over when it stops",
+                    where,
+                    platform,
+                    self._bot,
+                )
+            await asyncio.sleep(self.interval)
+
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
