@@ -406,7 +406,8 @@ async def test_posted_messages_are_reported_while_streaming_never_for_a_short_re
     feed.push(f"\n\n{second}")
     feed.end()
     ids = await task
-    assert len(ids) == 2 and reported[0] == [ids[0]]
+    assert len(ids) == 2
+    assert reported[0] == [ids[0]]
 
 
 async def test_a_resumed_chat_edits_the_messages_already_on_screen(platform: Any) -> None:
