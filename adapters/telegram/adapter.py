@@ -102,6 +102,7 @@ class TelegramAdapter:
         self._bot_id = 0
         self._commands: frozenset[str] = frozenset()
         self._requests: tuple[HTTPXRequest, ...] = ()
+        self._conflict_told = False
 
     @property
     def name(self) -> str:
@@ -446,11 +447,23 @@ class TelegramAdapter:
         _log.error("Telegram: an update failed", exc_info=error)
 
     def _on_polling_error(self, exc: TelegramError) -> None:
-        if isinstance(exc, (InvalidToken, Conflict)):
-            # Another instance polls with this token, or the token was revoked: stop.
+        if isinstance(exc, InvalidToken):
+            # The token was revoked: stop.
             self._fatal = AdapterError(f"Telegram polling stopped: {exc}")
             self._stopped.set()
             _log.error("Telegram polling stopped: %s", exc)
+        elif isinstance(exc, Conflict):
+            # Another process polls with this token (one not sharing our database, or the
+            # lease would have kept us waiting). Stopping would leave both down under a
+            # restart policy: keep polling with python-telegram-bot's backoff; each update
+            # is still fetched, and answered, once.
+            if not self._conflict_told:
+                self._conflict_told = True
+                _log.warning(
+                    "another process polls Telegram with this bot's token (409 Conflict); "
+                    "retrying. Run one process per token, or give both the same DATABASE_URL "
+                    "so that the second waits for the first"
+                )
         elif isinstance(exc, NetworkError):
             _log.warning("Telegram polling: network error (%s); retrying", exc)
         else:

@@ -83,3 +83,33 @@ async def test_a_second_process_waits_then_takes_over_when_the_first_stops(tmp_p
             "You said: two. I received 4 messages.",  # one memory: the same database
         ]
         assert "409" not in first_log.read_text() + second_log.read_text()
+
+
+async def test_two_processes_that_share_no_database_both_keep_serving(tmp_path: Path) -> None:
+    # No shared lease: Telegram's 409 Conflict is all they see of each other. Neither may
+    # exit (under a restart policy both would collide forever); each update is answered once.
+    async with FakeTelegram() as fake, FakeOpenAIServer() as llm:
+        user = FakeUser(5554, "Di", "di")
+        chat = FakeChat(user.id, "private")
+        logs = [tmp_path / "first.log", tmp_path / "second.log"]
+        homes = [tmp_path / "a", tmp_path / "b"]
+        processes = []
+        try:
+            for home, log in zip(homes, logs, strict=True):
+                home.mkdir()
+                processes.append(await _start(_env(fake, llm, home), log))
+                await fake.wait_for(lambda: bool(fake.calls_to("getUpdates")), timeout=60)
+            await _until(lambda: fake.conflicts >= 2, timeout=60)
+            for n in range(3):
+                fake.send_text(chat, user, f"message {n}")
+                await fake.wait_for(lambda: len(fake.bot_messages(chat.id)) == n + 1, timeout=60)
+            await fake.wait_idle(quiet=1.0)
+            assert [p.returncode for p in processes] == [None, None]  # never both down
+        finally:
+            codes = [await _terminate(p) for p in processes]
+        text = "".join(log.read_text() for log in logs)
+        assert codes == [0, 0], text
+        assert sorted(m.text.split(".")[0] for m in fake.bot_messages(chat.id)) == [
+            f"You said: message {n}" for n in range(3)
+        ]  # each answered once
+        assert "409 Conflict" in text
