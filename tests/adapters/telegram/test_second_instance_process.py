@@ -102,7 +102,11 @@ async def test_two_processes_that_share_no_database_both_keep_serving(tmp_path: 
             await _until(lambda: fake.conflicts >= 2, timeout=60)
             for n in range(3):
                 fake.send_text(chat, user, f"message {n}")
-                await fake.wait_for(lambda: len(fake.bot_messages(chat.id)) == n + 1, timeout=60)
+                answered = n + 1
+                await fake.wait_for(
+                    lambda: len(fake.bot_messages(chat.id)) == answered,  # noqa: B023
+                    timeout=60,
+                )
             await fake.wait_idle(quiet=1.0)
             assert [p.returncode for p in processes] == [None, None]  # never both down
         finally:
