@@ -134,3 +134,40 @@ async def test_a_reply_killed_too_long_ago_is_marked_interrupted(tmp_path: Path)
         # The text saved as it streamed (at most a second behind the screen), then the mark.
         assert body and partial.startswith(body), (body, partial)
         assert len(llm.chat_requests) == 1, log
+
+
+async def test_a_stop_waits_only_the_grace_period_and_the_next_start_finishes_the_reply(
+    tmp_path: Path,
+) -> None:
+    async with (
+        FakeTelegram() as fake,
+        FakeOpenAIServer(reply=_long_answer, chunk_delay=0.05) as llm,
+    ):
+        user = FakeUser(5555, "Ed", "ed")
+        chat = FakeChat(user.id, "private")
+        env = _env(fake, llm, tmp_path, SHUTDOWN_GRACE_SECONDS="0.5")
+        first = await _start(env, tmp_path)
+        try:
+            await fake.wait_for(lambda: bool(fake.calls_to("getUpdates")), timeout=60)
+            fake.send_text(chat, user, "tell me a long story")
+            await fake.wait_for(
+                lambda: any(m.edits >= 1 for m in fake.bot_messages(chat.id)), timeout=30
+            )
+        finally:
+            log = await _stop(first)  # SIGTERM: 4 s of answer left, 0.5 s of grace
+        assert first.returncode == 0, log
+        (shown,) = fake.bot_messages(chat.id)
+        assert shown.text != ANSWER, "the grace period should have cut the reply"
+        assert "left to recovery" in log
+
+        second = await _start(env, tmp_path)
+        try:
+            await fake.wait_for(
+                lambda: [m.text for m in fake.bot_messages(chat.id)] == [ANSWER], timeout=60
+            )
+            await fake.wait_idle(quiet=1.0)
+        finally:
+            log = await _stop(second)
+        assert [(m.message_id, m.text) for m in fake.bot_messages(chat.id)] == [
+            (shown.message_id, ANSWER)
+        ]
