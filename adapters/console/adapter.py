@@ -180,6 +180,8 @@ class ConsoleAdapter:
                 loop.call_soon_threadsafe(self._lines.put_nowait, line.rstrip("\r\n"))
         except (OSError, ValueError):
             _log.debug("console input closed", exc_info=True)
+        except RuntimeError:  # a line read after the loop closed: nobody reads any more
+            _log.debug("console input read after the event loop closed")
         finally:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 loop.call_soon_threadsafe(self._lines.put_nowait, _EOF)
