@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -29,6 +30,27 @@ HEARTBEAT_SECONDS: Final = 5.0
 """How often a process says it is alive."""
 TTL_BEATS: Final = 3
 """A heartbeat older than this many intervals means the process is dead."""
+
+
+def _host() -> str:
+    """This host's name, with a mark of its boot and pid namespace where Linux tells them.
+
+    Two containers may share a host name; their pids are only comparable (and only then is
+    a missing pid proof of death) when boot and pid namespace are the same too.
+    """
+    marks = []
+    with (
+        contextlib.suppress(OSError),
+        open("/proc/sys/kernel/random/boot_id", encoding="ascii") as boot,
+    ):
+        marks.append(boot.read().strip())
+    with contextlib.suppress(OSError):
+        marks.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    name = socket.gethostname()
+    if not marks:
+        return name[:255]
+    mark = hashlib.sha256("/".join(marks).encode()).hexdigest()[:12]
+    return f"{name[:240]}#{mark}"
 
 
 def pid_alive(pid: int) -> bool:
@@ -64,7 +86,7 @@ class Instance:
         on_beat: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex
-        self.host = socket.gethostname()[:255]
+        self.host = _host()
         self.pid = os.getpid()
         self._store = store
         self._bot = bot

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -175,7 +174,7 @@ async def test_a_process_is_dead_when_its_heartbeat_is_stale_or_its_pid_gone(sto
             check=True,
         )
         dead_pid = int(gone.stdout)
-        host = socket.gethostname()
+        host = me.host
         fresh = clock.now
         peers = {
             "same-host-alive": InstanceInfo("a", "testbot", host, os.getppid(), fresh, fresh),
