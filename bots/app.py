@@ -241,17 +241,23 @@ async def run_adapters(
     fatal: BaseException | None = None
     engine.use_adapters(adapters)
     try:
+        serving = True
         for adapter in adapters:
             if not await _wait_to_serve(engine, adapter, stop):
+                serving = False
                 break
-            await adapter.start()
-            started.append(adapter)
-            _log.info("%s adapter started", adapter.name)
-        # Replies a crash or restart left unfinished, now that the adapters can edit them.
-        try:
-            await engine.recover()
-        except Exception:
-            _log.exception("recovering interrupted replies failed; retried at the next heartbeat")
+        if serving:
+            # Replies a crash or restart left unfinished: queued first, so that no message
+            # arriving while the adapters start overtakes them; they edit once connected.
+            try:
+                await engine.recover(adapters_ready=False)
+            except Exception:
+                _log.exception("recovering interrupted replies failed; retried at a heartbeat")
+            for adapter in adapters:
+                await adapter.start()
+                started.append(adapter)
+                _log.info("%s adapter started", adapter.name)
+            engine.adapters_ready()
         if on_serving is not None:
             on_serving()
         waiters = [

@@ -201,15 +201,25 @@ class Engine:
         """
         await self._instance.hold_lease(platform)
 
-    async def recover(self) -> int:
-        """Finish the replies dead processes left in progress; from now on at every heartbeat.
+    async def recover(self, *, adapters_ready: bool = True) -> int:
+        """Take over the replies dead processes left in progress; then at every heartbeat.
 
-        Call once the adapters are connected. Recent replies are produced again into the
-        messages already on screen, older ones marked interrupted (see :mod:`core.recovery`).
-        Returns how many replies were taken over now.
+        Each is queued in its conversation's lane, ahead of messages that arrive later:
+        recent ones are produced again into the messages already on screen, older ones
+        marked interrupted (see :mod:`core.recovery`). With ``adapters_ready`` false they
+        wait for :meth:`adapters_ready` (call this before starting the adapters, so no new
+        message overtakes them). Returns how many replies were taken over now.
         """
         self._recovery.enabled = True
+        if adapters_ready:
+            self._recovery.ready.set()
+        else:
+            self._recovery.ready.clear()
         return await self._recovery.sweep()
+
+    def adapters_ready(self) -> None:
+        """The adapters are connected: recovered replies may edit their messages now."""
+        self._recovery.ready.set()
 
     async def aclose(self, *, grace: float = 10.0) -> None:
         """Stop taking messages and drain. Idempotent.
@@ -494,7 +504,13 @@ class Engine:
     async def _resume(
         self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, reply: ReplyInProgress
     ) -> None:
-        """Produce a claimed reply again, from the same prompt, into its messages on screen."""
+        """Produce a claimed reply again, from the same prompt, into its messages on screen.
+
+        One begun longer than ``RECOVER_WITHIN_SECONDS`` ago is marked interrupted instead.
+        """
+        if self._recovery.too_old(reply):
+            await self._recovery.mark(reply, out)
+            return
         prefs = await self._sessions.preferences(key)
         model = self._sessions.model_for(prefs)
         self._history.drop(reply.message.conversation_id)

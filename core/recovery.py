@@ -11,9 +11,10 @@ processes never both take it) and, in the conversation's lane:
 * otherwise marks it: its messages are edited to end with :data:`INTERRUPTED_MARK` (or,
   when nothing was on screen, a short notice is sent), and it is stored as interrupted.
 
-It runs once the adapters are connected (they must be able to edit), then on every
-heartbeat (a peer that dies is taken over), and for a redelivered message whose reply was
-left in progress. A reply whose owner is alive is never touched.
+It runs at start, before the adapters take messages (a claimed reply is queued in its lane
+ahead of them, and edits once the adapters are connected), then on every heartbeat (a peer
+that dies is taken over), and for a redelivered message whose reply was left in progress.
+A reply whose owner is alive is never touched.
 """
 
 from __future__ import annotations
@@ -54,6 +55,48 @@ async def _once(text: str) -> AsyncIterator[ReplyEvent]:
     yield text
 
 
+class _Reopened:
+    """A reply channel into a stored chat, opened once the adapters are connected.
+
+    Recovery claims replies (and queues them in their lanes, ahead of messages that arrive
+    while the adapters start) before the adapters can edit; each call waits for them.
+    """
+
+    def __init__(self, recovery: Recovery, resumer: ResumableAdapter, reply: ReplyInProgress):
+        self._recovery = recovery
+        self._resumer = resumer
+        self._reply = reply
+        self._channel: ReplyChannel | None = None
+
+    async def _open(self) -> ReplyChannel:
+        if self._channel is None:
+            await self._recovery.ready.wait()
+            reply = self._reply
+            try:
+                self._channel = self._resumer.resume(
+                    reply.chat_id, reply.key.thread_id, reply.platform_message_ids
+                )
+            except (RuntimeError, ValueError) as exc:
+                raise AdapterError(f"cannot reopen a {reply.key.platform} chat: {exc}") from exc
+        return self._channel
+
+    async def send_text(self, text: str) -> Sequence[str]:
+        return await (await self._open()).send_text(text)
+
+    async def stream_reply(
+        self,
+        events: AsyncIterator[ReplyEvent],
+        on_posted: Callable[[Sequence[str]], None] | None = None,
+    ) -> Sequence[str]:
+        return await (await self._open()).stream_reply(events, on_posted)
+
+    async def ask_confirmation(self, prompt: str, action_id: str) -> None:
+        await (await self._open()).ask_confirmation(prompt, action_id)
+
+    async def send_file(self, filename: str, data: bytes, caption: str = "") -> None:
+        await (await self._open()).send_file(filename, data, caption)
+
+
 class Recovery:
     """Finds, claims and finishes replies of dead owners; built and driven by the engine.
 
@@ -85,6 +128,10 @@ class Recovery:
         self._lock = asyncio.Lock()
         self.resumers: dict[str, ResumableAdapter] = {}
         self.enabled = False
+        # The adapters are connected and chats can be reopened; cleared by the composition
+        # root while they start (see Engine.recover).
+        self.ready = asyncio.Event()
+        self.ready.set()
 
     def use(self, adapters: Sequence[object]) -> None:
         """Remember the adapters that can reopen a reply (before they start)."""
@@ -124,28 +171,20 @@ class Recovery:
         await self.take_over(claimed[0], fallback=out)
 
     async def take_over(self, reply: ReplyInProgress, fallback: ReplyChannel | None = None) -> None:
-        """Finish one claimed reply: queue it to produce again, or mark it interrupted."""
-        out = self._channel(reply) or fallback
+        """Queue a claimed reply in its conversation's lane (see :meth:`finish`)."""
+        resumer = self.resumers.get(reply.key.platform)
+        out = _Reopened(self, resumer, reply) if resumer is not None else fallback
         if out is None:
             _log.warning("no %s adapter to finish an interrupted reply in", reply.key.platform)
             await self._store.finish_message(
                 reply.message.id, content=reply.message.content, status=MessageStatus.INTERRUPTED
             )
             return
-        if self._clock() - reply.message.created_at > self._within:
-            await self.mark(reply, out)
-            return
         self._submit(reply.key, await self._incoming(reply), out, reply)
 
-    def _channel(self, reply: ReplyInProgress) -> ReplyChannel | None:
-        resumer = self.resumers.get(reply.key.platform)
-        if resumer is None:
-            return None
-        try:
-            return resumer.resume(reply.chat_id, reply.key.thread_id, reply.platform_message_ids)
-        except (AdapterError, RuntimeError, ValueError) as exc:
-            _log.warning("cannot reopen a %s chat to finish a reply: %s", reply.key.platform, exc)
-            return None
+    def too_old(self, reply: ReplyInProgress) -> bool:
+        """Whether ``reply`` began longer than ``RECOVER_WITHIN_SECONDS`` ago."""
+        return self._clock() - reply.message.created_at > self._within
 
     async def _incoming(self, reply: ReplyInProgress) -> IncomingMessage:
         """The message the reply answers, as far as a reply run needs it."""

@@ -51,8 +51,17 @@ class Resumable:
 
 async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
-        while not await check() if asyncio.iscoroutinefunction(check) else not check():
+        while True:
+            found = check()
+            if asyncio.iscoroutine(found):
+                found = await found
+            if found:
+                return
             await asyncio.sleep(0.01)
+
+
+async def stored_status(store, engine, status: MessageStatus) -> bool:
+    return (await history(store, engine))[-1].status is status
 
 
 async def crashed_reply(store, *, owner: str = "dead", text: str = "", ids=()) -> StoredMessage:
@@ -78,8 +87,8 @@ async def test_a_recent_reply_of_a_dead_process_is_produced_again_in_its_message
     engine.use_adapters([adapter])
     await engine.start()
     assert await engine.recover() == 1
+    await until(lambda: adapter.channels and adapter.channels[0].replies)
     assert adapter.opened == [("alice", None, ("m1", "m2"))]  # the messages on screen
-    await until(lambda: adapter.channels[0].replies)
     assert adapter.channels[0].replies == ["echo: question | remembered: nothing"]
     rows = await history(store, engine)
     assert [(r.role, r.status) for r in rows] == [
@@ -98,7 +107,9 @@ async def test_an_old_interrupted_reply_is_marked_not_produced_again(make_engine
     engine.use_adapters([adapter])
     await engine.start()
     assert await engine.recover() == 1
+    await until(lambda: adapter.channels and adapter.channels[0].replies)
     assert adapter.channels[0].replies == [f"half an answ\n\n{INTERRUPTED_MARK}"]
+    await until(lambda: stored_status(store, engine, MessageStatus.INTERRUPTED))
     reply = (await history(store, engine))[-1]
     assert (reply.status, reply.content) == (MessageStatus.INTERRUPTED, "half an answ")
 
@@ -111,8 +122,9 @@ async def test_an_old_reply_with_nothing_on_screen_gets_a_short_notice(make_engi
     engine.use_adapters([adapter])
     await engine.start()
     await engine.recover()
+    await until(lambda: adapter.channels and adapter.channels[0].texts)
     assert adapter.channels[0].texts == [INTERRUPTED_NOTICE]
-    assert (await history(store, engine))[-1].status is MessageStatus.INTERRUPTED
+    await until(lambda: stored_status(store, engine, MessageStatus.INTERRUPTED))
 
 
 async def test_a_redelivered_message_takes_its_reply_over_instead_of_answering_twice(
@@ -158,7 +170,7 @@ async def test_a_reply_cut_by_the_shutdown_grace_is_finished_by_the_next_start(m
     second.use_adapters([adapter])
     await second.start()
     assert await second.recover() == 1  # the first retired itself: no wait for its lease
-    await until(lambda: adapter.channels[0].replies)
+    await until(lambda: adapter.channels and adapter.channels[0].replies)
     assert adapter.channels[0].replies == ["echo: one | remembered: nothing"]
     assert (await history(store, second))[-1].status is MessageStatus.COMPLETE
 
@@ -215,4 +227,29 @@ async def test_the_prompt_never_holds_a_half_reply_as_complete_nor_a_lost_answer
         (Role.USER, "second"),
         (Role.ASSISTANT, f"echo\n\n{CUT_OFF_LABEL}"),
         (Role.USER, "third"),
+    ]
+
+
+async def test_recovered_replies_go_before_messages_that_arrive_while_adapters_start(
+    make_engine, store, backend
+):
+    await crashed_reply(store, text="echo: quest", ids=["m1"])
+    engine = make_engine()
+    adapter = Resumable()
+    engine.use_adapters([adapter])
+    await engine.start()
+    assert await engine.recover(adapters_ready=False) == 1  # queued, waiting to edit
+    out = RecordingChannel()
+    later = engine.submit(dm("next"), out)  # arrives while the adapters start
+    await asyncio.sleep(0.05)
+    assert backend.calls[0].messages[-1].content == "question"  # already being produced
+    assert out.replies == []
+    engine.adapters_ready()
+    await asyncio.wait_for(later, 5)
+    assert adapter.channels[0].replies == ["echo: question | remembered: nothing"]
+    # The next answer saw the recovered one complete: no "lost" turn, no half reply.
+    assert [(m.role, m.content) for m in backend.calls[1].messages[1:]] == [
+        (Role.USER, "question"),
+        (Role.ASSISTANT, "echo: question | remembered: nothing"),
+        (Role.USER, "next"),
     ]
