@@ -171,3 +171,34 @@ async def test_a_stop_waits_only_the_grace_period_and_the_next_start_finishes_th
         assert [(m.message_id, m.text) for m in fake.bot_messages(chat.id)] == [
             (shown.message_id, ANSWER)
         ]
+
+
+async def test_a_message_sent_while_down_is_answered_after_the_recovered_reply(
+    tmp_path: Path,
+) -> None:
+    async with (
+        FakeTelegram() as fake,
+        FakeOpenAIServer(reply=_long_answer, chunk_delay=0.03) as llm,
+    ):
+        user = FakeUser(5556, "Flo", "flo")
+        chat = FakeChat(user.id, "private")
+        env = _env(fake, llm, tmp_path)
+        await _kill_mid_reply(fake, chat, user, env)
+        (shown,) = fake.bot_messages(chat.id)
+        fake.send_text(chat, user, "and then?")  # waits at Telegram while chinwag is down
+
+        second = await _start(env, tmp_path)
+        try:
+            await fake.wait_for(
+                lambda: [m.text for m in fake.bot_messages(chat.id)] == [ANSWER, ANSWER],
+                timeout=60,
+            )
+            await fake.wait_idle(quiet=1.0)
+        finally:
+            log = await _stop(second)
+        first, _answer = fake.bot_messages(chat.id)
+        assert first.message_id == shown.message_id, log  # edited in place
+        # The new message was answered after the recovered reply, with it in its prompt.
+        prompt = llm.chat_requests[-1].body["messages"]
+        assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user"]
+        assert prompt[2]["content"] == ANSWER and prompt[3]["content"] == "and then?"
