@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -145,9 +145,17 @@ class LiveMessage(Generic[P, H]):
     :meth:`run` (or :meth:`add` / :meth:`notice` and then :meth:`finish`).
     """
 
-    def __init__(self, surface: LiveSurface[P, H], pacing: LivePacing) -> None:
+    def __init__(
+        self,
+        surface: LiveSurface[P, H],
+        pacing: LivePacing,
+        on_posted: Callable[[Sequence[str]], None] | None = None,
+    ) -> None:
         self._surface = surface
         self._pacing = pacing
+        # Told the ids of every message on screen when one is posted before the final
+        # flush (the engine stores them, so a restart can edit them); never on the final one.
+        self._on_posted = on_posted
         self._loop = asyncio.get_running_loop()
         self._chunks: list[str] = []
         self._notice: str | None = None
@@ -166,7 +174,11 @@ class LiveMessage(Generic[P, H]):
 
     @classmethod
     def adopt(
-        cls, surface: LiveSurface[P, H], pacing: LivePacing, platform_ids: Sequence[str]
+        cls,
+        surface: LiveSurface[P, H],
+        pacing: LivePacing,
+        platform_ids: Sequence[str],
+        on_posted: Callable[[Sequence[str]], None] | None = None,
     ) -> LiveMessage[P, H]:
         """A live message that starts from messages already on screen, in order.
 
@@ -174,7 +186,7 @@ class LiveMessage(Generic[P, H]):
         parts are posted after them and spare ones deleted. Use: ``adopt(...)``,
         ``add(text)``, ``await finish()``.
         """
-        live = cls(surface, pacing)
+        live = cls(surface, pacing, on_posted)
         live._shown = [_Slot(surface.handle_for(pid), None) for pid in platform_ids]
         return live
 
@@ -275,6 +287,7 @@ class LiveMessage(Generic[P, H]):
             if index >= len(self._shown):
                 self._shown.append(_Slot(await surface.post(part, index), part))
                 self._arm_typing(self._pacing.typing_delay)  # a new message hides "typing"
+                self._posted(final)
                 continue
             slot = self._shown[index]
             if slot.part == part:
@@ -290,12 +303,17 @@ class LiveMessage(Generic[P, H]):
             except MessageGone:
                 # Someone deleted the message: show the part anew rather than lose it.
                 slot.handle = await surface.post(part, index)
+                self._posted(final)
             slot.part = part
         while len(self._shown) > len(parts):
             # The text re-split into fewer messages (or a notice gave way to nothing).
             await surface.delete(self._shown[-1].handle)
             self._shown.pop()
         return True
+
+    def _posted(self, final: bool) -> None:
+        if self._on_posted is not None and not final:
+            self._on_posted([self._surface.platform_id(slot.handle) for slot in self._shown])
 
     # --- "typing" ---------------------------------------------------------------------
 

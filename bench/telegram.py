@@ -160,7 +160,11 @@ class _NullChannel:
     async def send_text(self, text: str) -> Sequence[str]:
         return [f"reply-{next(self._ids)}"]
 
-    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+    async def stream_reply(
+        self,
+        events: AsyncIterator[ReplyEvent],
+        on_posted: Callable[[Sequence[str]], None] | None = None,
+    ) -> Sequence[str]:
         async for _ in events:
             pass
         return [f"reply-{next(self._ids)}"]

@@ -210,7 +210,13 @@ async def serve(settings: Settings, *, console: bool) -> None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
         try:
-            fatal = await run_adapters(engine, adapters, stop, on_serving=tune_gc)
+            fatal = await run_adapters(
+                engine,
+                adapters,
+                stop,
+                grace=settings.core.shutdown_grace_seconds,
+                on_serving=tune_gc,
+            )
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -229,19 +235,35 @@ async def run_adapters(
 ) -> BaseException | None:
     """Start ``adapters``, serve until ``stop`` is set or one ends, then shut down.
 
-    ``on_serving`` runs once every adapter started. Shutdown always happens, in the order
-    :func:`shut_down` gives, even when starting an adapter failed.
+    ``on_serving`` runs once every adapter started and the replies a crash left unfinished
+    were taken over (:meth:`Engine.recover`). Shutdown always happens, in the order
+    :func:`shut_down` gives, even when starting an adapter failed. Replies in flight get
+    ``grace`` seconds (``SHUTDOWN_GRACE_SECONDS``); the rest are left to recovery.
 
     Returns:
         The error an adapter stopped with, if one did (it was logged).
     """
     started: list[ChatAdapter] = []
     fatal: BaseException | None = None
+    engine.use_adapters(adapters)
     try:
+        serving = True
         for adapter in adapters:
-            await adapter.start()
-            started.append(adapter)
-            _log.info("%s adapter started", adapter.name)
+            if not await _wait_to_serve(engine, adapter, stop):
+                serving = False
+                break
+        if serving:
+            # Replies a crash or restart left unfinished: queued first, so that no message
+            # arriving while the adapters start overtakes them; they edit once connected.
+            try:
+                await engine.recover(adapters_ready=False)
+            except Exception:
+                _log.exception("recovering interrupted replies failed; retried at a heartbeat")
+            for adapter in adapters:
+                await adapter.start()
+                started.append(adapter)
+                _log.info("%s adapter started", adapter.name)
+            engine.adapters_ready()
         if on_serving is not None:
             on_serving()
         waiters = [
@@ -261,6 +283,28 @@ async def run_adapters(
     finally:
         await shut_down(engine, started, grace=grace)
     return fatal
+
+
+async def _wait_to_serve(engine: Engine, adapter: ChatAdapter, stop: asyncio.Event) -> bool:
+    """Wait until no other live process of this bot serves ``adapter``'s platform.
+
+    Two processes on one token would fight over it (Telegram answers 409, Discord sends both
+    every event): the second waits for the first to stop. ``False`` if ``stop`` came first.
+    """
+    if adapter.name == "console":
+        return True
+    waiting = asyncio.create_task(
+        engine.wait_to_serve(adapter.name), name=f"chinwag-lease-{adapter.name}"
+    )
+    stopper = asyncio.create_task(stop.wait(), name="chinwag-lease-signal")
+    done, pending = await asyncio.wait({waiting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if waiting in done:
+        waiting.result()
+        return True
+    return False
 
 
 async def shut_down(engine: Engine, adapters: Sequence[ChatAdapter], *, grace: float) -> None:

@@ -33,6 +33,7 @@ from core.admission import Admission
 from core.commands import BuiltinCommands, CommandRegistry, parse_command
 from core.confirmations import CONFIRM_TTL, Confirmations
 from core.errors import ChinwagError, DuplicateMessage
+from core.instance import HEARTBEAT_SECONDS, Instance
 from core.lanes import Lanes
 from core.lifecycle import Lifecycle
 from core.notices import (
@@ -45,6 +46,7 @@ from core.notices import (
 )
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
+from core.recovery import Recovery
 from core.reply import Replier
 from core.sessions import Sessions
 from core.settings import AccessSettings, CoreSettings, LLMSettings
@@ -57,9 +59,13 @@ from core.types import (
     MessageStatus,
     NewMessage,
     Preferences,
+    ReplyInProgress,
     Role,
     StoredMessage,
 )
+
+_Job = tuple[IncomingMessage, ReplyChannel, ReplyInProgress | None]
+"""A lane's work: a message to answer, or (with a reply in progress) a reply to finish."""
 
 _log = logging.getLogger(__name__)
 
@@ -78,6 +84,8 @@ class Engine:
         llm: generation settings.
         access: allowlists, admins and limits (everyone allowed, no limits if omitted).
         clock: returns the current UTC time; tests pass a fake one.
+        heartbeat: seconds between this process's heartbeats in the store (its liveness as
+            the owner of replies in progress); tests pass a short one.
     """
 
     def __init__(
@@ -89,6 +97,7 @@ class Engine:
         llm: LLMSettings,
         access: AccessSettings | None = None,
         clock: Callable[[], datetime] | None = None,
+        heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         self._backend = backend
         self._store = store
@@ -125,11 +134,19 @@ class Engine:
         )
         self._commands = CommandRegistry()
         self._builtins.register(self._commands)
-        self._lanes: Lanes[ConversationKey, tuple[IncomingMessage, ReplyChannel]] = Lanes(
-            self._run_in_lane, _lane_name
-        )
+        self._lanes: Lanes[ConversationKey, _Job] = Lanes(self._run_in_lane, _lane_name)
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._state = Lifecycle.NEW
+        self._instance = Instance(store, core.bot_name, self._clock, interval=heartbeat)
+        self._recovery = Recovery(
+            store=store,
+            instance=self._instance,
+            bot=core.bot_name,
+            within=core.recover_within_seconds,
+            clock=self._clock,
+            submit=self._submit_recovered,
+        )
+        self._instance.on_beat = self._recovery.sweep
 
     # --- identity and lifecycle ------------------------------------------------------------
 
@@ -153,8 +170,16 @@ class Engine:
         """Where the engine is in its life (``NEW`` until :meth:`start`)."""
         return self._state
 
+    @property
+    def instance_id(self) -> str:
+        """This process's id in the store (the owner of its replies in progress)."""
+        return self._instance.id
+
     async def start(self) -> None:
-        """Mark replies a crash left in progress as interrupted. Idempotent.
+        """Register this process in the store and start its heartbeat. Idempotent.
+
+        Replies a crash left in progress are finished by :meth:`recover`, once the adapters
+        that can edit them are connected.
 
         Raises:
             RuntimeError: after :meth:`aclose`.
@@ -162,10 +187,40 @@ class Engine:
         if not self._state.require_startable("Engine"):
             return
         self._state = Lifecycle.STARTING
-        swept = await self._store.mark_interrupted(self.bot_name)
-        if swept:
-            _log.warning("marked %d reply(ies) left in progress by a crash as interrupted", swept)
+        await self._instance.start()
         self._state = Lifecycle.RUNNING
+
+    def use_adapters(self, adapters: Sequence[object]) -> None:
+        """Remember the adapters that can reopen a stored chat (call before starting them)."""
+        self._recovery.use(adapters)
+
+    async def wait_to_serve(self, platform: str) -> None:
+        """Return once this process may serve ``platform`` (holds its lease for this bot).
+
+        While another live process of the same bot serves it, this waits (logging why once)
+        and takes over when that process stops or dies.
+        """
+        await self._instance.hold_lease(platform)
+
+    async def recover(self, *, adapters_ready: bool = True) -> int:
+        """Take over the replies dead processes left in progress; then at every heartbeat.
+
+        Each is queued in its conversation's lane, ahead of messages that arrive later:
+        recent ones are produced again into the messages already on screen, older ones
+        marked interrupted (see :mod:`core.recovery`). With ``adapters_ready`` false they
+        wait for :meth:`adapters_ready` (call this before starting the adapters, so no new
+        message overtakes them). Returns how many replies were taken over now.
+        """
+        self._recovery.enabled = True
+        if adapters_ready:
+            self._recovery.ready.set()
+        else:
+            self._recovery.ready.clear()
+        return await self._recovery.sweep()
+
+    def adapters_ready(self) -> None:
+        """The adapters are connected: recovered replies may edit their messages now."""
+        self._recovery.ready.set()
 
     async def aclose(self, *, grace: float = 10.0) -> None:
         """Stop taking messages and drain. Idempotent.
@@ -177,11 +232,14 @@ class Engine:
         if self._state.closed:
             return
         self._state = Lifecycle.CLOSING
+        self._recovery.enabled = False
         try:
             tasks = self._lanes.tasks() + list(self._side_tasks)
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=grace)
-                self._replier.stop_all()
+                # What did not finish in time is stored as far as it got, still in
+                # progress: the next start (or a live peer) finishes it in place.
+                self._replier.abandon_all()
                 if pending:
                     await asyncio.wait(pending, timeout=5)
                 for task in pending:
@@ -189,6 +247,7 @@ class Engine:
                 await asyncio.gather(*pending, return_exceptions=True)
         finally:
             self._state = Lifecycle.CLOSED
+            await self._instance.aclose()
 
     # --- the inbound port ------------------------------------------------------------------
 
@@ -231,8 +290,21 @@ class Engine:
                 work = self._guarded(msg, out, self._bypassing(msg, out, *parsed))
                 self._spawn(work, future, parsed[0])
                 return future
-        self._lanes.submit(self._key(msg), (msg, out), future)
+        self._lanes.submit(self._key(msg), (msg, out, None), future)
         return future
+
+    def _submit_recovered(
+        self,
+        key: ConversationKey,
+        msg: IncomingMessage,
+        out: ReplyChannel,
+        reply: ReplyInProgress,
+    ) -> None:
+        """Queue a claimed reply in its conversation's lane, to be produced again."""
+        if self._state.closed:
+            return  # left in progress: the next start finishes it
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lanes.submit(key, (msg, out, reply), future)
 
     async def handle(self, msg: IncomingMessage, out: ReplyChannel) -> None:
         """Submit ``msg`` and wait until it is answered."""
@@ -288,10 +360,10 @@ class Engine:
             notice = exc.user_message if isinstance(exc, ChinwagError) else GENERIC_ERROR
             await notify(out, notice)
 
-    def _run_in_lane(
-        self, key: ConversationKey, job: tuple[IncomingMessage, ReplyChannel]
-    ) -> Awaitable[None]:
-        msg, out = job
+    def _run_in_lane(self, key: ConversationKey, job: _Job) -> Awaitable[None]:
+        msg, out, resumed = job
+        if resumed is not None:
+            return self._guarded(msg, out, self._resume(key, msg, out, resumed))
         return self._guarded(msg, out, self._process(key, msg, out))
 
     async def _bypassing(
@@ -359,7 +431,12 @@ class Engine:
                         platform_chat_id=msg.chat_id,
                         platform_message_ids=(msg.message_id,) if msg.message_id else (),
                     ),
-                    NewMessage(role=Role.ASSISTANT, content="", status=MessageStatus.IN_PROGRESS),
+                    NewMessage(
+                        role=Role.ASSISTANT,
+                        content="",
+                        status=MessageStatus.IN_PROGRESS,
+                        owner=self._instance.id,
+                    ),
                 ],
             )
         except DuplicateMessage as duplicate:
@@ -386,6 +463,11 @@ class Engine:
                 "ignoring redelivered %s message %s: already answered", msg.platform, msg.message_id
             )
             return
+        if reply is not None and reply.status is MessageStatus.IN_PROGRESS:
+            # Its writer may be alive (still streaming) or dead (its messages are on screen):
+            # taken over, and edited in place, only in the second case.
+            await self._recovery.redelivered(reply, out)
+            return
         if reply is not None:
             await self._store.finish_message(
                 reply.id, content=reply.content, status=MessageStatus.FAILED
@@ -393,7 +475,14 @@ class Engine:
         _log.info("answering redelivered %s message %s again", msg.platform, msg.message_id)
         (placeholder,) = await self._store.append_messages(
             seen.conversation_id,
-            [NewMessage(role=Role.ASSISTANT, content="", status=MessageStatus.IN_PROGRESS)],
+            [
+                NewMessage(
+                    role=Role.ASSISTANT,
+                    content="",
+                    status=MessageStatus.IN_PROGRESS,
+                    owner=self._instance.id,
+                )
+            ],
         )
         await self._reply(key, msg, out, placeholder, model, prefs)
 
@@ -405,10 +494,29 @@ class Engine:
         placeholder: StoredMessage,
         model: str,
         prefs: Preferences,
+        shown: Sequence[str] = (),
     ) -> Awaitable[None]:
         system_prompt = prefs.persona or self._core.system_prompt
         budget = self._sessions.budget(model)
-        return self._replier.reply(key, msg, out, placeholder, model, system_prompt, budget)
+        return self._replier.reply(
+            key, msg, out, placeholder, model, system_prompt, budget, shown=shown
+        )
+
+    async def _resume(
+        self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, reply: ReplyInProgress
+    ) -> None:
+        """Produce a claimed reply again, from the same prompt, into its messages on screen.
+
+        One begun longer than ``RECOVER_WITHIN_SECONDS`` ago is marked interrupted instead.
+        """
+        if self._recovery.too_old(reply):
+            await self._recovery.mark(reply, out)
+            return
+        prefs = await self._sessions.preferences(key)
+        model = self._sessions.model_for(prefs)
+        self._history.drop(reply.message.conversation_id)
+        _log.info("producing again a reply interrupted in %s chat %s", key.platform, msg.chat_id)
+        await self._reply(key, msg, out, reply.message, model, prefs, reply.platform_message_ids)
 
 
 __all__ = [

@@ -10,8 +10,8 @@ Implementations live in ``adapters/`` and are named ``<Vendor><Role>``: ``OpenAI
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from datetime import date
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import date, datetime
 from typing import Protocol, runtime_checkable
 
 from core.types import (
@@ -24,11 +24,13 @@ from core.types import (
     ExportedConversation,
     IncomingAction,
     IncomingMessage,
+    InstanceInfo,
     MessageStatus,
     NewMessage,
     PlatformStats,
     Preferences,
     ReplyEvent,
+    ReplyInProgress,
     StoredMessage,
     UsageRecord,
     UsageSummary,
@@ -177,6 +179,57 @@ class MemoryStore(Protocol):
         """Mark ``bot``'s messages left in progress (by a crash) interrupted; return how many."""
         ...
 
+    async def save_progress(
+        self,
+        message_id: int,
+        *,
+        content: str | None,
+        platform_chat_id: str | None = None,
+        platform_message_ids: Sequence[str] = (),
+    ) -> None:
+        """Save a reply in progress: its text so far (unless ``None``) and its messages.
+
+        Only a message still in progress is changed; ids already recorded for it are
+        skipped, new ones added after them (the order of the messages on screen).
+        """
+        ...
+
+    # --- instances, owner leases and recovery ---
+
+    async def register_instance(self, instance: InstanceInfo) -> None:
+        """Record a running process (or renew its row)."""
+        ...
+
+    async def heartbeat(self, instance_id: str, at: datetime) -> bool:
+        """Say ``instance_id`` is alive at ``at``; ``False`` if its row is gone."""
+        ...
+
+    async def retire_instance(self, instance_id: str) -> None:
+        """Forget a process (stopped, or found dead); its leases are released."""
+        ...
+
+    async def instances(self, bot: str) -> list[InstanceInfo]:
+        """The processes recorded for ``bot``, live or not."""
+        ...
+
+    async def claim_replies(
+        self, bot: str, owner: str, live: Sequence[str], *, message_id: int | None = None
+    ) -> list[ReplyInProgress]:
+        """Take over ``bot``'s replies in progress whose owner is not in ``live``.
+
+        Atomic per reply: two claimants never both get one. With ``message_id``, only that
+        reply is considered. Returns the replies now owned by ``owner``, oldest first.
+        """
+        ...
+
+    async def acquire_lease(self, bot: str, platform: str, owner: str, live: Sequence[str]) -> str:
+        """Hold the (bot, platform) lease unless a holder in ``live`` has it; return the holder."""
+        ...
+
+    async def release_lease(self, bot: str, platform: str, owner: str) -> None:
+        """Give up the (bot, platform) lease if ``owner`` holds it."""
+        ...
+
     # --- preferences ---
 
     async def get_preferences(self, key: ConversationKey) -> Preferences:
@@ -238,8 +291,17 @@ class ReplyChannel(Protocol):
         """Send a short plain-text notice (command output, error); return platform ids."""
         ...
 
-    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+    async def stream_reply(
+        self,
+        events: AsyncIterator[ReplyEvent],
+        on_posted: Callable[[Sequence[str]], None] | None = None,
+    ) -> Sequence[str]:
         """Show the reply while ``events`` yields text, until it ends; return platform ids.
+
+        ``on_posted`` (when given) is called with the ids of every message the reply has on
+        screen each time one is posted while the reply streams (not in the final update), so
+        the engine can store them before the reply ends. A channel built by
+        :meth:`ResumableAdapter.resume` edits the messages it was given instead of posting.
 
         ``events`` yields text deltas, and a ``QueuePosition`` while the reply waits for a
         busy model: the adapter shows its ``notice`` in place of the reply until text arrives
@@ -256,6 +318,27 @@ class ReplyChannel(Protocol):
 
     async def send_file(self, filename: str, data: bytes, caption: str = "") -> None:
         """Deliver a document (``/export``)."""
+        ...
+
+
+@runtime_checkable
+class ResumableAdapter(Protocol):
+    """A chat adapter that can reopen a reply in a stored chat (crash recovery)."""
+
+    @property
+    def name(self) -> str:
+        """The platform name, e.g. ``"telegram"``."""
+        ...
+
+    def resume(
+        self, chat_id: str, thread_id: str | None, message_ids: Sequence[str]
+    ) -> ReplyChannel:
+        """A channel into ``chat_id`` (and thread) that takes over ``message_ids``.
+
+        Its streamed reply edits those messages (already on screen, in order) into the
+        answer, extra parts posted after them, spare ones deleted. A platform that cannot
+        edit shows the answer anew.
+        """
         ...
 
 
@@ -332,4 +415,5 @@ __all__ = [
     "LLMBackend",
     "MemoryStore",
     "ReplyChannel",
+    "ResumableAdapter",
 ]

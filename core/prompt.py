@@ -23,10 +23,19 @@ from core.types import ChatMessage, MessageStatus, Role, StoredMessage
 _PAGE = 64
 _USABLE = (MessageStatus.COMPLETE, MessageStatus.CUT, MessageStatus.INTERRUPTED)
 
+CUT_OFF_LABEL = "[this reply was cut off before it was complete]"
+"""Ends an interrupted reply in a prompt: the model never takes a half reply as complete."""
+NO_REPLY_LABEL = "[no reply was given to this message: it was lost]"
+"""Stands between two user turns whose answer was lost (failed, or cut off before any text)."""
+_LABEL_TOKENS = 12  # what a label adds, counted generously (it is not stored)
+
 
 def usable(message: StoredMessage) -> bool:
     """Whether a stored message belongs in a prompt (the store's rule, too)."""
     return message.status in _USABLE and bool(message.content)
+
+
+_NO_REPLY = ChatMessage(role=Role.ASSISTANT, content=NO_REPLY_LABEL)
 
 
 class Turn:
@@ -46,7 +55,7 @@ class Turn:
         self._named: tuple[ChatMessage, int] | None = None
 
     def chat(self, shared: bool) -> tuple[ChatMessage, int]:
-        """The chat message, and the tokens a speaker's name adds in a shared memory."""
+        """The chat message, and the tokens a speaker's name (shared memory) or a label add."""
         message = self.message
         if shared and message.role is Role.USER:
             if self._named is None:
@@ -55,7 +64,12 @@ class Turn:
                 self._named = (chat, len(name) // 3 + 2)
             return self._named
         if self._plain is None:
-            self._plain = ChatMessage(role=message.role, content=message.content)
+            content = message.content
+            if message.role is Role.ASSISTANT and message.status is MessageStatus.INTERRUPTED:
+                content = f"{content}\n\n{CUT_OFF_LABEL}"
+            self._plain = ChatMessage(role=message.role, content=content)
+        if message.status is MessageStatus.INTERRUPTED:
+            return self._plain, _LABEL_TOKENS
         return self._plain, 0
 
 
@@ -259,7 +273,11 @@ class PromptBuilder:
                 limit=budget, message="the newest message alone exceeds the budget"
             )
         picked.reverse()
-        messages = [ChatMessage(role=Role.SYSTEM, content=system_prompt), *picked]
+        messages = [ChatMessage(role=Role.SYSTEM, content=system_prompt)]
+        for chat in picked:
+            if chat.role is Role.USER and messages[-1].role is Role.USER:
+                messages.append(_NO_REPLY)  # never two user turns where an answer was lost
+            messages.append(chat)
         previous = newest[1] if len(newest) > 1 and newest[1].role is Role.ASSISTANT else None
         return Prompt(
             messages=messages,

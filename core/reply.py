@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Final
 
-from core.errors import BackendError, ChinwagError, ContextTooLong
+from core.errors import BackendError, ChinwagError, ContextTooLong, StoreError
 from core.notices import EMPTY_MODEL_REPLY, asks_to_continue, cut_ending, notify, reopening
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
@@ -62,6 +64,9 @@ class _End:
 
 
 _DONE = _End()
+
+PROGRESS_INTERVAL: Final = 1.0
+"""Seconds between two saves of a streaming reply's text."""
 
 
 class Replier:
@@ -100,6 +105,7 @@ class Replier:
         self.clock = clock
         self.slots = asyncio.Semaphore(llm.max_concurrency)
         self.active: dict[ConversationKey, ReplyRun] = {}
+        self.clock_time = time.monotonic
 
     def reply(
         self,
@@ -110,8 +116,12 @@ class Replier:
         model: str,
         system_prompt: str,
         budget: Budget,
+        shown: Sequence[str] = (),
     ) -> Awaitable[None]:
         """Start answering ``msg`` from the history before ``placeholder``; await the result.
+
+        ``shown`` are the platform ids already recorded for ``placeholder`` (a reply taken
+        over after a crash, whose messages ``out`` edits).
 
         The run counts as in progress (``/stop`` reaches it) from this call on. Awaiting the
         result returns once the reply was shown, recorded and any notice about it sent.
@@ -119,6 +129,7 @@ class Replier:
         is raised after the reply was recorded as interrupted.
         """
         run = ReplyRun(self, key, msg, out, placeholder, model, system_prompt, budget)
+        run.saved_ids.update(shown)
         self.active[key] = run
         return run.run()
 
@@ -135,12 +146,25 @@ class Replier:
         for run in list(self.active.values()):
             run.stop()
 
+    def abandon_all(self) -> None:
+        """Stop every reply in progress and leave it to crash recovery (at shutdown).
+
+        Each is stored with what it wrote and its messages, still in progress: the next
+        start (or a live peer instance) produces it again and edits those messages.
+        """
+        for run in list(self.active.values()):
+            run.abandoned = True
+            run.stop()
+
 
 class ReplyRun:
     """One reply, from the prompt to the record; created and run by :class:`Replier`."""
 
     __slots__ = (
+        "_next_save",
         "_r",
+        "_saver",
+        "abandoned",
         "budget",
         "delivery_failed",
         "error",
@@ -157,6 +181,9 @@ class ReplyRun:
         "prompt_tokens",
         "queue",
         "resuming",
+        "saved_ids",
+        "saved_len",
+        "shown_ids",
         "stopped",
         "system_prompt",
         "tool_calls",
@@ -195,6 +222,15 @@ class ReplyRun:
         self.platform_ids: Sequence[str] = ()
         self.producer: asyncio.Task[None] | None = None
         self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.abandoned = False  # left in progress at shutdown, for recovery
+        # Progress saved while the reply streams, so a restart knows what is on screen:
+        # message ids as soon as posted, the text at most every PROGRESS_INTERVAL seconds
+        # (a short reply saves nothing before its final record).
+        self.shown_ids: Sequence[str] = ()
+        self.saved_ids: set[str] = set()
+        self.saved_len = len(placeholder.content)
+        self._saver: asyncio.Task[None] | None = None
+        self._next_save = replier.clock_time() + PROGRESS_INTERVAL
 
     def stop(self) -> None:
         """End the generation now (``/stop``, shutdown); what was written is kept."""
@@ -289,6 +325,8 @@ class ReplyRun:
             event = await queue.get()
             if isinstance(event, TextDelta):
                 parts.append(event.text)
+                if self._saver is None and self._r.clock_time() >= self._next_save:
+                    self._save_progress()
                 if self.resuming is None:
                     yield event.text
                 elif len(held := "".join(parts).lstrip()) >= 3:
@@ -321,7 +359,7 @@ class ReplyRun:
         try:
             events = self._events()
             try:
-                self.platform_ids = await self.out.stream_reply(events)
+                self.platform_ids = await self.out.stream_reply(events, self._posted)
             finally:
                 await events.aclose()
         except asyncio.CancelledError:
@@ -331,6 +369,43 @@ class ReplyRun:
             self.delivery_failed = True
             _log.exception("the %s adapter failed to deliver a reply", self.msg.platform)
 
+    # --- progress --------------------------------------------------------------------
+
+    def _posted(self, platform_ids: Sequence[str]) -> None:
+        """The adapter posted a message of this reply: store the ids soon."""
+        self.shown_ids = tuple(platform_ids)
+        if self._saver is None:
+            self._save_progress()
+
+    def _save_progress(self) -> None:
+        self._saver = asyncio.create_task(self._save(), name="chinwag-reply-progress")
+
+    async def _save(self) -> None:
+        """Save what changed (new ids, the text) until nothing is left to save."""
+        r = self._r
+        try:
+            while True:
+                ids = [i for i in self.shown_ids if i not in self.saved_ids]
+                text = "".join(self.parts)
+                content = text if len(text) != self.saved_len else None
+                if not ids and content is None:
+                    return
+                await r.store.save_progress(
+                    self.placeholder.id,
+                    content=content,
+                    platform_chat_id=self.msg.chat_id,
+                    platform_message_ids=ids,
+                )
+                self.saved_ids.update(ids)
+                self.saved_len = len(text)
+                self._next_save = r.clock_time() + PROGRESS_INTERVAL
+                if not [i for i in self.shown_ids if i not in self.saved_ids]:
+                    return
+        except StoreError as exc:
+            _log.warning("could not save a reply's progress: %s", exc)
+        finally:
+            self._saver = None
+
     async def _finish(self) -> str:
         """End the producer, leave the runs in progress, record; return the reply's text."""
         producer = self.producer
@@ -338,6 +413,9 @@ class ReplyRun:
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
+        saver = self._saver
+        if saver is not None:  # its ids must be recorded before the final record's
+            await asyncio.wait([saver])
         active = self._r.active
         if active.get(self.key) is self:
             del active[self.key]
@@ -357,6 +435,8 @@ class ReplyRun:
         )
 
     def _status(self, text: str) -> MessageStatus:
+        if self.abandoned:
+            return MessageStatus.IN_PROGRESS
         if self.delivery_failed:
             return MessageStatus.FAILED
         if self.stopped:
@@ -382,7 +462,7 @@ class ReplyRun:
             token_count=reply_tokens,
             tokenizer=tokenizer,
             platform_chat_id=msg.chat_id,
-            platform_message_ids=tuple(self.platform_ids),
+            platform_message_ids=tuple(i for i in self.platform_ids if i not in self.saved_ids),
             usage=UsageRecord(
                 r.bot_name,
                 msg.platform,
@@ -406,7 +486,9 @@ class ReplyRun:
 
     async def _report(self, text: str) -> None:
         msg, error = self.msg, self.error
-        if error is not None:
+        if self.abandoned:
+            _log.info("reply in %s chat %s left to recovery", msg.platform, msg.chat_id)
+        elif error is not None:
             if isinstance(error, ChinwagError):
                 _log.warning("backend error in %s chat %s: %s", msg.platform, msg.chat_id, error)
                 await notify(self.out, error.user_message)

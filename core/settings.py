@@ -53,11 +53,19 @@ class CoreSettings(ChinwagSettings):
         "bot_name": "chinwag",
         "system_prompt": "You are a helpful assistant.",
         "memory_scope_groups": "user",
+        "recover_within_seconds": "600",
+        "shutdown_grace_seconds": "10",
     }
 
     bot_name: str = Field(default="chinwag", min_length=1, max_length=64)
     system_prompt: str = "You are a helpful, concise assistant."
     memory_scope_groups: MemoryScope = MemoryScope.USER
+    # A reply a crash or restart left unfinished is produced again into its messages if it
+    # began less than this long ago; an older one is marked interrupted.
+    recover_within_seconds: float = Field(default=600.0, ge=0, le=86400 * 30)
+    # How long a stop (SIGTERM) waits for replies in flight; the rest are finished by
+    # recovery at the next start.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
 
 
 class LLMSettings(ChinwagSettings):

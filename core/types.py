@@ -247,6 +247,7 @@ class NewMessage:
     extra: Mapping[str, Any] | None = None
     platform_chat_id: str | None = None
     platform_message_ids: Sequence[str] = ()
+    owner: str | None = None  # the instance writing a reply in progress
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +265,43 @@ class StoredMessage:
     tokenizer: str | None
     extra: Mapping[str, Any] | None
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """A running chinwag process, as the store keeps it (the owner of replies and leases).
+
+    Attributes:
+        id: unique per process start.
+        bot: the ``BOT_NAME`` it serves.
+        host: the host name it runs on.
+        pid: its process id on ``host``.
+        heartbeat_at: when it last said it is alive (UTC).
+    """
+
+    id: str
+    bot: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyInProgress:
+    """A reply left in progress that an instance took over (``MemoryStore.claim_replies``).
+
+    Attributes:
+        message: the stored reply (status ``in_progress``, content as last saved).
+        key: its conversation's slot.
+        chat_id: the platform chat its messages are in.
+        platform_message_ids: the messages already on screen, in the order they were posted.
+    """
+
+    message: StoredMessage
+    key: ConversationKey
+    chat_id: str
+    platform_message_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)

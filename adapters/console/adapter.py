@@ -18,7 +18,7 @@ import getpass
 import logging
 import sys
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -42,7 +42,11 @@ class _ConsoleReply:
         self._adapter.write_reply(text)
         return ()
 
-    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+    async def stream_reply(
+        self,
+        events: AsyncIterator[ReplyEvent],
+        on_posted: Callable[[Sequence[str]], None] | None = None,
+    ) -> Sequence[str]:
         adapter = self._adapter
         adapter.begin_reply()
         wrote = False
@@ -168,6 +172,15 @@ class ConsoleAdapter:
         self._intake_open = False
         self._lines.put_nowait(_EOF)  # wakes a read waiting for the next line
 
+    def resume(
+        self, chat_id: str, thread_id: str | None, message_ids: Sequence[str]
+    ) -> _ConsoleReply:
+        """A channel for a reply recovered after a crash; the answer is printed anew.
+
+        A terminal cannot edit what it printed.
+        """
+        return _ConsoleReply(self)
+
     async def aclose(self) -> None:
         """Stop reading. Idempotent."""
         self._intake_open = False
@@ -186,8 +199,8 @@ class ConsoleAdapter:
                 loop.call_soon_threadsafe(self._take_line, line.rstrip("\r\n"))
         except (OSError, ValueError):
             _log.debug("console input closed", exc_info=True)
-        except RuntimeError:  # a line typed after the loop closed: nobody is listening
-            return
+        except RuntimeError:  # a line read after the loop closed: nobody reads any more
+            _log.debug("console input read after the event loop closed")
         finally:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 loop.call_soon_threadsafe(self._lines.put_nowait, _EOF)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -439,6 +439,22 @@ class DiscordAdapter:
         )
 
     # --- outgoing ------------------------------------------------------------------------
+
+    def resume(
+        self, chat_id: str, thread_id: str | None, message_ids: Sequence[str]
+    ) -> DiscordReplyChannel:
+        """A channel into a stored channel (or thread) whose reply edits ``message_ids``.
+
+        Used by crash recovery (``core.ports.ResumableAdapter``); works for DMs and threads
+        not in discord.py's cache (a partial messageable needs no fetch).
+
+        Raises:
+            RuntimeError: before ``start()``.
+        """
+        client = self.client
+        channel = client.get_partial_messageable(int(thread_id or chat_id))
+        sink = ChannelSink.resumed(self, channel)
+        return DiscordReplyChannel(self, sink, channel, "", adopt=message_ids)
 
     async def call(self, awaitable: Awaitable[T], what: str, channel_id: str) -> T:
         """One Discord call with the timeout; a missing permission is logged once."""

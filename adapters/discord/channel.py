@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import io
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
 import discord
@@ -52,19 +52,32 @@ class ChannelSink:
 
     def __init__(self, adapter: Caller, message: discord.Message) -> None:
         self._adapter = adapter
-        self._message = message
-        self._channel = message.channel
+        self._message: discord.Message | None = message
+        self._channel: Any = message.channel
         self.channel_id = str(message.channel.id)
         self._reply = message.guild is not None  # a DM needs no reply marker
         self.asker_in_guild = message.author if message.guild is not None else None
 
+    @classmethod
+    def resumed(cls, adapter: Caller, channel: Any) -> ChannelSink:
+        """Messages in ``channel`` with no message to reply to (crash recovery)."""
+        sink = cls.__new__(cls)
+        sink._adapter = adapter
+        sink._message = None
+        sink._channel = channel
+        sink.channel_id = str(channel.id)
+        sink._reply = False
+        sink.asker_in_guild = None
+        return sink
+
     async def post(self, content: str, first: bool) -> Any:
         """Send ``content``; the ``first`` message of an answer replies to the asker."""
-        reference = self._message.to_reference(fail_if_not_exists=False) if first else None
+        message = self._message
+        reference = message.to_reference(fail_if_not_exists=False) if first and message else None
         return await self._adapter.call(
             self._channel.send(
                 content,
-                reference=reference if self._reply else None,  # type: ignore[arg-type]
+                reference=reference if self._reply else None,
                 allowed_mentions=REPLY_MENTION if first and self._reply else NO_MENTIONS,
             ),
             "send a message",
@@ -203,8 +216,10 @@ class DiscordReplyChannel:
         sink: ChannelSink | InteractionSink,
         channel: Any,
         user_id: str,
+        adopt: Sequence[str] = (),
     ) -> None:
         self._adapter = adapter
+        self._adopt = tuple(adopt)  # messages on screen the streamed reply takes over
         self._sink = sink
         self._channel = channel
         self._user_id = user_id
@@ -223,16 +238,25 @@ class DiscordReplyChannel:
             ids.append(str(message.id))
         return ids
 
-    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+    async def stream_reply(
+        self,
+        events: AsyncIterator[ReplyEvent],
+        on_posted: Callable[[Sequence[str]], None] | None = None,
+    ) -> Sequence[str]:
         """Show the reply as ``events`` arrive, in messages edited live; return their ids.
 
         The policy is :class:`~adapters.live.LiveMessage`'s: the text is re-split on every
         flush, so the messages always hold exactly ``split_message(text so far)``; flushes
         (the first included) are ``DISCORD_EDIT_INTERVAL`` apart, on top of discord.py's own
         rate-limit handling; a queue notice shows until the answer replaces it; the final
-        flush makes every message match the complete text.
+        flush makes every message match the complete text. A channel built with ``adopt``
+        ids (crash recovery) edits those messages into the reply.
         """
-        return await LiveMessage(_Surface(self._sink, self._settings), self._pacing).run(events)
+        surface = _Surface(self._sink, self._settings)
+        if self._adopt:
+            live = LiveMessage.adopt(surface, self._pacing, self._adopt, on_posted)
+            return await live.run(events)
+        return await LiveMessage(surface, self._pacing, on_posted).run(events)
 
     def adopt(self, platform_ids: Sequence[str]) -> LiveMessage[str, Any]:
         """A live message that takes over messages of this channel already on screen."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Final
 
+from adapters.memory.in_memory_recovery import InMemoryRecovery, RecoveryState
 from adapters.memory.validation import check_extra, check_usage, storable, usage_pseudonym
 from core.errors import DuplicateMessage, StoreError
 from core.lifecycle import Lifecycle
@@ -66,7 +67,7 @@ def _slot(key: ConversationKey) -> _Slot:
     return (key.bot, key.platform, key.chat_id, key.thread_id or "", key.user_id or "")
 
 
-class InMemoryStore:
+class InMemoryStore(InMemoryRecovery):
     """The ``MemoryStore`` port on dicts: same contract as the SQL store, no persistence.
 
     Args:
@@ -85,6 +86,7 @@ class InMemoryStore:
         self._usage: dict[_UsageKey, _Usage] = {}
         self._next_conversation = 1
         self._next_message = 1
+        self._recovery = RecoveryState()
 
     def __repr__(self) -> str:
         return f"InMemoryStore({len(self._conversations)} conversations)"
@@ -195,9 +197,11 @@ class InMemoryStore:
         ]
         self._next_message += len(stored)
         conv.last_seq += len(stored)
-        for new, platform_ids in zip(stored, wanted, strict=True):
+        for new, m, platform_ids in zip(stored, batch, wanted, strict=True):
             self._messages[new.id] = new
             conv.ids.append(new.id)
+            if m.owner is not None:
+                self._recovery.owners[new.id] = m.owner
             for platform_id in platform_ids:
                 self._platform_ids[platform_id] = new.id
         return stored
@@ -304,6 +308,9 @@ class InMemoryStore:
                     self._messages[message.id] = replace(message, status=MessageStatus.INTERRUPTED)
                     count += 1
         return count
+
+    def _conversation_key(self, message: StoredMessage) -> ConversationKey:
+        return self._conversations[message.conversation_id].conversation.key
 
     def _messages_of(self, conv: _Conversation) -> Iterator[StoredMessage]:
         return (self._messages[i] for i in conv.ids)

@@ -134,6 +134,9 @@ class MessageRow(Base):
     tokenizer: Mapped[str | None] = mapped_column(String())
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime]
+    # The instance writing a reply in progress (``instances.id``); recovery takes over a
+    # reply only once its owner's heartbeat is stale (see migration 0004).
+    owner: Mapped[str | None] = mapped_column(String(64))
 
 
 class PlatformMessageRow(Base):
@@ -187,6 +190,31 @@ class UsageDailyRow(Base):
     prompt_tokens: Mapped[int] = mapped_column(BigInteger)
     completion_tokens: Mapped[int] = mapped_column(BigInteger)
     messages: Mapped[int] = mapped_column(Integer)
+
+
+class InstanceRow(Base):
+    """A running ``chinwag`` process: its identity and its heartbeat (the owner leases)."""
+
+    __tablename__ = "instances"
+    __table_args__ = (Index("ix_instances_bot", "bot"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bot: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+
+
+class LeaseRow(Base):
+    """Who serves one (bot, platform): a second process on the same token waits for it."""
+
+    __tablename__ = "leases"
+
+    bot: Mapped[str] = mapped_column(String(64), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    acquired_at: Mapped[datetime]
 
 
 class MetaRow(Base):

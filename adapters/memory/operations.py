@@ -159,6 +159,7 @@ def append(
             "tokenizer": m.tokenizer,
             "status": MessageStatus(m.status).value,
             "created_at": created_at,
+            "owner": m.owner,
         }
         for i, m in enumerate(batch)
     ]
@@ -214,6 +215,7 @@ def _insert_messages(
                     p["tokenizer"],
                     p["status"],
                     stamp,
+                    p["owner"],
                 ),
             ).fetchone()[0]
             for p in params

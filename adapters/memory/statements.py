@@ -251,7 +251,7 @@ RAW_BUMP_SEQ: Final = (
 )
 RAW_INSERT_MESSAGE: Final = (
     "INSERT INTO messages (conversation_id, seq, role, author_id, content, extra, token_count, "
-    "tokenizer, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+    "tokenizer, status, created_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
 )
 RAW_INSERT_PLATFORM: Final = (
     "INSERT INTO platform_messages (bot, platform, chat_id, platform_message_id, message_id) "

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from adapters.memory import operations as ops
 from adapters.memory import privacy
+from adapters.memory import recovery as rec
 from adapters.memory.executor import DATABASE_ERRORS, Executor, Op, describe
 from adapters.memory.postgres import PostgresExecutor
 from adapters.memory.settings import normalize_database_url, render_url
@@ -40,10 +41,12 @@ from core.types import (
     Conversation,
     ConversationKey,
     ExportedConversation,
+    InstanceInfo,
     MessageStatus,
     NewMessage,
     PlatformStats,
     Preferences,
+    ReplyInProgress,
     StoredMessage,
     UsageRecord,
     UsageSummary,
@@ -459,6 +462,69 @@ class SqlMemoryStore:
             lambda c: ops.stats(c, bot, day), write=False
         )
         return result
+
+    # --- replies in progress, instances, leases ----------------------------------------------
+
+    async def save_progress(
+        self,
+        message_id: int,
+        *,
+        content: str | None,
+        platform_chat_id: str | None = None,
+        platform_message_ids: Sequence[str] = (),
+    ) -> None:
+        """Save a reply in progress: its text so far (unless ``None``) and new message ids.
+
+        A message no longer in progress (finished, deleted) is left as it is.
+        """
+        pids = tuple(platform_message_ids)
+        await self._call(
+            lambda c: rec.save_progress(c, message_id, content, platform_chat_id, pids),
+            write=True,
+        )
+
+    async def register_instance(self, instance: InstanceInfo) -> None:
+        """Record a running process (or renew its heartbeat)."""
+        await self._call(lambda c: rec.register_instance(c, instance), write=True)
+
+    async def heartbeat(self, instance_id: str, at: datetime) -> bool:
+        """Say ``instance_id`` is alive at ``at``; ``False`` if its row is gone."""
+        alive: bool = await self._call(lambda c: rec.heartbeat(c, instance_id, at), write=True)
+        return alive
+
+    async def retire_instance(self, instance_id: str) -> None:
+        """Forget a process and release its leases."""
+        await self._call(lambda c: rec.retire_instance(c, instance_id), write=True)
+
+    async def instances(self, bot: str) -> list[InstanceInfo]:
+        """The processes recorded for ``bot``, oldest first."""
+        result: list[InstanceInfo] = await self._call(lambda c: rec.instances(c, bot), write=False)
+        return result
+
+    async def claim_replies(
+        self, bot: str, owner: str, live: Sequence[str], *, message_id: int | None = None
+    ) -> list[ReplyInProgress]:
+        """Take over ``bot``'s replies in progress whose owner is not in ``live``.
+
+        One ``UPDATE`` sets the owner, so two claimants never both get a reply.
+        """
+        alive = tuple(live)
+        result: list[ReplyInProgress] = await self._call(
+            lambda c: rec.claim_replies(c, bot, owner, alive, message_id), write=True
+        )
+        return result
+
+    async def acquire_lease(self, bot: str, platform: str, owner: str, live: Sequence[str]) -> str:
+        """Hold the (bot, platform) lease unless a live holder has it; return the holder."""
+        alive = tuple(live)
+        holder: str = await self._call(
+            lambda c: rec.acquire_lease(c, bot, platform, owner, alive, self._now()), write=True
+        )
+        return holder
+
+    async def release_lease(self, bot: str, platform: str, owner: str) -> None:
+        """Give up the (bot, platform) lease if ``owner`` holds it."""
+        await self._call(lambda c: rec.release_lease(c, bot, platform, owner), write=True)
 
 
 __all__ = ["SqlMemoryStore", "recent_messages_query"]

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Final
 
@@ -101,6 +102,7 @@ class TelegramAdapter:
         self._bot_id = 0
         self._commands: frozenset[str] = frozenset()
         self._requests: tuple[HTTPXRequest, ...] = ()
+        self._conflict_told = False
 
     @property
     def name(self) -> str:
@@ -267,6 +269,27 @@ class TelegramAdapter:
             await self._shutdown(self._app)
         self._stopped.set()
 
+    def resume(
+        self, chat_id: str, thread_id: str | None, message_ids: Sequence[str]
+    ) -> TelegramReplyChannel:
+        """A channel into a stored chat whose streamed reply edits ``message_ids``.
+
+        Used by crash recovery (``core.ports.ResumableAdapter``) once the adapter started.
+
+        Raises:
+            RuntimeError: before ``start()``.
+        """
+        if self._transport is None:
+            raise RuntimeError("TelegramAdapter.resume() before start()")
+        chat = int(chat_id)
+        return TelegramReplyChannel(
+            self._transport,
+            chat_id=chat,
+            thread_id=int(thread_id) if thread_id else None,
+            is_private=chat > 0,  # Telegram's private chats are the users' (positive) ids
+            adopt=message_ids,
+        )
+
     @staticmethod
     async def _shutdown(app: AnyApplication) -> None:
         if app.updater is not None and app.updater.running:
@@ -432,11 +455,23 @@ class TelegramAdapter:
         _log.error("Telegram: an update failed", exc_info=error)
 
     def _on_polling_error(self, exc: TelegramError) -> None:
-        if isinstance(exc, (InvalidToken, Conflict)):
-            # Another instance polls with this token, or the token was revoked: stop.
+        if isinstance(exc, InvalidToken):
+            # The token was revoked: stop.
             self._fatal = AdapterError(f"Telegram polling stopped: {exc}")
             self._stopped.set()
             _log.error("Telegram polling stopped: %s", exc)
+        elif isinstance(exc, Conflict):
+            # Another process polls with this token (one not sharing our database, or the
+            # lease would have kept us waiting). Stopping would leave both down under a
+            # restart policy: keep polling with python-telegram-bot's backoff; each update
+            # is still fetched, and answered, once.
+            if not self._conflict_told:
+                self._conflict_told = True
+                _log.warning(
+                    "another process polls Telegram with this bot's token (409 Conflict); "
+                    "retrying. Run one process per token, or give both the same DATABASE_URL "
+                    "so that the second waits for the first"
+                )
         elif isinstance(exc, NetworkError):
             _log.warning("Telegram polling: network error (%s); retrying", exc)
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
 from telegram import (
@@ -58,8 +58,10 @@ class TelegramReplyChannel:
         reply_to: int | None = None,
         is_private: bool = True,
         asker: str | None = None,
+        adopt: Sequence[str] = (),
     ) -> None:
         self._t = transport
+        self._adopt = tuple(adopt)  # messages on screen the streamed reply takes over
         self._asker = asker
         self._chat_id = chat_id
         self._thread_id = thread_id
@@ -206,7 +208,11 @@ class TelegramReplyChannel:
             ids.append(str(await self._send(Part(part.text, part.text), html=False)))
         return ids
 
-    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+    async def stream_reply(
+        self,
+        events: AsyncIterator[ReplyEvent],
+        on_posted: Callable[[Sequence[str]], None] | None = None,
+    ) -> Sequence[str]:
         """Show the reply as ``events`` arrive, in messages edited live; return their ids.
 
         The policy is :class:`~adapters.live.LiveMessage`'s: the first message is sent once
@@ -214,9 +220,13 @@ class TelegramReplyChannel:
         is sent once and never edited); edits follow at most every edit interval and honour
         the chat's flood gate; "typing" shows while no text arrived for ``typing_delay``; a
         queue notice shows until the answer replaces it. Replies over 4096 UTF-16 units
-        continue in new messages. The final text is always delivered complete.
+        continue in new messages. The final text is always delivered complete. A channel
+        built with ``adopt`` ids (crash recovery) edits those messages into the reply.
         """
-        return await LiveMessage(_Surface(self), self._t.pacing).run(events)
+        if self._adopt:
+            live = LiveMessage.adopt(_Surface(self), self._t.pacing, self._adopt, on_posted)
+            return await live.run(events)
+        return await LiveMessage(_Surface(self), self._t.pacing, on_posted).run(events)
 
     def adopt(self, platform_ids: Sequence[str]) -> LiveMessage[Part, int]:
         """A live message that takes over messages of this chat already on screen."""

@@ -407,6 +407,50 @@ async def test_spare_existing_messages_are_deleted_when_the_answer_is_shorter(
     assert [platform.deleted(i) for i in old] == [False, True, True]
 
 
+async def test_posted_messages_are_reported_while_streaming_never_for_a_short_reply(
+    platform: Any,
+) -> None:
+    reported: list[list[str]] = []
+    out = await platform.ask("quick")
+    feed = Feed()
+    task = asyncio.create_task(
+        out.stream_reply(feed.events(), lambda ids: reported.append(list(ids)))
+    )
+    feed.push("Short ", "and sweet.")
+    feed.end()
+    await task
+    assert reported == []  # the final record stores its id: nothing extra on the hot path
+
+    first, second = _paragraphs(platform.limit, 2, fill=0.9)
+    out = await platform.ask("two parts")
+    feed = Feed()
+    task = asyncio.create_task(
+        out.stream_reply(feed.events(), lambda ids: reported.append(list(ids)))
+    )
+    feed.push(first)
+    await platform.wait_for(lambda: len(reported) == 1)
+    assert reported == [platform.ids()[-1:]]  # told as soon as it was posted
+    feed.push(f"\n\n{second}")
+    feed.end()
+    ids = await task
+    assert len(ids) == 2
+    assert reported[0] == [ids[0]]
+
+
+async def test_a_resumed_chat_edits_the_messages_already_on_screen(platform: Any) -> None:
+    out = await platform.ask("again")
+    old = list(await out.send_text("partial answer, cut by a crash"))
+    chat_id = str(getattr(platform.chat, "id", platform.chat))
+    resumed = platform.adapter.resume(chat_id, None, old)
+    feed = Feed()
+    task = await _stream(resumed, feed)
+    feed.push("The whole ", "answer.")
+    feed.end()
+    assert list(await task) == old
+    assert platform.texts() == ["The whole answer."]  # edited in place, no second copy
+    assert platform.posts() == 1
+
+
 async def test_after_stop_intake_new_messages_wait_and_replies_in_flight_arrive(
     platform: Any,
 ) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from adapters.memory.store import SqlMemoryStore
 from bots.app import run_adapters
@@ -26,7 +26,11 @@ class _Channel(RecordingChannel):
         self.adapter = adapter
         self.open_at_delivery: list[bool] = []
 
-    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+    async def stream_reply(
+        self,
+        events: AsyncIterator[ReplyEvent],
+        on_posted: Callable[[Sequence[str]], None] | None = None,
+    ) -> Sequence[str]:
         ids = await super().stream_reply(events)
         self.open_at_delivery.append(not self.adapter.closed)
         return ids

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
 
@@ -31,7 +31,11 @@ class WatchedChannel(RecordingChannel):
         super().__init__()
         self.first_text = asyncio.Event()
 
-    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+    async def stream_reply(
+        self,
+        events: AsyncIterator[ReplyEvent],
+        on_posted: Callable[[Sequence[str]], None] | None = None,
+    ) -> Sequence[str]:
         async def watched() -> AsyncIterator[ReplyEvent]:
             async for event in events:
                 if isinstance(event, str):
@@ -318,26 +322,27 @@ async def test_redelivered_message_with_interrupted_reply_is_answered(make_engin
     assert [r.content for r in rows if r.role is Role.USER] == ["hi"]
 
 
-async def test_crash_leftovers_marked_interrupted_for_this_bot_only(make_engine, store):
+async def test_a_second_process_never_touches_replies_a_live_one_writes(make_engine, store):
     backend = Turnstile("one", "two")
-    crashed = make_engine(bot_name="testbot", backend_override=backend)
+    first = make_engine(bot_name="testbot", backend_override=backend)
     other = make_engine(bot_name="otherbot", backend_override=backend)
-    pending = [
-        crashed.submit(dm("one"), RecordingChannel()),
-        other.submit(dm("two"), RecordingChannel()),
-    ]
+    await first.start()
+    await other.start()
+    out = RecordingChannel()
+    pending = [first.submit(dm("one"), out), other.submit(dm("two"), RecordingChannel())]
     await asyncio.wait_for(backend.arrived["one"].wait(), 5)  # both replies are in progress
     await asyncio.wait_for(backend.arrived["two"].wait(), 5)
-    # A new process of "testbot" starts while the old one is stuck: its sweep must only
-    # touch testbot's rows.
-    restarted = make_engine(bot_name="testbot")
-    await restarted.start()
-    mine = await history(store, crashed)
-    theirs = await history(store, other)
-    assert mine[-1].status is MessageStatus.INTERRUPTED
-    assert theirs[-1].status is MessageStatus.IN_PROGRESS
+    # A second process of "testbot" starts while the first one streams: the first is alive
+    # (its heartbeat is fresh), so its reply is left alone; "otherbot" is not its business.
+    second = make_engine(bot_name="testbot", backend_override=backend)
+    await second.start()
+    assert await second.recover() == 0
+    assert (await history(store, first))[-1].status is MessageStatus.IN_PROGRESS
+    assert (await history(store, other))[-1].status is MessageStatus.IN_PROGRESS
     backend.release.set()
     await asyncio.gather(*pending)
+    assert out.replies == ["echo: one | remembered: nothing"]
+    assert (await history(store, first))[-1].status is MessageStatus.COMPLETE
 
 
 async def test_adapter_failure_does_not_break_the_engine(make_engine, store):
@@ -381,7 +386,7 @@ async def test_two_bots_sharing_a_database_never_mix(make_engine):
 
 
 async def test_prompt_from_history_cache_equals_prompt_read_from_store(make_engine, store, backend):
-    from core.prompt import PromptBuilder
+    from core.prompt import CUT_OFF_LABEL, PromptBuilder
 
     engine = make_engine(context_window=300, max_reply_tokens=100)
     out = RecordingChannel()
@@ -403,7 +408,8 @@ async def test_prompt_from_history_cache_equals_prompt_read_from_store(make_engi
         shared=False,
     )
     assert list(backend.calls[-1].messages) == prompt.messages
-    assert any(m.content == "echo:" for m in prompt.messages)  # the interrupted partial
+    # the interrupted partial, labelled as such
+    assert any(m.content == f"echo:\n\n{CUT_OFF_LABEL}" for m in prompt.messages)
 
 
 async def test_blank_model_reply_gets_a_notice(make_engine, backend):

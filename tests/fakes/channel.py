@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from core.types import QueuePosition, ReplyEvent
@@ -44,7 +44,11 @@ class RecordingChannel:
         self.events.append(("notice", text))
         return (f"n{next(_ids)}",)
 
-    async def stream_reply(self, events: AsyncIterator[ReplyEvent]) -> Sequence[str]:
+    async def stream_reply(
+        self,
+        events: AsyncIterator[ReplyEvent],
+        on_posted: Callable[[Sequence[str]], None] | None = None,
+    ) -> Sequence[str]:
         self.stream_started.set()
         parts: list[str] = []
         async for piece in events:

@@ -58,6 +58,12 @@ __all__ = [
 # --- Telegram's HTML parser ---------------------------------------------------------------
 
 
+_CONFLICT = (
+    "Conflict: terminated by other getUpdates request; make sure that only one bot instance "
+    "is running"
+)
+
+
 class TelegramHTMLError(ValueError):
     """The text is not valid Telegram HTML; ``str()`` is Telegram's description."""
 
@@ -521,6 +527,8 @@ class FakeTelegram:
         self._session: aiohttp.ClientSession | None = None
         self._webhook_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._poll_generation = 0
+        self.conflicts = 0  # long polls ended by another getUpdates (409 Conflict)
 
     # --- lifecycle ---
 
@@ -908,11 +916,18 @@ class FakeTelegram:
         if offset:
             while self._updates and self._updates[0][0] < offset:
                 self._updates.popleft()
+        # Like Telegram, a second long poll ends the one waiting with 409 Conflict.
+        self._poll_generation += 1
+        generation = self._poll_generation
+        self._notify()
         if not self._updates and timeout:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(float(timeout), 30.0)):
                     while not self._updates and not self.webhook_url and not self._closing:
                         await self._changed.wait()
+                        if self._poll_generation != generation:
+                            self.conflicts += 1
+                            raise _ApiError(409, _CONFLICT)
         batch = []
         for update_id, update in list(self._updates)[:limit]:
             self._delivered[update_id] = update

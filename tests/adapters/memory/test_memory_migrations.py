@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, make_url
 
 from adapters.memory import migrate
 from adapters.memory.models import metadata
 from adapters.memory.store import SqlMemoryStore
-from core.types import ConversationKey, NewMessage, Role
+from core.types import ConversationKey
 
 TABLES = {
     "conversations",
@@ -25,6 +26,8 @@ TABLES = {
     "preferences",
     "usage_daily",
     "chinwag_meta",
+    "instances",
+    "leases",
 }
 
 
@@ -66,11 +69,22 @@ async def test_revision_0001_lacks_only_the_secondary_indexes(db_url: str) -> No
     assert await migrate.current(db_url) == "0001"
     diff = await schema_diff(db_url)
     assert diff, "0002 must add something"
-    assert {entry[0] for entry in diff} == {"add_index"}
+    # 0002/0003 add indexes; 0004 the instances and leases tables and messages.owner.
+    assert {entry[0] for entry in diff} == {"add_index", "add_table", "add_column"}
+
+
+async def test_revision_0003_lacks_only_the_owner_leases(db_url: str) -> None:
+    await migrate.upgrade(db_url, "0003")
+    diff = await schema_diff(db_url)
+    added = {entry[-1].name for entry in diff if entry[0] in ("add_table", "add_column")}
+    assert added == {"instances", "leases", "owner"}
+    assert {entry[0] for entry in diff} <= {"add_table", "add_column", "add_index"}
 
 
 async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     await migrate.upgrade(db_url)
+    await migrate.downgrade(db_url)
+    assert await migrate.current(db_url) == "0003"
     await migrate.downgrade(db_url)
     assert await migrate.current(db_url) == "0002"
     await migrate.downgrade(db_url, "0001")
@@ -87,16 +101,36 @@ async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
 async def test_conversations_written_at_0001_are_readable_after_upgrading(db_url: str) -> None:
     key = ConversationKey("bot", "telegram", "c1", None, "u1")
     await migrate.upgrade(db_url, "0001")
-    async with SqlMemoryStore(db_url) as old:
-        conv = await old.current_conversation(key)
-        await old.append_messages(
-            conv.id,
-            [NewMessage(Role.USER, "kept", author_id="u1", platform_message_ids=["7"])],
-        )
+    # Rows as the code of revision 0001 wrote them (today's store writes today's columns).
+    engine = migrate.migration_engine(db_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO conversations (id, bot, platform, chat_id, thread_id, user_id, "
+                    "last_seq, created_at) VALUES (1, 'bot', 'telegram', 'c1', '', 'u1', 1, :at)"
+                ),
+                {"at": datetime.now(UTC)},
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO messages (id, conversation_id, seq, role, author_id, content, "
+                    "status, created_at) VALUES (1, 1, 1, 'user', 'u1', 'kept', 'complete', :at)"
+                ),
+                {"at": datetime.now(UTC)},
+            )
+            await connection.execute(
+                text(
+                    "INSERT INTO platform_messages (bot, platform, chat_id, platform_message_id, "
+                    "message_id) VALUES ('bot', 'telegram', 'c1', '7', 1)"
+                )
+            )
+    finally:
+        await engine.dispose()
     await migrate.upgrade(db_url)
     async with SqlMemoryStore(db_url) as new:
-        assert (await new.current_conversation(key)).id == conv.id
-        assert [m.content for m in await new.recent_messages(conv.id, limit=5)] == ["kept"]
+        assert (await new.current_conversation(key)).id == 1
+        assert [m.content for m in await new.recent_messages(1, limit=5)] == ["kept"]
         found = await new.find_by_platform_message("bot", "telegram", "c1", "7")
         assert found is not None and found.content == "kept"
 
@@ -107,10 +141,20 @@ async def test_sqlite_file_is_backed_up_before_migrating(
     path = Path(make_url(sqlite_url).database or "")
     await migrate.upgrade(sqlite_url, "0001")
     assert list(path.parent.glob("*.bak-*")) == []  # a new file has nothing to back up
-    key = ConversationKey("bot", "console", "me", None, "me")
-    async with SqlMemoryStore(sqlite_url) as store:  # leaves WAL content behind
-        conv = await store.current_conversation(key)
-        await store.append_messages(conv.id, [NewMessage(Role.USER, "precious")])
+    # A row as the code of revision 0001 wrote it, left in the WAL (today's store writes
+    # today's columns).
+    writer = sqlite3.connect(path)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute(
+        "INSERT INTO conversations (id, bot, platform, chat_id, thread_id, user_id, last_seq, "
+        "created_at) VALUES (1, 'bot', 'console', 'me', '', 'me', 1, '2026-01-01 00:00:00')"
+    )
+    writer.execute(
+        "INSERT INTO messages (id, conversation_id, seq, role, content, status, created_at) "
+        "VALUES (1, 1, 1, 'user', 'precious', 'complete', '2026-01-01 00:00:00')"
+    )
+    writer.commit()
 
     with caplog.at_level(logging.INFO, logger="adapters.memory.migrate"):
         await migrate.upgrade(sqlite_url)
@@ -124,6 +168,7 @@ async def test_sqlite_file_is_backed_up_before_migrating(
     finally:
         copy.close()
 
+    writer.close()
     await migrate.upgrade(sqlite_url)  # nothing pending: no second backup
     assert len(list(path.parent.glob("chinwag.db.bak-*"))) == 1
 
