@@ -8,9 +8,11 @@
 # side (medians are what the issues ask for). PostgreSQL rows need CHINWAG_TEST_POSTGRES_URL.
 set -euo pipefail
 [[ $# -ge 3 ]] || { echo "usage: $0 OLD_REV NEW_REV MODULE [ROUNDS] [-- ARGS...]" >&2; exit 2; }
-old_rev=$1 new_rev=$2 module=$3 rounds=${4:-3}
-shift $(( $# >= 4 ? 4 : 3 ))
-[[ ${1:-} == "--" ]] && shift
+old_rev=$1 new_rev=$2 module=$3
+shift 3
+rounds=3
+if [[ $# -gt 0 && $1 != "--" ]]; then rounds=$1; shift; fi
+if [[ ${1:-} == "--" ]]; then shift; fi
 root=$(git rev-parse --show-toplevel)
 python="$root/.venv/bin/python"
 [[ -x $python ]] || { echo "run make install-dev first (no $python)" >&2; exit 2; }
