@@ -175,10 +175,6 @@ class MemoryStore(Protocol):
         """The first assistant message after ``message`` in its conversation, if any."""
         ...
 
-    async def mark_interrupted(self, bot: str) -> int:
-        """Mark ``bot``'s messages left in progress (by a crash) interrupted; return how many."""
-        ...
-
     async def save_progress(
         self,
         message_id: int,

@@ -296,19 +296,6 @@ class InMemoryStore(InMemoryRecovery):
                 return candidate
         return None
 
-    async def mark_interrupted(self, bot: str) -> int:
-        """Mark ``bot``'s messages left in progress interrupted; return how many."""
-        await self._enter()
-        count = 0
-        for conv in self._conversations.values():
-            if conv.conversation.key.bot != bot:
-                continue
-            for message in self._messages_of(conv):
-                if message.status is MessageStatus.IN_PROGRESS:
-                    self._messages[message.id] = replace(message, status=MessageStatus.INTERRUPTED)
-                    count += 1
-        return count
-
     def _conversation_key(self, message: StoredMessage) -> ConversationKey:
         return self._conversations[message.conversation_id].conversation.key
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, select, update
+from sqlalchemy import and_, case, func, insert, select
 from sqlalchemy.engine import Connection
 
 from adapters.memory.statements import (
@@ -324,21 +324,6 @@ def reply_to(conn: Connection, message: StoredMessage) -> StoredMessage | None:
         .limit(1)
     ).one_or_none()
     return to_stored(row) if row is not None else None
-
-
-def mark_interrupted(conn: Connection, bot: str) -> int:
-    """Mark ``bot``'s in-progress messages interrupted; return how many."""
-    result = conn.execute(
-        update(MESSAGES)
-        .where(
-            MESSAGES.c.status == MessageStatus.IN_PROGRESS.value,
-            MESSAGES.c.conversation_id.in_(
-                select(CONVERSATIONS.c.id).where(CONVERSATIONS.c.bot == bot)
-            ),
-        )
-        .values(status=MessageStatus.INTERRUPTED.value)
-    )
-    return int(result.rowcount)
 
 
 # --- preferences ------------------------------------------------------------------------------

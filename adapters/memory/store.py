@@ -342,16 +342,6 @@ class SqlMemoryStore:
         )
         return result
 
-    async def mark_interrupted(self, bot: str) -> int:
-        """Mark ``bot``'s messages left in progress interrupted; return how many.
-
-        Other bots sharing the database are not touched (they may be running).
-        """
-        count: int = await self._call(lambda c: ops.mark_interrupted(c, bot), write=True)
-        if count:
-            _log.info("marked %d message(s) of bot %r interrupted", count, bot)
-        return count
-
     # --- preferences -------------------------------------------------------------------------
 
     async def get_preferences(self, key: ConversationKey) -> Preferences:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.adapters.discord.helpers import process_env
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -22,26 +22,7 @@ CHINWAG = Path(sys.executable).parent / "chinwag"
 async def running_chinwag(
     fake: FakeDiscord, openai: FakeOpenAIServer, workdir: Path, log: Path
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DISCORD_", "TELEGRAM_", "OPENAI_", "LLM_", "CHINWAG_"))
-    }
-    env.update(
-        DISCORD_BOT_TOKEN=fake.token,
-        DISCORD_API_BASE_URL=fake.api_base_url,
-        DISCORD_GATEWAY_URL=fake.gateway_url,
-        DISCORD_EDIT_INTERVAL="0.05",
-        DISCORD_GUILD_READY_TIMEOUT="0.2",
-        LLM_BACKEND="openai",
-        OPENAI_API_KEY="sk-test",
-        OPENAI_BASE_URL=openai.base_url,
-        OPENAI_MODEL="gpt-4o-mini",
-        CHINWAG_DATA_DIR=str(workdir / "data"),
-        DATABASE_URL=f"sqlite:///{workdir / 'chinwag.db'}",
-        LOG_LEVEL="INFO",
-        PYTHONWARNINGS="ignore::DeprecationWarning",
-    )
+    env = process_env(fake, openai, workdir)
     identified = fake.identifies
     with log.open("ab") as output:
         process = await asyncio.create_subprocess_exec(

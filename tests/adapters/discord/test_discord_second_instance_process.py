@@ -8,12 +8,12 @@ when the first stops.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from pathlib import Path
 
 import pytest
 
+from tests.adapters.discord.helpers import process_env
 from tests.adapters.discord.test_discord_process import CHINWAG
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -24,26 +24,7 @@ pytestmark = pytest.mark.slow
 async def _start(
     fake: FakeDiscord, openai: FakeOpenAIServer, workdir: Path, log: Path
 ) -> asyncio.subprocess.Process:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DISCORD_", "TELEGRAM_", "OPENAI_", "LLM_", "CHINWAG_"))
-    }
-    env.update(
-        DISCORD_BOT_TOKEN=fake.token,
-        DISCORD_API_BASE_URL=fake.api_base_url,
-        DISCORD_GATEWAY_URL=fake.gateway_url,
-        DISCORD_EDIT_INTERVAL="0.05",
-        DISCORD_GUILD_READY_TIMEOUT="0.2",
-        LLM_BACKEND="openai",
-        OPENAI_API_KEY="sk-test",
-        OPENAI_BASE_URL=openai.base_url,
-        OPENAI_MODEL="gpt-4o-mini",
-        CHINWAG_DATA_DIR=str(workdir / "data"),
-        DATABASE_URL=f"sqlite:///{workdir / 'chinwag.db'}",
-        LOG_LEVEL="INFO",
-        PYTHONWARNINGS="ignore::DeprecationWarning",
-    )
+    env = process_env(fake, openai, workdir)
     with log.open("ab") as output:
         return await asyncio.create_subprocess_exec(
             str(CHINWAG), "run", cwd=workdir, env=env, stdout=output, stderr=output

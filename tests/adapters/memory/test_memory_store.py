@@ -317,31 +317,6 @@ async def test_reply_to_finds_the_first_assistant_message_after(store: MemorySto
     assert await store.reply_to(q3) is None
 
 
-async def test_mark_interrupted_touches_only_its_bot(store: MemoryStore) -> None:
-    mine = await store.current_conversation(private())
-    theirs = await store.current_conversation(private(bot="otherbot"))
-    _, p1 = await store.append_messages(
-        mine.id, [user_msg("q"), bot_msg("partial", MessageStatus.IN_PROGRESS)]
-    )
-    await store.append_messages(mine.id, [bot_msg("", MessageStatus.IN_PROGRESS)])
-    _, p3 = await store.append_messages(
-        theirs.id, [user_msg("q"), bot_msg("busy", MessageStatus.IN_PROGRESS)]
-    )
-
-    assert await store.mark_interrupted(BOT) == 2
-    assert await store.mark_interrupted(BOT) == 0
-    history = await store.recent_messages(mine.id, limit=5)
-    assert history[0].id == p1.id and history[0].status is MessageStatus.INTERRUPTED
-    assert len(history) == 2  # the empty interrupted one is not usable
-    # the other bot's reply may still be streaming: left in progress, so not in its history
-    assert [m.content for m in await store.recent_messages(theirs.id, limit=5)] == ["q"]
-    assert await store.mark_interrupted("otherbot") == 1
-    assert (await store.recent_messages(theirs.id, limit=5))[0].id == p3.id
-
-
-# --- preferences --------------------------------------------------------------------------
-
-
 async def test_preferences_default_replace_and_survive_reset(store: MemoryStore) -> None:
     key = private()
     assert await store.get_preferences(key) == Preferences()
