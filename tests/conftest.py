@@ -3,8 +3,9 @@
 * Every test runs without chinwag's environment variables (and without ``.env``), with
   ``CHINWAG_DATA_DIR`` pointing at a temporary directory.
 * A network connection outside loopback fails loudly (``NetworkBlocked``).
-* ``sqlite_url``, ``pg_url`` and ``db_url`` give databases, ``sqlite_store`` (alias ``store``)
-  a started SQL store; PostgreSQL tests need
+* ``sqlite_url``, ``pg_url`` and ``db_url`` give databases, ``sqlite_store`` (alias
+  ``store``) a started SQL store; ``direct_url`` is a migrated PostgreSQL database and
+  ``proxy`` a loopback proxy in front of it that can cut it off. PostgreSQL tests need
   ``CHINWAG_TEST_POSTGRES_URL`` (e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``) and
   skip without it, unless ``CHINWAG_TEST_REQUIRE`` names ``postgres``.
 """
@@ -23,11 +24,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
 from core.settings import ChinwagSettings
 from tests._require import REQUIRE_VARIABLE, NetworkBlocked, require_or_skip
+from tests.fakes.tcp_proxy import TcpProxy
 
 PG_VARIABLE = "CHINWAG_TEST_POSTGRES_URL"
 
@@ -277,3 +280,22 @@ async def llama_cpp_server() -> AsyncIterator[str]:
 
     async with serve(n_ctx=256) as base_url:
         yield base_url
+
+
+# --- PostgreSQL behind a loopback proxy that can cut it off ------------------------------------
+
+
+@pytest.fixture
+async def direct_url(empty_db: Callable[[str], str]) -> str:
+    """A migrated PostgreSQL database, reached directly (for checking what was stored)."""
+    url = empty_db("postgres")
+    await migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture
+async def proxy(direct_url: str) -> AsyncIterator[TcpProxy]:
+    """A proxy in front of the test's PostgreSQL server (``cut()``, ``restore()``)."""
+    parsed = make_url(direct_url)
+    async with TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432) as running:
+        yield running

@@ -10,12 +10,11 @@ and every reply a user saw is stored complete, checked over a direct connection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
 from core.engine import Engine
 from core.settings import CoreSettings, LLMSettings
@@ -30,20 +29,6 @@ BOT = "outagebot"
 USERS = [f"user{i}" for i in range(6)]
 INTERVAL_S = 0.2  # five messages a second in all
 BEFORE_S, OUTAGE_S, AFTER_S = 2.0, 10.0, 2.0
-
-
-@pytest.fixture
-async def direct_url(empty_db: Callable[[str], str]) -> str:
-    url = empty_db("postgres")
-    await migrate.upgrade(url)
-    return url
-
-
-@pytest.fixture
-async def proxy(direct_url: str) -> AsyncIterator[TcpProxy]:
-    parsed = make_url(direct_url)
-    async with TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432) as running:
-        yield running
 
 
 @pytest.fixture

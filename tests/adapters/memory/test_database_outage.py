@@ -18,7 +18,6 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
 from core.errors import StoreError, StoreUnavailable
 from core.types import MessageStatus, UsageRecord
@@ -28,22 +27,6 @@ from tests.fakes.tcp_proxy import TcpProxy
 pytestmark = pytest.mark.postgres
 
 OUTAGE_S = 3.0
-
-
-@pytest.fixture
-async def direct_url(empty_db: Callable[[str], str]) -> str:
-    """A migrated PostgreSQL database, reached directly (for checking what was stored)."""
-    url = empty_db("postgres")
-    await migrate.upgrade(url)
-    return url
-
-
-@pytest.fixture
-async def proxy(direct_url: str) -> AsyncIterator[TcpProxy]:
-    """A proxy in front of the test's PostgreSQL server."""
-    parsed = make_url(direct_url)
-    async with TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5432) as running:
-        yield running
 
 
 MakeStore = Callable[..., Awaitable[SqlMemoryStore]]
