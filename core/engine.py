@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from core.admission import Admission
+from core.bot import BotCommand
 from core.commands import BuiltinCommands, CommandRegistry, parse_command
 from core.confirmations import CONFIRM_TTL, Confirmations
 from core.errors import ChinwagError, DuplicateMessage
@@ -49,7 +50,8 @@ from core.prompt import HistoryCache, PromptBuilder
 from core.recovery import Recovery
 from core.reply import Replier
 from core.sessions import Sessions
-from core.settings import AccessSettings, CoreSettings, LLMSettings
+from core.settings import AccessSettings, CoreSettings, LLMSettings, ToolSettings
+from core.tools import Toolbox
 from core.types import (
     CommandInfo,
     ConversationKey,
@@ -86,6 +88,10 @@ class Engine:
         clock: returns the current UTC time; tests pass a fake one.
         heartbeat: seconds between this process's heartbeats in the store (its liveness as
             the owner of replies in progress); tests pass a short one.
+        persona: the bot definition's system prompt (``SYSTEM_PROMPT`` overrides it).
+        toolbox: the tools the model may call (none if omitted).
+        tool_settings: who may use tools, and the tool loop's limits.
+        extra_commands: the bot definition's own commands.
     """
 
     def __init__(
@@ -98,8 +104,16 @@ class Engine:
         access: AccessSettings | None = None,
         clock: Callable[[], datetime] | None = None,
         heartbeat: float = HEARTBEAT_SECONDS,
+        persona: str | None = None,
+        toolbox: Toolbox | None = None,
+        tool_settings: ToolSettings | None = None,
+        extra_commands: Sequence[BotCommand] = (),
     ) -> None:
         self._backend = backend
+        self._persona = persona
+        self._toolbox = toolbox or Toolbox()
+        self._tool_settings = tool_settings or ToolSettings(_env_file=None)
+        self._extra_commands = tuple(extra_commands)
         self._store = store
         self._core = core
         access = access or AccessSettings(_env_file=None)

@@ -10,11 +10,12 @@ Implementations live in ``adapters/`` and are named ``<Vendor><Role>``: ``OpenAI
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import date, datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from core.types import (
+    AuditEntry,
     BackendEvent,
     ChatMessage,
     CommandInfo,
@@ -27,11 +28,15 @@ from core.types import (
     InstanceInfo,
     MessageStatus,
     NewMessage,
+    PendingClaim,
+    PendingState,
+    PendingToolCall,
     PlatformStats,
     Preferences,
     ReplyEvent,
     ReplyInProgress,
     StoredMessage,
+    ToolDecision,
     UsageRecord,
     UsageSummary,
 )
@@ -85,6 +90,14 @@ class LLMBackend(Protocol):
 
         Closing the iterator early (``aclose()``) cancels the generation and releases the
         connection or worker promptly. Raises ``BackendError`` subclasses while iterating.
+        """
+        ...
+
+    def supports_tools(self, model: str) -> bool:
+        """Whether ``model`` can be offered tools (and its tool calls are understood).
+
+        The engine never sends tools to a model that can't use them; a user asking such a
+        bot to act is told so.
         """
         ...
 
@@ -226,6 +239,91 @@ class MemoryStore(Protocol):
         """Give up the (bot, platform) lease if ``owner`` holds it."""
         ...
 
+    # --- tool calls, confirmations and the audit ---
+
+    async def save_tool_calls(
+        self, message_id: int, calls: Sequence[Mapping[str, Any]], *, content: str | None = None
+    ) -> None:
+        """Record the tool calls an assistant message ended with (``extra["tool_calls"]``).
+
+        Each call is ``{"id", "name", "arguments"}`` plus what the engine adds (``"risk"``,
+        ``"source"``). With ``content``, the message's text is saved too. The status is not
+        changed (``finish_message`` sets it).
+        """
+        ...
+
+    async def save_tool_result(
+        self, message_id: int, call_id: str, result: Mapping[str, Any]
+    ) -> None:
+        """Record one call's result in ``extra["tool_results"][call_id]``, committed.
+
+        ``result`` is ``{"content": str, "ok": bool, "status": str}`` (``status`` one of
+        ``ok``, ``error``, ``timeout``, ``declined``, ``expired``, ``denied``, ``invalid``,
+        ``cancelled``, ``interrupted``). Results of other calls are kept.
+        """
+        ...
+
+    async def add_pending_calls(self, calls: Sequence[PendingToolCall]) -> None:
+        """Store calls waiting for a confirmation, in one transaction."""
+        ...
+
+    async def claim_pending_call(
+        self, pending_id: str, *, owner: str, accept: bool, now: datetime
+    ) -> PendingClaim:
+        """Decide a pending call atomically: exactly one of racing claimants wins.
+
+        ``accept`` moves ``pending`` to ``running`` (owned by ``owner``; the caller executes
+        it), a refusal to ``refused``; a call past ``expires_at`` becomes ``expired``. The
+        state changes in the transaction that claims it: a double press, a redelivered
+        button or two replicas racing get ``GONE``.
+        """
+        ...
+
+    async def finish_pending_call(self, pending_id: str, state: PendingState) -> None:
+        """Set a claimed call's final state (``done`` once its result is stored)."""
+        ...
+
+    async def pending_calls(
+        self, conversation_id: int, *, message_id: int | None = None
+    ) -> list[PendingToolCall]:
+        """The conversation's calls still ``pending`` or ``running`` (of one message)."""
+        ...
+
+    async def cancel_pending_calls(self, conversation_id: int) -> list[PendingToolCall]:
+        """Cancel the conversation's ``pending`` calls (the chat moved on); return them."""
+        ...
+
+    async def expire_pending_calls(self, bot: str, now: datetime) -> list[PendingToolCall]:
+        """Mark ``bot``'s pending calls past their expiry ``expired``; return them."""
+        ...
+
+    async def add_audit(self, entry: AuditEntry) -> int:
+        """Record a proposed tool call (the store adds the user's pseudonym); return its id."""
+        ...
+
+    async def finish_audit(
+        self,
+        audit_id: int,
+        *,
+        decision: ToolDecision | None = None,
+        result_status: str | None = None,
+        duration_ms: float | None = None,
+    ) -> None:
+        """Update an audit row once the call was decided or ran (``None`` keeps a field)."""
+        ...
+
+    async def audit_entries(
+        self,
+        *,
+        bot: str | None = None,
+        platform: str | None = None,
+        user_id: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[AuditEntry]:
+        """The newest audit rows first; ``user_id`` (with ``platform``) matches by pseudonym."""
+        ...
+
     # --- preferences ---
 
     async def get_preferences(self, key: ConversationKey) -> Preferences:
@@ -260,8 +358,9 @@ class MemoryStore(Protocol):
         """Delete everything stored about the user but the pseudonymous usage counters.
 
         That is: conversations keyed by the user (with all their messages), the user's own
-        messages in shared conversations, their preferences and platform ids. Returns the
-        number of messages deleted.
+        messages in shared conversations, their preferences and platform ids, and their
+        pending tool calls; their audit rows keep only the pseudonym. Returns the number of
+        messages deleted.
         """
         ...
 

@@ -121,3 +121,29 @@ class AccessSettings(ChinwagSettings):
     rate_limit_per_minute: int | None = Field(default=None, ge=1)
     daily_token_quota: int | None = Field(default=None, ge=1)
     max_input_chars: int = Field(default=16000, ge=1)
+
+
+class ToolSettings(ChinwagSettings):
+    """Who may use tools, and how the tool loop runs (``TOOL_*``, ``TOOLS_IN_GROUPS``)."""
+
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "tool_timeout_seconds": "20",
+        "tool_max_rounds": "5",
+        "tool_confirm_seconds": "120",
+        "tool_users": "telegram:123456,discord:987654",
+        "tool_dangerous_users": "telegram:123456",
+        "tools_in_groups": "false",
+    }
+
+    # One tool call's time limit; a call past it comes back to the model as an error.
+    tool_timeout_seconds: float = Field(default=20.0, gt=0, le=3600)
+    # Model rounds with tool calls per user message; then the bot says it stopped.
+    tool_max_rounds: int = Field(default=5, ge=1, le=50)
+    # How long an `act` or `dangerous` call waits for its confirmation.
+    tool_confirm_seconds: float = Field(default=120.0, ge=5, le=86400)
+    # Who may use `act` tools (admins always may); `read` tools follow ALLOWED_USERS.
+    tool_users: Subjects = Field(default_factory=list)
+    # Who may use `dangerous` tools besides the admins.
+    tool_dangerous_users: Subjects = Field(default_factory=list)
+    # Tools in group chats (off: tools only in private chats).
+    tools_in_groups: bool = False

@@ -32,6 +32,12 @@ class MessageStatus(StrEnum):
     INTERRUPTED = "interrupted"
     IN_PROGRESS = "in_progress"
     CUT = "cut"  # stopped by the token limit; shown with a notice, "continue" resumes it
+    # An assistant message that ended with tool calls (``extra["tool_calls"]``), every call
+    # resolved (``extra["tool_results"]``): part of later prompts even with empty content.
+    TOOL_CALLS = "tool_calls"
+    # Tool calls waiting for a person's confirmation: not a reply in progress (recovery
+    # leaves it alone); becomes TOOL_CALLS once every call is resolved.
+    AWAITING = "awaiting"
 
 
 class MemoryScope(StrEnum):
@@ -366,3 +372,109 @@ class ExportedConversation:
 
     conversation: Conversation
     messages: Sequence[StoredMessage]
+
+
+# --- tools: pending confirmations and the audit --------------------------------------------
+
+
+class PendingState(StrEnum):
+    """Where a tool call that waits for a person's confirmation is in its life."""
+
+    PENDING = "pending"  # asked; waiting for the button
+    RUNNING = "running"  # claimed by a confirmation; executing (exactly one claimant)
+    DONE = "done"  # executed, result stored
+    REFUSED = "refused"  # the person said no
+    EXPIRED = "expired"  # not answered within TOOL_CONFIRM_SECONDS
+    CANCELLED = "cancelled"  # the conversation moved on, /reset or /forget
+
+
+class ClaimOutcome(StrEnum):
+    """What :meth:`MemoryStore.claim_pending_call` did."""
+
+    CLAIMED = "claimed"  # pending -> running: the caller executes it, and only the caller
+    REFUSED = "refused"  # pending -> refused (the answer was no)
+    EXPIRED = "expired"  # pending but past its expiry -> expired; nothing runs
+    GONE = "gone"  # unknown, or already decided (a double press, a redelivered button)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingToolCall:
+    """A tool call waiting for (or past) a confirmation, as the store keeps it.
+
+    Attributes:
+        id: the confirmation's action id (short, URL-safe; what the buttons carry).
+        key: the conversation slot the call belongs to.
+        chat_id: the platform chat the question was asked in.
+        user_id: who asked the bot (only they, or an admin, may confirm).
+        conversation_id: the stored conversation.
+        message_id: the stored assistant message whose ``extra["tool_calls"]`` holds it.
+        call_id: the model's id of the call.
+        tool: the tool's name.
+        arguments: the validated arguments, as JSON.
+        risk: ``"act"`` or ``"dangerous"``.
+        state: where it is in its life.
+        audit_id: its row in the audit.
+        owner: the instance that claimed it (while ``RUNNING``).
+    """
+
+    id: str
+    key: ConversationKey
+    chat_id: str
+    user_id: str
+    conversation_id: int
+    message_id: int
+    call_id: str
+    tool: str
+    arguments: str
+    risk: str
+    state: PendingState
+    created_at: datetime
+    expires_at: datetime
+    audit_id: int | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingClaim:
+    """The result of claiming a pending call: what happened, and the call if it exists."""
+
+    outcome: ClaimOutcome
+    call: PendingToolCall | None
+
+
+class ToolDecision(StrEnum):
+    """What the gate decided about a proposed call (the audit's ``decision``)."""
+
+    ALLOWED = "allowed"  # a read call, run at once
+    PENDING = "pending"  # waiting for a confirmation
+    CONFIRMED = "confirmed"
+    REFUSED = "refused"  # the person said no
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    DENIED = "denied"  # by policy: the user may not use it, or it was not offered
+    INVALID = "invalid"  # arguments did not match the schema; told to the model
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One proposed tool call, as the audit keeps it.
+
+    ``user_id`` is cleared by ``/forget``; ``user_pseudonym`` (an HMAC) stays.
+    ``arguments`` is JSON with secrets redacted. ``result_status`` is ``"ok"``, ``"error"``,
+    ``"timeout"`` or ``None`` (not run); ``duration_ms`` is the execution's.
+    """
+
+    at: datetime
+    bot: str
+    platform: str
+    chat_id: str
+    user_id: str | None
+    tool: str
+    source: str
+    arguments: str
+    risk: str
+    decision: ToolDecision
+    user_pseudonym: str = ""
+    result_status: str | None = None
+    duration_ms: float | None = None
+    id: int | None = None

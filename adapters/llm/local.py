@@ -245,6 +245,10 @@ class LocalBackend:
             _log.debug("could not measure the chat template overhead of %s", path, exc_info=True)
             return 8
 
+    def supports_tools(self, model: str) -> bool:
+        """Not yet: the local backend parses no tool calls."""
+        return False
+
     async def check_model(self, model: str) -> None:
         """Refuse a ``/model`` switch to a model that cannot run, with a clear message.
 

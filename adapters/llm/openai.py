@@ -157,6 +157,10 @@ class OpenAIBackend:
         """The default model first, then ``OPENAI_ALLOWED_MODELS`` without duplicates."""
         return list(dict.fromkeys([self.default_model, *self._settings.allowed_models]))
 
+    def supports_tools(self, model: str) -> bool:
+        """OpenAI-compatible servers take tools natively (``tools``, streamed call deltas)."""
+        return True
+
     async def check_model(self, model: str) -> None:
         """Raise ``BackendError`` listing the allowed models unless ``model`` is one."""
         if model in self.models():

@@ -52,6 +52,7 @@ class ScriptedBackend:
         self._models = tuple(models)
         self.window = context_window
         self.calls: list[CompletionRequest] = []
+        self.tools = True  # whether the model can be offered tools
         self.failures: list[BaseException] = []  # raised by the next calls, in order
         self.mid_stream_failures: list[BaseException] = []  # raised after the first chunk
         self.gate: asyncio.Event | None = None  # when set to an unset Event, replies wait
@@ -78,6 +79,9 @@ class ScriptedBackend:
 
     async def count_tokens(self, text: str, model: str) -> int:
         return len(text.split())
+
+    def supports_tools(self, model: str) -> bool:
+        return self.tools
 
     def message_overhead(self, model: str) -> int:
         return 3
