@@ -115,12 +115,17 @@ class Bot:
                 t if isinstance(t, Tool) else FunctionTool(t, risk=Risk.READ) for t in self.tools
             ),
         )
-        names = [t.name for t in self.tools]  # type: ignore[union-attr]
+        names = [t.name for t in self.python_tools]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"two tools are named {', '.join(twice)}")
         object.__setattr__(self, "packs", tuple(self.packs))
         object.__setattr__(self, "commands", tuple(self.commands))
+
+    @property
+    def python_tools(self) -> tuple[Tool, ...]:
+        """The bot's own tools, each as a :class:`~core.tools.Tool`."""
+        return tuple(t for t in self.tools if isinstance(t, Tool))
 
     @property
     def store_key(self) -> str:

@@ -20,7 +20,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, overload, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -153,8 +153,25 @@ def spec(t: Tool) -> ToolSpec:
 
 
 _SECRET_WORDS = frozenset(
-    "pass passwd password passphrase secret token apikey auth authorization bearer "
-    "credential credentials pin code otp cookie session".split()
+    [
+        "pass",
+        "passwd",
+        "password",
+        "passphrase",
+        "secret",
+        "token",
+        "apikey",
+        "auth",
+        "authorization",
+        "bearer",
+        "credential",
+        "credentials",
+        "pin",
+        "code",
+        "otp",
+        "cookie",
+        "session",
+    ]
 )
 _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 REDACTED = "[redacted]"
@@ -366,14 +383,31 @@ def _arguments_model(fn: Callable[..., Any], docs: Mapping[str, str]) -> type[Ba
     return create_model(f"{fn.__name__}_arguments", __config__=config, **fields)
 
 
+@overload
+def tool(fn: Callable[..., Any], /) -> FunctionTool: ...
+
+
+@overload
 def tool(
-    fn: Callable[..., Any] | None = None,
+    fn: None = None,
+    /,
     *,
     risk: Risk | str = Risk.READ,
     name: str | None = None,
     description: str | None = None,
     describe: Callable[[Mapping[str, Any]], str] | None = None,
-) -> Any:
+) -> Callable[[Callable[..., Any]], FunctionTool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    risk: Risk | str = Risk.READ,
+    name: str | None = None,
+    description: str | None = None,
+    describe: Callable[[Mapping[str, Any]], str] | None = None,
+) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
     """Make a typed function a tool: ``@tool`` (a ``read`` tool) or ``@tool(risk="act")``.
 
     Args:
