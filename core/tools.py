@@ -20,7 +20,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, overload, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
@@ -366,6 +366,28 @@ def _arguments_model(fn: Callable[..., Any], docs: Mapping[str, str]) -> type[Ba
     return create_model(f"{fn.__name__}_arguments", __config__=config, **fields)
 
 
+@overload
+def tool(
+    fn: Callable[..., Any],
+    *,
+    risk: Risk | str = ...,
+    name: str | None = ...,
+    description: str | None = ...,
+    describe: Callable[[Mapping[str, Any]], str] | None = ...,
+) -> FunctionTool: ...
+
+
+@overload
+def tool(
+    fn: None = None,
+    *,
+    risk: Risk | str = ...,
+    name: str | None = ...,
+    description: str | None = ...,
+    describe: Callable[[Mapping[str, Any]], str] | None = ...,
+) -> Callable[[Callable[..., Any]], FunctionTool]: ...
+
+
 def tool(
     fn: Callable[..., Any] | None = None,
     *,
@@ -373,7 +395,7 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     describe: Callable[[Mapping[str, Any]], str] | None = None,
-) -> Any:
+) -> FunctionTool | Callable[[Callable[..., Any]], FunctionTool]:
     """Make a typed function a tool: ``@tool`` (a ``read`` tool) or ``@tool(risk="act")``.
 
     Args:
