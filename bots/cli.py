@@ -136,8 +136,16 @@ def _audit_parser(sub: Any, with_bot: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=audit.FORMATS, default="text")
 
 
-def _load(env_file: Path | None, bot: Bot, bot_settings: BotSettings) -> Settings:
-    """Every component's settings, for ``bot`` (``BOT_NAME`` defaults to its memory key)."""
+SERVING = ("run", "chat", "discord")
+"""The commands that start the bot, its tools with it."""
+
+
+def _load(env_file: Path | None, bot: Bot, bot_settings: BotSettings, command: str) -> Settings:
+    """Every component's settings, for ``bot`` (``BOT_NAME`` defaults to its memory key).
+
+    The tool packs' settings are read only for a command that starts the bot.
+    """
+    serving = command in SERVING
     return Settings(
         env_file=env_file,
         core=with_memory_key(load(CoreSettings, env_file), bot),
@@ -149,7 +157,9 @@ def _load(env_file: Path | None, bot: Bot, bot_settings: BotSettings) -> Setting
         tools=load(ToolSettings, env_file),
         bot=bot,
         mcp_config=bot_settings.mcp_config,
-        homeassistant=_homeassistant_settings(env_file) if "homeassistant" in bot.packs else None,
+        homeassistant=(
+            _homeassistant_settings(env_file) if serving and "homeassistant" in bot.packs else None
+        ),
     )
 
 
@@ -256,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = load(BotSettings, env_file)
         configure_logging(args.log_level or root.log_level, [])
         bot = _bot(args, root)
-        settings = _load(env_file, bot or load_bot(None), root)
+        settings = _load(env_file, bot or load_bot(None), root, args.command)
         components: list[ChinwagSettings] = [
             settings.core,
             settings.llm,
