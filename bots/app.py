@@ -1,9 +1,11 @@
-"""Wiring: the LLM backend, the memory store, the engine and the chat adapters.
+"""Wiring: the LLM backend, the memory store, the bot's tools, the engine and the chat adapters.
 
 Everything is built once from settings loaded in :mod:`bots.cli` and torn down in reverse
-order. Adapters run side by side in one process. At shutdown the adapters stop taking
-messages first, then the engine finishes replies in flight (or stores them as interrupted)
-while the adapters can still deliver them, then the adapters close, and the database last.
+order. The bot (``--bot``) brings the persona, its own tools, the tool packs it names (Home
+Assistant) and extra commands; the MCP servers of ``MCP_CONFIG`` are offered to every bot.
+Adapters run side by side in one process. At shutdown the adapters stop taking messages
+first, then the engine finishes replies in flight (or stores them as interrupted) while the
+adapters can still deliver them, then the adapters close, the tools, and the database last.
 """
 
 from __future__ import annotations
@@ -15,18 +17,26 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adapters.discord.settings import DiscordSettings
 from adapters.memory import migrate
 from adapters.memory.settings import MemorySettings, render_url
 from adapters.memory.store import SqlMemoryStore
 from adapters.telegram.settings import TelegramSettings
+from bots.loading import load_bot, persona_of
+from bots.toolbox import PackUnavailable, build_toolbox, log_toolbox
+from core.bot import Bot
 from core.engine import Engine
 from core.errors import ConfigError
 from core.ports import ChatAdapter, LLMBackend
-from core.settings import AccessSettings, CoreSettings, LLMSettings
+from core.settings import AccessSettings, CoreSettings, LLMSettings, ToolSettings
+from core.tools import Toolbox
+
+if TYPE_CHECKING:
+    from adapters.homeassistant.settings import HomeAssistantSettings
 
 _log = logging.getLogger(__name__)
 
@@ -47,9 +57,21 @@ class Exit(Exception):
         self.status = status
 
 
+def _no_tool_settings() -> ToolSettings:
+    return ToolSettings(_env_file=None)
+
+
+def _default_bot() -> Bot:
+    return load_bot(None)
+
+
 @dataclass(slots=True)
 class Settings:
-    """All settings, loaded once by the CLI."""
+    """All settings, loaded once by the CLI, and the bot to run.
+
+    ``core.bot_name`` is already the memory key (``BOT_NAME``, else the bot's own).
+    ``homeassistant`` is loaded only for a bot that names the ``homeassistant`` pack.
+    """
 
     env_file: Path | None
     core: CoreSettings
@@ -58,6 +80,10 @@ class Settings:
     memory: MemorySettings
     telegram: TelegramSettings
     discord: DiscordSettings
+    tools: ToolSettings = field(default_factory=_no_tool_settings)
+    bot: Bot = field(default_factory=_default_bot)
+    mcp_config: Path | None = None
+    homeassistant: HomeAssistantSettings | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -130,26 +156,54 @@ async def open_store(settings: MemorySettings) -> SqlMemoryStore:
     return store
 
 
+def build_tools(settings: Settings) -> Toolbox:
+    """The bot's toolbox (see :func:`bots.toolbox.build_toolbox`); nothing is started yet.
+
+    Raises:
+        ConfigError: a pack the bot names is not configured.
+        Exit: ``MCP_CONFIG`` is set but the ``mcp`` extra is not installed.
+    """
+    try:
+        return build_toolbox(
+            settings.bot, mcp_config=settings.mcp_config, homeassistant=settings.homeassistant
+        )
+    except PackUnavailable as exc:
+        raise Exit(str(exc)) from None
+
+
 @contextlib.asynccontextmanager
 async def running_engine(settings: Settings) -> AsyncIterator[Engine]:
-    """Backend, store and engine, started, and closed in reverse order on exit."""
+    """Backend, store, the bot's tools and the engine, started, and closed in reverse order.
+
+    The tools close after the engine drained (a reply in flight may still call one).
+    """
+    toolbox = build_tools(settings)
     backend = build_backend(settings)
     store = await open_store(settings.memory)
     try:
         await backend.start()
         _log.info("LLM backend: %s, model %s", backend.name, backend.default_model)
-        engine = Engine(
-            backend=backend,
-            store=store,
-            core=settings.core,
-            llm=settings.llm,
-            access=settings.access,
-        )
-        await engine.start()
+        await toolbox.start()
         try:
-            yield engine
+            log_toolbox(settings.bot, toolbox)
+            engine = Engine(
+                backend=backend,
+                store=store,
+                core=settings.core,
+                llm=settings.llm,
+                access=settings.access,
+                persona=persona_of(settings.core, settings.bot),
+                toolbox=toolbox,
+                tool_settings=settings.tools,
+                extra_commands=settings.bot.commands,
+            )
+            await engine.start()
+            try:
+                yield engine
+            finally:
+                await engine.aclose()
         finally:
-            await engine.aclose()
+            await toolbox.aclose()
     finally:
         await backend.aclose()
         await store.aclose()

@@ -1,8 +1,9 @@
 """The ``chinwag`` command line.
 
 ``chinwag run`` starts every configured chat adapter (or the console), ``chinwag chat`` the
-console chat; ``chinwag db`` manages the schema, ``chinwag export`` writes a user's history
-and ``chinwag discord sync`` re-registers Discord's slash commands.
+console chat; ``chinwag db`` manages the schema, ``chinwag export`` writes a user's history,
+``chinwag audit`` prints the tool calls bots proposed and ``chinwag discord sync``
+re-registers Discord's slash commands. ``--bot`` (or ``CHINWAG_BOT``) picks the bot.
 """
 
 from __future__ import annotations
@@ -15,22 +16,30 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from adapters.discord.settings import DiscordSettings
 from adapters.files import write_private
 from adapters.memory.settings import MemorySettings
 from adapters.telegram.settings import TelegramSettings
+from bots import audit
 from bots.app import Exit, Settings, has_platform_token, serve, stdin_is_terminal
 from bots.config import BotSettings, configure_logging, load, secrets_of
+from bots.loading import BUNDLED, BotLoadError, load_bot, with_memory_key
+from core.bot import Bot
 from core.errors import ChinwagError, ConfigError
 from core.export import FORMATS as EXPORT_FORMATS
-from core.settings import AccessSettings, CoreSettings, LLMSettings
+from core.settings import AccessSettings, ChinwagSettings, CoreSettings, LLMSettings, ToolSettings
 
 _log = logging.getLogger("chinwag")
 
 EPILOG = (
     "Settings come from the environment, then from the .env file (see .env.example). "
     "Run `chinwag COMMAND --help` for a command's options."
+)
+BOT_HELP = (
+    f"the bot: a bundled one ({', '.join(BUNDLED)}), a package.module path or a .py file "
+    "(default: CHINWAG_BOT, else assistant)"
 )
 
 
@@ -47,9 +56,14 @@ def _parser() -> argparse.ArgumentParser:
         help="settings file read after the environment (default: ./.env; missing is fine)",
     )
     parser.add_argument("--log-level", help="override LOG_LEVEL (DEBUG, INFO, WARNING, ERROR)")
+    parser.add_argument("--bot", metavar="NAME", help=BOT_HELP)
+    # `chinwag chat --bot x` works as well as `chinwag --bot x chat`.
+    with_bot = argparse.ArgumentParser(add_help=False)
+    with_bot.add_argument("--bot", dest="sub_bot", metavar="NAME", help=BOT_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser(
         "run",
+        parents=[with_bot],
         help="start every configured chat adapter",
         description=(
             "Start the Telegram adapter if TELEGRAM_BOT_TOKEN is set and the Discord adapter if "
@@ -59,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser(
         "chat",
+        parents=[with_bot],
         help="chat in the terminal",
         description=(
             "Chat with the bot in this terminal as the console user (your login name). When "
@@ -75,29 +90,95 @@ def _parser() -> argparse.ArgumentParser:
     db_sub.add_parser("current", help="print the database's revision")
     export = sub.add_parser(
         "export",
+        parents=[with_bot],
         help="write a user's history",
-        description="Write everything stored for one user, as /export does for them.",
+        description=(
+            "Write everything one user has stored with the bot (its memory key: BOT_NAME, "
+            "else the bot's own), as /export does for them."
+        ),
     )
     export.add_argument("platform", help="telegram, discord or console")
     export.add_argument("user_id", help="the user's id on that platform")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="md")
     export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    _audit_parser(sub, with_bot)
     discord = sub.add_parser("discord", help="Discord maintenance")
     discord_sub = discord.add_subparsers(dest="discord_command", required=True, metavar="ACTION")
-    discord_sub.add_parser("sync", help="register the slash commands with Discord now")
+    discord_sub.add_parser(
+        "sync", parents=[with_bot], help="register the slash commands with Discord now"
+    )
     return parser
 
 
-def _load(env_file: Path | None) -> Settings:
+def _audit_parser(sub: Any, with_bot: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser(
+        "audit",
+        parents=[with_bot],
+        help="print the tool calls bots proposed",
+        description=(
+            "Print the audit of tool calls, newest first: time, bot, platform, chat, user (or "
+            "their pseudonym after /forget), tool, decision, result and duration. All bots "
+            "unless --bot is given (then that bot's memory key: BOT_NAME, else its own)."
+        ),
+    )
+    parser.add_argument(
+        "--user", type=audit.parse_user, metavar="PLATFORM:ID", help="only this user's calls"
+    )
+    parser.add_argument(
+        "--since",
+        type=audit.parse_since,
+        metavar="WHEN",
+        help="only calls since then: ISO (2025-05-01T08:00, UTC by default) or 30m, 1h, 2d, 1w",
+    )
+    parser.add_argument(
+        "--limit", type=audit.positive, default=50, metavar="N", help="rows (default: 50)"
+    )
+    parser.add_argument("--format", choices=audit.FORMATS, default="text")
+
+
+SERVING = ("run", "chat", "discord")
+"""The commands that start the bot, its tools with it."""
+
+
+def _load(env_file: Path | None, bot: Bot, bot_settings: BotSettings, command: str) -> Settings:
+    """Every component's settings, for ``bot`` (``BOT_NAME`` defaults to its memory key).
+
+    The tool packs' settings are read only for a command that starts the bot.
+    """
+    serving = command in SERVING
     return Settings(
         env_file=env_file,
-        core=load(CoreSettings, env_file),
+        core=with_memory_key(load(CoreSettings, env_file), bot),
         llm=load(LLMSettings, env_file),
         access=load(AccessSettings, env_file),
         memory=load(MemorySettings, env_file),
         telegram=load(TelegramSettings, env_file),
         discord=load(DiscordSettings, env_file),
+        tools=load(ToolSettings, env_file),
+        bot=bot,
+        mcp_config=bot_settings.mcp_config,
+        homeassistant=(
+            _homeassistant_settings(env_file) if serving and "homeassistant" in bot.packs else None
+        ),
     )
+
+
+def _homeassistant_settings(env_file: Path | None) -> Any:
+    try:
+        from adapters.homeassistant.settings import HomeAssistantSettings
+    except ImportError:
+        raise Exit("the Home Assistant tool pack is not part of this installation") from None
+    return load(HomeAssistantSettings, env_file)
+
+
+def _bot(args: argparse.Namespace, bot_settings: BotSettings) -> Bot | None:
+    """The bot this command runs, or ``None`` for ``db`` and an ``audit`` of every bot."""
+    chosen = getattr(args, "sub_bot", None) or args.bot
+    if args.command == "db" or (args.command == "audit" and not chosen):
+        return None
+    if chosen:
+        return load_bot(chosen, origin="--bot")
+    return load_bot(bot_settings.chinwag_bot, origin="CHINWAG_BOT")
 
 
 async def _db(settings: Settings, args: argparse.Namespace) -> None:
@@ -137,6 +218,32 @@ async def _export(settings: Settings, args: argparse.Namespace) -> None:
         print(f"wrote {args.output}", file=sys.stderr)
 
 
+async def _audit(settings: Settings, args: argparse.Namespace, *, every_bot: bool) -> None:
+    from bots.app import open_store
+
+    platform, user_id = args.user if args.user is not None else (None, None)
+    store = await open_store(settings.memory)
+    try:
+        entries = await store.audit_entries(
+            bot=None if every_bot else settings.core.bot_name,
+            platform=platform,
+            user_id=user_id,
+            since=args.since,
+            limit=args.limit,
+        )
+    finally:
+        await store.aclose()
+    if args.format == "json":
+        print(audit.as_json(entries))
+    elif entries:
+        print("\n".join(audit.text_lines(entries)))
+    else:
+        print(
+            "no tool calls recorded" + (" that match" if args.user or args.since else ""),
+            file=sys.stderr,
+        )
+
+
 async def _discord_sync(settings: Settings) -> None:
     from adapters.discord.adapter import sync_commands
     from bots.app import running_engine
@@ -156,18 +263,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PTB_TIMEDELTA", "true")
     env_file = args.env_file if args.env_file and args.env_file.exists() else None
     try:
-        bot = load(BotSettings, env_file)
-        configure_logging(args.log_level or bot.log_level, [])
-        settings = _load(env_file)
-        secrets = secrets_of(
+        root = load(BotSettings, env_file)
+        configure_logging(args.log_level or root.log_level, [])
+        bot = _bot(args, root)
+        settings = _load(env_file, bot or load_bot(None), root, args.command)
+        components: list[ChinwagSettings] = [
             settings.core,
             settings.llm,
             settings.access,
             settings.memory,
             settings.telegram,
             settings.discord,
-        )
-        configure_logging(args.log_level or bot.log_level, secrets)
+        ]
+        if settings.homeassistant is not None:
+            components.append(settings.homeassistant)
+        configure_logging(args.log_level or root.log_level, secrets_of(*components))
         if args.command == "run":
             console = not has_platform_token(settings)
             if console and not stdin_is_terminal():
@@ -182,10 +292,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_db(settings, args))
         elif args.command == "export":
             asyncio.run(_export(settings, args))
+        elif args.command == "audit":
+            asyncio.run(_audit(settings, args, every_bot=bot is None))
         elif args.command == "discord":
             asyncio.run(_discord_sync(settings))
     except ConfigError as exc:
         print(f"chinwag: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except BotLoadError as exc:
+        print(f"chinwag: {exc}", file=sys.stderr)
         return 2
     except Exit as exc:
         print(f"chinwag: {exc}", file=sys.stderr)

@@ -26,9 +26,17 @@ S = TypeVar("S", bound=ChinwagSettings)
 class BotSettings(ChinwagSettings):
     """What only the composition root uses."""
 
-    EXAMPLES: ClassVar[dict[str, str]] = {"log_level": "INFO"}
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "log_level": "INFO",
+        "chinwag_bot": "assistant",
+        "mcp_config": "./mcp.json",
+    }
 
     log_level: str = Field(default="INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    # The bot to run (`--bot` wins): bundled name, package.module or a .py file.
+    chinwag_bot: str | None = None
+    # A JSON file of MCP servers ({"mcpServers": {...}}) whose tools every bot gets.
+    mcp_config: Path | None = None
 
 
 def load(cls: type[S], env_file: Path | None) -> S:

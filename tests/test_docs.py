@@ -13,13 +13,14 @@ from adapters.llm.openai import OpenAISettings
 from adapters.memory.settings import MemorySettings
 from adapters.telegram.settings import TelegramSettings
 from bots.config import BotSettings
-from core.settings import AccessSettings, ChinwagSettings, CoreSettings, LLMSettings
+from core.settings import AccessSettings, ChinwagSettings, CoreSettings, LLMSettings, ToolSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS: list[type[ChinwagSettings]] = [
     CoreSettings,
     LLMSettings,
     AccessSettings,
+    ToolSettings,
     BotSettings,
     MemorySettings,
     OpenAISettings,

@@ -234,7 +234,17 @@ async def test_db_commands(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args", [(), ("run",), ("chat",), ("db",), ("db", "upgrade"), ("export",), ("discord", "sync")]
+    "args",
+    [
+        (),
+        ("run",),
+        ("chat",),
+        ("db",),
+        ("db", "upgrade"),
+        ("export",),
+        ("audit",),
+        ("discord", "sync"),
+    ],
 )
 async def test_help_everywhere(tmp_path, args):
     code, out, _ = await chinwag(tmp_path, *args, "--help")

@@ -80,3 +80,13 @@ def test_db_upgrade_and_current_load_no_platform_or_model_library(tmp_path):
 def test_the_probe_sees_a_platform_library_once_an_adapter_is_used(tmp_path):
     _, modules, _ = run_probe(tmp_path, "from adapters.telegram import TelegramAdapter")
     assert "telegram" in heavy_in(modules)
+
+
+def test_a_bot_files_import_line_loads_no_vendor_library(tmp_path):
+    code = "from bots import Bot, tool, command, Risk, ToolError, ToolResult, CommandRequest"
+    status, modules, _ = run_probe(tmp_path, code)
+    assert status == 0
+    vendor = ("sqlalchemy", "aiosqlite", "asyncpg", "alembic", "httpx", "aiohttp", "mcp")
+    assert heavy_in(modules) == []
+    assert sorted(m for m in modules if m.split(".")[0] in vendor) == []
+    assert "core.tools" in modules  # the probe really imported the bot API
