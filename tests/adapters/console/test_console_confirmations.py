@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from adapters.console import ConsoleAdapter
-from core.ports import CommandInfo, ReplyChannel
-from core.types import IncomingAction, IncomingMessage
+from core.ports import ReplyChannel
+from core.types import CommandInfo, IncomingAction, IncomingMessage
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -58,7 +58,7 @@ class ToolLoopEngine:
 async def run(engine: ToolLoopEngine, stdin: str, tmp_path: Path) -> list[str]:
     out = io.StringIO()
     adapter = ConsoleAdapter(
-        engine,  # type: ignore[arg-type]
+        engine,
         files_dir=tmp_path,
         user_id="ada",
         stdin=io.StringIO(stdin),
