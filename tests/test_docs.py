@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from adapters.discord.settings import DiscordSettings
+from adapters.homeassistant.settings import HomeAssistantSettings
 from adapters.llm.local import LocalSettings
 from adapters.llm.openai import OpenAISettings
 from adapters.memory.settings import MemorySettings
@@ -27,6 +28,7 @@ COMPONENTS: list[type[ChinwagSettings]] = [
     LocalSettings,
     TelegramSettings,
     DiscordSettings,
+    HomeAssistantSettings,
 ]
 VARIABLES = sorted(
     f"{cls.model_config.get('env_prefix') or ''}{name}".upper()

@@ -13,6 +13,7 @@ composition root calls on SIGINT); Ctrl-C again, or at the prompt, quits.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import getpass
 import logging
@@ -74,20 +75,14 @@ class _ConsoleReply:
         return ()
 
     async def ask_confirmation(self, prompt: str, action_id: str) -> None:
-        adapter = self._adapter
-        adapter.write_reply(f"{prompt} [yes/no]")
-        answer = await adapter.next_line(prompt="yes/no> ")
-        accepted = answer is not None and answer.strip().lower() in ("y", "yes")
-        await adapter.engine.handle_action(
-            IncomingAction(
-                platform=PLATFORM,
-                chat_id=adapter.user_id,
-                user_id=adapter.user_id,
-                action_id=action_id,
-                accepted=accepted,
-            ),
-            self,
-        )
+        """Print the question; the next input line answers it (``yes``/``y`` confirms).
+
+        The answer is read by the input loop, not here: the question may be asked from
+        inside a reply, and the confirmed action continues in that conversation, so
+        waiting for it here would wait for ourselves.
+        """
+        self._adapter.write_reply(f"{prompt} [yes/no]")
+        self._adapter.questions.append(action_id)
 
     async def send_file(self, filename: str, data: bytes, caption: str = "") -> None:
         path = self._adapter.save_file(filename, data)
@@ -130,6 +125,9 @@ class ConsoleAdapter:
         self.mid_line = False  # the last thing printed was part of a line
         self._interrupted = False  # Ctrl-C already stopped the reply in flight
         self._stoppers: set[asyncio.Task[None]] = set()
+        # Action ids of the questions printed and not yet answered, oldest first: the next
+        # input line answers the first one.
+        self.questions: collections.deque[str] = collections.deque()
 
     @property
     def name(self) -> str:
@@ -276,13 +274,31 @@ class ConsoleAdapter:
     async def _serve(self) -> None:
         reply = _ConsoleReply(self)
         while True:
-            line = await self.next_line()
+            line = await self.next_line("yes/no> " if self.questions else "you> ")
             if line is None:
+                while self.questions:  # end of input declines what is still asked
+                    await self._answer(self.questions.popleft(), False, reply)
                 if self.interactive:
                     self.out.write("\n")
                     self.out.flush()
                 return
+            if self.questions:
+                accepted = line.strip().lower() in ("y", "yes")
+                await self._answer(self.questions.popleft(), accepted, reply)
+                continue
             if not line.strip() and self.interactive:
                 continue
             self._interrupted = False
             await self.engine.handle(self._message(line), reply)
+
+    async def _answer(self, action_id: str, accepted: bool, reply: _ConsoleReply) -> None:
+        await self.engine.handle_action(
+            IncomingAction(
+                platform=PLATFORM,
+                chat_id=self.user_id,
+                user_id=self.user_id,
+                action_id=action_id,
+                accepted=accepted,
+            ),
+            reply,
+        )

@@ -394,8 +394,11 @@ class DiscordAdapter:
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         """Handle Yes/No presses on confirmation buttons, read from the button's custom id.
 
-        The confirmation itself lives in the engine's memory: after a restart a press on an
-        old button is answered "expired".
+        The custom id carries the asker and the action id, so a press after a restart is
+        understood (tool confirmations are stored by the engine and survive it; ``/forget``'s
+        are answered "expired"). The asker's press replaces the buttons by the answer at
+        once. Anyone else's press goes to the engine as theirs, which refuses it (or lets an
+        admin confirm), with the buttons left for the asker.
         """
         if interaction.type is not discord.InteractionType.component or not self._accepting():
             return
@@ -405,38 +408,40 @@ class DiscordAdapter:
         if len(parts) != 4 or parts[0] != BUTTON_PREFIX:
             return
         _, owner, answer, action_id = parts
+        presser = str(interaction.user.id)
+        accepted = answer == "y"
         sink = InteractionSink(self, interaction)
-        if str(interaction.user.id) != owner:
+        if owner in ("", presser):  # "": asked where the asker was not known (recovery)
+            prompt = interaction.message.content if interaction.message else ""
             await self.call(
-                interaction.response.send_message(
-                    "Only the person who asked can answer this.", ephemeral=True
+                interaction.response.edit_message(
+                    content=f"{prompt}\n\n{'Yes' if accepted else 'No'}."[:DISCORD_LIMIT],
+                    view=None,
                 ),
                 "answer a button",
                 sink.channel_id,
             )
-            return
-        accepted = answer == "y"
-        prompt = interaction.message.content if interaction.message else ""
-        await self.call(
-            interaction.response.edit_message(
-                content=f"{prompt}\n\n{'Yes' if accepted else 'No'}."[:DISCORD_LIMIT], view=None
-            ),
-            "answer a button",
-            sink.channel_id,
-        )
+        else:
+            sink.start_timer(self.settings.ack_after)
         chat_id, thread_id, private = _where(interaction.channel, interaction.channel_id)
         action = IncomingAction(
             platform=PLATFORM,
             chat_id=chat_id,
-            user_id=owner,
+            user_id=presser,
             action_id=action_id,
             accepted=accepted,
             thread_id=thread_id,
             is_private=interaction.guild_id is None or private,
         )
-        await self._engine.handle_action(
-            action, DiscordReplyChannel(self, sink, interaction.channel, owner)
-        )
+        try:
+            await self._engine.handle_action(
+                action, DiscordReplyChannel(self, sink, interaction.channel, presser)
+            )
+        finally:
+            try:
+                await sink.finish()
+            except AdapterError:
+                _log.warning("could not answer a Discord button press", exc_info=True)
 
     # --- outgoing ------------------------------------------------------------------------
 

@@ -271,9 +271,9 @@ class DiscordReplyChannel:
         ):
             custom_id = _button_id(self._user_id, accepted, action_id)
             view.add_item(discord.ui.Button(label=label, style=style, custom_id=custom_id))
-        # Presses are read from the custom id in on_interaction, not through discord.py's
-        # view store, so the view is stopped. The confirmation itself lives in the engine's
-        # memory: after a restart a press is answered "expired".
+        # Presses are read from the custom id (asker and action id, so a press after a
+        # restart is understood) in on_interaction, not through discord.py's view store, so
+        # the view is stopped.
         view.stop()
         if isinstance(self._sink, InteractionSink):
             await self._sink.post(prompt, first=True, view=view)

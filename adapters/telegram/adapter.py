@@ -408,7 +408,9 @@ class TelegramAdapter:
         if query is None or self._transport is None:
             return
         data = query.data or ""
-        answer, _, token = data.partition("|")
+        # "y|<action id>" or "y|<action id>|<asker's user id>" (see ask_confirmation)
+        answer, _, rest = data.partition("|")
+        token, _, asker_in_data = rest.partition("|")
         message = query.message
         if answer not in ("y", "n") or not token or not isinstance(message, Message):
             with contextlib.suppress(TelegramError):
@@ -417,7 +419,7 @@ class TelegramAdapter:
         action_id = self._transport.confirmations.get(token, token)
         chat = message.chat
         is_private = chat.type == ChatType.PRIVATE
-        asker = self._transport.askers.get((chat.id, message.message_id))
+        asker = asker_in_data or self._transport.askers.get((chat.id, message.message_id))
         user_id = str(query.from_user.id)
         try:
             await query.answer()
@@ -431,8 +433,14 @@ class TelegramAdapter:
         except TelegramError as exc:
             _log.warning("could not answer a button press: %s", exc)
         thread_id = message.message_thread_id if message.is_topic_message else None
+        # A confirmed call continues the conversation: a further question it asks belongs to
+        # the person who pressed.
         out = TelegramReplyChannel(
-            self._transport, chat_id=chat.id, thread_id=thread_id, is_private=is_private
+            self._transport,
+            chat_id=chat.id,
+            thread_id=thread_id,
+            is_private=is_private,
+            asker=user_id,
         )
         await self._engine.handle_action(
             IncomingAction(

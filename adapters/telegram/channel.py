@@ -41,6 +41,10 @@ _log = logging.getLogger(__name__)
 _CALLBACK_LIMIT: Final = 64  # bytes of callback_data
 
 
+def _fits(callback_data: str) -> bool:
+    return len(callback_data.encode()) <= _CALLBACK_LIMIT
+
+
 class TelegramReplyChannel:
     """Answers one incoming message in its chat (and forum topic).
 
@@ -242,9 +246,17 @@ class TelegramReplyChannel:
             _log.debug("could not delete a spare message: %s", exc)
 
     async def ask_confirmation(self, prompt: str, action_id: str) -> None:
-        """Show ``prompt`` with Yes/No buttons; the press reaches ``Engine.handle_action``."""
+        """Show ``prompt`` (plain text) with Yes/No buttons; a press reaches the engine.
+
+        The buttons carry the action id and the asker's id in their callback data
+        (``y|t:abc|12345``), so a press after a restart is still understood; only an id too
+        long for Telegram's 64 bytes goes through an in-memory map instead.
+        """
+        asker = self._asker
         token = action_id
-        if len(f"y|{token}".encode()) > _CALLBACK_LIMIT:
+        if asker is not None and _fits(f"y|{token}|{asker}"):
+            token = f"{token}|{asker}"
+        elif not _fits(f"y|{token}"):
             token = f"#{len(self._t.confirmations)}"
             self._t.confirmations[token] = action_id
         markup = InlineKeyboardMarkup(
@@ -255,7 +267,6 @@ class TelegramReplyChannel:
                 ]
             ]
         )
-        asker = self._asker
         message_id = await self._send(Part(prompt, prompt), html=False, markup=markup)
         if asker is not None:
             self._t.askers[(self._chat_id, message_id)] = asker
