@@ -16,8 +16,8 @@ import pytest
 
 pytest.importorskip("mcp", reason="the mcp extra is not installed")
 
-from adapters.mcp.config import McpServerConfig, parse_config  # noqa: E402
-from adapters.mcp.source import McpServerSource  # noqa: E402
+from adapters.mcp.config import McpServerConfig, parse_config
+from adapters.mcp.source import McpServerSource
 
 ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "tok-3f9a1c-very-secret"

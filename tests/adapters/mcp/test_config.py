@@ -57,7 +57,8 @@ def test_the_format_other_clients_use_parses(tmp_path: Path) -> None:
     assert isinstance(typed.transport, HttpServer)
     assert (files.enabled, home.enabled, old.enabled) == (True, True, False)
     # the secret values are not in what a log line or traceback would print
-    assert "t-456" not in repr(home) and "k-123" not in repr(files)
+    assert "t-456" not in repr(home)
+    assert "k-123" not in repr(files)
 
 
 @pytest.mark.parametrize(
