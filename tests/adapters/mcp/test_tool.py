@@ -67,7 +67,7 @@ def make(server: Server | None = None, risk: Risk = Risk.ACT, **kw: Any) -> McpT
 def test_risk_is_act_unless_the_config_says_and_hints_never_lower_it(
     hints: dict[str, bool], override: Risk | None, expected: Risk
 ) -> None:
-    assert tool_risk(remote(**hints), override) is expected
+    assert tool_risk(remote("set_light", **hints), override) is expected
 
 
 def test_it_is_a_chinwag_tool_named_for_the_model() -> None:
