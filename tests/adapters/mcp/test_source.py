@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,13 +17,16 @@ import pytest
 from adapters.mcp.source import McpServerSource, SourceState
 from core.tools import Risk, Toolbox, ToolError
 from tests.adapters.mcp.conftest import (
+    ROOT,
     TOKEN,
     HttpFake,
     config,
+    free_port,
     http_entry,
     json_args,
     light_log,
     stdio_entry,
+    wait_for_port,
 )
 from tests.fakes.mcp_servers import WEIRD_NAME
 
@@ -154,6 +158,40 @@ async def test_a_killed_server_is_restarted_and_its_tools_come_back(
     assert len(warnings) == 1
     assert "home" in warnings[0].getMessage()
     assert any("is back" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+async def test_an_http_server_that_went_away_is_reconnected_when_it_is_back(
+    sources: Make, tmp_path: Path
+) -> None:
+    port = free_port()
+    state = tmp_path / "web"
+    command = [sys.executable, "-m", "tests.fakes.mcp_servers", "http", "--port", str(port)]
+    command += ["--token", TOKEN, "--state", str(state)]
+
+    def serve() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(command, cwd=ROOT)
+        wait_for_port(port, process)
+        return process
+
+    process = serve()
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        source = sources(config("web", http_entry(url), environ={"FAKE_TOKEN": TOKEN}))
+        await source.start()
+        assert "web__echo" in names(source)
+        process.kill()
+        process.wait()
+        await eventually(lambda: not source.tools())
+
+        process = serve()
+        await eventually(lambda: "web__echo" in names(source))
+        light = next(t for t in source.tools() if t.name == "web__set_light")
+        await light.invoke({"entity": "light.garden", "on": True})
+        assert light_log(state) == ["light.garden on"]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 async def test_a_call_while_the_server_is_away_is_a_short_tool_error(
