@@ -51,7 +51,7 @@ def build_toolbox(
     if "homeassistant" in bot.packs:
         sources.append(homeassistant_source(bot, homeassistant))
     if mcp_config is not None:
-        sources.append(mcp_source(mcp_config))
+        sources.extend(mcp_sources(mcp_config))
     elif "mcp" in bot.packs:
         raise ConfigError(
             "MCP_CONFIG",
@@ -82,8 +82,8 @@ def homeassistant_source(bot: Bot, settings: HomeAssistantSettings | None) -> To
     return source
 
 
-def mcp_source(path: Path) -> ToolSource:
-    """The MCP servers configured in ``path`` (``MCP_CONFIG``), as one tool source."""
+def mcp_sources(path: Path) -> list[ToolSource]:
+    """The MCP servers configured in ``path`` (``MCP_CONFIG``), one tool source each."""
     if not path.expanduser().is_file():
         raise ConfigError("MCP_CONFIG", f"{path}: no such file", example=MCP_EXAMPLE)
     if importlib.util.find_spec("mcp") is None:
@@ -91,10 +91,9 @@ def mcp_source(path: Path) -> ToolSource:
             "MCP_CONFIG is set but the MCP SDK is not installed: "
             "pip install 'chinwag[mcp]' (or unset MCP_CONFIG)"
         )
-    from adapters.mcp import McpTools
+    from adapters import mcp
 
-    source: ToolSource = McpTools.from_config(path.expanduser())
-    return source
+    return list(mcp.mcp_sources(path.expanduser()))
 
 
 def log_toolbox(bot: Bot, toolbox: Toolbox) -> None:

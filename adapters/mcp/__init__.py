@@ -1,7 +1,7 @@
 """MCP servers as tool sources, through the official ``mcp`` SDK (the ``mcp`` extra).
 
 The composition root calls :func:`mcp_sources` with the path in ``MCP_CONFIG``
-(:class:`~adapters.mcp.config.McpSettings`) and adds the sources it returns to the bot's
+(read by ``bots.config.BotSettings``) and adds the sources it returns to the bot's
 :class:`~core.tools.Toolbox`. This package imports the SDK only from there, so chinwag
 without the extra starts as long as ``MCP_CONFIG`` is unset.
 """
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adapters.mcp.config import VARIABLE, McpServerConfig, McpSettings, load_config
+from adapters.mcp.config import VARIABLE, McpServerConfig, load_config
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -56,4 +56,4 @@ def mcp_sources(
     return [McpServerSource(server, **options) for server in servers if server.enabled]
 
 
-__all__ = ["McpServerConfig", "McpSettings", "load_config", "mcp_sources", "sdk_available"]
+__all__ = ["McpServerConfig", "load_config", "mcp_sources", "sdk_available"]

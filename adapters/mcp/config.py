@@ -35,13 +35,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import SecretStr
 
 from adapters.mcp.names import server_prefix
 from core.errors import ConfigError
-from core.settings import ChinwagSettings
 from core.tools import Risk
 
 VARIABLE = "MCP_CONFIG"
@@ -49,14 +48,6 @@ EXAMPLE_PATH = "/etc/chinwag/mcp.json"
 _STDIO_TYPES = frozenset({"stdio"})
 _HTTP_TYPES = frozenset({"http", "streamable-http", "streamable_http", "streamablehttp"})
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-class McpSettings(ChinwagSettings):
-    """Where the MCP servers are configured (``MCP_CONFIG``, a path to a JSON file)."""
-
-    EXAMPLES: ClassVar[dict[str, str]] = {"mcp_config": EXAMPLE_PATH}
-
-    mcp_config: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +250,6 @@ __all__ = [
     "VARIABLE",
     "HttpServer",
     "McpServerConfig",
-    "McpSettings",
     "StdioServer",
     "load_config",
     "parse_config",

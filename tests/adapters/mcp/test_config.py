@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from adapters.mcp import mcp_sources
-from adapters.mcp.config import HttpServer, McpSettings, StdioServer, load_config, parse_config
+from adapters.mcp.config import HttpServer, StdioServer, load_config, parse_config
 from core.errors import ConfigError
 from core.tools import Risk
 
@@ -125,12 +125,6 @@ def test_an_unset_variable_names_it_but_never_a_value(tmp_path: Path) -> None:
         parse_config({"mcpServers": servers}, origin=tmp_path / "m.json", environ={"TOKEN": "abc"})
     assert "${TOKEN_X}" in str(caught.value)
     assert "Authorization" in str(caught.value)
-
-
-def test_settings_read_the_path_from_mcp_config(monkeypatch, tmp_path: Path) -> None:
-    assert McpSettings().mcp_config is None
-    monkeypatch.setenv("MCP_CONFIG", str(tmp_path / "mcp.json"))
-    assert McpSettings().mcp_config == tmp_path / "mcp.json"
 
 
 def test_sources_are_built_for_enabled_servers_only(tmp_path: Path) -> None:
