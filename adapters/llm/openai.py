@@ -39,7 +39,7 @@ from adapters.llm.openai_wire import (
     rejects_stream_options,
     tool_param,
 )
-from adapters.llm.tokens import TokenCounter
+from adapters.llm.tokens import TokenCounter, prompt_texts
 from core.errors import (
     BackendError,
     BackendTimeout,
@@ -467,9 +467,9 @@ class OpenAIBackend:
     async def _calibrate(self, request: CompletionRequest, usage: Usage) -> None:
         if request.tools or not self._tokens.is_estimate(request.model):
             return
-        raw = await self._tokens.count_prompt_raw(
-            [m.content for m in request.messages], request.model
-        )
+        # Tool calls in the history cost their names and arguments; counting only the
+        # contents would teach the estimate that every word costs more than it does.
+        raw = await self._tokens.count_prompt_raw(prompt_texts(request.messages), request.model)
         self._tokens.observe(
             request.model,
             raw_content_tokens=raw,
