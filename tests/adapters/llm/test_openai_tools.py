@@ -187,3 +187,92 @@ async def test_tool_calls_in_the_history_do_not_skew_the_token_estimate(
         await collect(backend.stream(CompletionRequest(history, "llama3")))
     # The fake's tokenizer is o200k itself: the factor must stay at 1.
     assert backend.calibration("llama3") == pytest.approx(1.0, abs=0.02)
+
+
+# --- calls a server leaves in the text ---------------------------------------------------------
+
+MARKUP = '<tool_call>{"name": "light_on", "arguments": {"entity": "kitchen"}}</tool_call>'
+THE_CALL = ToolCallDelta(index=0, id="call_0", name="light_on", arguments='{"entity": "kitchen"}')
+
+
+async def test_tool_call_markup_in_the_text_is_a_call_when_tools_were_offered(
+    server: FakeOpenAIServer, make_backend: MakeBackend
+) -> None:
+    server.reply = lambda body: f"Sure. {MARKUP}"
+    backend = await make_backend()
+    offered = await collect(
+        backend.stream(CompletionRequest([ASK], "gpt-4o-mini", tools=[LIGHT_ON]))
+    )
+    assert text_of(offered) == "Sure."
+    assert [e for e in offered if isinstance(e, ToolCallDelta)] == [THE_CALL]
+    assert Finish("tool_calls") in offered
+    server.empty_stream()  # the same through the non-streaming fallback
+    fallback = await collect(
+        backend.stream(CompletionRequest([ASK], "gpt-4o-mini", tools=[LIGHT_ON]))
+    )
+    assert [e for e in fallback if isinstance(e, ToolCallDelta)] == [THE_CALL]
+    assert Finish("tool_calls") in fallback
+    plain = await collect(backend.stream(CompletionRequest([ASK], "gpt-4o-mini")))
+    assert text_of(plain) == f"Sure. {MARKUP}"  # no tools offered: just text
+    assert not [e for e in plain if isinstance(e, ToolCallDelta)]
+
+
+async def test_native_calls_leave_the_text_alone(
+    server: FakeOpenAIServer, make_backend: MakeBackend
+) -> None:
+    server.reply = lambda body: FakeReply(
+        text="I would write <tool_call>", tool_calls=[FakeToolCall("call_n", "light_on", "{}")]
+    )
+    backend = await make_backend()
+    events = await collect(
+        backend.stream(CompletionRequest([ASK], "gpt-4o-mini", tools=[LIGHT_ON]))
+    )
+    assert assembled(events) == [ToolCall("call_n", "light_on", "{}")]
+    assert text_of(events) == "I would write <tool_call>"
+
+
+@pytest.mark.slow
+async def test_llama_cpp_server_serves_the_tiny_tool_model_through_our_backend() -> None:
+    """llama-cpp-python's server renders the tools into the GGUF's template but returns the
+    model's call as text (``finish_reason`` ``stop``); the backend parses it into a call."""
+    from adapters.llm.openai import OpenAIBackend, OpenAISettings
+    from tests.llama_server import TINY_TOOLS, llama_cpp_server
+
+    async with llama_cpp_server(n_ctx=512, model=TINY_TOOLS) as base_url:
+        backend = OpenAIBackend(OpenAISettings(_env_file=None, base_url=base_url), timeout=20)
+        await backend.start()
+        try:
+            model = backend.default_model
+            ask = [ChatMessage(Role.USER, "Turn on the kitchen light.")]
+            called = await collect(
+                backend.stream(CompletionRequest(ask, model, temperature=0.0, tools=[LIGHT_ON]))
+            )
+            untooled = await collect(backend.stream(CompletionRequest(ask, model, temperature=0.0)))
+            history = [
+                *ask,
+                ChatMessage(Role.ASSISTANT, "", tool_calls=(ToolCall(**_call(called)),)),
+                ChatMessage(Role.TOOL, "light.kitchen is on", tool_call_id="call_0"),
+            ]
+            answered = await collect(
+                backend.stream(CompletionRequest(history, model, temperature=0.0, tools=[LIGHT_ON]))
+            )
+        finally:
+            await backend.aclose()
+    assert [e for e in called if isinstance(e, ToolCallDelta)] == [THE_CALL]
+    assert Finish("tool_calls") in called
+    assert text_of(untooled) == "I can not do that."  # the tools reached the prompt above
+    assert text_of(answered) == "The light is on."  # and so did the call and its result
+
+
+def _call(events: list[BackendEvent]) -> dict[str, str]:
+    (call,) = assembled(events)
+    return {"id": call.id, "name": call.name, "arguments": call.arguments}
+
+
+def test_a_call_without_text_has_null_content_on_openai_and_empty_elsewhere() -> None:
+    from adapters.llm.openai_wire import message_param
+
+    message = ChatMessage(Role.ASSISTANT, "", tool_calls=(ToolCall("call_1", "light_on", "{}"),))
+    assert message_param(message)["content"] is None
+    assert message_param(message, null_content=False)["content"] == ""
+    assert message_param(message)["tool_calls"][0]["type"] == "function"
