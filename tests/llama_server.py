@@ -22,11 +22,12 @@ from adapters.llm.local import local_backend_available
 from tests._require import require_or_skip
 
 TINY = Path(__file__).resolve().parent / "fixtures" / "tiny-chat.gguf"
+TINY_TOOLS = Path(__file__).resolve().parent / "fixtures" / "tiny-tools.gguf"
 
 
 @asynccontextmanager
-async def llama_cpp_server(n_ctx: int = 256) -> AsyncIterator[str]:
-    """Run the server on the tiny model with an ``n_ctx``-token context; yield its base URL."""
+async def llama_cpp_server(n_ctx: int = 256, model: Path = TINY) -> AsyncIterator[str]:
+    """Run the server on ``model`` with an ``n_ctx``-token context; yield its base URL."""
     reason = local_backend_available()
     if reason is not None:
         require_or_skip("llama", reason)
@@ -43,7 +44,7 @@ async def llama_cpp_server(n_ctx: int = 256) -> AsyncIterator[str]:
             "-m",
             "llama_cpp.server",
             "--model",
-            str(TINY),
+            str(model),
             "--n_ctx",
             str(n_ctx),
             "--host",

@@ -34,7 +34,6 @@ from adapters.llm.local_model import (
     LoadedModel,
     ModelSpec,
     Vocab,
-    chat_dicts,
     reply_limit,
 )
 from adapters.llm.local_settings import (
@@ -45,6 +44,8 @@ from adapters.llm.local_settings import (
     default_model_path,
     local_backend_available,
 )
+from adapters.llm.local_tools import ToolPrompt, chat_dicts, tool_dicts, tool_prompt
+from adapters.llm.tool_markup import ToolCallParser
 from core.errors import (
     BackendBusy,
     BackendError,
@@ -246,8 +247,18 @@ class LocalBackend:
             return 8
 
     def supports_tools(self, model: str) -> bool:
-        """Not yet: the local backend parses no tool calls."""
-        return False
+        """Whether ``model`` is offered tools: its chat template handles them (``LOCAL_TOOLS``).
+
+        ``auto``: only a model whose GGUF chat template reads ``tools`` (the bundled
+        SmolLM2-135M's does not); ``on``: every model; ``off``: none. Its calls, written as
+        ``<tool_call>`` or ``<function=...>`` text, are parsed while the reply streams.
+        """
+        return self._tool_prompt(model) is not ToolPrompt.NONE
+
+    def _tool_prompt(self, model: str) -> ToolPrompt:
+        spec = self._specs.get(self._known(model))
+        template = spec.info.chat_template if spec is not None else None
+        return tool_prompt(self._settings.tools, template)
 
     async def check_model(self, model: str) -> None:
         """Refuse a ``/model`` switch to a model that cannot run, with a clear message.
@@ -377,7 +388,7 @@ class LocalBackend:
         """Run one generation in the worker thread, emitting events; never raises."""
         try:
             loaded = self._acquire(job.spec)
-            tokens = loaded.render(job.messages)
+            tokens = loaded.render(job.messages, job.tools)
             n_ctx = job.spec.n_ctx
             if len(tokens) >= n_ctx:
                 raise ContextTooLong(
@@ -433,6 +444,10 @@ class LocalBackend:
 
         Without ``request.max_tokens`` the reply stops at half the model's context (and
         always where the context is full); a reply stopped so ends with ``Finish("length")``.
+
+        ``request.tools`` reach a model that :meth:`supports_tools` (others never see
+        them); its calls come out as ``ToolCallDelta`` (ids ``call_<n>``), one per call,
+        and ``Finish("tool_calls")``. Markup that does not parse stays text.
 
         Raises:
             BackendBusy: the line is full (``LOCAL_QUEUE_SIZE`` requests already wait).
@@ -493,9 +508,13 @@ class LocalBackend:
                     scheduled[0] = True
                 loop.call_soon_threadsafe(flush)
 
+            mode = self._tool_prompt(spec.name)
+            offered = list(request.tools) if mode is not ToolPrompt.NONE else []
+            parser = ToolCallParser({t.name: t.parameters for t in offered}) if offered else None
             job = Job(
                 spec=spec,
-                messages=chat_dicts(request.messages),
+                messages=chat_dicts(request.messages, mode, offered),
+                tools=tool_dicts(offered) if offered and mode is ToolPrompt.TEMPLATE else None,
                 temperature=(
                     DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
                 ),
@@ -511,7 +530,11 @@ class LocalBackend:
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, TextDelta | Finish | Usage)
-                yield item
+                if parser is None:
+                    yield item
+                    continue
+                for event in _parsed(parser, item):
+                    yield event
         finally:
             if job is not None:
                 job.cancel.set()
@@ -537,6 +560,17 @@ class LocalBackend:
                 waiter.set_result(None)
                 return
         self._running = False
+
+
+def _parsed(parser: ToolCallParser, item: TextDelta | Finish | Usage) -> list[BackendEvent]:
+    """The events of ``item`` once tool-call markup is parsed out of the reply's text."""
+    if isinstance(item, TextDelta):
+        return list(parser.feed(item.text))
+    if isinstance(item, Finish):
+        events: list[BackendEvent] = list(parser.close())
+        reason = "tool_calls" if parser.calls and item.reason == "stop" else item.reason
+        return [*events, Finish(reason)]
+    return [item]
 
 
 def _short(exc: GGUFError) -> str:

@@ -8,14 +8,13 @@ thread-safe), except :class:`Vocab`, a vocabulary-only model for counting tokens
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from adapters.llm.local_gguf import GGUFInfo
 from adapters.llm.local_settings import LocalSettings
-from core.types import ChatMessage, Role
 
 # ChatML, for a GGUF without a chat template (old conversions).
 CHATML: Final = (
@@ -73,10 +72,11 @@ class Job:
     """One generation handed to the worker thread; events flow back through ``emit``."""
 
     spec: ModelSpec
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     temperature: float
     max_tokens: int | None  # None: at most half the context
     emit: Callable[[object], None]
+    tools: list[dict[str, Any]] | None = None  # for the chat template's ``tools``
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -127,10 +127,12 @@ class LoadedModel:
             add_generation_prompt=True,
         )
 
-    def render(self, messages: list[dict[str, str]]) -> list[int]:
-        """Render the chat template and tokenise the prompt (special tokens parsed)."""
+    def render(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Render the chat template (with ``tools``) and tokenise it (special tokens parsed)."""
         try:
-            prompt = self.formatter(messages=messages).prompt  # type: ignore[arg-type]
+            prompt = self.formatter(messages=messages, tools=tools).prompt  # type: ignore[arg-type]
         except Exception:
             # Some templates refuse a system role: fold it into the first user message.
             if not messages or messages[0]["role"] != "system":
@@ -140,7 +142,7 @@ class LoadedModel:
                 rest[0] = {"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}
             else:
                 rest.insert(0, {"role": "user", "content": system})
-            prompt = self.formatter(messages=rest).prompt  # type: ignore[arg-type]
+            prompt = self.formatter(messages=rest, tools=tools).prompt  # type: ignore[arg-type]
         return list(self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
 
     def _should_abort(self, _data: object) -> bool:
@@ -180,16 +182,6 @@ def reply_limit(max_tokens: int | None, n_ctx: int, prompt_tokens: int) -> int:
     return min(max_tokens or n_ctx // 2, n_ctx - prompt_tokens)
 
 
-def chat_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    """Our messages as chat-template dicts; tool traffic is not supported and left out."""
-    out: list[dict[str, str]] = []
-    for message in messages:
-        if message.role is Role.TOOL or (message.tool_calls and not message.content):
-            continue
-        out.append({"role": message.role.value, "content": message.content})
-    return out
-
-
 __all__ = [
     "CHATML",
     "END",
@@ -197,6 +189,5 @@ __all__ = [
     "LoadedModel",
     "ModelSpec",
     "Vocab",
-    "chat_dicts",
     "reply_limit",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -35,6 +35,9 @@ class LocalSettings(ChinwagSettings):
         threads: generation threads; default llama.cpp's choice.
         gpu_layers: layers offloaded to a GPU (builds with GPU support; -1 = all).
         queue_size: requests that may wait for the model; more get "busy, try again".
+        tools: whether models are offered tools (``LOCAL_TOOLS``): ``auto`` when the
+            model's chat template handles them, ``on`` for every model (tools described in
+            the system prompt where the template has no place for them), ``off`` never.
     """
 
     model_config = SettingsConfigDict(env_prefix="LOCAL_")
@@ -46,6 +49,7 @@ class LocalSettings(ChinwagSettings):
         "threads": "4",
         "gpu_layers": "0",
         "queue_size": "32",
+        "tools": "auto",
     }
 
     model_path: Path | None = None
@@ -55,6 +59,7 @@ class LocalSettings(ChinwagSettings):
     threads: int | None = Field(default=None, ge=1, le=1024)
     gpu_layers: int = Field(default=0, ge=-1, le=100_000)
     queue_size: int = Field(default=32, ge=1, le=100_000)
+    tools: Literal["auto", "on", "off"] = "auto"
 
     def model_table(self) -> dict[str, Path]:
         """``LOCAL_MODELS`` parsed into ``{name: path}``, in the order given.

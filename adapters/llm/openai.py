@@ -32,6 +32,7 @@ from adapters.llm.openai_wire import (
     OPENAI_DEFAULT_MODEL,
     PLACEHOLDER_API_KEY,
     OpenAISettings,
+    TextToolCalls,
     delta_events,
     describe_error,
     message_param,
@@ -39,7 +40,7 @@ from adapters.llm.openai_wire import (
     rejects_stream_options,
     tool_param,
 )
-from adapters.llm.tokens import TokenCounter
+from adapters.llm.tokens import TokenCounter, prompt_texts
 from core.errors import (
     BackendError,
     BackendTimeout,
@@ -296,7 +297,8 @@ class OpenAIBackend:
         return self._stream(request)
 
     async def _stream(self, request: CompletionRequest) -> AsyncIterator[BackendEvent]:
-        messages = [message_param(m) for m in request.messages]
+        official = self._settings.base_url is None  # elsewhere, a call's content is ""
+        messages = [message_param(m, null_content=official) for m in request.messages]
         tools = [tool_param(t) for t in request.tools]
         attempt = 0
         yielded = False
@@ -309,6 +311,7 @@ class OpenAIBackend:
             usage: Usage | None = None
             finished: str | None = None  # the finish_reason, once the server sent it
             chunks = 0
+            text_calls = TextToolCalls(request.tools)
             try:
                 try:
                     async with asyncio.timeout(self._timeout):
@@ -329,7 +332,7 @@ class OpenAIBackend:
                             )
                         for choice in chunk.choices[:1]:
                             finished = finished or choice.finish_reason
-                            for event in delta_events(choice.delta):
+                            for event in text_calls.events(delta_events(choice.delta)):
                                 yielded = True
                                 yield event
                 finally:
@@ -367,6 +370,9 @@ class OpenAIBackend:
                 return
             if not finished:
                 raise BackendUnavailable("the stream ended before the reply was complete")
+            rest, finished = text_calls.finish(finished)
+            for event in rest:
+                yield event
             yield Finish(finished)
             if usage is not None:
                 await self._calibrate(request, usage)
@@ -449,15 +455,20 @@ class OpenAIBackend:
             raise BackendUnavailable("the server answered with no choices")
         choice = completion.choices[0]
         message = choice.message
-        if message.content:
-            yield TextDelta(message.content)
+        text_calls = TextToolCalls(() if message.tool_calls else request.tools)
+        events = text_calls.events([TextDelta(message.content)] if message.content else [])
         for index, call in enumerate(message.tool_calls or ()):
             function = getattr(call, "function", None)
             if function is not None:
-                yield ToolCallDelta(
-                    index=index, id=call.id, name=function.name, arguments=function.arguments
+                events.append(
+                    ToolCallDelta(
+                        index=index, id=call.id, name=function.name, arguments=function.arguments
+                    )
                 )
-        yield Finish(choice.finish_reason or "stop")
+        rest, reason = text_calls.finish(choice.finish_reason or "stop")
+        for event in [*events, *rest]:
+            yield event
+        yield Finish(reason)
         if completion.usage is not None:
             yield Usage(
                 prompt_tokens=completion.usage.prompt_tokens,
@@ -467,9 +478,9 @@ class OpenAIBackend:
     async def _calibrate(self, request: CompletionRequest, usage: Usage) -> None:
         if request.tools or not self._tokens.is_estimate(request.model):
             return
-        raw = await self._tokens.count_prompt_raw(
-            [m.content for m in request.messages], request.model
-        )
+        # Tool calls in the history cost their names and arguments; counting only the
+        # contents would teach the estimate that every word costs more than it does.
+        raw = await self._tokens.count_prompt_raw(prompt_texts(request.messages), request.model)
         self._tokens.observe(
             request.model,
             raw_content_tokens=raw,

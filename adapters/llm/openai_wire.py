@@ -9,7 +9,7 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
 
@@ -17,6 +17,7 @@ import openai
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from adapters.llm.tool_markup import ToolCallParser
 from core.settings import ChinwagSettings, CsvList
 from core.types import BackendEvent, ChatMessage, TextDelta, ToolCallDelta, ToolSpec
 
@@ -126,8 +127,13 @@ def delta_events(delta: Any) -> list[BackendEvent]:
     return events
 
 
-def message_param(message: ChatMessage) -> dict[str, Any]:
-    """One stored chat message as the API's message object."""
+def message_param(message: ChatMessage, *, null_content: bool = True) -> dict[str, Any]:
+    """One stored chat message as the API's message object.
+
+    An assistant message that only calls tools has ``content`` null, as OpenAI documents
+    it; with ``null_content`` false it is ``""``, which every compatible server takes
+    (llama-cpp-python's refuses null).
+    """
     param: dict[str, Any] = {"role": message.role.value, "content": message.content}
     if message.name:
         # OpenAI accepts ^[a-zA-Z0-9_-]{1,64}$ as a participant name.
@@ -144,11 +150,52 @@ def message_param(message: ChatMessage) -> dict[str, Any]:
             for call in message.tool_calls
         ]
         if not message.content:
-            param["content"] = None
+            param["content"] = None if null_content else ""
     if message.tool_call_id is not None:
         param["tool_call_id"] = message.tool_call_id
         param.pop("name", None)
     return param
+
+
+class TextToolCalls:
+    """Tool calls a server left in the reply's text, parsed out as the local backend does.
+
+    Servers that render a GGUF's own chat template without a tool-call parser
+    (llama-cpp-python's ``llama_cpp.server``, llama.cpp's without ``--jinja``) pass a
+    model's ``<tool_call>`` markup through as text. When tools were offered, that text is
+    parsed (see :mod:`adapters.llm.tool_markup`); once the server sends native tool-call
+    deltas, it parses calls itself and the text is left alone.
+    """
+
+    def __init__(self, tools: Sequence[ToolSpec]) -> None:
+        """Parse only when ``tools`` were offered."""
+        schemas = {tool.name: tool.parameters for tool in tools}
+        self._parser = ToolCallParser(schemas) if tools else None
+        self._found = 0
+
+    def events(self, events: list[BackendEvent]) -> list[BackendEvent]:
+        """``events`` with calls parsed out of their text."""
+        out: list[BackendEvent] = []
+        for event in events:
+            parser = self._parser
+            if parser is None:
+                out.append(event)
+            elif isinstance(event, TextDelta):
+                out += parser.feed(event.text)
+            else:
+                if isinstance(event, ToolCallDelta) and not parser.calls:
+                    out += parser.close()  # native calls: the server parses them itself
+                    self._parser = None
+                out.append(event)
+        return out
+
+    def finish(self, reason: str) -> tuple[list[BackendEvent], str]:
+        """Text still held back, and the finish reason (``tool_calls`` if calls were parsed)."""
+        parser = self._parser
+        if parser is None:
+            return [], reason
+        rest: list[BackendEvent] = list(parser.close())
+        return rest, "tool_calls" if parser.calls and reason == "stop" else reason
 
 
 def tool_param(tool: ToolSpec) -> dict[str, Any]:
@@ -168,6 +215,7 @@ __all__ = [
     "OPENAI_DEFAULT_MODEL",
     "PLACEHOLDER_API_KEY",
     "OpenAISettings",
+    "TextToolCalls",
     "delta_events",
     "describe_error",
     "message_param",

@@ -28,6 +28,7 @@ import math
 import re
 import threading
 import warnings
+from collections.abc import Sequence
 from functools import cache
 from typing import Any, Final
 
@@ -36,6 +37,8 @@ with warnings.catch_warnings():
     # warns DeprecationWarning on import; nothing for us to act on (data is read offline).
     warnings.filterwarnings("ignore", "open_binary is deprecated", DeprecationWarning)
     from bpe_openai import _bindings
+
+from core.types import ChatMessage
 
 _log = logging.getLogger(__name__)
 
@@ -107,6 +110,22 @@ def count_exact(text: str, encoding: str) -> int:
     except UnicodeEncodeError:
         clean = text.encode("utf-8", "replace").decode("utf-8")
         return int(tokenizer.count(clean))
+
+
+def message_text(message: ChatMessage) -> str:
+    """The text a message costs in a prompt, besides the chat format's overhead.
+
+    Its content, and the name and arguments of each tool call it makes: servers count those
+    too.
+    """
+    if not message.tool_calls:
+        return message.content
+    return message.content + "".join(call.name + call.arguments for call in message.tool_calls)
+
+
+def prompt_texts(messages: Sequence[ChatMessage]) -> list[str]:
+    """:func:`message_text` of every message of a prompt."""
+    return [message_text(m) for m in messages]
 
 
 class TokenCounter:

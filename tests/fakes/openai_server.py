@@ -99,10 +99,22 @@ def default_reply(body: Mapping[str, Any]) -> str:
     return f"You said: {last}. I received {len(messages)} messages."
 
 
+def _calls_text(message: Mapping[str, Any]) -> str:
+    """The names and arguments of an assistant message's tool calls (they cost tokens too)."""
+    parts = []
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        parts += [str(function.get("name", "")), str(function.get("arguments", ""))]
+    return "".join(parts)
+
+
 def prompt_tokens(body: Mapping[str, Any], scale: float = 1.0) -> int:
-    """Tokens of the request's messages: o200k content, 4 per message, 3 for priming."""
+    """Tokens of the request's messages: o200k content and tool calls, 4 per message, 3 more."""
     messages = body.get("messages", [])
-    content = sum(len(_ENCODING.encode_ordinary(_text_of(m.get("content")))) for m in messages)
+    content = sum(
+        len(_ENCODING.encode_ordinary(_text_of(m.get("content")) + _calls_text(m)))
+        for m in messages
+    )
     return math.ceil(content * scale) + 4 * len(messages) + 3
 
 
@@ -110,11 +122,79 @@ _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
+def _invalid_tools(tools: Any) -> str | None:
+    """The real API's complaint about the ``tools`` offered, if any."""
+    if not isinstance(tools, list):
+        return "Invalid type for 'tools': expected an array, but got an object instead."
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not function:
+            return f"Missing required parameter: 'tools[{i}].function'."
+        name = str(function.get("name", ""))
+        if len(name) > 64:
+            return (
+                f"Invalid 'tools[{i}].function.name': string too long. Expected a string with "
+                f"maximum length 64, but got a string with length {len(name)} instead."
+            )
+        if not _NAME.match(name):
+            return (
+                f"Invalid 'tools[{i}].function.name': string does not match pattern. "
+                "Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'."
+            )
+    return None
+
+
+def _invalid_calls(i: int, message: Mapping[str, Any]) -> str | None:
+    """The real API's complaint about an assistant message's ``tool_calls``, if any."""
+    for j, call in enumerate(message["tool_calls"]):
+        where = f"messages[{i}].tool_calls[{j}]"
+        if not isinstance(call, dict) or not call.get("id"):
+            return f"Missing required parameter: '{where}.id'."
+        if call.get("type") != "function":
+            return f"Missing required parameter: '{where}.type'."
+        function = call.get("function")
+        if not isinstance(function, dict) or not function.get("name"):
+            return f"Missing required parameter: '{where}.function.name'."
+        if not isinstance(function.get("arguments"), str):
+            return (
+                f"Invalid type for '{where}.function.arguments': expected a string, but got "
+                "an object instead."
+            )
+    return None
+
+
+def _invalid_tool_order(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """Every call answered by ``tool`` messages right after it, and nothing else answered."""
+    waiting: list[str] = []  # ids of the last assistant message's calls not answered yet
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id not in waiting:
+                return (
+                    f"Invalid parameter: messages with role 'tool' must be a response to a "
+                    f"preceeding message with 'tool_calls'. ('messages[{i}]')"
+                )
+            waiting.remove(call_id)
+            continue
+        if waiting:
+            return (
+                "An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(waiting)}"
+            )
+        if role == "assistant" and message.get("tool_calls"):
+            waiting = [str(call.get("id")) for call in message["tool_calls"]]
+    return None
+
+
 def _invalid(body: Mapping[str, Any]) -> str | None:
     """The real API's complaint about a malformed request body, if any."""
     messages = body["messages"]
     if not messages:
         return "Invalid 'messages': empty array. Expected an array with minimum length 1."
+    if "tools" in body and (problem := _invalid_tools(body["tools"])) is not None:
+        return problem
     for i, message in enumerate(messages):
         role = message.get("role")
         if role not in _ROLES:
@@ -129,6 +209,13 @@ def _invalid(body: Mapping[str, Any]) -> str | None:
             return f"Missing required parameter: 'messages[{i}].tool_call_id'."
         if message.get("content") is None and not message.get("tool_calls"):
             return f"Invalid value for 'messages[{i}].content': expected a string, got null."
+        if message.get("tool_calls"):
+            if role != "assistant":
+                return f"Unrecognized request argument: 'messages[{i}].tool_calls'."
+            if (problem := _invalid_calls(i, message)) is not None:
+                return problem
+    if (problem := _invalid_tool_order(messages)) is not None:
+        return problem
     temperature = body.get("temperature")
     if temperature is not None and not 0 <= temperature <= 2:
         return f"Invalid 'temperature': decimal above maximum value. Got {temperature}."
@@ -249,6 +336,22 @@ class FakeOpenAIServer:
     @property
     def chat_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    @property
+    def tools_offered(self) -> list[list[str]]:
+        """The names of the tools each chat request offered the model, in order."""
+        return [
+            [t["function"]["name"] for t in (r.body.get("tools") or ())]
+            for r in self.chat_requests
+            if isinstance(r.body, dict)
+        ]
+
+    def empty_stream(self, *, times: int = 1) -> None:
+        """Answer a streamed request with an empty 200 stream (a plain request is answered).
+
+        llama-cpp-python's server does so when it fails before the first token.
+        """
+        self._faults.append(_Fault("empty", times))
 
     # --- faults, consumed by the next chat requests in order ---
 
@@ -446,6 +549,11 @@ class FakeOpenAIServer:
                 "server_error",
                 None,
             )
+        if fault is not None and fault.kind == "empty" and body.get("stream"):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write_eof()
+            return response
         if fault is not None and fault.kind == "hang" and fault.before_headers:
             await self._idle(request, fault.seconds)
             fault = None

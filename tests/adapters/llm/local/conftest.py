@@ -14,6 +14,8 @@ from tests._require import require_or_skip
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures"
 TINY = FIXTURES / "tiny-chat.gguf"
+TINY_TOOLS = FIXTURES / "tiny-tools.gguf"
+"""A tiny model whose template handles tools and which calls ``light_on`` when offered tools."""
 
 
 def _load_generator():
@@ -29,7 +31,7 @@ def _load_generator():
 EXPECTED: list[tuple[str | None, list[str], str]] = _load_generator().EXPECTED
 """(system prompt, turns, the exact reply) cases the tiny model was built to answer."""
 
-__all__ = ["EXPECTED", "TINY"]
+__all__ = ["EXPECTED", "TINY", "TINY_TOOLS"]
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,15 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from adapters.llm.local import LocalBackend, LocalSettings, default_model_path
-from core.types import ChatMessage, CompletionRequest, Role, TextDelta, Usage
+from core.types import (
+    ChatMessage,
+    CompletionRequest,
+    Role,
+    TextDelta,
+    ToolCallDelta,
+    ToolSpec,
+    Usage,
+)
 from tests._require import require_or_skip
 from tests.adapters.llm.backend_helpers import generator
 
@@ -122,3 +130,21 @@ async def test_stop_during_a_long_prompt_aborts_its_evaluation(smol: LocalBacken
     assert not smol.busy
     after = [e async for e in smol.stream(ask(smol, "Say hi.", max_tokens=8))]
     assert any(isinstance(e, TextDelta) and e.text for e in after)
+
+
+async def test_smollm2_is_never_sent_tools(smol: LocalBackend) -> None:
+    """SmolLM2-135M's template has no tools (it would invent device states): none are sent."""
+    assert not smol.supports_tools(smol.default_model)
+    light = ToolSpec(
+        "light_on",
+        "Switch a light on.",
+        {"type": "object", "properties": {"entity": {"type": "string"}}},
+    )
+    plain = [e async for e in smol.stream(ask(smol, "Turn on the light.", max_tokens=1))]
+    offered = [
+        e async for e in smol.stream(ask(smol, "Turn on the light.", max_tokens=1, tools=[light]))
+    ]
+    assert isinstance(plain[-1], Usage)
+    assert isinstance(offered[-1], Usage)
+    assert offered[-1].prompt_tokens == plain[-1].prompt_tokens  # not one token of tools
+    assert not [e for e in offered if isinstance(e, ToolCallDelta)]
