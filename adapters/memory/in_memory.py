@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Final
 
 from adapters.memory.in_memory_recovery import InMemoryRecovery, RecoveryState
+from adapters.memory.in_memory_tools import InMemoryTools, ToolState
 from adapters.memory.validation import check_extra, check_usage, storable, usage_pseudonym
 from core.errors import DuplicateMessage, StoreError
 from core.lifecycle import Lifecycle
@@ -43,6 +44,8 @@ from core.types import (
 
 _NAME: Final = "InMemoryStore"
 _USABLE: Final = (MessageStatus.COMPLETE, MessageStatus.CUT, MessageStatus.INTERRUPTED)
+# Tool rounds are part of the prompt whatever their text (often none).
+_ROUNDS: Final = (MessageStatus.TOOL_CALLS, MessageStatus.AWAITING)
 
 _Slot = tuple[str, str, str, str, str]
 _PlatformId = tuple[str, str, str, str]  # bot, platform, chat_id, platform message id
@@ -67,7 +70,7 @@ def _slot(key: ConversationKey) -> _Slot:
     return (key.bot, key.platform, key.chat_id, key.thread_id or "", key.user_id or "")
 
 
-class InMemoryStore(InMemoryRecovery):
+class InMemoryStore(InMemoryTools, InMemoryRecovery):
     """The ``MemoryStore`` port on dicts: same contract as the SQL store, no persistence.
 
     Args:
@@ -87,6 +90,7 @@ class InMemoryStore(InMemoryRecovery):
         self._next_conversation = 1
         self._next_message = 1
         self._recovery = RecoveryState()
+        self._tools = ToolState()
 
     def __repr__(self) -> str:
         return f"InMemoryStore({len(self._conversations)} conversations)"
@@ -257,7 +261,8 @@ class InMemoryStore(InMemoryRecovery):
     ) -> list[StoredMessage]:
         """Up to ``limit`` usable messages, newest first, with ``seq < before_seq``.
 
-        Usable means status complete or interrupted with non-empty content.
+        Usable means status complete, cut or interrupted with non-empty content, or a tool
+        round (``tool_calls`` or ``awaiting``) whatever its content.
         """
         if limit <= 0:
             return []
@@ -271,7 +276,7 @@ class InMemoryStore(InMemoryRecovery):
         found: list[StoredMessage] = []
         for index in range(end - 1, -1, -1):
             message = self._messages[conv.ids[index]]
-            if message.status in _USABLE and message.content:
+            if (message.status in _USABLE and message.content) or message.status in _ROUNDS:
                 found.append(message)
                 if len(found) == limit:
                     break
@@ -298,6 +303,9 @@ class InMemoryStore(InMemoryRecovery):
 
     def _conversation_key(self, message: StoredMessage) -> ConversationKey:
         return self._conversations[message.conversation_id].conversation.key
+
+    def _conversation_exists(self, conversation_id: int) -> bool:
+        return conversation_id in self._conversations
 
     def _messages_of(self, conv: _Conversation) -> Iterator[StoredMessage]:
         return (self._messages[i] for i in conv.ids)
@@ -366,7 +374,9 @@ class InMemoryStore(InMemoryRecovery):
 
         As :meth:`adapters.memory.store.SqlMemoryStore.forget_user`: the conversations keyed
         by the user, the user's own messages in shared conversations with the bot's replies
-        to them, the preferences of the user's slots. Returns the number of messages deleted.
+        to them, the preferences of the user's slots, the user's pending tool calls (and
+        those of the deleted conversations); the user's audit rows keep only the pseudonym.
+        Returns the number of messages deleted.
 
         Raises:
             ValueError: ``user_id`` is empty.
@@ -385,6 +395,8 @@ class InMemoryStore(InMemoryRecovery):
                 deleted += self._delete_from_shared(conv, user_id)
         for slot in [s for s in self._preferences if s[:2] == (bot, platform) and s[4] == user_id]:
             del self._preferences[slot]
+        self._forget_pending(bot, platform, user_id)
+        self._forget_audit(bot, platform, user_id)
         return deleted
 
     def _delete_conversation(self, conv: _Conversation) -> int:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from core.text import safe_text
-from core.types import NewMessage, UsageRecord
+from core.types import AuditEntry, NewMessage, PendingToolCall, UsageRecord
 
 
 def check_extra(extra: Any) -> None:
@@ -52,3 +53,59 @@ def usage_pseudonym(secret: bytes, bot: str, platform: str, user_id: str) -> str
     """
     message = json.dumps([bot, platform, user_id], ensure_ascii=False).encode()
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def audit_pseudonyms(secret: bytes, places: Iterable[tuple[str, str]], user_id: str) -> list[str]:
+    """The user's pseudonym in each (bot, platform) of ``places`` (the usage counters' own)."""
+    return [usage_pseudonym(secret, bot, platform, user_id) for bot, platform in places]
+
+
+def _json_copy(value: Any, what: str) -> Any:
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be JSON-serialisable: {exc}") from exc
+
+
+def check_tool_calls(calls: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A JSON copy of a round's tool calls; ``ValueError`` unless each has id, name, arguments."""
+    copied: list[dict[str, Any]] = []
+    for call in calls:
+        missing = [k for k in ("id", "name", "arguments") if k not in call]
+        if missing:
+            raise ValueError(f"a tool call lacks {', '.join(missing)}")
+        copied.append(_json_copy(dict(call), "a tool call"))
+    return copied
+
+
+def check_tool_result(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON copy of one call's result; ``ValueError`` if it cannot be stored."""
+    copied: dict[str, Any] = _json_copy(dict(result), "a tool result")
+    return copied
+
+
+def check_aware(value: datetime, name: str) -> None:
+    """Raise ``ValueError`` if the timestamp ``value`` (called ``name``) is naive."""
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware")
+
+
+def check_pending(call: PendingToolCall) -> None:
+    """Raise ``ValueError`` if a pending call's timestamps are naive."""
+    check_aware(call.created_at, "PendingToolCall.created_at")
+    check_aware(call.expires_at, "PendingToolCall.expires_at")
+
+
+def check_audit(entry: AuditEntry) -> None:
+    """Raise ``ValueError`` if an audit entry's time is naive."""
+    check_aware(entry.at, "AuditEntry.at")
+
+
+def is_expired(expires_at: datetime, now: datetime) -> bool:
+    """Whether a confirmation asked until ``expires_at`` is too late at ``now``.
+
+    Raises:
+        ValueError: ``now`` is naive.
+    """
+    check_aware(now, "now")
+    return now >= expires_at
