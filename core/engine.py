@@ -19,7 +19,9 @@ The engine wires the pieces and routes each message; every job lives in its own 
 * :mod:`core.sessions` - conversation ids and preferences per slot, models and budgets;
 * :mod:`core.reply` - one reply run: prompt, stream (with queue-position events), record;
 * :mod:`core.prompt` - fitting the history into the token budget;
-* :mod:`core.notices` - the short notices users get, and how they are sent.
+* :mod:`core.notices` - the short notices users get, and how they are sent;
+* :mod:`core.gate`, :mod:`core.turns`, :mod:`core.tool_actions` - the tool policy, the loop
+  of model rounds with tool calls, and the confirmations of actions (``t:`` action ids).
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
+from core.access import AccessPolicy
 from core.admission import Admission
 from core.bot import BotCommand
 from core.commands import BuiltinCommands, CommandRegistry, parse_command
 from core.confirmations import CONFIRM_TTL, Confirmations
 from core.errors import ChinwagError, DuplicateMessage
+from core.gate import ToolGate
 from core.instance import HEARTBEAT_SECONDS, Instance
 from core.lanes import Lanes
 from core.lifecycle import Lifecycle
@@ -49,9 +53,19 @@ from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
 from core.recovery import Recovery
 from core.reply import Replier
+from core.rounds import ROUND_STATUSES, calls_of
 from core.sessions import Sessions
-from core.settings import AccessSettings, CoreSettings, LLMSettings, ToolSettings
+from core.settings import (
+    DEFAULT_SYSTEM_PROMPT,
+    AccessSettings,
+    CoreSettings,
+    LLMSettings,
+    ToolSettings,
+)
+from core.tool_actions import ToolActions
+from core.tool_commands import ToolCommands
 from core.tools import Toolbox
+from core.turns import Continuation, ToolLoop, TurnContext
 from core.types import (
     CommandInfo,
     ConversationKey,
@@ -60,16 +74,21 @@ from core.types import (
     MemoryScope,
     MessageStatus,
     NewMessage,
+    PendingToolCall,
     Preferences,
     ReplyInProgress,
     Role,
     StoredMessage,
 )
 
-_Job = tuple[IncomingMessage, ReplyChannel, ReplyInProgress | None]
-"""A lane's work: a message to answer, or (with a reply in progress) a reply to finish."""
+_Job = tuple[IncomingMessage, ReplyChannel, ReplyInProgress | Continuation | None]
+"""A lane's work: a message to answer, a reply in progress to finish (crash recovery), or a
+tool round whose confirmations were answered to continue."""
 
 _log = logging.getLogger(__name__)
+
+_ANSWERED = (MessageStatus.COMPLETE, MessageStatus.CUT, *ROUND_STATUSES)
+"""A redelivered message whose reply has one of these statuses is not answered again."""
 
 
 def _lane_name(key: ConversationKey) -> str:
@@ -88,7 +107,8 @@ class Engine:
         clock: returns the current UTC time; tests pass a fake one.
         heartbeat: seconds between this process's heartbeats in the store (its liveness as
             the owner of replies in progress); tests pass a short one.
-        persona: the bot definition's system prompt (``SYSTEM_PROMPT`` overrides it).
+        persona: the bot definition's system prompt (``SYSTEM_PROMPT`` overrides it, a
+            slot's ``/system`` overrides both).
         toolbox: the tools the model may call (none if omitted).
         tool_settings: who may use tools, and the tool loop's limits.
         extra_commands: the bot definition's own commands.
@@ -133,6 +153,32 @@ class Engine:
             clock=self._clock,
         )
         self._confirmations = Confirmations(self._clock)
+        self._default_prompt = core.system_prompt or persona or DEFAULT_SYSTEM_PROMPT
+        policy = AccessPolicy(access)
+        self._gate = ToolGate(self._toolbox, self._tool_settings, policy)
+        self._tools = ToolLoop(
+            store=store,
+            backend=backend,
+            replier=self._replier,
+            gate=self._gate,
+            settings=self._tool_settings,
+            history=self._history,
+            clock=self._clock,
+            bot_name=core.bot_name,
+            owner=lambda: self._instance.id,
+        )
+        self._actions = ToolActions(
+            loop=self._tools,
+            access=policy,
+            submit=self._submit_continuation,
+            slot_of=lambda a: self.key_for(
+                a.platform, a.chat_id, a.user_id, a.thread_id, a.is_private
+            ),
+            conversation_of=self._sessions.conversation_id,
+            channel_for=self._channel_for,
+            owner=lambda: self._instance.id,
+        )
+        self._tools.confirming = self._actions
         self._builtins = BuiltinCommands(
             backend=backend,
             store=store,
@@ -145,9 +191,23 @@ class Engine:
             replier=self._replier,
             confirmations=self._confirmations,
             clock=self._clock,
+            default_prompt=self._default_prompt,
         )
         self._commands = CommandRegistry()
         self._builtins.register(self._commands)
+        tool_commands = ToolCommands(
+            gate=self._gate,
+            store=store,
+            backend=backend,
+            model_of=self._model_of,
+            is_admin=self._admission.is_admin,
+            bot_name=core.bot_name,
+            clock=self._clock,
+        )
+        tool_commands.register(self._commands, self._extra_commands)
+        self._builtins.help_note = tool_commands.help_note
+        if self._gate.enabled:
+            self._builtins.on_reset = self._cancel_on_reset
         self._lanes: Lanes[ConversationKey, _Job] = Lanes(self._run_in_lane, _lane_name)
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._state = Lifecycle.NEW
@@ -160,7 +220,7 @@ class Engine:
             clock=self._clock,
             submit=self._submit_recovered,
         )
-        self._instance.on_beat = self._recovery.sweep
+        self._instance.on_beat = self._beat
 
     # --- identity and lifecycle ------------------------------------------------------------
 
@@ -320,6 +380,38 @@ class Engine:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lanes.submit(key, (msg, out, reply), future)
 
+    def _submit_continuation(
+        self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, job: Continuation
+    ) -> None:
+        """Queue a tool round whose confirmations were answered, to continue the model."""
+        if self._state.closed:
+            return  # the round stays awaiting; a later press or the expiry sweep goes on
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lanes.submit(key, (msg, out, job), future)
+
+    def _channel_for(self, call: PendingToolCall) -> ReplyChannel | None:
+        """A channel into a pending call's chat (to tell it expired after a restart)."""
+        resumer = self._recovery.resumers.get(call.key.platform)
+        if resumer is None or not self._recovery.ready.is_set():
+            return None
+        try:
+            return resumer.resume(call.chat_id, call.key.thread_id, ())
+        except (RuntimeError, ValueError):
+            return None
+
+    async def _beat(self) -> None:
+        """At every heartbeat: take over dead processes' replies, expire tool confirmations."""
+        await self._recovery.sweep()
+        if self._gate.enabled and not self._state.closed:
+            await self._actions.expire(self._backend.default_model)
+
+    async def _model_of(self, key: ConversationKey) -> str:
+        return self._sessions.model_for(await self._sessions.preferences(key))
+
+    async def _cancel_on_reset(self, key: ConversationKey, out: ReplyChannel) -> None:
+        conversation_id = await self._sessions.conversation_id(key)
+        await self._actions.cancel(conversation_id, out, await self._model_of(key))
+
     async def handle(self, msg: IncomingMessage, out: ReplyChannel) -> None:
         """Submit ``msg`` and wait until it is answered."""
         await self.submit(msg, out)
@@ -376,6 +468,8 @@ class Engine:
 
     def _run_in_lane(self, key: ConversationKey, job: _Job) -> Awaitable[None]:
         msg, out, resumed = job
+        if isinstance(resumed, Continuation):
+            return self._guarded(msg, out, self._continue(key, msg, out, resumed))
         if resumed is not None:
             return self._guarded(msg, out, self._resume(key, msg, out, resumed))
         return self._guarded(msg, out, self._process(key, msg, out))
@@ -390,6 +484,9 @@ class Engine:
         await self._commands.dispatch(self._key(msg), msg, out, name, arg, admin=admin)
 
     async def _action(self, action: IncomingAction, out: ReplyChannel) -> None:
+        if action.action_id.startswith("t:"):
+            await self._actions.on_action(action, out)
+            return
         pending = await self._confirmations.resolve(action, out)
         if pending is not None:
             await self._builtins.confirmed(pending, out)
@@ -429,6 +526,8 @@ class Engine:
         model = sessions.model_for(prefs)
         tokenizer = self._backend.tokenizer_name(model)
         conversation_id = await sessions.conversation_id(key)
+        if self._gate.enabled:  # the conversation moves on: its waiting actions are cancelled
+            await self._actions.cancel(conversation_id, out, model)
         extra = {"author_name": msg.user_name} if msg.user_name else None
         user_tokens = await self._backend.count_tokens(text, model)
         try:
@@ -472,7 +571,7 @@ class Engine:
         """A message we stored before: answered once; re-answered if its reply broke off."""
         self._history.drop(seen.conversation_id)
         reply = await self._store.reply_to(seen) if seen.role is Role.USER else seen
-        if reply is not None and reply.status in (MessageStatus.COMPLETE, MessageStatus.CUT):
+        if reply is not None and reply.status in _ANSWERED:
             _log.info(
                 "ignoring redelivered %s message %s: already answered", msg.platform, msg.message_id
             )
@@ -509,12 +608,32 @@ class Engine:
         model: str,
         prefs: Preferences,
         shown: Sequence[str] = (),
+        rounds: int = 0,
     ) -> Awaitable[None]:
-        system_prompt = prefs.persona or self._core.system_prompt
-        budget = self._sessions.budget(model)
-        return self._replier.reply(
-            key, msg, out, placeholder, model, system_prompt, budget, shown=shown
+        return self._tools.answer(
+            self._turn(key, msg, out, model, prefs, rounds), placeholder, shown
         )
+
+    def _turn(
+        self,
+        key: ConversationKey,
+        msg: IncomingMessage,
+        out: ReplyChannel,
+        model: str,
+        prefs: Preferences,
+        rounds: int = 0,
+    ) -> TurnContext:
+        system_prompt = prefs.persona or self._default_prompt
+        budget = self._sessions.budget(model)
+        return TurnContext(key, msg, out, model, system_prompt, budget, rounds)
+
+    async def _continue(
+        self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, job: Continuation
+    ) -> None:
+        """A tool round whose confirmations were all answered: the model goes on."""
+        prefs = await self._sessions.preferences(key)
+        model = self._sessions.model_for(prefs)
+        await self._tools.resume_round(self._turn(key, msg, out, model, prefs), job)
 
     async def _resume(
         self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, reply: ReplyInProgress
@@ -523,14 +642,20 @@ class Engine:
 
         One begun longer than ``RECOVER_WITHIN_SECONDS`` ago is marked interrupted instead.
         """
+        message = reply.message
+        prefs = await self._sessions.preferences(key)
+        model = self._sessions.model_for(prefs)
+        self._history.drop(message.conversation_id)
+        if calls_of(message):
+            # A tool round: its stored results are replayed, never asked for or run again.
+            await self._tools.replay(self._turn(key, msg, out, model, prefs), message)
+            return
         if self._recovery.too_old(reply):
             await self._recovery.mark(reply, out)
             return
-        prefs = await self._sessions.preferences(key)
-        model = self._sessions.model_for(prefs)
-        self._history.drop(reply.message.conversation_id)
         _log.info("producing again a reply interrupted in %s chat %s", key.platform, msg.chat_id)
-        await self._reply(key, msg, out, reply.message, model, prefs, reply.platform_message_ids)
+        rounds = await self._tools.rounds_before(message.conversation_id, message.seq)
+        await self._reply(key, msg, out, message, model, prefs, reply.platform_message_ids, rounds)
 
 
 __all__ = [
