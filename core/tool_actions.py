@@ -65,7 +65,7 @@ Submit = Callable[[ConversationKey, IncomingMessage, ReplyChannel, Continuation]
 
 @dataclass(frozen=True, slots=True)
 class _Asked:
-    """What this process remembers of a question it asked (the store has the call)."""
+    """A question this process asked, answered or not (the store decides the call)."""
 
     call: PendingToolCall
     msg: IncomingMessage
@@ -210,7 +210,6 @@ class ToolActions:
         else:
             await self._answer(decided, EXPIRED, "expired", ToolDecision.EXPIRED)
             await notify(out, EXPIRED_NOTICE)
-        self._asked.pop(call.id, None)
         self._continue(decided, msg, out)
 
     async def _find(self, action: IncomingAction) -> _Asked | None:
@@ -267,7 +266,6 @@ class ToolActions:
             return 0
         for call in cancelled:
             await self._answer(call, CANCELLED, "cancelled", ToolDecision.CANCELLED)
-            self._asked.pop(call.id, None)
         await self._close_rounds(cancelled, model)
         await notify(out, CANCELLED_NOTICE.format(count=len(cancelled)))
         return len(cancelled)
@@ -279,7 +277,7 @@ class ToolActions:
         continued: set[int] = set()
         for call in expired:
             await self._answer(call, EXPIRED, "expired", ToolDecision.EXPIRED)
-            asked = self._asked.pop(call.id, None)
+            asked = self._asked.get(call.id)
             out = asked.out if asked is not None else self._channel_for(call)
             if out is None:
                 continue
