@@ -31,13 +31,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from core.access import AccessPolicy
 from core.admission import Admission
 from core.bot import BotCommand
 from core.commands import BuiltinCommands, CommandRegistry, parse_command
 from core.confirmations import CONFIRM_TTL, Confirmations
 from core.errors import ChinwagError, DuplicateMessage
-from core.gate import ToolGate
 from core.instance import HEARTBEAT_SECONDS, Instance
 from core.lanes import Lanes
 from core.lifecycle import Lifecycle
@@ -62,10 +60,9 @@ from core.settings import (
     LLMSettings,
     ToolSettings,
 )
-from core.tool_actions import ToolActions
-from core.tool_commands import ToolCommands
+from core.tooling import Tooling
 from core.tools import Toolbox
-from core.turns import Continuation, ToolLoop, TurnContext
+from core.turns import Continuation
 from core.types import (
     CommandInfo,
     ConversationKey,
@@ -74,7 +71,6 @@ from core.types import (
     MemoryScope,
     MessageStatus,
     NewMessage,
-    PendingToolCall,
     Preferences,
     ReplyInProgress,
     Role,
@@ -154,31 +150,6 @@ class Engine:
         )
         self._confirmations = Confirmations(self._clock)
         self._default_prompt = core.system_prompt or persona or DEFAULT_SYSTEM_PROMPT
-        policy = AccessPolicy(access)
-        self._gate = ToolGate(self._toolbox, self._tool_settings, policy)
-        self._tools = ToolLoop(
-            store=store,
-            backend=backend,
-            replier=self._replier,
-            gate=self._gate,
-            settings=self._tool_settings,
-            history=self._history,
-            clock=self._clock,
-            bot_name=core.bot_name,
-            owner=lambda: self._instance.id,
-        )
-        self._actions = ToolActions(
-            loop=self._tools,
-            access=policy,
-            submit=self._submit_continuation,
-            slot_of=lambda a: self.key_for(
-                a.platform, a.chat_id, a.user_id, a.thread_id, a.is_private
-            ),
-            conversation_of=self._sessions.conversation_id,
-            channel_for=self._channel_for,
-            owner=lambda: self._instance.id,
-        )
-        self._tools.confirming = self._actions
         self._builtins = BuiltinCommands(
             backend=backend,
             store=store,
@@ -195,19 +166,6 @@ class Engine:
         )
         self._commands = CommandRegistry()
         self._builtins.register(self._commands)
-        tool_commands = ToolCommands(
-            gate=self._gate,
-            store=store,
-            backend=backend,
-            model_of=self._model_of,
-            is_admin=self._admission.is_admin,
-            bot_name=core.bot_name,
-            clock=self._clock,
-        )
-        tool_commands.register(self._commands, self._extra_commands)
-        self._builtins.help_note = tool_commands.help_note
-        if self._gate.enabled:
-            self._builtins.on_reset = self._cancel_on_reset
         self._lanes: Lanes[ConversationKey, _Job] = Lanes(self._run_in_lane, _lane_name)
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._state = Lifecycle.NEW
@@ -218,9 +176,28 @@ class Engine:
             bot=core.bot_name,
             within=core.recover_within_seconds,
             clock=self._clock,
-            submit=self._submit_recovered,
+            submit=self._queue,
         )
         self._instance.on_beat = self._beat
+        self._tools = Tooling(
+            toolbox=self._toolbox,
+            settings=self._tool_settings,
+            access=access,
+            store=store,
+            backend=backend,
+            replier=self._replier,
+            history=self._history,
+            sessions=self._sessions,
+            admission=self._admission,
+            recovery=self._recovery,
+            clock=self._clock,
+            bot_name=core.bot_name,
+            owner=lambda: self._instance.id,
+            submit=self._queue,
+            key_for=self.key_for,
+            default_prompt=self._default_prompt,
+        )
+        self._tools.register(self._commands, self._builtins, self._extra_commands)
 
     # --- identity and lifecycle ------------------------------------------------------------
 
@@ -367,50 +344,29 @@ class Engine:
         self._lanes.submit(self._key(msg), (msg, out, None), future)
         return future
 
-    def _submit_recovered(
+    def _queue(
         self,
         key: ConversationKey,
         msg: IncomingMessage,
         out: ReplyChannel,
-        reply: ReplyInProgress,
+        job: ReplyInProgress | Continuation,
     ) -> None:
-        """Queue a claimed reply in its conversation's lane, to be produced again."""
-        if self._state.closed:
-            return  # left in progress: the next start finishes it
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._lanes.submit(key, (msg, out, reply), future)
+        """Queue a claimed reply or a tool round to continue in its conversation's lane.
 
-    def _submit_continuation(
-        self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, job: Continuation
-    ) -> None:
-        """Queue a tool round whose confirmations were answered, to continue the model."""
+        A claimed reply is produced again; a tool round whose confirmations were all
+        answered continues the model. After :meth:`aclose` began, nothing is queued: the
+        reply stays in progress and the round awaiting, for the next start to finish.
+        """
         if self._state.closed:
-            return  # the round stays awaiting; a later press or the expiry sweep goes on
+            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._lanes.submit(key, (msg, out, job), future)
-
-    def _channel_for(self, call: PendingToolCall) -> ReplyChannel | None:
-        """A channel into a pending call's chat (to tell it expired after a restart)."""
-        resumer = self._recovery.resumers.get(call.key.platform)
-        if resumer is None or not self._recovery.ready.is_set():
-            return None
-        try:
-            return resumer.resume(call.chat_id, call.key.thread_id, ())
-        except (RuntimeError, ValueError):
-            return None
 
     async def _beat(self) -> None:
         """At every heartbeat: take over dead processes' replies, expire tool confirmations."""
         await self._recovery.sweep()
-        if self._gate.enabled and not self._state.closed:
-            await self._actions.expire(self._backend.default_model)
-
-    async def _model_of(self, key: ConversationKey) -> str:
-        return self._sessions.model_for(await self._sessions.preferences(key))
-
-    async def _cancel_on_reset(self, key: ConversationKey, out: ReplyChannel) -> None:
-        conversation_id = await self._sessions.conversation_id(key)
-        await self._actions.cancel(conversation_id, out, await self._model_of(key))
+        if not self._state.closed:
+            await self._tools.expire()
 
     async def handle(self, msg: IncomingMessage, out: ReplyChannel) -> None:
         """Submit ``msg`` and wait until it is answered."""
@@ -469,7 +425,7 @@ class Engine:
     def _run_in_lane(self, key: ConversationKey, job: _Job) -> Awaitable[None]:
         msg, out, resumed = job
         if isinstance(resumed, Continuation):
-            return self._guarded(msg, out, self._continue(key, msg, out, resumed))
+            return self._guarded(msg, out, self._tools.continue_round(key, msg, out, resumed))
         if resumed is not None:
             return self._guarded(msg, out, self._resume(key, msg, out, resumed))
         return self._guarded(msg, out, self._process(key, msg, out))
@@ -485,7 +441,7 @@ class Engine:
 
     async def _action(self, action: IncomingAction, out: ReplyChannel) -> None:
         if action.action_id.startswith("t:"):
-            await self._actions.on_action(action, out)
+            await self._tools.actions.on_action(action, out)
             return
         pending = await self._confirmations.resolve(action, out)
         if pending is not None:
@@ -526,8 +482,7 @@ class Engine:
         model = sessions.model_for(prefs)
         tokenizer = self._backend.tokenizer_name(model)
         conversation_id = await sessions.conversation_id(key)
-        if self._gate.enabled:  # the conversation moves on: its waiting actions are cancelled
-            await self._actions.cancel(conversation_id, out, model)
+        await self._tools.cancel(conversation_id, out, model)  # the conversation moved on
         extra = {"author_name": msg.user_name} if msg.user_name else None
         user_tokens = await self._backend.count_tokens(text, model)
         try:
@@ -586,17 +541,7 @@ class Engine:
                 reply.id, content=reply.content, status=MessageStatus.FAILED
             )
         _log.info("answering redelivered %s message %s again", msg.platform, msg.message_id)
-        (placeholder,) = await self._store.append_messages(
-            seen.conversation_id,
-            [
-                NewMessage(
-                    role=Role.ASSISTANT,
-                    content="",
-                    status=MessageStatus.IN_PROGRESS,
-                    owner=self._instance.id,
-                )
-            ],
-        )
+        placeholder = await self._tools.loop.next_placeholder(seen.conversation_id)
         await self._reply(key, msg, out, placeholder, model, prefs)
 
     def _reply(
@@ -610,30 +555,8 @@ class Engine:
         shown: Sequence[str] = (),
         rounds: int = 0,
     ) -> Awaitable[None]:
-        return self._tools.answer(
-            self._turn(key, msg, out, model, prefs, rounds), placeholder, shown
-        )
-
-    def _turn(
-        self,
-        key: ConversationKey,
-        msg: IncomingMessage,
-        out: ReplyChannel,
-        model: str,
-        prefs: Preferences,
-        rounds: int = 0,
-    ) -> TurnContext:
-        system_prompt = prefs.persona or self._default_prompt
-        budget = self._sessions.budget(model)
-        return TurnContext(key, msg, out, model, system_prompt, budget, rounds)
-
-    async def _continue(
-        self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, job: Continuation
-    ) -> None:
-        """A tool round whose confirmations were all answered: the model goes on."""
-        prefs = await self._sessions.preferences(key)
-        model = self._sessions.model_for(prefs)
-        await self._tools.resume_round(self._turn(key, msg, out, model, prefs), job)
+        turn = self._tools.turn(key, msg, out, model, prefs, rounds)
+        return self._tools.loop.answer(turn, placeholder, shown)
 
     async def _resume(
         self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, reply: ReplyInProgress
@@ -648,13 +571,13 @@ class Engine:
         self._history.drop(message.conversation_id)
         if calls_of(message):
             # A tool round: its stored results are replayed, never asked for or run again.
-            await self._tools.replay(self._turn(key, msg, out, model, prefs), message)
+            await self._tools.loop.replay(self._tools.turn(key, msg, out, model, prefs), message)
             return
         if self._recovery.too_old(reply):
             await self._recovery.mark(reply, out)
             return
         _log.info("producing again a reply interrupted in %s chat %s", key.platform, msg.chat_id)
-        rounds = await self._tools.rounds_before(message.conversation_id, message.seq)
+        rounds = await self._tools.loop.rounds_before(message.conversation_id, message.seq)
         await self._reply(key, msg, out, message, model, prefs, reply.platform_message_ids, rounds)
 
 
