@@ -221,7 +221,9 @@ class ToolActions:
         conversation_id = await self._conversation_of(self._slot_of(action))
         for call in await self._store.pending_calls(conversation_id):
             if call.id == action.action_id:
-                return _Asked(call, message_of(call, action.is_private), None)
+                found = _Asked(call, message_of(call, action.is_private), None)
+                self._remember(found)  # a second press is "already answered"
+                return found
         return None
 
     async def _run(self, call: PendingToolCall, msg: IncomingMessage, out: ReplyChannel) -> None:

@@ -111,7 +111,7 @@ async def test_a_tool_error_an_exception_and_a_timeout_come_back_as_errors(
     out = RecordingChannel()
     await engine.handle(dm("go"), out)
     # set_light is an action: it waits for a confirmation; the read tools ran.
-    (prompt, action) = out.confirmations[0]
+    (_prompt, action) = out.confirmations[0]
     await engine.handle_action(_press(action), out)
     await _settled(engine)
     texts = tool_texts(backend.calls[-1])
@@ -244,3 +244,50 @@ async def _settled(engine) -> None:
     async with asyncio.timeout(5):
         while engine._lanes.tasks() or engine._side_tasks:
             await asyncio.sleep(0.01)
+
+
+async def test_the_budget_keeps_or_drops_a_round_whole(store, backend) -> None:
+    from core.prompt import PromptBuilder
+    from core.rounds import result as tool_result
+    from core.types import ConversationKey, NewMessage
+
+    key = ConversationKey("testbot", "test", "alice", None, "alice")
+    conv = await store.current_conversation(key)
+    _, row, _, question = await store.append_messages(
+        conv.id,
+        [
+            NewMessage(Role.USER, "what is on?"),
+            NewMessage(Role.ASSISTANT, "", status=MessageStatus.IN_PROGRESS),
+            NewMessage(Role.ASSISTANT, "the kitchen light"),
+            NewMessage(Role.USER, "thanks"),
+        ],
+    )
+    call = {"id": "c", "name": "get_light", "arguments": "{}", "risk": "read", "source": "python"}
+    await store.save_tool_calls(row.id, [call], content="")
+    await store.save_tool_result(row.id, "c", tool_result("word " * 50, "ok"))
+    await store.finish_message(row.id, content="", status=MessageStatus.TOOL_CALLS)
+    builder = PromptBuilder(backend, store)
+
+    async def prompt(budget: int):
+        return await builder.build(
+            conversation_id=conv.id,
+            before_seq=question.seq + 1,
+            system_prompt="sys",
+            model="scripted",
+            budget=budget,
+            shared=False,
+        )
+
+    small = await prompt(40)  # the round's 50-word result does not fit: the round goes whole
+    assert [m.role for m in small.messages] == [Role.SYSTEM, Role.ASSISTANT, Role.USER]
+    assert not any(m.tool_calls for m in small.messages)
+    large = await prompt(200)
+    assert [m.role for m in large.messages] == [
+        Role.SYSTEM,
+        Role.USER,
+        Role.ASSISTANT,
+        Role.TOOL,
+        Role.ASSISTANT,
+        Role.USER,
+    ]
+    assert large.tokens >= 50

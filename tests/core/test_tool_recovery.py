@@ -113,7 +113,7 @@ async def test_a_crash_after_a_round_produces_the_next_round_without_running_it_
         [NewMessage(Role.ASSISTANT, "", status=MessageStatus.IN_PROGRESS, owner="dead")],
     )
     backend._reply = rounds(summarise)
-    engine, adapter = await recovered(make_engine, home)
+    _engine, adapter = await recovered(make_engine, home)
     await until(lambda: adapter.channels and adapter.channels[0].replies)
     assert home.reads == []
     assert adapter.channels[0].replies == ["done: light.kitchen is off"]

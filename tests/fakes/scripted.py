@@ -14,8 +14,8 @@ list holds a tool call (see :func:`tool_call`).
 from __future__ import annotations
 
 import asyncio
-import re
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
