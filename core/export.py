@@ -1,4 +1,10 @@
-"""Render a user's stored history for ``/export`` and ``chinwag export``."""
+"""Render a user's stored history for ``/export`` and ``chinwag export``.
+
+A tool round (an assistant message with ``extra["tool_calls"]``) is shown with each call
+and its result: in Markdown as one readable line per call, in JSON as a ``tool_calls`` list
+(present only on such messages) whose items carry their ``result`` (``null`` while a call
+waits for a confirmation). Secret-looking argument values are masked, as in the audit.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,70 @@ from datetime import datetime
 from typing import Any
 
 from core.ports import MemoryStore
-from core.types import ExportedConversation, Role
+from core.tools import redact_secrets
+from core.types import ExportedConversation, MessageStatus, Role, StoredMessage
 
 FORMATS = ("md", "json")
+
+_STATUS_LABELS = {
+    MessageStatus.TOOL_CALLS: "tool calls",
+    MessageStatus.AWAITING: "waiting for a confirmation",
+}
+
+
+def tool_calls_of(message: StoredMessage) -> list[dict[str, Any]]:
+    """The message's tool calls, each with its ``result`` (``None`` when it has none yet).
+
+    Arguments are parsed from their JSON (kept as the raw string if they are not an
+    object) and secret-looking values are masked.
+    """
+    extra = message.extra or {}
+    calls = extra.get("tool_calls") or []
+    results = extra.get("tool_results") or {}
+    out: list[dict[str, Any]] = []
+    for call in calls:
+        if not isinstance(call, dict):
+            continue
+        out.append(
+            {
+                "id": call.get("id"),
+                "name": call.get("name"),
+                "arguments": _arguments(call.get("arguments")),
+                "risk": call.get("risk"),
+                "source": call.get("source"),
+                "result": results.get(call.get("id")),
+            }
+        )
+    return out
+
+
+def _arguments(raw: Any) -> Any:
+    parsed = raw
+    if isinstance(raw, str):
+        try:
+            parsed = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            return raw
+    return redact_secrets(parsed) if isinstance(parsed, dict) else parsed
+
+
+def _call_lines(call: dict[str, Any], waiting: bool) -> list[str]:
+    """``- `tool` · key=value, ...`` then ``→ status: result`` (indented, every line)."""
+    arguments = call["arguments"]
+    if isinstance(arguments, dict):
+        shown = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in arguments.items())
+    else:
+        shown = str(arguments)
+    lines = [f"- 🔧 `{call['name']}`" + (f" · {shown}" if shown else "")]
+    result = call["result"]
+    if result is None:
+        lines.append("  → waiting for a confirmation" if waiting else "  → no result")
+        return lines
+    status = result.get("status") or ("ok" if result.get("ok") else "error")
+    content = str(result.get("content") or "").splitlines() or [""]
+    lines.append(f"  → {status}: {content[0]}".rstrip())
+    lines += [f"    {line}".rstrip() for line in content[1:]]
+    return lines
 
 
 def _speaker(role: Role, author: str | None, bot: str) -> str:
@@ -52,15 +119,41 @@ def render_markdown(
             "",
         ]
         for message in item.messages:
-            stamp = message.created_at.strftime("%Y-%m-%d %H:%M")
-            status = "" if message.status.value == "complete" else f" ({message.status.value})"
-            lines += [
-                f"**{_speaker(message.role, message.author_id, bot)}** · {stamp}{status}",
-                "",
-                message.content,
-                "",
-            ]
+            lines += _message_lines(message, bot)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _message_lines(message: StoredMessage, bot: str) -> list[str]:
+    stamp = message.created_at.strftime("%Y-%m-%d %H:%M")
+    label = _STATUS_LABELS.get(message.status, message.status.value)
+    status = "" if message.status is MessageStatus.COMPLETE else f" ({label})"
+    lines = [f"**{_speaker(message.role, message.author_id, bot)}** · {stamp}{status}", ""]
+    if message.content:
+        lines += [message.content, ""]
+    calls = tool_calls_of(message)
+    if calls:
+        waiting = message.status is MessageStatus.AWAITING
+        for call in calls:
+            lines += _call_lines(call, waiting)
+        lines.append("")
+    elif not message.content:
+        lines.append("")
+    return lines
+
+
+def _message_json(message: StoredMessage) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "seq": message.seq,
+        "role": message.role.value,
+        "author_id": message.author_id,
+        "content": message.content,
+        "status": message.status.value,
+        "created_at": message.created_at.isoformat(),
+    }
+    calls = tool_calls_of(message)
+    if calls:
+        doc["tool_calls"] = calls
+    return doc
 
 
 def render_json(
@@ -83,17 +176,7 @@ def render_json(
                 "thread_id": item.conversation.key.thread_id,
                 "shared": item.conversation.key.user_id is None,
                 "started_at": item.conversation.created_at.isoformat(),
-                "messages": [
-                    {
-                        "seq": m.seq,
-                        "role": m.role.value,
-                        "author_id": m.author_id,
-                        "content": m.content,
-                        "status": m.status.value,
-                        "created_at": m.created_at.isoformat(),
-                    }
-                    for m in item.messages
-                ],
+                "messages": [_message_json(m) for m in item.messages],
             }
             for item in conversations
         ],

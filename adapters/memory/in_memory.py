@@ -307,6 +307,9 @@ class InMemoryStore(InMemoryTools, InMemoryRecovery):
     def _conversation_exists(self, conversation_id: int) -> bool:
         return conversation_id in self._conversations
 
+    def _conversation_slot(self, conversation_id: int) -> ConversationKey:
+        return self._conversations[conversation_id].conversation.key
+
     def _messages_of(self, conv: _Conversation) -> Iterator[StoredMessage]:
         return (self._messages[i] for i in conv.ids)
 

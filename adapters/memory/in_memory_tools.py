@@ -26,6 +26,7 @@ from core.text import safe_text
 from core.types import (
     AuditEntry,
     ClaimOutcome,
+    ConversationKey,
     PendingClaim,
     PendingState,
     PendingToolCall,
@@ -54,6 +55,9 @@ class InMemoryTools:
     _enter: Callable[[], Awaitable[None]]
 
     def _conversation_exists(self, conversation_id: int) -> bool:
+        raise NotImplementedError  # provided by InMemoryStore
+
+    def _conversation_slot(self, conversation_id: int) -> ConversationKey:
         raise NotImplementedError  # provided by InMemoryStore
 
     # --- tool rounds -----------------------------------------------------------------------
@@ -121,7 +125,9 @@ class InMemoryTools:
             if not self._conversation_exists(call.conversation_id):
                 raise StoreError(f"conversation {call.conversation_id} does not exist")
         for call in calls:
-            self._tools.pending[call.id] = _normalised(call)
+            # As on SQL, the conversation's key is the call's key.
+            key = self._conversation_slot(call.conversation_id)
+            self._tools.pending[call.id] = _normalised(replace(call, key=key))
 
     async def claim_pending_call(
         self, pending_id: str, *, owner: str, accept: bool, now: datetime
@@ -271,6 +277,8 @@ class InMemoryTools:
         limit: int = 50,
     ) -> list[AuditEntry]:
         """The newest audit rows first (``at``, then id); ``user_id`` matches by pseudonym."""
+        if since is not None:
+            check_aware(since, "since")
         if limit <= 0:
             return []
         await self._enter()
@@ -297,12 +305,9 @@ class InMemoryTools:
 
 
 def _normalised(call: PendingToolCall) -> PendingToolCall:
-    """``call`` as a store reads it back: UTC timestamps, empty key parts as ``None``."""
-    key = call.key
-    key = replace(key, thread_id=key.thread_id or None, user_id=key.user_id or None)
+    """``call`` as a store reads it back: UTC timestamps, a plain state."""
     return replace(
         call,
-        key=key,
         state=PendingState(call.state),
         created_at=call.created_at.astimezone(UTC),
         expires_at=call.expires_at.astimezone(UTC),

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -215,6 +216,73 @@ class LeaseRow(Base):
     platform: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64))
     acquired_at: Mapped[datetime]
+
+
+class PendingToolCallRow(Base):
+    """A tool call waiting for a person's confirmation (or past it); see migration 0005.
+
+    ``slot_user_id`` is the conversation key's user (``""`` in a shared chat); ``user_id``
+    is who asked. The claim is one conditional update of ``state``.
+    """
+
+    __tablename__ = "pending_tool_calls"
+    __table_args__ = (
+        Index("ix_pending_tool_calls_conversation_state", "conversation_id", "state"),
+        Index(
+            "ix_pending_tool_calls_expiry",
+            "bot",
+            "expires_at",
+            postgresql_where=text("state = 'pending'"),
+            sqlite_where=text("state = 'pending'"),
+        ),
+        Index("ix_pending_tool_calls_user", "bot", "platform", "user_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    bot: Mapped[str] = mapped_column(String(64))
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String())
+    thread_id: Mapped[str] = mapped_column(String())
+    slot_user_id: Mapped[str] = mapped_column(String())
+    user_id: Mapped[str] = mapped_column(String())
+    conversation_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    message_id: Mapped[int] = mapped_column(Id)
+    call_id: Mapped[str] = mapped_column(String())
+    tool: Mapped[str] = mapped_column(String(128))
+    arguments: Mapped[str] = mapped_column(Text)
+    risk: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    owner: Mapped[str | None] = mapped_column(String(64))
+    audit_id: Mapped[int | None] = mapped_column(Id)
+
+
+class ToolAuditRow(Base):
+    """One proposed tool call; ``user_id`` is cleared by ``/forget``, the pseudonym stays."""
+
+    __tablename__ = "tool_audit"
+    __table_args__ = (
+        Index("ix_tool_audit_bot_at", "bot", "at"),
+        Index("ix_tool_audit_user_pseudonym_at", "user_pseudonym", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    bot: Mapped[str] = mapped_column(String(64))
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String())
+    user_id: Mapped[str | None] = mapped_column(String())
+    user_pseudonym: Mapped[str] = mapped_column(String(64))
+    tool: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(128))
+    arguments: Mapped[str] = mapped_column(Text)
+    risk: Mapped[str] = mapped_column(String(16))
+    decision: Mapped[str] = mapped_column(String(16))
+    result_status: Mapped[str | None] = mapped_column(String(16))
+    duration_ms: Mapped[float | None] = mapped_column(Float)
 
 
 class MetaRow(Base):

@@ -18,6 +18,7 @@ from adapters.memory.statements import (
     to_conversation,
     to_stored,
 )
+from adapters.memory.tooling import forget_tool_data
 from core.types import (
     Conversation,
     ConversationKey,
@@ -30,7 +31,8 @@ from core.types import (
 def forget_user(conn: Connection, bot: str, platform: str, user_id: str) -> int:
     """Delete the user's conversations, own shared messages, replies to them and preferences.
 
-    Returns the number of messages deleted.
+    Also the user's pending tool calls (those of the deleted conversations go by cascade);
+    the user's audit rows keep only the pseudonym. Returns the number of messages deleted.
     """
     own = select(CONVERSATIONS.c.id).where(
         CONVERSATIONS.c.bot == bot,
@@ -84,6 +86,7 @@ def forget_user(conn: Connection, bot: str, platform: str, user_id: str) -> int:
             PREFERENCES.c.user_id == user_id,
         )
     )
+    forget_tool_data(conn, bot, platform, user_id)
     return int(in_own) + int(replies) + int(in_shared)
 
 

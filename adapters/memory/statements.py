@@ -22,7 +22,7 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, insert, select, update
+from sqlalchemy import Select, Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
@@ -58,6 +58,8 @@ USABLE: Final = (
     MessageStatus.INTERRUPTED.value,
 )
 """Statuses of messages usable in a prompt (when their content is not empty)."""
+ROUNDS: Final = (MessageStatus.TOOL_CALLS.value, MessageStatus.AWAITING.value)
+"""Statuses of tool rounds: usable in a prompt whatever their content (often none)."""
 
 MESSAGE_COLUMNS: Final = (
     MESSAGES.c.id,
@@ -171,8 +173,10 @@ def recent_messages_query(
     """The history read of ``recent_messages`` (exposed so tests can EXPLAIN it)."""
     query = select(*MESSAGE_COLUMNS).where(
         MESSAGES.c.conversation_id == conversation_id,
-        MESSAGES.c.status.in_(USABLE),
-        MESSAGES.c.content != "",
+        or_(
+            and_(MESSAGES.c.status.in_(USABLE), MESSAGES.c.content != ""),
+            MESSAGES.c.status.in_(ROUNDS),
+        ),
     )
     if before_seq is not None:
         query = query.where(MESSAGES.c.seq < before_seq)

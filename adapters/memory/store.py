@@ -33,6 +33,7 @@ from adapters.memory.postgres import PostgresExecutor
 from adapters.memory.settings import normalize_database_url, render_url
 from adapters.memory.sqlite import SqliteExecutor
 from adapters.memory.statements import recent_messages_query, to_stored
+from adapters.memory.store_tools import SqlToolMethods
 from adapters.memory.validation import check_extra, check_usage, storable, usage_pseudonym
 from core.errors import StoreError, StoreUnavailable
 from core.lifecycle import Lifecycle
@@ -59,7 +60,7 @@ _OUTAGE_GRACE_S: Final = 30.0
 _NAME: Final = "SqlMemoryStore"
 
 
-class SqlMemoryStore:
+class SqlMemoryStore(SqlToolMethods):
     """The ``MemoryStore`` port on a SQL database: SQLite (sqlite3) or PostgreSQL (asyncpg).
 
     The schema must exist (``adapters.memory.migrate.upgrade(url)``) before ``start()``.
@@ -314,7 +315,8 @@ class SqlMemoryStore:
     ) -> list[StoredMessage]:
         """Up to ``limit`` usable messages, newest first, with ``seq < before_seq``.
 
-        Usable means status complete or interrupted with non-empty content. A backward range
+        Usable means status complete, cut or interrupted with non-empty content, or a tool
+        round (``tool_calls``, ``awaiting``) whatever its content. A backward range
         scan of the (conversation_id, seq) key: the cost depends on ``limit`` only.
         """
         if limit <= 0:
@@ -410,8 +412,10 @@ class SqlMemoryStore:
 
         Deletes the conversations keyed by the user (with all their messages and platform
         ids), the user's own messages in shared conversations of this bot and platform
-        together with the bot's replies to them (which quote and answer them), and the
-        preferences of the user's slots. Returns the number of messages deleted.
+        together with the bot's replies to them (which quote and answer them), the
+        preferences of the user's slots and the user's pending tool calls (those of deleted
+        conversations go with them); the user's audit rows keep only the pseudonym. Returns
+        the number of messages deleted.
 
         Raises:
             ValueError: ``user_id`` is empty (it would match every shared conversation).

@@ -18,6 +18,7 @@ from adapters.memory import migrate
 from adapters.memory.models import metadata
 from adapters.memory.store import SqlMemoryStore
 from core.types import ConversationKey
+from tests.adapters.memory.store_helpers import user_msg
 
 TABLES = {
     "conversations",
@@ -28,6 +29,8 @@ TABLES = {
     "chinwag_meta",
     "instances",
     "leases",
+    "pending_tool_calls",
+    "tool_audit",
 }
 
 
@@ -69,7 +72,8 @@ async def test_revision_0001_lacks_only_the_secondary_indexes(db_url: str) -> No
     assert await migrate.current(db_url) == "0001"
     diff = await schema_diff(db_url)
     assert diff, "0002 must add something"
-    # 0002/0003 add indexes; 0004 the instances and leases tables and messages.owner.
+    # 0002/0003 add indexes; 0004 the instances and leases tables and messages.owner;
+    # 0005 the pending tool calls and the audit.
     assert {entry[0] for entry in diff} == {"add_index", "add_table", "add_column"}
 
 
@@ -77,12 +81,39 @@ async def test_revision_0003_lacks_only_the_owner_leases(db_url: str) -> None:
     await migrate.upgrade(db_url, "0003")
     diff = await schema_diff(db_url)
     added = {entry[-1].name for entry in diff if entry[0] in ("add_table", "add_column")}
-    assert added == {"instances", "leases", "owner"}
+    assert added == {"instances", "leases", "owner", "pending_tool_calls", "tool_audit"}
     assert {entry[0] for entry in diff} <= {"add_table", "add_column", "add_index"}
+
+
+async def test_revision_0004_lacks_only_the_tool_tables(db_url: str) -> None:
+    await migrate.upgrade(db_url, "0004")
+    diff = await schema_diff(db_url)
+    assert {entry[0] for entry in diff} == {"add_table", "add_index"}
+    added = {entry[-1].name for entry in diff if entry[0] == "add_table"}
+    assert added == {"pending_tool_calls", "tool_audit"}
+
+
+async def test_0005_down_and_up_keeps_the_history(db_url: str) -> None:
+    key = ConversationKey("bot", "telegram", "c1", None, "u1")
+    await migrate.upgrade(db_url)
+    async with SqlMemoryStore(db_url) as store:
+        conv = await store.current_conversation(key)
+        await store.append_messages(conv.id, [user_msg("kept", "u1")])
+    await migrate.downgrade(db_url, "0004")
+    assert await migrate.current(db_url) == "0004"
+    assert await table_names(db_url) == TABLES - {"pending_tool_calls", "tool_audit"}
+    assert await schema_diff(db_url) != []
+    await migrate.upgrade(db_url)
+    assert await schema_diff(db_url) == []
+    async with SqlMemoryStore(db_url) as store:
+        assert [m.content for m in await store.recent_messages(conv.id, limit=5)] == ["kept"]
+        assert await store.audit_entries() == []
 
 
 async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     await migrate.upgrade(db_url)
+    await migrate.downgrade(db_url)
+    assert await migrate.current(db_url) == "0004"
     await migrate.downgrade(db_url)
     assert await migrate.current(db_url) == "0003"
     await migrate.downgrade(db_url)
