@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from core.rounds import CANCELLED, DECLINED, EXPIRED
 from core.tool_actions import ALREADY, DECLINED_NOTICE, EXPIRED_NOTICE, NOT_YOURS, UNKNOWN
 from core.types import IncomingAction, MessageStatus, PendingState, ToolDecision
@@ -14,6 +16,12 @@ from tests.fakes.channel import RecordingChannel
 from tests.fakes.scripted import tool_call
 
 POLICY = {"admin_users": ["test:root"], "tools": {"tool_users": ["test:alice"]}}
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest):
+    """Every test here runs on the in-memory store and on the SQL store (SQLite)."""
+    return request.getfixturevalue(f"{request.param}_store")
 
 
 def press(action_id: str, user: str = "alice", accepted: bool = True, chat: str = "alice"):
@@ -131,12 +139,15 @@ async def test_a_double_press_runs_the_action_once(make_engine, backend) -> None
     assert len(out.replies) == 2  # "Sure." and one answer after the action
 
 
-async def test_two_engines_racing_on_one_store_run_the_action_once(
-    make_engine, backend, store
-) -> None:
+async def test_two_engines_racing_on_one_store_run_the_action_once(make_engine, backend) -> None:
+    await _race(make_engine, backend, None)
+
+
+async def _race(make_engine, backend, shared) -> None:
+    """Two engines (processes) on one store: both get the same press; it runs once."""
     home = Home()
-    first = make_engine(toolbox=home.toolbox(), **POLICY)
-    second = make_engine(toolbox=home.toolbox(), **POLICY)
+    first = make_engine(toolbox=home.toolbox(), store_override=shared, **POLICY)
+    second = make_engine(toolbox=home.toolbox(), store_override=shared, **POLICY)
     await first.start()
     await second.start()
     out, _, action_id = await asked(first, backend, home)
@@ -147,6 +158,8 @@ async def test_two_engines_racing_on_one_store_run_the_action_once(
     await settled(second)
     assert home.switched == [("light.kitchen", "on")]
     assert out.notices.count(ALREADY) == 1
+    await first.aclose()
+    await second.aclose()
 
 
 async def test_a_restart_between_proposal_and_press_still_runs_once(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from core.rounds import NO_RESULT
 from core.turns import NO_TOOLS_NOTICE, TOOLS_GUIDANCE
 from core.types import MessageStatus, Role, ToolDecision
@@ -14,6 +16,12 @@ from tests.fakes.channel import RecordingChannel
 from tests.fakes.scripted import tool_call
 
 ADMIN = {"admin_users": ["test:root"]}
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest):
+    """Every test here runs on the in-memory store and on the SQL store (SQLite)."""
+    return request.getfixturevalue(f"{request.param}_store")
 
 
 async def test_a_read_call_runs_and_the_model_answers_from_its_result(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from core.rounds import result
 from core.types import MessageStatus, NewMessage, Role
 from tests.core.conftest import dm
@@ -11,6 +13,12 @@ from tests.core.tooling import Home, calls, light, read, rounds, summarise, tool
 from tests.fakes.channel import RecordingChannel
 
 POLICY = {"admin_users": ["test:root"], "tools": {"tool_users": ["test:alice"]}}
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest):
+    """Every test here runs on the in-memory store and on the SQL store (SQLite)."""
+    return request.getfixturevalue(f"{request.param}_store")
 
 
 async def crashed_round(store, tool_calls, results=(), *, status=MessageStatus.IN_PROGRESS):
