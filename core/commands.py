@@ -24,10 +24,15 @@ from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
 from core.reply import Replier
 from core.sessions import Sessions
-from core.settings import AccessSettings, CoreSettings
+from core.settings import DEFAULT_SYSTEM_PROMPT, AccessSettings, CoreSettings
 from core.types import CommandInfo, ConversationKey, IncomingMessage, Preferences
 
 _log = logging.getLogger(__name__)
+
+
+async def _no_note(key: ConversationKey, msg: IncomingMessage) -> str | None:
+    return None
+
 
 Handler = Callable[[ConversationKey, IncomingMessage, ReplyChannel, str], Awaitable[None]]
 """``handler(key, msg, out, argument)``: answer one command through ``out``."""
@@ -155,8 +160,15 @@ class BuiltinCommands:
         replier: Replier,
         confirmations: Confirmations,
         clock: Callable[[], datetime],
+        default_prompt: str | None = None,
     ) -> None:
         self._backend = backend
+        self.default_prompt = default_prompt or core.system_prompt or DEFAULT_SYSTEM_PROMPT
+        # Set by the engine: a line /help adds for a slot (the model can't use tools), and
+        # what /reset does first (cancel the old conversation's pending tool calls).
+        self.help_note: Callable[[ConversationKey, IncomingMessage], Awaitable[str | None]]
+        self.help_note = _no_note
+        self.on_reset: Callable[[ConversationKey, ReplyChannel], Awaitable[None]] | None = None
         self._store = store
         self._core = core
         self._access = access
@@ -217,18 +229,25 @@ class BuiltinCommands:
             f"Hi! I'm {self._bot_name}, an assistant that remembers our conversation. "
             "Just write to me.\n\n"
         )
-        await notify(out, greeting + self._help_text(msg))
+        await notify(out, greeting + await self._help_with_note(key, msg))
 
     async def help(
         self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, arg: str
     ) -> None:
         """``/help``: the command list (admin-only commands for admins)."""
-        await notify(out, self._help_text(msg))
+        await notify(out, await self._help_with_note(key, msg))
+
+    async def _help_with_note(self, key: ConversationKey, msg: IncomingMessage) -> str:
+        text = self._help_text(msg)
+        note = await self.help_note(key, msg)
+        return f"{text}\n\n{note}" if note else text
 
     async def reset(
         self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, arg: str
     ) -> None:
         """``/reset``: a new conversation; persona and model stay."""
+        if self.on_reset is not None:
+            await self.on_reset(key, out)
         await self._sessions.new_conversation(key)
         await notify(out, "Started a new conversation. Your persona and model settings stay.")
 
@@ -252,7 +271,7 @@ class BuiltinCommands:
                     out, f"Current persona:\n{prefs.persona}\n\n/system reset restores the default."
                 )
             else:
-                await notify(out, f"Default persona:\n{self._core.system_prompt}")
+                await notify(out, f"Default persona:\n{self.default_prompt}")
             return
         if arg.lower() == "reset":
             await self._sessions.save_preferences(key, Preferences(persona=None, model=prefs.model))
@@ -296,7 +315,7 @@ class BuiltinCommands:
         prompt = await self._prompts.build(
             conversation_id=conversation_id,
             before_seq=None,
-            system_prompt=prefs.persona or self._core.system_prompt,
+            system_prompt=prefs.persona or self.default_prompt,
             model=model,
             budget=budget,
             shared=key.user_id is None,

@@ -19,7 +19,9 @@ The engine wires the pieces and routes each message; every job lives in its own 
 * :mod:`core.sessions` - conversation ids and preferences per slot, models and budgets;
 * :mod:`core.reply` - one reply run: prompt, stream (with queue-position events), record;
 * :mod:`core.prompt` - fitting the history into the token budget;
-* :mod:`core.notices` - the short notices users get, and how they are sent.
+* :mod:`core.notices` - the short notices users get, and how they are sent;
+* :mod:`core.gate`, :mod:`core.turns`, :mod:`core.tool_actions` - the tool policy, the loop
+  of model rounds with tool calls, and the confirmations of actions (``t:`` action ids).
 """
 
 from __future__ import annotations
@@ -49,9 +51,18 @@ from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
 from core.recovery import Recovery
 from core.reply import Replier
+from core.rounds import ROUND_STATUSES, calls_of
 from core.sessions import Sessions
-from core.settings import AccessSettings, CoreSettings, LLMSettings, ToolSettings
+from core.settings import (
+    DEFAULT_SYSTEM_PROMPT,
+    AccessSettings,
+    CoreSettings,
+    LLMSettings,
+    ToolSettings,
+)
+from core.tooling import Tooling
 from core.tools import Toolbox
+from core.turns import Continuation
 from core.types import (
     CommandInfo,
     ConversationKey,
@@ -66,10 +77,14 @@ from core.types import (
     StoredMessage,
 )
 
-_Job = tuple[IncomingMessage, ReplyChannel, ReplyInProgress | None]
-"""A lane's work: a message to answer, or (with a reply in progress) a reply to finish."""
+_Job = tuple[IncomingMessage, ReplyChannel, ReplyInProgress | Continuation | None]
+"""A lane's work: a message to answer, a reply in progress to finish (crash recovery), or a
+tool round whose confirmations were answered to continue."""
 
 _log = logging.getLogger(__name__)
+
+_ANSWERED = (MessageStatus.COMPLETE, MessageStatus.CUT, *ROUND_STATUSES)
+"""A redelivered message whose reply has one of these statuses is not answered again."""
 
 
 def _lane_name(key: ConversationKey) -> str:
@@ -88,7 +103,8 @@ class Engine:
         clock: returns the current UTC time; tests pass a fake one.
         heartbeat: seconds between this process's heartbeats in the store (its liveness as
             the owner of replies in progress); tests pass a short one.
-        persona: the bot definition's system prompt (``SYSTEM_PROMPT`` overrides it).
+        persona: the bot definition's system prompt (``SYSTEM_PROMPT`` overrides it, a
+            slot's ``/system`` overrides both).
         toolbox: the tools the model may call (none if omitted).
         tool_settings: who may use tools, and the tool loop's limits.
         extra_commands: the bot definition's own commands.
@@ -133,6 +149,7 @@ class Engine:
             clock=self._clock,
         )
         self._confirmations = Confirmations(self._clock)
+        self._default_prompt = core.system_prompt or persona or DEFAULT_SYSTEM_PROMPT
         self._builtins = BuiltinCommands(
             backend=backend,
             store=store,
@@ -145,6 +162,7 @@ class Engine:
             replier=self._replier,
             confirmations=self._confirmations,
             clock=self._clock,
+            default_prompt=self._default_prompt,
         )
         self._commands = CommandRegistry()
         self._builtins.register(self._commands)
@@ -158,9 +176,28 @@ class Engine:
             bot=core.bot_name,
             within=core.recover_within_seconds,
             clock=self._clock,
-            submit=self._submit_recovered,
+            submit=self._queue,
         )
-        self._instance.on_beat = self._recovery.sweep
+        self._instance.on_beat = self._beat
+        self._tools = Tooling(
+            toolbox=self._toolbox,
+            settings=self._tool_settings,
+            access=access,
+            store=store,
+            backend=backend,
+            replier=self._replier,
+            history=self._history,
+            sessions=self._sessions,
+            admission=self._admission,
+            recovery=self._recovery,
+            clock=self._clock,
+            bot_name=core.bot_name,
+            owner=lambda: self._instance.id,
+            submit=self._queue,
+            key_for=self.key_for,
+            default_prompt=self._default_prompt,
+        )
+        self._tools.register(self._commands, self._builtins, self._extra_commands)
 
     # --- identity and lifecycle ------------------------------------------------------------
 
@@ -307,18 +344,29 @@ class Engine:
         self._lanes.submit(self._key(msg), (msg, out, None), future)
         return future
 
-    def _submit_recovered(
+    def _queue(
         self,
         key: ConversationKey,
         msg: IncomingMessage,
         out: ReplyChannel,
-        reply: ReplyInProgress,
+        job: ReplyInProgress | Continuation,
     ) -> None:
-        """Queue a claimed reply in its conversation's lane, to be produced again."""
+        """Queue a claimed reply or a tool round to continue in its conversation's lane.
+
+        A claimed reply is produced again; a tool round whose confirmations were all
+        answered continues the model. After :meth:`aclose` began, nothing is queued: the
+        reply stays in progress and the round awaiting, for the next start to finish.
+        """
         if self._state.closed:
-            return  # left in progress: the next start finishes it
+            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._lanes.submit(key, (msg, out, reply), future)
+        self._lanes.submit(key, (msg, out, job), future)
+
+    async def _beat(self) -> None:
+        """At every heartbeat: take over dead processes' replies, expire tool confirmations."""
+        await self._recovery.sweep()
+        if not self._state.closed:
+            await self._tools.expire()
 
     async def handle(self, msg: IncomingMessage, out: ReplyChannel) -> None:
         """Submit ``msg`` and wait until it is answered."""
@@ -376,6 +424,8 @@ class Engine:
 
     def _run_in_lane(self, key: ConversationKey, job: _Job) -> Awaitable[None]:
         msg, out, resumed = job
+        if isinstance(resumed, Continuation):
+            return self._guarded(msg, out, self._tools.continue_round(key, msg, out, resumed))
         if resumed is not None:
             return self._guarded(msg, out, self._resume(key, msg, out, resumed))
         return self._guarded(msg, out, self._process(key, msg, out))
@@ -390,6 +440,9 @@ class Engine:
         await self._commands.dispatch(self._key(msg), msg, out, name, arg, admin=admin)
 
     async def _action(self, action: IncomingAction, out: ReplyChannel) -> None:
+        if action.action_id.startswith("t:"):
+            await self._tools.actions.on_action(action, out)
+            return
         pending = await self._confirmations.resolve(action, out)
         if pending is not None:
             await self._builtins.confirmed(pending, out)
@@ -429,6 +482,7 @@ class Engine:
         model = sessions.model_for(prefs)
         tokenizer = self._backend.tokenizer_name(model)
         conversation_id = await sessions.conversation_id(key)
+        await self._tools.cancel(conversation_id, out, model)  # the conversation moved on
         extra = {"author_name": msg.user_name} if msg.user_name else None
         user_tokens = await self._backend.count_tokens(text, model)
         try:
@@ -472,7 +526,7 @@ class Engine:
         """A message we stored before: answered once; re-answered if its reply broke off."""
         self._history.drop(seen.conversation_id)
         reply = await self._store.reply_to(seen) if seen.role is Role.USER else seen
-        if reply is not None and reply.status in (MessageStatus.COMPLETE, MessageStatus.CUT):
+        if reply is not None and reply.status in _ANSWERED:
             _log.info(
                 "ignoring redelivered %s message %s: already answered", msg.platform, msg.message_id
             )
@@ -487,17 +541,7 @@ class Engine:
                 reply.id, content=reply.content, status=MessageStatus.FAILED
             )
         _log.info("answering redelivered %s message %s again", msg.platform, msg.message_id)
-        (placeholder,) = await self._store.append_messages(
-            seen.conversation_id,
-            [
-                NewMessage(
-                    role=Role.ASSISTANT,
-                    content="",
-                    status=MessageStatus.IN_PROGRESS,
-                    owner=self._instance.id,
-                )
-            ],
-        )
+        placeholder = await self._tools.loop.next_placeholder(seen.conversation_id)
         await self._reply(key, msg, out, placeholder, model, prefs)
 
     def _reply(
@@ -509,12 +553,10 @@ class Engine:
         model: str,
         prefs: Preferences,
         shown: Sequence[str] = (),
+        rounds: int = 0,
     ) -> Awaitable[None]:
-        system_prompt = prefs.persona or self._core.system_prompt
-        budget = self._sessions.budget(model)
-        return self._replier.reply(
-            key, msg, out, placeholder, model, system_prompt, budget, shown=shown
-        )
+        turn = self._tools.turn(key, msg, out, model, prefs, rounds)
+        return self._tools.loop.answer(turn, placeholder, shown)
 
     async def _resume(
         self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, reply: ReplyInProgress
@@ -523,14 +565,20 @@ class Engine:
 
         One begun longer than ``RECOVER_WITHIN_SECONDS`` ago is marked interrupted instead.
         """
+        message = reply.message
+        prefs = await self._sessions.preferences(key)
+        model = self._sessions.model_for(prefs)
+        self._history.drop(message.conversation_id)
+        if calls_of(message):
+            # A tool round: its stored results are replayed, never asked for or run again.
+            await self._tools.loop.replay(self._tools.turn(key, msg, out, model, prefs), message)
+            return
         if self._recovery.too_old(reply):
             await self._recovery.mark(reply, out)
             return
-        prefs = await self._sessions.preferences(key)
-        model = self._sessions.model_for(prefs)
-        self._history.drop(reply.message.conversation_id)
         _log.info("producing again a reply interrupted in %s chat %s", key.platform, msg.chat_id)
-        await self._reply(key, msg, out, reply.message, model, prefs, reply.platform_message_ids)
+        rounds = await self._tools.loop.rounds_before(message.conversation_id, message.seq)
+        await self._reply(key, msg, out, message, model, prefs, reply.platform_message_ids, rounds)
 
 
 __all__ = [

@@ -18,6 +18,7 @@ from typing import Any
 
 from core.errors import ContextTooLong
 from core.ports import LLMBackend, MemoryStore
+from core.rounds import ROUND_STATUSES, is_round, message_text, round_messages
 from core.types import ChatMessage, MessageStatus, Role, StoredMessage
 
 _PAGE = 64
@@ -31,8 +32,13 @@ _LABEL_TOKENS = 12  # what a label adds, counted generously (it is not stored)
 
 
 def usable(message: StoredMessage) -> bool:
-    """Whether a stored message belongs in a prompt (the store's rule, too)."""
-    return message.status in _USABLE and bool(message.content)
+    """Whether a stored message belongs in a prompt (the store's rule, too).
+
+    A round that ended with tool calls belongs even with empty text.
+    """
+    return (message.status in _USABLE and bool(message.content)) or (
+        message.status in ROUND_STATUSES
+    )
 
 
 _NO_REPLY = ChatMessage(role=Role.ASSISTANT, content=NO_REPLY_LABEL)
@@ -51,23 +57,30 @@ class Turn:
         self.message = message
         self.tokenizer = message.tokenizer  # what ``tokens`` was counted with
         self.tokens = message.token_count
-        self._plain: ChatMessage | None = None
-        self._named: tuple[ChatMessage, int] | None = None
+        self._plain: tuple[ChatMessage, ...] | None = None
+        self._named: tuple[tuple[ChatMessage, ...], int] | None = None
 
-    def chat(self, shared: bool) -> tuple[ChatMessage, int]:
-        """The chat message, and the tokens a speaker's name (shared memory) or a label add."""
+    def chat(self, shared: bool) -> tuple[tuple[ChatMessage, ...], int]:
+        """The chat messages, and the tokens a speaker's name (shared memory) or a label add.
+
+        One message, but for a round with tool calls: the assistant's calls, then one tool
+        message per call (a prompt holds them all or none).
+        """
         message = self.message
         if shared and message.role is Role.USER:
             if self._named is None:
                 name = speaker_name(message.extra, message.author_id)
                 chat = ChatMessage(role=message.role, content=f"{name}: {message.content}")
-                self._named = (chat, len(name) // 3 + 2)
+                self._named = ((chat,), len(name) // 3 + 2)
             return self._named
         if self._plain is None:
-            content = message.content
-            if message.role is Role.ASSISTANT and message.status is MessageStatus.INTERRUPTED:
-                content = f"{content}\n\n{CUT_OFF_LABEL}"
-            self._plain = ChatMessage(role=message.role, content=content)
+            if is_round(message):
+                self._plain = round_messages(message)
+            else:
+                content = message.content
+                if message.role is Role.ASSISTANT and message.status is MessageStatus.INTERRUPTED:
+                    content = f"{content}\n\n{CUT_OFF_LABEL}"
+                self._plain = (ChatMessage(role=message.role, content=content),)
         if message.status is MessageStatus.INTERRUPTED:
             return self._plain, _LABEL_TOKENS
         return self._plain, 0
@@ -205,7 +218,7 @@ class PromptBuilder:
         overhead = backend.message_overhead(model)
         tokenizer = backend.tokenizer_name(model)
         used = await self._system_tokens(system_prompt, model) + overhead + 3  # reply priming
-        picked: list[ChatMessage] = []
+        picked: list[tuple[ChatMessage, ...]] = []
         newest: list[StoredMessage] = []  # the two newest turns taken
         complete = True
 
@@ -215,10 +228,10 @@ class PromptBuilder:
             for turn in turns:
                 tokens = turn.tokens
                 if tokens is None or turn.tokenizer != tokenizer:
-                    tokens = await backend.count_tokens(turn.message.content, model)
+                    tokens = await backend.count_tokens(message_text(turn.message), model)
                     turn.tokenizer, turn.tokens = tokenizer, tokens
                 chat, named = turn.chat(shared)
-                cost = tokens + overhead + named
+                cost = tokens + overhead * len(chat) + named
                 if used + cost > budget:
                     complete = False
                     return False
@@ -262,7 +275,7 @@ class PromptBuilder:
     @staticmethod
     def _finish(
         system_prompt: str,
-        picked: list[ChatMessage],
+        picked: list[tuple[ChatMessage, ...]],
         used: int,
         complete: bool,
         budget: int,
@@ -274,10 +287,10 @@ class PromptBuilder:
             )
         picked.reverse()
         messages = [ChatMessage(role=Role.SYSTEM, content=system_prompt)]
-        for chat in picked:
-            if chat.role is Role.USER and messages[-1].role is Role.USER:
+        for chats in picked:
+            if chats[0].role is Role.USER and messages[-1].role is Role.USER:
                 messages.append(_NO_REPLY)  # never two user turns where an answer was lost
-            messages.append(chat)
+            messages.extend(chats)
         previous = newest[1] if len(newest) > 1 and newest[1].role is Role.ASSISTANT else None
         return Prompt(
             messages=messages,

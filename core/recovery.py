@@ -189,10 +189,12 @@ class Recovery:
     async def _incoming(self, reply: ReplyInProgress) -> IncomingMessage:
         """The message the reply answers, as far as a reply run needs it."""
         message = reply.message
+        # The newest user message before it (tool rounds may stand in between).
         before = await self._store.recent_messages(
-            message.conversation_id, limit=1, before_seq=message.seq
+            message.conversation_id, limit=16, before_seq=message.seq
         )
-        author = before[0].author_id if before and before[0].role is Role.USER else None
+        asker = next((m for m in before if m.role is Role.USER), None)
+        author = asker.author_id if asker is not None else None
         key = reply.key
         return IncomingMessage(
             platform=key.platform,

@@ -45,6 +45,7 @@ from core.types import (
     StoredMessage,
     TextDelta,
     ToolCallDelta,
+    ToolSpec,
     Usage,
     UsageRecord,
 )
@@ -128,10 +129,30 @@ class Replier:
         Backend and delivery failures are recorded and told, not raised; ``CancelledError``
         is raised after the reply was recorded as interrupted.
         """
-        run = ReplyRun(self, key, msg, out, placeholder, model, system_prompt, budget)
+        return self.start(key, msg, out, placeholder, model, system_prompt, budget, shown).run()
+
+    def start(
+        self,
+        key: ConversationKey,
+        msg: IncomingMessage,
+        out: ReplyChannel,
+        placeholder: StoredMessage,
+        model: str,
+        system_prompt: str,
+        budget: Budget,
+        shown: Sequence[str] = (),
+        tools: Sequence[ToolSpec] = (),
+    ) -> ReplyRun:
+        """Like :meth:`reply`, offering ``tools``; ``await run.run()``, then read the run.
+
+        A run whose model ended with tool calls (:attr:`ReplyRun.tool_round`) is not
+        recorded: its row stays in progress for the tool loop (:mod:`core.turns`) to store
+        the calls, their results and its final status.
+        """
+        run = ReplyRun(self, key, msg, out, placeholder, model, system_prompt, budget, tools)
         run.saved_ids.update(shown)
         self.active[key] = run
-        return run.run()
+        return run
 
     def stop(self, key: ConversationKey) -> bool:
         """Stop ``key``'s reply in progress; ``False`` if there is none (or it was stopped)."""
@@ -184,9 +205,12 @@ class ReplyRun:
         "saved_ids",
         "saved_len",
         "shown_ids",
+        "spent",
         "stopped",
         "system_prompt",
+        "text",
         "tool_calls",
+        "tools",
         "usage",
     )
 
@@ -200,6 +224,7 @@ class ReplyRun:
         model: str,
         system_prompt: str,
         budget: Budget,
+        tools: Sequence[ToolSpec] = (),
     ) -> None:
         self._r = replier
         self.key = key
@@ -212,6 +237,9 @@ class ReplyRun:
         self.prompt_tokens = 0
         self.parts: list[str] = []
         self.tool_calls: dict[int, dict[str, str]] = {}
+        self.tools = tools
+        self.text = ""  # the reply's text, once recorded
+        self.spent: UsageRecord | None = None  # a tool round's usage, for the loop to record
         self.usage: Usage | None = None
         self.finish: Finish | None = None
         self.resuming: str | None = None  # a cut reply this one continues, until shown
@@ -269,6 +297,7 @@ class ReplyRun:
             model=self.model,
             temperature=self._r.llm.temperature,
             max_tokens=budget.max_tokens,
+            tools=self.tools,
         )
 
     def _shrink(self) -> None:
@@ -419,9 +448,16 @@ class ReplyRun:
         active = self._r.active
         if active.get(self.key) is self:
             del active[self.key]
-        text = "".join(self.parts)
+        text = self.text = "".join(self.parts)
         await asyncio.shield(self._record(text, self._status(text)))
         return text
+
+    @property
+    def tool_round(self) -> bool:
+        """Whether the model ended this round with tool calls (and nothing went wrong)."""
+        return bool(self.tool_calls) and not (
+            self.abandoned or self.delivery_failed or self.stopped or self.error is not None
+        )
 
     def _cut(self) -> bool:
         """Whether the token limit cut the reply (and there is text to continue from)."""
@@ -451,19 +487,10 @@ class ReplyRun:
             reply_tokens = usage.completion_tokens
         else:
             reply_tokens = await r.backend.count_tokens(text, self.model) if text else 0
-        if self.tool_calls:
-            _log.info("the model asked for tools, which this bot does not offer yet")
         spent = status is not MessageStatus.FAILED or bool(text)
         tokenizer = r.backend.tokenizer_name(self.model)
-        await r.store.finish_message(
-            self.placeholder.id,
-            content=text,
-            status=status,
-            token_count=reply_tokens,
-            tokenizer=tokenizer,
-            platform_chat_id=msg.chat_id,
-            platform_message_ids=tuple(i for i in self.platform_ids if i not in self.saved_ids),
-            usage=UsageRecord(
+        record = (
+            UsageRecord(
                 r.bot_name,
                 msg.platform,
                 msg.user_id,
@@ -472,7 +499,29 @@ class ReplyRun:
                 completion_tokens=reply_tokens,
             )
             if spent
-            else None,
+            else None
+        )
+        ids = tuple(i for i in self.platform_ids if i not in self.saved_ids)
+        if self.tool_round:
+            # The tool loop stores the round (calls, results, status) and its usage.
+            self.spent = record
+            if ids:
+                await r.store.save_progress(
+                    self.placeholder.id,
+                    content=None,
+                    platform_chat_id=msg.chat_id,
+                    platform_message_ids=ids,
+                )
+            return
+        await r.store.finish_message(
+            self.placeholder.id,
+            content=text,
+            status=status,
+            token_count=reply_tokens,
+            tokenizer=tokenizer,
+            platform_chat_id=msg.chat_id,
+            platform_message_ids=ids,
+            usage=record,
         )
         r.history.add(
             replace(
@@ -497,7 +546,7 @@ class ReplyRun:
                 await notify(self.out, BackendError.user_message)
         elif self.stopped:
             _log.info("reply stopped by the user in %s chat %s", msg.platform, msg.chat_id)
-        elif not self.delivery_failed and not text.strip():
+        elif not self.delivery_failed and not text.strip() and not self.tool_calls:
             await notify(self.out, EMPTY_MODEL_REPLY)
 
 

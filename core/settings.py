@@ -46,6 +46,10 @@ class ChinwagSettings(BaseSettings):
     EXAMPLES: ClassVar[dict[str, str]] = {}
 
 
+DEFAULT_SYSTEM_PROMPT = "You are a helpful, concise assistant."
+"""The persona when neither ``SYSTEM_PROMPT`` nor the bot definition sets one."""
+
+
 class CoreSettings(ChinwagSettings):
     """The bot's identity and the conversation engine's behaviour."""
 
@@ -58,7 +62,9 @@ class CoreSettings(ChinwagSettings):
     }
 
     bot_name: str = Field(default="chinwag", min_length=1, max_length=64)
-    system_prompt: str = "You are a helpful, concise assistant."
+    # The default persona; unset, the bot definition's persona (else DEFAULT_SYSTEM_PROMPT).
+    # A slot's own /system overrides either.
+    system_prompt: str | None = None
     memory_scope_groups: MemoryScope = MemoryScope.USER
     # A reply a crash or restart left unfinished is produced again into its messages if it
     # began less than this long ago; an older one is marked interrupted.

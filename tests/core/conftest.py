@@ -1,15 +1,18 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from adapters.memory.in_memory import InMemoryStore
+from core.bot import BotCommand
 from core.engine import Engine
+from core.instance import HEARTBEAT_SECONDS
 from core.ports import MemoryStore
-from core.settings import AccessSettings, CoreSettings, LLMSettings
+from core.settings import AccessSettings, CoreSettings, LLMSettings, ToolSettings
+from core.tools import Toolbox
 from core.types import IncomingMessage
 from tests.fakes.scripted import ScriptedBackend
 
@@ -71,13 +74,19 @@ async def make_engine(store, backend, clock) -> AsyncIterator[EngineFactory]:
         context_window: int | None = None,
         max_reply_tokens: int | None = None,
         memory_scope: str = "user",
-        system_prompt: str = "You are a test bot.",
+        system_prompt: str | None = "You are a test bot.",
         backend_override: Any = None,
+        toolbox: Toolbox | None = None,
+        tools: dict[str, Any] | None = None,
+        persona: str | None = None,
+        extra_commands: Sequence[BotCommand] = (),
+        store_override: MemoryStore | None = None,
+        heartbeat: float = HEARTBEAT_SECONDS,
         **access: Any,
     ) -> Engine:
         engine = Engine(
             backend=backend_override or backend,
-            store=store,
+            store=store_override or store,
             core=CoreSettings(
                 _env_file=None,
                 bot_name=bot_name,
@@ -92,6 +101,11 @@ async def make_engine(store, backend, clock) -> AsyncIterator[EngineFactory]:
             ),
             access=AccessSettings(_env_file=None, **access),
             clock=clock,
+            toolbox=toolbox,
+            tool_settings=ToolSettings(_env_file=None, **(tools or {})),
+            persona=persona,
+            extra_commands=extra_commands,
+            heartbeat=heartbeat,
         )
         engines.append(engine)
         return engine

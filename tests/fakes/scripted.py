@@ -5,16 +5,45 @@ in chunks, with optional delays, a gate to hold replies open, injectable failure
 tests read (calls, concurrency peak, streams closed early). Tokens are counted as
 whitespace-separated words, which keeps budgets easy to reason about in tests; a request's
 ``max_tokens`` cuts the reply after that many words, ending it with ``Finish("length")``.
+
+A reply function may return a list of events instead of a string: text deltas and
+``ToolCallDelta`` pieces, streamed as given and ended with ``Finish("tool_calls")`` when the
+list holds a tool call (see :func:`tool_call`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 from core.errors import BackendError
-from core.types import BackendEvent, CompletionRequest, Finish, Role, TextDelta, Usage
+from core.types import (
+    BackendEvent,
+    CompletionRequest,
+    Finish,
+    Role,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+
+Scripted = str | Sequence[TextDelta | ToolCallDelta]
+"""What a reply function returns: the reply's text, or the events of a round."""
+
+
+def tool_call(
+    name: str, arguments: Mapping[str, Any] | str, *, id: str = "call_1", index: int = 0
+) -> list[ToolCallDelta]:
+    """A tool call as a model streams it: the name first, then the arguments in two pieces."""
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    half = len(text) // 2
+    return [
+        ToolCallDelta(index=index, id=id, name=name, arguments=text[:half]),
+        ToolCallDelta(index=index, arguments=text[half:]),
+    ]
 
 
 def default_reply(request: CompletionRequest) -> str:
@@ -39,7 +68,7 @@ class ScriptedBackend:
 
     def __init__(
         self,
-        reply: str | Callable[[CompletionRequest], str] | None = None,
+        reply: str | Callable[[CompletionRequest], Scripted] | None = None,
         *,
         chunk_size: int = 16,
         delay: float = 0.0,
@@ -96,8 +125,8 @@ class ScriptedBackend:
     async def aclose(self) -> None:
         self.closed = True
 
-    def reply_for(self, request: CompletionRequest) -> str:
-        """The full reply this backend gives to ``request``."""
+    def reply_for(self, request: CompletionRequest) -> Scripted:
+        """The full reply this backend gives to ``request`` (text, or a round's events)."""
         return self._reply if isinstance(self._reply, str) else self._reply(request)
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[BackendEvent]:
@@ -110,7 +139,17 @@ class ScriptedBackend:
         try:
             if self.gate is not None:
                 await self.gate.wait()
-            text = self.reply_for(request)
+            scripted = self.reply_for(request)
+            if not isinstance(scripted, str):
+                for event in scripted:
+                    yield event
+                calls = any(isinstance(e, ToolCallDelta) for e in scripted)
+                yield Finish("tool_calls" if calls else "stop")
+                yield Usage(prompt_tokens=1, completion_tokens=1)
+                finished = True
+                self.completed += 1
+                return
+            text = scripted
             reason = "stop"
             words = re.findall(r"\s*\S+\s*", text)
             if request.max_tokens is not None and len(words) > request.max_tokens:
