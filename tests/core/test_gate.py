@@ -29,7 +29,7 @@ def msg(user: str = "alice", *, private: bool = True, chat: str | None = None) -
     )
 
 
-POLICY = dict(
+POLICY: dict[str, Any] = dict(
     admin_users=["test:root"],
     tool_users=["test:alice"],
     tool_dangerous_users=["test:dana"],

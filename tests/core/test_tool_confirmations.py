@@ -8,7 +8,7 @@ import pytest
 
 from core.rounds import CANCELLED, DECLINED, EXPIRED
 from core.tool_actions import ALREADY, DECLINED_NOTICE, EXPIRED_NOTICE, NOT_YOURS, UNKNOWN
-from core.types import IncomingAction, MessageStatus, PendingState, ToolDecision
+from core.types import IncomingAction, MessageStatus, ToolDecision
 from tests.core.conftest import dm
 from tests.core.test_engine import history
 from tests.core.tooling import Home, calls, light, read, rounds, summarise, tool_texts
@@ -279,4 +279,3 @@ async def test_forget_removes_waiting_actions(make_engine, backend, store) -> No
     assert home.switched == []
     conv = await store.current_conversation(engine.key_for("test", "alice", "alice"))
     assert await store.pending_calls(conv.id) == []
-    assert PendingState  # the store's states are what the engine relies on
