@@ -194,7 +194,6 @@ class Engine:
             bot_name=core.bot_name,
             owner=lambda: self._instance.id,
             submit=self._queue,
-            key_for=self.key_for,
             default_prompt=self._default_prompt,
         )
         self._tools.register(self._commands, self._builtins, self._extra_commands)

@@ -283,6 +283,10 @@ class MemoryStore(Protocol):
         """Set a claimed call's final state (``done`` once its result is stored)."""
         ...
 
+    async def pending_call(self, pending_id: str) -> PendingToolCall | None:
+        """The call ``pending_id`` (its confirmation's action id), in any state, if stored."""
+        ...
+
     async def pending_calls(
         self, conversation_id: int, *, message_id: int | None = None
     ) -> list[PendingToolCall]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
@@ -105,8 +105,6 @@ class ToolActions:
         loop: the tool loop (store, gate, execution, audit).
         access: who the admins are.
         submit: queues a continuation in a conversation's lane.
-        slot_of: the conversation slot a press belongs to (the engine's ``key_for``).
-        conversation_of: the current conversation id of a slot.
         channel_for: a channel into a stored chat (for expiry notices after a restart).
         owner: this process's instance id.
     """
@@ -117,8 +115,6 @@ class ToolActions:
         loop: ToolLoop,
         access: AccessPolicy,
         submit: Submit,
-        slot_of: Callable[[IncomingAction], ConversationKey],
-        conversation_of: Callable[[ConversationKey], Awaitable[int]],
         channel_for: Callable[[PendingToolCall], ReplyChannel | None],
         owner: Callable[[], str],
     ) -> None:
@@ -126,8 +122,6 @@ class ToolActions:
         self._store = loop.store
         self._access = access
         self._submit = submit
-        self._slot_of = slot_of
-        self._conversation_of = conversation_of
         self._channel_for = channel_for
         self._owner = owner
         self._asked: OrderedDict[str, _Asked] = OrderedDict()
@@ -217,14 +211,13 @@ class ToolActions:
         asked = self._asked.get(action.action_id)
         if asked is not None:
             return asked
-        # Asked before a restart (or by another replica): look in the presser's conversation.
-        conversation_id = await self._conversation_of(self._slot_of(action))
-        for call in await self._store.pending_calls(conversation_id):
-            if call.id == action.action_id:
-                found = _Asked(call, message_of(call, action.is_private), None)
-                self._remember(found)  # a second press is "already answered"
-                return found
-        return None
+        # Asked before a restart, or by another replica: the store has it.
+        call = await self._store.pending_call(action.action_id)
+        if call is None:
+            return None
+        found = _Asked(call, message_of(call, action.is_private), None)
+        self._remember(found)  # a second press is "already answered"
+        return found
 
     async def _run(self, call: PendingToolCall, msg: IncomingMessage, out: ReplyChannel) -> None:
         """A confirmed call: check it again, run it, store it, tell the factual line."""

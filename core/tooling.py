@@ -28,14 +28,10 @@ from core.tools import Toolbox
 from core.turns import Continuation, ToolLoop, TurnContext
 from core.types import (
     ConversationKey,
-    IncomingAction,
     IncomingMessage,
     PendingToolCall,
     Preferences,
 )
-
-KeyFor = Callable[[str, str, str, str | None, bool], ConversationKey]
-"""The engine's ``key_for(platform, chat_id, user_id, thread_id, is_private)``."""
 
 
 class Tooling:
@@ -56,7 +52,6 @@ class Tooling:
         bot_name: ``BOT_NAME``.
         owner: this process's instance id.
         submit: queues a continuation in a conversation's lane.
-        key_for: the conversation slot of a platform chat and user.
         default_prompt: the persona of a slot that set none with ``/system``.
     """
 
@@ -77,7 +72,6 @@ class Tooling:
         bot_name: str,
         owner: Callable[[], str],
         submit: Submit,
-        key_for: KeyFor,
         default_prompt: str,
     ) -> None:
         policy = AccessPolicy(access)
@@ -98,17 +92,10 @@ class Tooling:
             owner=owner,
         )
 
-        def slot_of(action: IncomingAction) -> ConversationKey:
-            return key_for(
-                action.platform, action.chat_id, action.user_id, action.thread_id, action.is_private
-            )
-
         self.actions = ToolActions(
             loop=self.loop,
             access=policy,
             submit=submit,
-            slot_of=slot_of,
-            conversation_of=sessions.conversation_id,
             channel_for=self.channel_for,
             owner=owner,
         )

@@ -167,6 +167,11 @@ class InMemoryTools:
         if call is not None:
             self._tools.pending[pending_id] = replace(call, state=final)
 
+    async def pending_call(self, pending_id: str) -> PendingToolCall | None:
+        """The pending call ``pending_id``, in whatever state, if it is stored."""
+        await self._enter()
+        return self._tools.pending.get(pending_id)
+
     async def pending_calls(
         self, conversation_id: int, *, message_id: int | None = None
     ) -> list[PendingToolCall]:

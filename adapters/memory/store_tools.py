@@ -122,6 +122,13 @@ class SqlToolMethods:
         )
         return found
 
+    async def pending_call(self, pending_id: str) -> PendingToolCall | None:
+        """The pending call ``pending_id``, in whatever state, if it is stored."""
+        found: list[PendingToolCall] = await self._call(
+            lambda c: tooling.read_pending(c, pending_id), write=False
+        )
+        return found[0] if found else None
+
     async def cancel_pending_calls(self, conversation_id: int) -> list[PendingToolCall]:
         """Cancel the conversation's ``pending`` calls; return them (now ``cancelled``)."""
         moved: list[PendingToolCall] = await self._call(

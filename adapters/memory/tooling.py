@@ -180,6 +180,11 @@ def claim(
     return PendingClaim(outcome, call)
 
 
+def read_pending(conn: Connection, pending_id: str) -> list[PendingToolCall]:
+    """The call ``pending_id`` (none or one)."""
+    return _read_pending(conn, PENDING.c.id == pending_id)
+
+
 def finish_pending(conn: Connection, pending_id: str, state: str) -> None:
     """Set a call's final state."""
     conn.execute(update(PENDING).where(PENDING.c.id == pending_id).values(state=state))

@@ -181,6 +181,24 @@ async def test_a_restart_between_proposal_and_press_still_runs_once(
     assert fresh.replies == ['done: {"light.kitchen": "on"}']  # the model went on
 
 
+async def test_an_admin_can_answer_after_a_restart_from_another_chat(
+    make_engine, backend, store
+) -> None:
+    home = Home()
+    before = make_engine(toolbox=home.toolbox(), **POLICY)
+    await before.start()
+    _out, _, action_id = await asked(before, backend, home)
+    await before.aclose()
+    after = make_engine(toolbox=home.toolbox(), **POLICY)
+    await after.start()
+    fresh = RecordingChannel()
+    # The admin presses in their own chat: the call is not in their conversation.
+    await after.handle_action(press(action_id, user="root", chat="root"), fresh)
+    await settled(after)
+    assert home.switched == [("light.kitchen", "on")]
+    assert fresh.notices[0] == "✅ light.kitchen → on"
+
+
 async def test_a_new_message_cancels_waiting_actions(make_engine, backend, store) -> None:
     home = Home()
     engine = make_engine(toolbox=home.toolbox(), **POLICY)

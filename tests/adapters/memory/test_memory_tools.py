@@ -261,6 +261,11 @@ async def test_a_refusal_decides_the_call_and_runs_nothing(
     assert await store.pending_calls(conv_id) == []
     unknown = await store.claim_pending_call("t:nope", owner="i1", accept=True, now=clock.now)
     assert unknown.outcome is ClaimOutcome.GONE and unknown.call is None
+    # Found by its id in any state (a press in another chat, after a restart).
+    decided = await store.pending_call("t:abc")
+    assert decided is not None and decided.state is PendingState.REFUSED
+    assert decided.conversation_id == conv_id
+    assert await store.pending_call("t:nope") is None
 
 
 async def test_an_expired_call_is_not_claimed(store: MemoryStore, clock: Clock) -> None:
