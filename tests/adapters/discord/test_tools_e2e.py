@@ -222,12 +222,14 @@ def public_texts(world: World) -> list[str]:
 async def test_a_light_turns_on_once_after_the_askers_press(world: World) -> None:
     bot = await world.start()
     question = await world.ask(bot, world.alice, "turn on the kitchen light")
-    assert question is not None and not question.ephemeral
+    assert question is not None
+    assert not question.ephemeral
     assert "turn on Kitchen light (light.kitchen)" in question.content
     assert world.service_calls() == []  # nothing before the press
     assert world.ha.state_of("light.kitchen") == "off"
     (entry,) = await world.audit(bot)
-    assert entry.decision is ToolDecision.PENDING and entry.result_status is None
+    assert entry.decision is ToolDecision.PENDING
+    assert entry.result_status is None
 
     press = await world.discord.press(question.id, button(question, "y"), world.alice)
     await settled(world.discord, bot)
@@ -237,7 +239,8 @@ async def test_a_light_turns_on_once_after_the_askers_press(world: World) -> Non
     assert world.service_calls() == [ServiceCall("light", "turn_on", LIGHT_ON_DATA, 200)]
     assert world.ha.state_of("light.kitchen") == "on"
     (entry,) = await world.audit(bot)
-    assert entry.decision is ToolDecision.CONFIRMED and entry.result_status == "ok"
+    assert entry.decision is ToolDecision.CONFIRMED
+    assert entry.result_status == "ok"
     shown = public_texts(world)
     assert shown.index(FACT) < shown.index(DONE)  # the bot's fact, then the model's words
 
@@ -262,7 +265,8 @@ async def test_a_strangers_press_is_refused_and_nothing_runs(world: World) -> No
     intruder = await world.discord.press(question.id, button(question, "y"), world.bob)
     await settled(world.discord, bot)
     refusal = intruder.responses[0]
-    assert refusal["type"] == 4 and refusal["data"]["flags"] & 64  # only bob sees it
+    assert refusal["type"] == 4
+    assert refusal["data"]["flags"] & 64
     assert refusal["data"]["content"] == NOT_YOURS
     assert buttons(question)  # still alice's to answer
     assert world.service_calls() == []
@@ -286,7 +290,8 @@ async def test_an_admin_may_confirm_for_the_asker_and_the_channel_sees_the_rest(
     await settled(world.discord, bot)
     assert len(world.service_calls()) == 1
     (entry,) = await world.audit(bot)
-    assert entry.decision is ToolDecision.CONFIRMED and entry.result_status == "ok"
+    assert entry.decision is ToolDecision.CONFIRMED
+    assert entry.result_status == "ok"
     answers = [m for m in world.discord.bot_messages(world.channel) if m.content == FACT]
     assert [m.ephemeral for m in answers] == [True]  # root's answer, in private
     assert DONE in public_texts(world)  # the conversation goes on where everyone sees it
@@ -303,7 +308,8 @@ async def test_a_press_after_a_restart_runs_the_call_once(world: World) -> None:
     await settled(world.discord, second)
     assert world.service_calls() == [ServiceCall("light", "turn_on", LIGHT_ON_DATA, 200)]
     (entry,) = await world.audit(second)
-    assert entry.decision is ToolDecision.CONFIRMED and entry.result_status == "ok"
+    assert entry.decision is ToolDecision.CONFIRMED
+    assert entry.result_status == "ok"
     shown = public_texts(world)
     assert shown.index(FACT) < shown.index(DONE)
 
@@ -321,16 +327,19 @@ async def test_a_double_press_runs_the_call_once(world: World) -> None:
     await settled(world.discord, bot)
     assert len(world.service_calls()) == 1
     (entry,) = await world.audit(bot)
-    assert entry.decision is ToolDecision.CONFIRMED and entry.result_status == "ok"
+    assert entry.decision is ToolDecision.CONFIRMED
+    assert entry.result_status == "ok"
     shown = public_texts(world)
-    assert shown.count(FACT) == 1 and shown.count(DONE) == 1
+    assert shown.count(FACT) == 1
+    assert shown.count(DONE) == 1
     assert ALREADY in [m.content for m in world.discord.bot_messages(world.channel)]
 
 
 async def test_a_press_after_the_expiry_is_refused(world: World) -> None:
     bot = await world.start()
     question = await world.ask(bot, world.alice, "turn on the kitchen light")
-    assert question is not None and "expires in 2 min" in question.content
+    assert question is not None
+    assert "expires in 2 min" in question.content
     world.clock.advance(121)
 
     await world.discord.press(question.id, button(question, "y"), world.alice)
@@ -338,7 +347,8 @@ async def test_a_press_after_the_expiry_is_refused(world: World) -> None:
     assert world.service_calls() == []
     assert world.ha.state_of("light.kitchen") == "off"
     (entry,) = await world.audit(bot)
-    assert entry.decision is ToolDecision.EXPIRED and entry.result_status is None
+    assert entry.decision is ToolDecision.EXPIRED
+    assert entry.result_status is None
     shown = public_texts(world)
     assert EXPIRED_NOTICE in shown
     assert f"It was not done: {EXPIRED}" in shown  # the model was told, and said so
@@ -350,14 +360,16 @@ async def test_a_dangerous_call_needs_more_than_tool_users(world: World) -> None
     assert await world.ask(bot, world.alice, "unlock the front door") is None  # nobody asked
     assert world.service_calls() == []
     (denied,) = await world.audit(bot)
-    assert denied.decision is ToolDecision.DENIED and denied.risk == "dangerous"
+    assert denied.decision is ToolDecision.DENIED
+    assert denied.risk == "dangerous"
     assert any(
         t.startswith("It was not done: Denied: this user may not make dangerous calls")
         for t in public_texts(world)
     )
 
     question = await world.ask(bot, world.root, "unlock the front door")
-    assert question is not None and question.content.startswith("⚠️ Dangerous action")
+    assert question is not None
+    assert question.content.startswith("⚠️ Dangerous action")
     assert world.service_calls() == []
     await world.discord.press(question.id, button(question, "y"), world.root)
     await settled(world.discord, bot)
@@ -366,7 +378,8 @@ async def test_a_dangerous_call_needs_more_than_tool_users(world: World) -> None
     ]
     assert world.ha.state_of("lock.front_door") == "unlocked"
     confirmed, _ = await world.audit(bot)  # newest first
-    assert confirmed.decision is ToolDecision.CONFIRMED and confirmed.result_status == "ok"
+    assert confirmed.decision is ToolDecision.CONFIRMED
+    assert confirmed.result_status == "ok"
     assert "✅ lock.front_door → unlocked" in public_texts(world)
 
 
