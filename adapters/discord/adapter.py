@@ -398,7 +398,11 @@ class DiscordAdapter:
         understood (tool confirmations are stored by the engine and survive it; ``/forget``'s
         are answered "expired"). The asker's press replaces the buttons by the answer at
         once. Anyone else's press goes to the engine as theirs, which refuses it (or lets an
-        admin confirm), with the buttons left for the asker.
+        admin confirm), with the buttons left for the asker: that answer is ephemeral.
+
+        What follows a confirmation (the bot's factual line, the model's continuation, a
+        further question) is posted in the channel like any reply, for everyone who saw the
+        question, not as the presser's ephemeral follow-ups.
         """
         if interaction.type is not discord.InteractionType.component or not self._accepting():
             return
@@ -411,6 +415,10 @@ class DiscordAdapter:
         presser = str(interaction.user.id)
         accepted = answer == "y"
         sink = InteractionSink(self, interaction)
+        channel = interaction.channel or self.client.get_partial_messageable(
+            int(interaction.channel_id or 0)
+        )
+        public = ChannelSink.resumed(self, channel)
         if owner in ("", presser):  # "": asked where the asker was not known (recovery)
             prompt = interaction.message.content if interaction.message else ""
             await self.call(
@@ -421,8 +429,10 @@ class DiscordAdapter:
                 "answer a button",
                 sink.channel_id,
             )
+            out = DiscordReplyChannel(self, public, channel, presser)
         else:
             sink.start_timer(self.settings.ack_after)
+            out = DiscordReplyChannel(self, sink, channel, presser, replies=public)
         chat_id, thread_id, private = _where(interaction.channel, interaction.channel_id)
         action = IncomingAction(
             platform=PLATFORM,
@@ -434,9 +444,7 @@ class DiscordAdapter:
             is_private=interaction.guild_id is None or private,
         )
         try:
-            await self._engine.handle_action(
-                action, DiscordReplyChannel(self, sink, interaction.channel, presser)
-            )
+            await self._engine.handle_action(action, out)
         finally:
             try:
                 await sink.finish()

@@ -208,7 +208,13 @@ class InteractionSink:
 
 
 class DiscordReplyChannel:
-    """The :class:`core.ports.ReplyChannel` for one incoming message or command."""
+    """The :class:`core.ports.ReplyChannel` for one incoming message, command or press.
+
+    Notices and files go to ``sink``; the model's replies and the questions it leads to go
+    to ``replies`` (default: ``sink``). A button press by someone other than the asker
+    answers them in private (an ephemeral interaction sink) while what the conversation
+    says next still goes to the channel, for everyone who saw the question.
+    """
 
     def __init__(
         self,
@@ -217,10 +223,12 @@ class DiscordReplyChannel:
         channel: Any,
         user_id: str,
         adopt: Sequence[str] = (),
+        replies: ChannelSink | InteractionSink | None = None,
     ) -> None:
         self._adapter = adapter
         self._adopt = tuple(adopt)  # messages on screen the streamed reply takes over
         self._sink = sink
+        self._replies = replies or sink
         self._channel = channel
         self._user_id = user_id
         self._settings = settings = adapter.settings
@@ -252,7 +260,7 @@ class DiscordReplyChannel:
         flush makes every message match the complete text. A channel built with ``adopt``
         ids (crash recovery) edits those messages into the reply.
         """
-        surface = _Surface(self._sink, self._settings)
+        surface = _Surface(self._replies, self._settings)
         if self._adopt:
             live = LiveMessage.adopt(surface, self._pacing, self._adopt, on_posted)
             return await live.run(events)
@@ -260,7 +268,8 @@ class DiscordReplyChannel:
 
     def adopt(self, platform_ids: Sequence[str]) -> LiveMessage[str, Any]:
         """A live message that takes over messages of this channel already on screen."""
-        return LiveMessage.adopt(_Surface(self._sink, self._settings), self._pacing, platform_ids)
+        surface = _Surface(self._replies, self._settings)
+        return LiveMessage.adopt(surface, self._pacing, platform_ids)
 
     async def ask_confirmation(self, prompt: str, action_id: str) -> None:
         """Show ``prompt`` with Yes / No buttons; a press comes back as an action."""
@@ -275,13 +284,13 @@ class DiscordReplyChannel:
         # restart is understood) in on_interaction, not through discord.py's view store, so
         # the view is stopped.
         view.stop()
-        if isinstance(self._sink, InteractionSink):
-            await self._sink.post(prompt, first=True, view=view)
+        if isinstance(self._replies, InteractionSink):
+            await self._replies.post(prompt, first=True, view=view)
             return
         await self._adapter.call(
             self._channel.send(prompt, view=view, allowed_mentions=NO_MENTIONS),
             "ask for confirmation",
-            self._sink.channel_id,
+            self._replies.channel_id,
         )
 
     async def send_file(self, filename: str, data: bytes, caption: str = "") -> None:
