@@ -1,4 +1,4 @@
-"""Wiring: ``MCP_CONFIG`` naming a stdio server gives a bot that server's tools, and no leftovers."""
+"""Wiring: ``MCP_CONFIG`` naming a stdio server gives a bot its tools, and leaves no process."""
 
 from __future__ import annotations
 

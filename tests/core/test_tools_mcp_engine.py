@@ -89,7 +89,7 @@ async def test_an_act_mcp_tool_waits_for_a_confirmation(
     out = RecordingChannel()
     await engine.handle(dm("turn on the kitchen light"), out)
 
-    (prompt, action_id), = out.confirmations
+    ((prompt, action_id),) = out.confirmations
     assert "home__set_light" in prompt and "light.kitchen" in prompt
     assert light_log(state) == []  # the server's readOnlyHint is not trusted: it waits
     assert len(backend.calls) == 1

@@ -43,6 +43,7 @@ pytestmark = pytest.mark.timeout(60)
 BOT = "tghome"
 ALICE = FakeUser(7001, "Alice", "alice_7001")
 BOB = FakeUser(7002, "Bob", "bob_7002")
+CAROL = FakeUser(7003, "Carol", "carol_7003")
 GROUP = FakeChat(-100888, "supergroup", "Home")
 ENTITIES = "light.kitchen,sensor.outside"  # light.hall exists in Home Assistant, not here
 
@@ -219,9 +220,7 @@ async def start(world: World) -> AsyncIterator[StartBot]:
             store=store,
             core=CoreSettings(_env_file=None, bot_name=BOT, memory_scope_groups="user"),
             llm=LLMSettings(_env_file=None),
-            access=AccessSettings(
-                _env_file=None, admin_users=[f"telegram:{u.id}" for u in admins]
-            ),
+            access=AccessSettings(_env_file=None, admin_users=[f"telegram:{u.id}" for u in admins]),
             clock=world.clock,
             heartbeat=heartbeat,
             toolbox=toolbox,
@@ -307,9 +306,7 @@ async def test_a_strangers_press_is_refused_and_the_askers_press_works(
     assert entry.decision is ToolDecision.CONFIRMED
 
 
-async def test_a_press_after_a_restart_runs_the_action_once(
-    world: World, start: StartBot
-) -> None:
+async def test_a_press_after_a_restart_runs_the_action_once(world: World, start: StartBot) -> None:
     world.openai.reply = script(turn_on("light.kitchen"), says_state)
     first = await start()
     chat = private(ALICE)
@@ -390,12 +387,13 @@ async def test_a_call_outside_the_allowlist_never_reaches_home_assistant(
 
 async def test_only_the_tools_a_user_may_use_are_offered(world: World, start: StartBot) -> None:
     world.openai.reply = lambda body: "Hello."
-    await start(tool_users=(ALICE,))
-    assert await world.say(private(BOB), BOB, "hi") == ["Hello."]
-    assert await world.say(private(ALICE), ALICE, "hi") == ["Hello."]
-    bob, alice = world.openai.tools_offered
+    await start(tool_users=(ALICE,), admins=(CAROL,))
+    for user in (BOB, ALICE, CAROL):
+        assert await world.say(private(user), user, "hi") == ["Hello."]
+    bob, alice, carol = world.openai.tools_offered
     assert sorted(bob) == ["ha_get_state", "ha_list_entities"]  # read tools only
     assert sorted(alice) == ["ha_call_service", "ha_get_state", "ha_list_entities"]
+    assert sorted(carol) == sorted(alice)  # an admin may use every tool
 
 
 # --- failures and limits ------------------------------------------------------------------------
