@@ -28,7 +28,7 @@ from core.engine import Engine
 from core.instance import HEARTBEAT_SECONDS
 from core.rounds import EXPIRED, TOOL_FAILED
 from core.settings import AccessSettings, CoreSettings, LLMSettings, ToolSettings
-from core.tool_actions import ALREADY, EXPIRED_NOTICE, NOT_YOURS
+from core.tool_actions import ALREADY, EXPIRED_NOTICE, NOT_YOURS, UNKNOWN
 from core.tools import FunctionTools, Toolbox, tool
 from core.turns import ROUND_LIMIT_NOTICE
 from core.types import AuditEntry, ToolDecision
@@ -242,8 +242,11 @@ async def start(world: World) -> AsyncIterator[StartBot]:
             request_timeout=10,
         )
         adapter = TelegramAdapter(settings, engine)
+        engine.use_adapters([adapter])  # as bots/app.py wires it: recovery can reopen chats
+        await engine.recover(adapters_ready=False)
         await adapter.start()
         stack.push_async_callback(adapter.aclose)
+        engine.adapters_ready()
         return Bot(engine, store, stack)
 
     yield build
@@ -361,6 +364,29 @@ async def test_an_expired_confirmation_runs_nothing(world: World, start: StartBo
     assert tool_texts(world.openai.chat_requests[-1].body) == [EXPIRED]
     (entry,) = await bot.audit()
     assert (entry.decision, entry.result_status) == (ToolDecision.EXPIRED, None)
+
+
+async def test_a_question_left_unanswered_over_a_restart_expires_and_is_told(
+    world: World, start: StartBot
+) -> None:
+    world.openai.reply = script(turn_on("light.kitchen"), says_state)
+    first = await start(tool_confirm_seconds=30)
+    chat = private(ALICE)
+    question = await world.ask(chat, ALICE, "turn on the kitchen light")
+    pressed = yes(question)
+    await first.aclose()
+    world.clock.advance(31)
+
+    second = await start(tool_confirm_seconds=30, heartbeat=0.2)  # its sweep finds it expired
+    await world.shows(chat, f"That did not work: {EXPIRED}")
+    assert "The request to run ha_call_service expired: nothing was done." in world.texts(chat)
+    (entry,) = await second.audit()
+    assert entry.decision is ToolDecision.EXPIRED
+
+    world.telegram.press_button(question, ALICE, pressed)  # too late
+    await world.telegram.wait_idle(quiet=0.5)
+    assert world.ha.service_calls == []
+    assert world.texts(chat)[-1] in (ALREADY, UNKNOWN)
 
 
 # --- the gate ---------------------------------------------------------------------------------
