@@ -26,9 +26,16 @@ from adapters.memory.store import SqlMemoryStore
 from adapters.telegram import TelegramAdapter, TelegramSettings
 from core.engine import Engine
 from core.instance import HEARTBEAT_SECONDS
-from core.rounds import EXPIRED, TOOL_FAILED
+from core.rounds import DECLINED, EXPIRED, TOOL_FAILED
 from core.settings import AccessSettings, CoreSettings, LLMSettings, ToolSettings
-from core.tool_actions import ALREADY, EXPIRED_NOTICE, NOT_YOURS, UNKNOWN
+from core.tool_actions import (
+    ALREADY,
+    CANCELLED_NOTICE,
+    DECLINED_NOTICE,
+    EXPIRED_NOTICE,
+    NOT_YOURS,
+    UNKNOWN,
+)
 from core.tools import FunctionTools, Toolbox, tool
 from core.turns import ROUND_LIMIT_NOTICE
 from core.types import AuditEntry, ToolDecision
@@ -389,6 +396,37 @@ async def test_a_question_left_unanswered_over_a_restart_expires_and_is_told(
     assert world.texts(chat)[-1] in (ALREADY, UNKNOWN)
 
 
+async def test_no_runs_nothing_and_the_model_is_told(world: World, start: StartBot) -> None:
+    world.openai.reply = script(turn_on("light.kitchen"), says_state)
+    bot = await start()
+    chat = private(ALICE)
+    question = await world.ask(chat, ALICE, "turn on the kitchen light")
+    world.telegram.press_button(question, ALICE, buttons(question)[1])
+    await world.shows(chat, f"That did not work: {DECLINED}")
+    assert world.texts(chat)[-2:] == [DECLINED_NOTICE, f"That did not work: {DECLINED}"]
+    assert world.ha.service_calls == []
+    (entry,) = await bot.audit()
+    assert entry.decision is ToolDecision.REFUSED
+
+
+async def test_a_new_message_cancels_the_waiting_action(world: World, start: StartBot) -> None:
+    world.openai.reply = script(turn_on("light.kitchen"), says_state)
+    bot = await start()
+    chat = private(ALICE)
+    question = await world.ask(chat, ALICE, "turn on the kitchen light")
+    pressed = yes(question)
+    world.openai.reply = lambda body: "Fine, I will leave it."
+    replies = await world.say(chat, ALICE, "no wait, leave it off", replies=2)
+    assert replies == [CANCELLED_NOTICE.format(count=1), "Fine, I will leave it."]
+    (entry,) = await bot.audit()
+    assert entry.decision is ToolDecision.CANCELLED
+
+    world.telegram.press_button(question, ALICE, pressed)  # the stale button
+    await world.telegram.wait_idle(quiet=0.5)
+    assert world.ha.service_calls == []
+    assert world.texts(chat)[-1] in (ALREADY, UNKNOWN)
+
+
 # --- the gate ---------------------------------------------------------------------------------
 
 
@@ -464,10 +502,11 @@ async def test_a_tool_that_times_out_comes_back_to_the_model_as_an_error(
 
     world.ha.release()  # Home Assistant is back: the same question works
     world.openai.reply = script(
-        call("ha_get_state", entity_id="sensor.outside"),
+        call("ha_get_state", "Let me look.", entity_id="sensor.outside"),
         lambda body: f"It is {json.loads(tool_texts(body)[0])['state']} outside.",
     )
-    assert await world.say(chat, ALICE, "and now?") == ["It is 11.5 outside."]
+    replies = await world.say(chat, ALICE, "and now?", replies=2)
+    assert replies == ["Let me look.", "It is 11.5 outside."]  # each round its own message
 
 
 async def test_the_round_limit_holds(world: World, start: StartBot) -> None:
