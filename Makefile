@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.installed-dev-$(KEY)
 PYTEST_ARGS ?=
 
 # Every benchmark `make bench` runs, in this order (python -m bench.NAME).
-BENCHES := core store telegram discord local
+BENCHES := core store telegram discord local tools
 
 .PHONY: install install-dev run test test-fast lint bench clean help
 

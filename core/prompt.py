@@ -142,6 +142,11 @@ class HistoryCache:
         entry = self._entries.get(conversation_id)
         return entry.turns[0].message.seq if entry is not None and entry.turns else None
 
+    def newest_seq(self, conversation_id: int) -> int | None:
+        """The sequence number of the newest cached message, if any."""
+        entry = self._entries.get(conversation_id)
+        return entry.turns[-1].message.seq if entry is not None and entry.turns else None
+
     def drop(self, conversation_id: int) -> None:
         """Forget one conversation (its stored rows changed behind the cache)."""
         self._entries.pop(conversation_id, None)

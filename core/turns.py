@@ -220,17 +220,24 @@ class ToolLoop:
             for call in calls:
                 self.gate.check(turn.msg, call, offered)
         records = [c.record() for c in calls]
-        await self.store.save_tool_calls(row.id, records, content=text)
-        row = replace(row, content=text, extra={"tool_calls": records})
+        saved = self.store.save_tool_calls(row.id, records, content=text)
         if over:
+            await saved
+            row = replace(row, content=text, extra={"tool_calls": records})
             results = await self._refuse_all(turn, row, calls)
             await self.finish_round(turn.model, row, MessageStatus.TOOL_CALLS, results, usage)
             await notify(turn.out, ROUND_LIMIT_NOTICE.format(rounds=self.settings.tool_max_rounds))
             return False
-        results = await self.resolve(turn, row, calls)
+        # The calls and their audit rows are stored before anything runs; written at once,
+        # they share one commit where the store groups writes (SQLite).
+        await asyncio.gather(saved, self.audit_all(turn.msg, calls))
+        row = replace(row, content=text, extra={"tool_calls": records})
+        results = await self.resolve(turn, row, calls, audited=True)
         if await self._wait_for_people(turn, row, calls, results, usage):
             return False
-        await self.finish_round(turn.model, row, MessageStatus.TOOL_CALLS, results, usage)
+        await self.finish_round(
+            turn.model, row, MessageStatus.TOOL_CALLS, results, usage, in_lane=True
+        )
         return True
 
     async def _wait_for_people(
@@ -257,15 +264,26 @@ class ToolLoop:
         await confirming.ask(turn, waiting, pending)
         return True
 
-    async def resolve(
-        self, turn: TurnContext, row: StoredMessage, calls: Sequence[Call]
-    ) -> dict[str, dict[str, Any]]:
-        """Audit every call; answer denied/invalid ones; run the allowed ones concurrently.
-
-        Returns the results stored now, by call id (pending calls have none yet).
-        """
+    async def audit_all(self, msg: IncomingMessage, calls: Sequence[Call]) -> None:
+        """Write every call's audit row, in order (``Call.audit_id`` set)."""
         for call in calls:
-            call.audit_id = await self.audit(turn.msg, call, call.decision)
+            call.audit_id = await self.audit(msg, call, call.decision)
+
+    async def resolve(
+        self,
+        turn: TurnContext,
+        row: StoredMessage,
+        calls: Sequence[Call],
+        *,
+        audited: bool = False,
+    ) -> dict[str, dict[str, Any]]:
+        """Audit the calls (unless ``audited``); answer denied/invalid ones; run the rest.
+
+        The allowed calls run concurrently. Returns the results stored now, by call id
+        (pending calls have none yet).
+        """
+        if not audited:
+            await self.audit_all(turn.msg, calls)
         results: dict[str, dict[str, Any]] = {}
         for call in calls:
             if call.decision in (ToolDecision.DENIED, ToolDecision.INVALID):
@@ -282,11 +300,18 @@ class ToolLoop:
         assert call.tool is not None and call.args is not None
         executed = await self.execute(call.tool, call.args)
         found = result(executed.result.content, executed.status)
-        await self.store.save_tool_result(message_id, call.id, found)
-        if call.audit_id is not None:
-            await self.store.finish_audit(
+        saved = self.store.save_tool_result(message_id, call.id, found)
+        if call.audit_id is None:
+            await saved
+            return found, executed
+        # Independent rows: written at once, they share one commit where the store groups
+        # writes (SQLite); both are stored before the model continues.
+        await asyncio.gather(
+            saved,
+            self.store.finish_audit(
                 call.audit_id, result_status=executed.status, duration_ms=executed.duration_ms
-            )
+            ),
+        )
         return found, executed
 
     async def execute(self, tool: Tool, args: dict[str, Any]) -> Executed:
@@ -343,19 +368,37 @@ class ToolLoop:
         status: MessageStatus,
         results: Mapping[str, Any],
         usage: UsageRecord | None,
+        *,
+        in_lane: bool = False,
     ) -> None:
-        """Store a round's status (``row`` holds its text and calls), tokens counting all."""
+        """Store a round's status (``row`` holds its text and calls), tokens counting all.
+
+        ``in_lane``: the turn's own round, finished in its lane with ``results`` complete; the
+        history cache then takes the round as stored instead of being dropped, so the next
+        round's prompt needs no store read.
+        """
         text = row.content
-        tokens = await self.backend.count_tokens(round_text(text, calls_of(row), results), model)
+        calls = calls_of(row)
+        tokens = await self.backend.count_tokens(round_text(text, calls, results), model)
+        tokenizer = self.backend.tokenizer_name(model)
         await self.store.finish_message(
             row.id,
             content=text,
             status=status,
             token_count=tokens,
-            tokenizer=self.backend.tokenizer_name(model),
+            tokenizer=tokenizer,
             usage=usage,
         )
-        self.history.drop(row.conversation_id)
+        newest = self.history.newest_seq(row.conversation_id)
+        complete = all(str(c["id"]) in results for c in calls)
+        if in_lane and complete and newest is not None and newest < row.seq:
+            extra = {**(row.extra or {}), "tool_results": dict(results)}
+            stored = replace(
+                row, status=status, token_count=tokens, tokenizer=tokenizer, extra=extra
+            )
+            self.history.add(stored)
+        else:
+            self.history.drop(row.conversation_id)
 
     async def next_placeholder(self, conversation_id: int) -> StoredMessage:
         """A new reply row, in progress, for the next round."""

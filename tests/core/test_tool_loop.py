@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from core.prompt import PromptBuilder
 from core.rounds import NO_RESULT
 from core.turns import NO_TOOLS_NOTICE, TOOLS_GUIDANCE
 from core.types import MessageStatus, Role, ToolDecision
@@ -299,3 +300,36 @@ async def test_the_budget_keeps_or_drops_a_round_whole(store, backend) -> None:
         Role.USER,
     ]
     assert large.tokens >= 50
+
+
+async def test_the_next_round_prompt_comes_from_the_cache_and_matches_the_store(
+    make_engine, backend, store
+) -> None:
+    home = Home()
+    backend._reply = rounds(calls(read(), text="Let me look."), summarise)
+    engine = make_engine(toolbox=home.toolbox())
+    await engine.handle(dm("light?"), RecordingChannel())  # fills the history cache
+    reads = 0
+    recent = store.recent_messages
+
+    async def counted(*args, **kwargs):
+        nonlocal reads
+        reads += 1
+        return await recent(*args, **kwargs)
+
+    store.recent_messages = counted
+    await engine.handle(dm("and now?"), RecordingChannel())
+    store.recent_messages = recent
+    assert reads == 0  # the finished round went into the cache, not dropped from it
+    # What the model read equals a prompt built from the store alone.
+    rows = await history(store, engine)
+    fresh = await PromptBuilder(backend, store).build(
+        conversation_id=rows[-1].conversation_id,
+        before_seq=rows[-1].seq,
+        system_prompt=backend.calls[-1].messages[0].content,
+        model=backend.default_model,
+        budget=4000,
+        shared=False,
+    )
+    assert backend.calls[-1].messages == fresh.messages
+    assert [m.role for m in fresh.messages[-3:]] == [Role.USER, Role.ASSISTANT, Role.TOOL]
