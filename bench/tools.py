@@ -6,10 +6,10 @@
    text. Per turn, with ``time.perf_counter()`` stamps:
 
    * *to the tool*: from the backend yielding the tool-call round's ``Finish`` until the
-     tool function runs (the round's row and calls stored, the gate, the audit row);
+     tool function runs (the gate's checks; the call's audit row is written meanwhile);
    * *back to the model*: from the tool's return until the backend's ``stream()`` starts
-     the next round (the result and the audit stored, the round finished, the next reply
-     row, the prompt built again).
+     the next round (the audit row written, then one write: the round's calls and results,
+     the audit's result, the round finished, the next reply row; the prompt built again).
 
    Their sum is the cost per call, reported as p50 and p99 over N sequential turns (after a
    warm-up; a conversation of 10 turns per user, so the rebuilt prompt holds at most 30
@@ -19,8 +19,8 @@
 
 2. **An MCP tool through chinwag against the bare client** (:mod:`bench.mcp_calls`): the
    fake stdio server's ``echo`` tool (``read``) called through the engine's gate (schema
-   validation, policy check, audit row written and finished in the SQLite store, the call
-   within its timeout) against the ``mcp`` SDK's ``call_tool`` alone on a second process of
+   validation, policy check, the call within its timeout while its audit row is written in
+   the SQLite store, both awaited) against the ``mcp`` SDK's ``call_tool`` alone on a second process of
    the same server. Target: p50 at most 1.2x the bare client.
 
 Exits with status 1 at the end when a figure missed its target (as ``make bench`` expects).
@@ -210,7 +210,7 @@ async def with_postgres(admin_url: str, run: Callable[[str], Awaitable[Result]])
 
 
 class GatePath:
-    """An MCP call as the tool loop makes it: gate, audit row, call, audit finished."""
+    """An MCP read call as the tool loop makes it: the gate, the call and its audit row."""
 
     def __init__(self, engine: Engine) -> None:
         tooling = engine._tools  # the engine's own gate and loop, as a turn uses them
@@ -225,11 +225,13 @@ class GatePath:
         call = self.gate.check(self.msg, Call(f"call_{self.count}", found.name, arguments), offered)
         if call.decision is not ToolDecision.ALLOWED or call.tool is None or call.args is None:
             raise ToolError(f"the gate did not allow the call: {call.error}")
-        call.audit_id = await self.loop.audit(self.msg, call, call.decision)
-        executed = await self.loop.execute(call.tool, call.args)
-        await self.loop.store.finish_audit(
-            call.audit_id, result_status=executed.status, duration_ms=executed.duration_ms
-        )
+        # As the tool loop runs a round of reads: the audit row written while the call runs;
+        # its result is added by the round's one write after the call (bench 1 counts it).
+        audited = asyncio.ensure_future(self.loop.audit(self.msg, call, call.decision))
+        try:
+            executed = await self.loop.execute(call.tool, call.args)
+        finally:
+            call.audit_id = await audited
         if executed.status != "ok":
             raise ToolError(f"the MCP call failed: {executed.result.content}")
         return executed.result

@@ -242,13 +242,19 @@ class MemoryStore(Protocol):
     # --- tool calls, confirmations and the audit ---
 
     async def save_tool_calls(
-        self, message_id: int, calls: Sequence[Mapping[str, Any]], *, content: str | None = None
+        self,
+        message_id: int,
+        calls: Sequence[Mapping[str, Any]],
+        *,
+        content: str | None = None,
+        results: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """Record the tool calls an assistant message ended with (``extra["tool_calls"]``).
 
         Each call is ``{"id", "name", "arguments"}`` plus what the engine adds (``"risk"``,
-        ``"source"``). With ``content``, the message's text is saved too. The status is not
-        changed (``finish_message`` sets it).
+        ``"source"``). With ``content``, the message's text is saved too; with ``results``
+        (by call id, as :meth:`save_tool_result` takes them), they are stored in the same
+        write. The status is not changed (``finish_message`` sets it).
         """
         ...
 

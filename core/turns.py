@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final, Protocol
@@ -200,10 +200,10 @@ class ToolLoop:
                 return
             turn.rounds += 1
             calls = proposed(run.tool_calls)
-            if not await self.settle(turn, placeholder, run.text, calls, run.spent, offered):
+            following = await self.settle(turn, placeholder, run.text, calls, run.spent, offered)
+            if following is None:
                 return
-            placeholder = await self.next_placeholder(placeholder.conversation_id)
-            shown = ()
+            placeholder, shown = following, ()
 
     async def settle(
         self,
@@ -213,13 +213,19 @@ class ToolLoop:
         calls: list[Call],
         usage: UsageRecord | None,
         offered: dict[str, Tool],
-    ) -> bool:
-        """Store a round's calls, gate and audit them, run or ask; whether to go on now."""
+    ) -> StoredMessage | None:
+        """Store a round's calls, gate and audit them, run or ask.
+
+        Returns the next round's reply row when the model goes on now, else ``None`` (the
+        round limit, or calls waiting for a person).
+        """
         over = turn.rounds > self.settings.tool_max_rounds
         if not over:
             for call in calls:
                 self.gate.check(turn.msg, call, offered)
         records = [c.record() for c in calls]
+        if not over and not any(c.decision is ToolDecision.PENDING for c in calls):
+            return await self._run_round(turn, row, text, calls, records, usage)
         saved = self.store.save_tool_calls(row.id, records, content=text)
         if over:
             await saved
@@ -227,18 +233,70 @@ class ToolLoop:
             results = await self._refuse_all(turn, row, calls)
             await self.finish_round(turn.model, row, MessageStatus.TOOL_CALLS, results, usage)
             await notify(turn.out, ROUND_LIMIT_NOTICE.format(rounds=self.settings.tool_max_rounds))
-            return False
-        # The calls and their audit rows are stored before anything runs; written at once,
-        # they share one commit where the store groups writes (SQLite).
+            return None
+        # Calls that wait for a person: the calls and their audit rows are stored before
+        # anything runs; written at once, they share one commit where the store groups
+        # writes (SQLite).
         await asyncio.gather(saved, self.audit_all(turn.msg, calls))
         row = replace(row, content=text, extra={"tool_calls": records})
         results = await self.resolve(turn, row, calls, audited=True)
         if await self._wait_for_people(turn, row, calls, results, usage):
-            return False
+            return None
         await self.finish_round(
             turn.model, row, MessageStatus.TOOL_CALLS, results, usage, in_lane=True
         )
-        return True
+        return await self.next_placeholder(row.conversation_id)
+
+    async def _run_round(
+        self,
+        turn: TurnContext,
+        row: StoredMessage,
+        text: str,
+        calls: Sequence[Call],
+        records: list[dict[str, Any]],
+        usage: UsageRecord | None,
+    ) -> StoredMessage:
+        """A round with nothing to confirm: run its reads, then one write; the next row.
+
+        The read calls start at once, while their audit rows are written (a read has no side
+        effect: a crash before the round's write only makes the model ask again, and the
+        audit shows the call). Then the round's calls and results, the audit rows' results
+        and durations, the round's status and the next round's row are written together,
+        one commit where the store groups writes: the results are stored before the model
+        continues.
+        """
+        allowed = [c for c in calls if c.decision is ToolDecision.ALLOWED]
+        audited = asyncio.ensure_future(self.audit_all(turn.msg, calls))
+        try:
+            ran = await asyncio.gather(*(self._execute(c) for c in allowed))
+        finally:
+            await audited
+        executed = dict(zip((c.id for c in allowed), ran, strict=True))
+        results: dict[str, dict[str, Any]] = {}
+        writes: list[Awaitable[Any]] = []
+        for call in calls:
+            done = executed.get(call.id)
+            if done is None:
+                results[call.id] = result(call.error or "Error.", call.decision.value)
+                continue
+            results[call.id] = result(done.result.content, done.status)
+            if call.audit_id is not None:
+                writes.append(
+                    self.store.finish_audit(
+                        call.audit_id, result_status=done.status, duration_ms=done.duration_ms
+                    )
+                )
+        writes.append(self.store.save_tool_calls(row.id, records, content=text, results=results))
+        row = replace(row, content=text, extra={"tool_calls": records})
+        following = asyncio.ensure_future(self.next_placeholder(row.conversation_id))
+        await asyncio.gather(
+            *writes,
+            self.finish_round(
+                turn.model, row, MessageStatus.TOOL_CALLS, results, usage, in_lane=True
+            ),
+            following,
+        )
+        return following.result()
 
     async def _wait_for_people(
         self,
@@ -265,9 +323,10 @@ class ToolLoop:
         return True
 
     async def audit_all(self, msg: IncomingMessage, calls: Sequence[Call]) -> None:
-        """Write every call's audit row, in order (``Call.audit_id`` set)."""
-        for call in calls:
-            call.audit_id = await self.audit(msg, call, call.decision)
+        """Write every call's audit row at once, in order (``Call.audit_id`` set)."""
+        ids = await asyncio.gather(*(self.audit(msg, c, c.decision) for c in calls))
+        for call, audit_id in zip(calls, ids, strict=True):
+            call.audit_id = audit_id
 
     async def resolve(
         self,
@@ -314,12 +373,17 @@ class ToolLoop:
         )
         return found, executed
 
+    def _execute(self, call: Call) -> Awaitable[Executed]:
+        assert call.tool is not None and call.args is not None  # an allowed call
+        return self.execute(call.tool, call.args)
+
     async def execute(self, tool: Tool, args: dict[str, Any]) -> Executed:
         """Run one call within ``TOOL_TIMEOUT_SECONDS``; failures become error results."""
         limit = self.settings.tool_timeout_seconds
         started = time.perf_counter()
         try:
-            found = await asyncio.wait_for(tool.invoke(args), timeout=limit)
+            async with asyncio.timeout(limit):  # no extra task, unlike wait_for
+                found = await tool.invoke(args)
             status = "ok" if found.ok else "error"
         except ToolError as exc:
             found, status = ToolResult(f"Error: {exc}", ok=False), "error"
@@ -333,20 +397,30 @@ class ToolLoop:
 
     async def audit(self, msg: IncomingMessage, call: Call, decision: ToolDecision) -> int:
         """Write a proposed call's audit row (arguments redacted); return its id."""
+        return await self.store.add_audit(self.audit_entry(msg, call, decision))
+
+    def audit_entry(
+        self,
+        msg: IncomingMessage,
+        call: Call,
+        decision: ToolDecision,
+        executed: Executed | None = None,
+    ) -> AuditEntry:
+        """A call's audit row; with ``executed``, complete with its result and duration."""
         record = call.record()
-        return await self.store.add_audit(
-            AuditEntry(
-                at=self.clock(),
-                bot=self.bot_name,
-                platform=msg.platform,
-                chat_id=msg.chat_id,
-                user_id=msg.user_id,
-                tool=call.name,
-                source=str(record["source"]),
-                arguments=call.audited_arguments(),
-                risk=str(record["risk"]),
-                decision=decision,
-            )
+        return AuditEntry(
+            at=self.clock(),
+            bot=self.bot_name,
+            platform=msg.platform,
+            chat_id=msg.chat_id,
+            user_id=msg.user_id,
+            tool=call.name,
+            source=str(record["source"]),
+            arguments=call.audited_arguments(),
+            risk=str(record["risk"]),
+            decision=decision,
+            result_status=executed.status if executed else None,
+            duration_ms=executed.duration_ms if executed else None,
         )
 
     async def _refuse_all(

@@ -63,23 +63,32 @@ class InMemoryTools:
     # --- tool rounds -----------------------------------------------------------------------
 
     async def save_tool_calls(
-        self, message_id: int, calls: Sequence[Mapping[str, Any]], *, content: str | None = None
+        self,
+        message_id: int,
+        calls: Sequence[Mapping[str, Any]],
+        *,
+        content: str | None = None,
+        results: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """Record the tool calls an assistant message ended with (``extra["tool_calls"]``).
 
-        Replaces earlier calls of the message; other ``extra`` keys are kept. A message
-        deleted meanwhile (``forget_user``) is left alone.
+        Replaces earlier calls of the message; other ``extra`` keys are kept; ``results``
+        (by call id) are merged into ``extra["tool_results"]``. A message deleted meanwhile
+        (``forget_user``) is left alone.
 
         Raises:
             ValueError: a call is not JSON-serialisable or lacks ``id``/``name``/``arguments``.
         """
         stored_calls = check_tool_calls(calls)
+        found = {str(k): check_tool_result(v) for k, v in (results or {}).items()}
         await self._enter()
         message = self._messages.get(message_id)
         if message is None:
             return
         extra = dict(message.extra or {})
         extra["tool_calls"] = stored_calls
+        if found:
+            extra["tool_results"] = {**(extra.get("tool_results") or {}), **found}
         changed = replace(message, extra=extra)
         if content is not None:
             changed = replace(changed, content=safe_text(content))

@@ -42,19 +42,28 @@ class SqlToolMethods:
     # --- tool rounds -----------------------------------------------------------------------
 
     async def save_tool_calls(
-        self, message_id: int, calls: Sequence[Mapping[str, Any]], *, content: str | None = None
+        self,
+        message_id: int,
+        calls: Sequence[Mapping[str, Any]],
+        *,
+        content: str | None = None,
+        results: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """Record the tool calls an assistant message ended with (``extra["tool_calls"]``).
 
-        Replaces earlier calls of the message; other ``extra`` keys are kept. A message
-        deleted meanwhile (``forget_user``) is left alone.
+        Replaces earlier calls of the message; other ``extra`` keys are kept; ``results``
+        (by call id) are merged into ``extra["tool_results"]``. A message deleted meanwhile
+        (``forget_user``) is left alone.
 
         Raises:
             ValueError: a call is not JSON-serialisable or lacks ``id``/``name``/``arguments``.
         """
         stored = check_tool_calls(calls)
+        found = {str(k): check_tool_result(v) for k, v in (results or {}).items()}
         text = safe_text(content) if content is not None else None
-        await self._call(lambda c: tooling.save_tool_calls(c, message_id, stored, text), write=True)
+        await self._call(
+            lambda c: tooling.save_tool_calls(c, message_id, stored, text, found), write=True
+        )
 
     async def save_tool_result(
         self, message_id: int, call_id: str, result: Mapping[str, Any]

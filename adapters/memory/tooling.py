@@ -15,6 +15,7 @@ on SQLite under the one writer thread, on PostgreSQL one transaction each).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, cast
@@ -23,7 +24,7 @@ from sqlalchemy import Table, case, insert, literal, select, update
 from sqlalchemy.engine import Connection
 
 from adapters.memory.models import PendingToolCallRow, ToolAuditRow
-from adapters.memory.statements import CONVERSATIONS, MESSAGES, slot
+from adapters.memory.statements import CONVERSATIONS, MESSAGES, slot, sqlite_raw, sqlite_time
 from core.types import (
     AuditEntry,
     ClaimOutcome,
@@ -84,34 +85,76 @@ def _read_pending(conn: Connection, where: Any) -> list[PendingToolCall]:
 # --- tool rounds ------------------------------------------------------------------------------
 
 
-def _merge_extra(conn: Connection, message_id: int, changes: Mapping[str, Any]) -> None:
+_RAW_READ_EXTRA: Final = "SELECT extra FROM messages WHERE id = ?"
+_RAW_INSERT_AUDIT: Final = (
+    "INSERT INTO tool_audit (at, bot, platform, chat_id, user_id, user_pseudonym, tool, "
+    "source, arguments, risk, decision, result_status, duration_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+)
+"""The hot tool writes on SQLite, run on the sqlite3 connection of the same transaction (as
+``operations`` does for messages): SQLAlchemy's statement overhead is most of their cost."""
+
+
+def _merge_extra(
+    conn: Connection, message_id: int, changes: Mapping[str, Any], **columns: Any
+) -> None:
     """Read-modify-write the message's ``extra`` in the caller's transaction.
 
     ``changes`` maps a key to its new value; ``"tool_results"`` is merged into the stored
     results instead. The row is locked (PostgreSQL) so concurrent results never overwrite
     each other. A message that no longer exists is left alone.
     """
+    raw = sqlite_raw(conn)
+    if raw is not None:  # the single writer serialises this read-modify-write
+        row = raw.execute(_RAW_READ_EXTRA, (message_id,)).fetchone()
+        if row is None:
+            return
+        stored: dict[str, Any] = (json.loads(row[0]) if row[0] is not None else None) or {}
+        merged = _merged(stored, changes)
+        names = ["extra", *columns]
+        values = [json.dumps(merged), *columns.values(), message_id]
+        assignments = ", ".join(f"{name} = ?" for name in names)
+        raw.execute(f"UPDATE messages SET {assignments} WHERE id = ?", values)
+        return
     found = conn.execute(
         select(MESSAGES.c.extra).where(MESSAGES.c.id == message_id).with_for_update()
     ).one_or_none()
     if found is None:
         return
-    extra: dict[str, Any] = dict(found.extra or {})
+    conn.execute(
+        update(MESSAGES)
+        .where(MESSAGES.c.id == message_id)
+        .values(extra=_merged(dict(found.extra or {}), changes), **columns)
+    )
+
+
+def _merged(extra: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``extra`` with ``changes`` applied (``"tool_results"`` merged, other keys replaced)."""
+    extra = dict(extra)
     for key, value in changes.items():
         if key == "tool_results":
             extra[key] = {**(extra.get(key) or {}), **value}
         else:
             extra[key] = value
-    conn.execute(update(MESSAGES).where(MESSAGES.c.id == message_id).values(extra=extra))
+    return extra
 
 
 def save_tool_calls(
-    conn: Connection, message_id: int, calls: list[dict[str, Any]], content: str | None
+    conn: Connection,
+    message_id: int,
+    calls: list[dict[str, Any]],
+    content: str | None,
+    results: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Set the message's ``extra["tool_calls"]`` (and its content, unless ``None``)."""
-    _merge_extra(conn, message_id, {"tool_calls": calls})
-    if content is not None:
-        conn.execute(update(MESSAGES).where(MESSAGES.c.id == message_id).values(content=content))
+    """Set the message's ``extra["tool_calls"]`` (and its content, unless ``None``).
+
+    With ``results``, they are merged into ``extra["tool_results"]`` in the same update.
+    """
+    changes: dict[str, Any] = {"tool_calls": calls}
+    if results:
+        changes["tool_results"] = results
+    columns = {"content": content} if content is not None else {}
+    _merge_extra(conn, message_id, changes, **columns)
 
 
 def save_tool_result(
@@ -234,6 +277,27 @@ def expire_pending(conn: Connection, bot: str, now: datetime) -> list[PendingToo
 
 def add_audit(conn: Connection, entry: AuditEntry, pseudonym: str) -> int:
     """Insert an audit row; return its id."""
+    raw = sqlite_raw(conn)
+    if raw is not None:
+        row = raw.execute(
+            _RAW_INSERT_AUDIT,
+            (
+                sqlite_time(entry.at),
+                entry.bot,
+                entry.platform,
+                entry.chat_id,
+                entry.user_id,
+                pseudonym,
+                entry.tool,
+                entry.source,
+                entry.arguments,
+                entry.risk,
+                ToolDecision(entry.decision).value,
+                entry.result_status,
+                entry.duration_ms,
+            ),
+        ).fetchone()
+        return int(row[0])
     audit_id: int = conn.execute(
         insert(AUDIT)
         .values(
@@ -257,9 +321,17 @@ def add_audit(conn: Connection, entry: AuditEntry, pseudonym: str) -> int:
 
 
 def finish_audit(conn: Connection, audit_id: int, changes: dict[str, Any]) -> None:
-    """Update the given fields of an audit row."""
-    if changes:
-        conn.execute(update(AUDIT).where(AUDIT.c.id == audit_id).values(**changes))
+    """Update the given fields of an audit row (``decision``, ``result_status``...)."""
+    if not changes:
+        return
+    raw = sqlite_raw(conn)
+    if raw is not None:  # the names are the store's own column names, never input
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        raw.execute(
+            f"UPDATE tool_audit SET {assignments} WHERE id = ?", [*changes.values(), audit_id]
+        )
+        return
+    conn.execute(update(AUDIT).where(AUDIT.c.id == audit_id).values(**changes))
 
 
 def _to_audit(row: Any) -> AuditEntry:
