@@ -289,6 +289,15 @@ class MemoryStore(Protocol):
         """Set a claimed call's final state (``done`` once its result is stored)."""
         ...
 
+    async def claim_round(self, message_id: int) -> bool:
+        """Move a round from ``awaiting`` to ``tool_calls`` atomically; whether this call did.
+
+        Once every call of a round is answered, the model continues from it: of two
+        processes that answered its last calls at the same time, only the one that claims it
+        continues.
+        """
+        ...
+
     async def pending_call(self, pending_id: str) -> PendingToolCall | None:
         """The call ``pending_id`` (its confirmation's action id), in any state, if stored."""
         ...

@@ -524,6 +524,8 @@ class ToolLoop:
             return  # already continued, or gone (/reset, /forget)
         if await self.store.pending_calls(conversation_id, message_id=message_id):
             return  # another call of the round still waits
+        if not await self.store.claim_round(row.id):
+            return  # another process continued it
         results = results_of(row)
         await self.finish_round(turn.model, row, MessageStatus.TOOL_CALLS, results, None)
         newest = await self.store.recent_messages(conversation_id, limit=1)

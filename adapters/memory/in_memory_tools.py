@@ -27,6 +27,7 @@ from core.types import (
     AuditEntry,
     ClaimOutcome,
     ConversationKey,
+    MessageStatus,
     PendingClaim,
     PendingState,
     PendingToolCall,
@@ -175,6 +176,15 @@ class InMemoryTools:
         call = self._tools.pending.get(pending_id)
         if call is not None:
             self._tools.pending[pending_id] = replace(call, state=final)
+
+    async def claim_round(self, message_id: int) -> bool:
+        """Move a round from ``awaiting`` to ``tool_calls``; whether this call did it."""
+        await self._enter()
+        message = self._messages.get(message_id)
+        if message is None or message.status is not MessageStatus.AWAITING:
+            return False
+        self._messages[message_id] = replace(message, status=MessageStatus.TOOL_CALLS)
+        return True
 
     async def pending_call(self, pending_id: str) -> PendingToolCall | None:
         """The pending call ``pending_id``, in whatever state, if it is stored."""

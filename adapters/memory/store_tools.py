@@ -131,6 +131,11 @@ class SqlToolMethods:
         )
         return found
 
+    async def claim_round(self, message_id: int) -> bool:
+        """Move a round from ``awaiting`` to ``tool_calls``; whether this call did it."""
+        claimed: bool = await self._call(lambda c: tooling.claim_round(c, message_id), write=True)
+        return claimed
+
     async def pending_call(self, pending_id: str) -> PendingToolCall | None:
         """The pending call ``pending_id``, in whatever state, if it is stored."""
         found: list[PendingToolCall] = await self._call(

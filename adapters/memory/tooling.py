@@ -29,6 +29,7 @@ from core.types import (
     AuditEntry,
     ClaimOutcome,
     ConversationKey,
+    MessageStatus,
     PendingClaim,
     PendingState,
     PendingToolCall,
@@ -221,6 +222,16 @@ def claim(
         PendingState.EXPIRED: ClaimOutcome.EXPIRED,
     }[call.state]
     return PendingClaim(outcome, call)
+
+
+def claim_round(conn: Connection, message_id: int) -> bool:
+    """``awaiting`` -> ``tool_calls`` in one conditional update; whether it changed."""
+    changed = conn.execute(
+        update(MESSAGES)
+        .where(MESSAGES.c.id == message_id, MESSAGES.c.status == MessageStatus.AWAITING.value)
+        .values(status=MessageStatus.TOOL_CALLS.value)
+    ).rowcount
+    return bool(changed == 1)
 
 
 def read_pending(conn: Connection, pending_id: str) -> list[PendingToolCall]:

@@ -285,6 +285,33 @@ async def test_reads_of_a_round_run_at_once_and_the_model_waits_for_every_answer
     assert home.switched == [("light.kitchen", "on")]
 
 
+async def test_two_processes_answering_a_rounds_last_questions_continue_it_once(
+    make_engine, backend, store
+) -> None:
+    home = Home()
+    first = make_engine(toolbox=home.toolbox(), **POLICY)
+    second = make_engine(toolbox=home.toolbox(), **POLICY)  # another process, same store
+    await first.start()
+    await second.start()
+    backend._reply = rounds(
+        calls(light("light.kitchen", "on", index=0, id="a"), light("light.hall", "on", index=1)),
+        summarise,
+    )
+    out = RecordingChannel()
+    await first.handle(dm("kitchen and hall on"), out)
+    (one, two) = [a for _, a in out.confirmations]
+    await asyncio.gather(
+        first.handle_action(press(one), out), second.handle_action(press(two), out)
+    )
+    await settled(first)
+    await settled(second)
+    assert sorted(home.switched) == [("light.hall", "on"), ("light.kitchen", "on")]
+    assert len(backend.calls) == 2  # the question round, and one continuation
+    assert len([r for r in out.replies if r.startswith("done:")]) == 1
+    await first.aclose()
+    await second.aclose()
+
+
 async def test_forget_removes_waiting_actions(make_engine, backend, store) -> None:
     home = Home()
     engine = make_engine(toolbox=home.toolbox(), **POLICY)

@@ -248,6 +248,17 @@ async def test_exactly_one_of_20_concurrent_claimants_wins(
     assert again.call is not None and again.call.state is PendingState.DONE
 
 
+async def test_a_round_is_continued_by_one_of_many_claimants(store: MemoryStore) -> None:
+    conv_id, msg_id = await _round(store)
+    assert not await store.claim_round(msg_id)  # in progress, not awaiting
+    await store.finish_message(msg_id, content="", status=MessageStatus.AWAITING)
+    claims = await asyncio.gather(*(store.claim_round(msg_id) for _ in range(10)))
+    assert claims.count(True) == 1
+    (row,) = [m for m in await store.recent_messages(conv_id, limit=5) if m.id == msg_id]
+    assert row.status is MessageStatus.TOOL_CALLS
+    assert not await store.claim_round(msg_id + 1000)
+
+
 async def test_a_refusal_decides_the_call_and_runs_nothing(
     store: MemoryStore, clock: Clock
 ) -> None:
