@@ -20,8 +20,8 @@
 2. **An MCP tool through chinwag against the bare client** (:mod:`bench.mcp_calls`): the
    fake stdio server's ``echo`` tool (``read``) called through the engine's gate (schema
    validation, policy check, the call within its timeout while its audit row is written in
-   the SQLite store, both awaited) against the ``mcp`` SDK's ``call_tool`` alone on a second process of
-   the same server. Target: p50 at most 1.2x the bare client.
+   the SQLite store, both awaited) against the ``mcp`` SDK's ``call_tool`` alone on a second
+   process of the same server. Target: p50 at most 1.2x the bare client.
 
 Exits with status 1 at the end when a figure missed its target (as ``make bench`` expects).
 """
