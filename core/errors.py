@@ -147,3 +147,12 @@ class StoreUnavailable(StoreError):
     def __init__(self, waited: float, message: str | None = None) -> None:
         self.waited = waited
         super().__init__(message or f"the database stayed unreachable for {waited:.0f}s")
+
+
+class KbError(ChinwagError):
+    """The knowledge base refused or failed (a model mix-up, an unreadable file, the embedder).
+
+    ``str(exc)`` says what went wrong in one line a person can act on.
+    """
+
+    user_message = "I couldn't use the knowledge base for this. Please try again."

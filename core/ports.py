@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from core.types import (
+    Attachment,
     AuditEntry,
     BackendEvent,
     ChatMessage,
@@ -436,6 +438,24 @@ class ReplyChannel(Protocol):
 
 
 @runtime_checkable
+class FileSource(Protocol):
+    """A reply channel whose platform can hand over the files users send (Telegram, Discord).
+
+    The engine checks ``isinstance(out, FileSource)``: a channel without files (the console)
+    simply is not one.
+    """
+
+    async def download(self, attachment: Attachment, destination: Path) -> int:
+        """Fetch ``attachment`` into the file ``destination`` in pieces; return its size.
+
+        Raises ``AdapterError`` with a clear ``user_message`` when the platform refuses it or
+        it is over the platform's (or the bot's) size limit; nothing is left at
+        ``destination`` then.
+        """
+        ...
+
+
+@runtime_checkable
 class ResumableAdapter(Protocol):
     """A chat adapter that can reopen a reply in a stored chat (crash recovery)."""
 
@@ -526,6 +546,7 @@ __all__ = [
     "ChatAdapter",
     "ChatMessage",
     "ConversationEngine",
+    "FileSource",
     "LLMBackend",
     "MemoryStore",
     "ReplyChannel",

@@ -153,3 +153,36 @@ class ToolSettings(ChinwagSettings):
     tool_dangerous_users: Subjects = Field(default_factory=list)
     # Tools in group chats (off: tools only in private chats).
     tools_in_groups: bool = False
+
+
+class KbSettings(ChinwagSettings):
+    """The knowledge base: chunking, embeddings and retrieval (``KB_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="KB_")
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "embeddings": "local",
+        "embedding_model": "text-embedding-3-small",
+        "chunk_chars": "800",
+        "chunk_overlap": "150",
+        "top_k": "5",
+        "min_score": "0.3",
+        "strict": "false",
+        "user_uploads": "false",
+        "max_file_mb": "20",
+    }
+
+    # Where vectors come from: "local" (the bundled MiniLM ONNX model, offline) or "openai"
+    # (any OpenAI-compatible /v1/embeddings endpoint, OPENAI_BASE_URL/OPENAI_API_KEY).
+    embeddings: str = Field(default="local", pattern=r"^(local|openai)$")
+    embedding_model: str | None = None  # for "openai" (default text-embedding-3-small)
+    chunk_chars: int = Field(default=800, ge=200, le=8000)
+    chunk_overlap: int = Field(default=150, ge=0, le=2000)
+    top_k: int = Field(default=5, ge=1, le=20)  # chunks put into the prompt
+    # Below this cosine similarity of the best hit, no documents go into the prompt.
+    min_score: float = Field(default=0.3, ge=-1.0, le=1.0)
+    # Say "nothing relevant in the documents" (no LLM call) instead of answering without
+    # them; never for a bot with tools.
+    strict: bool = False
+    # Users may add documents to their own knowledge base from a chat (admins always may).
+    user_uploads: bool = False
+    max_file_mb: float = Field(default=20.0, gt=0, le=2000)

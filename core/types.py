@@ -48,6 +48,26 @@ class MemoryScope(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file that came with a message, fetched only when needed (``/kb add``).
+
+    Attributes:
+        kind: ``"document"`` (Telegram document, Discord attachment); the media issue adds
+            ``"photo"`` and ``"voice"``.
+        name: the file name as the user sent it (may be empty).
+        size: its size in bytes, when the platform says.
+        mime_type: its MIME type, when the platform says.
+        ref: the adapter's handle to download it (a Telegram file id, a Discord URL).
+    """
+
+    kind: str
+    name: str
+    size: int | None
+    mime_type: str | None
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """One message a user sent to the bot, as any platform sees it.
 
@@ -63,6 +83,10 @@ class IncomingMessage:
         unsupported: what the message carried instead of text (``"sticker"``,
             ``"photo"``...), or ``None`` for a text message.
         reply_to_message_id: the platform id of the message this one replies to.
+        attachments: files that came with the message (its caption is ``text``); the
+            adapter's channel downloads them (``ReplyChannel.download``).
+        reply_attachments: files of the message this one replies to, when the user replied
+            to one of their own messages (``/kb add`` as a reply to a file).
     """
 
     platform: str
@@ -75,6 +99,8 @@ class IncomingMessage:
     user_name: str | None = None
     unsupported: str | None = None
     reply_to_message_id: str | None = None
+    attachments: tuple[Attachment, ...] = ()
+    reply_attachments: tuple[Attachment, ...] = ()
 
     def __post_init__(self) -> None:
         # The one place a user's text enters the core: the prompt, the store and any echo
