@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Final
@@ -108,29 +108,6 @@ class Replier:
         self.active: dict[ConversationKey, ReplyRun] = {}
         self.clock_time = time.monotonic
 
-    def reply(
-        self,
-        key: ConversationKey,
-        msg: IncomingMessage,
-        out: ReplyChannel,
-        placeholder: StoredMessage,
-        model: str,
-        system_prompt: str,
-        budget: Budget,
-        shown: Sequence[str] = (),
-    ) -> Awaitable[None]:
-        """Start answering ``msg`` from the history before ``placeholder``; await the result.
-
-        ``shown`` are the platform ids already recorded for ``placeholder`` (a reply taken
-        over after a crash, whose messages ``out`` edits).
-
-        The run counts as in progress (``/stop`` reaches it) from this call on. Awaiting the
-        result returns once the reply was shown, recorded and any notice about it sent.
-        Backend and delivery failures are recorded and told, not raised; ``CancelledError``
-        is raised after the reply was recorded as interrupted.
-        """
-        return self.start(key, msg, out, placeholder, model, system_prompt, budget, shown).run()
-
     def start(
         self,
         key: ConversationKey,
@@ -143,7 +120,14 @@ class Replier:
         shown: Sequence[str] = (),
         tools: Sequence[ToolSpec] = (),
     ) -> ReplyRun:
-        """Like :meth:`reply`, offering ``tools``; ``await run.run()``, then read the run.
+        """A run answering ``msg`` from the history before ``placeholder``, offering ``tools``.
+
+        ``shown`` are the platform ids already recorded for ``placeholder`` (a reply taken
+        over after a crash, whose messages ``out`` edits). The run counts as in progress
+        (``/stop`` reaches it) from this call on. ``await run.run()`` returns once the reply
+        was shown, recorded and any notice about it sent; backend and delivery failures are
+        recorded and told, not raised; ``CancelledError`` is raised after the reply was
+        recorded as interrupted. Then read the run.
 
         A run whose model ended with tool calls (:attr:`ReplyRun.tool_round`) is not
         recorded: its row stays in progress for the tool loop (:mod:`core.turns`) to store
