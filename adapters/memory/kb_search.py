@@ -131,7 +131,7 @@ class VectorIndex:
         scores = self.matrix @ (query / norm)
         if count < len(scores):
             # argpartition picks the candidates; the stable sort orders them (ties by id).
-            picked = np.argpartition(-scores, count - 1)[:count]
+            picked = np.sort(np.argpartition(-scores, count - 1)[:count])  # in id order
             order = picked[np.argsort(-scores[picked], kind="stable")]
             threshold = scores[order[-1]]
             # Rows tied with the last one may sit outside the partition: take the lowest ids.

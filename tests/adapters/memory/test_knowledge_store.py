@@ -108,13 +108,13 @@ async def kb(new_kb: Callable[[], Any]) -> KnowledgeStore:
 
 
 async def test_without_keywords_the_top_k_is_the_exact_cosine_order(kb: KnowledgeStore) -> None:
-    texts = [filler(i) for i in range(40)]
+    texts = [filler(i) for i in range(100)]  # more than the 40 candidates fusion takes
     await add(kb, BOT, texts)
     query = "reboot the router power"
     hits = await kb.search([BOT], "", hashed_vector(query, 64), limit=7)
     matrix = np.array([hashed_vector(t, 64) for t in texts])
     cosines = matrix @ np.array(hashed_vector(query, 64))
-    expected = sorted(range(40), key=lambda i: (-cosines[i], i))[:7]
+    expected = sorted(range(100), key=lambda i: (-cosines[i], i))[:7]
     assert [h.position for h in hits] == expected
     assert [h.rank for h in hits] == list(range(1, 8))
     assert [h.score for h in hits] == pytest.approx([cosines[i] for i in expected], abs=1e-5)
