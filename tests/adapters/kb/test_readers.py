@@ -178,3 +178,30 @@ def test_a_large_text_file_is_read_with_bounded_memory(tmp_path):
     assert count > 30_000_000 // 800
     assert words >= written // len(paragraph) * 36  # every paragraph was read
     assert peak < size // 50  # well under the file's 30 MB (a few hundred KB in practice)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".md", ".html"])
+def test_large_markdown_and_html_are_read_with_bounded_memory(tmp_path, suffix):
+    path = tmp_path / f"big{suffix}"
+    section = (
+        "## Part\n\nSome text about error E-4711 and its fix. " * 5 + "\n\n"
+        if suffix == ".md"
+        else "<h2>Part</h2><p>" + "Some text about error E-4711 and its fix. " * 5 + "</p>\n"
+    )
+    with path.open("w", encoding="utf-8") as file:
+        sections = written = 0
+        while written < 3_000_000:
+            written += file.write(section)
+            sections += 1
+    size = path.stat().st_size
+
+    tracemalloc.start()
+    try:
+        found = sum(b.text.count("E-4711") for b in read(path).blocks)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert found == sections * 5
+    assert peak < min(size // 3, 1_000_000)  # the parser's fixed buffers, not the file
