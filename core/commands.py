@@ -19,6 +19,7 @@ from core.admission import Admission
 from core.confirmations import Confirmations, Pending
 from core.export import FORMATS as EXPORT_FORMATS
 from core.export import export_document
+from core.knowledge import KnowledgeStore
 from core.notices import notify
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
@@ -172,6 +173,7 @@ class BuiltinCommands:
         # Set by the engine with a knowledge base: /forget deletes the user's own documents
         # too (returns how many).
         self.on_forget: Callable[[str, str, str], Awaitable[int]] | None = None
+        self.knowledge: KnowledgeStore | None = None  # the user's documents, for /export
         self._store = store
         self._core = core
         self._access = access
@@ -410,6 +412,7 @@ class BuiltinCommands:
             user_id=user_id,
             fmt=fmt,
             now=self._clock(),
+            knowledge=self.knowledge,
         )
 
     async def stats(

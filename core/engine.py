@@ -214,6 +214,7 @@ class Engine:
             )
             self._kb.register(self._commands)
             self._builtins.on_forget = self._kb.forget
+            self._builtins.knowledge = knowledge.store
 
     # --- identity and lifecycle ------------------------------------------------------------
 
