@@ -21,7 +21,8 @@ The engine wires the pieces and routes each message; every job lives in its own 
 * :mod:`core.prompt` - fitting the history into the token budget;
 * :mod:`core.notices` - the short notices users get, and how they are sent;
 * :mod:`core.gate`, :mod:`core.turns`, :mod:`core.tool_actions` - the tool policy, the loop
-  of model rounds with tool calls, and the confirmations of actions (``t:`` action ids).
+  of model rounds with tool calls, and the confirmations of actions (``t:`` action ids);
+* :mod:`core.kb`, :mod:`core.kb_chat` - the knowledge base: retrieval, sources, ``/kb``.
 """
 
 from __future__ import annotations

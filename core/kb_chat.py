@@ -280,7 +280,7 @@ class KbChat:
             await notify(out, f'I could not fetch "{name}": {exc.user_message}')
             return
         except KbError as exc:
-            await notify(out, f'Nothing added from "{name}": {exc}.'.replace("..", "."))
+            await notify(out, f'Nothing added from "{name}": {str(exc).rstrip(".")}.')
             return
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from adapters.memory.in_memory_knowledge import InMemoryKnowledgeStore
+from core.errors import KbError
 from core.kb import KB_GUIDANCE, NOTHING_RELEVANT, KnowledgeBase
 from core.kb_chat import FILE_HINT
 from core.knowledge import AddReport, ChunkDraft, KbScope, NewDocument
@@ -469,3 +470,16 @@ async def test_export_shows_sources_and_the_users_own_documents(
     assert reply["sources"] == ["[1] Pump Manual, p. 12"]
     assert doc["documents"][0]["title"] == "Alice notes"
     assert doc["documents"][0]["chunks"][0]["text"] == "Alice keeps spare seals in drawer three."
+
+
+async def test_kb_add_tells_why_a_file_was_not_added(make_engine, kstore, embedder) -> None:
+    async def refuse(path: Path, scope: KbScope, added_by: str, name: str) -> AddReport:
+        raise KbError("no extractable text (a scanned PDF?)")
+
+    engine = make_engine(knowledge=knowledge_base(kstore, embedder, add_file=refuse), **ROOT)
+    out = FileChannel({"file-1": b"%PDF-1.4"})
+    scan = Attachment("document", "../../scan.pdf", 8, "application/pdf", "file-1")
+    await engine.handle(dm("/kb add", "root", attachments=(scan,)), out)
+    assert out.notices[-1] == 'Nothing added from "scan.pdf": no extractable text (a scanned PDF?).'
+    assert out.downloaded[0].name == "scan.pdf"  # never a path outside its private folder
+    assert await kstore.documents([KbScope.of_bot("testbot")]) == []
