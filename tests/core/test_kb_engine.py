@@ -483,3 +483,28 @@ async def test_kb_add_tells_why_a_file_was_not_added(make_engine, kstore, embedd
     assert out.notices[-1] == 'Nothing added from "scan.pdf": no extractable text (a scanned PDF?).'
     assert out.downloaded[0].name == "scan.pdf"  # never a path outside its private folder
     assert await kstore.documents([KbScope.of_bot("testbot")]) == []
+
+
+async def test_kb_add_through_the_real_ingestor_then_a_cited_section(
+    make_engine, backend, kstore, embedder
+) -> None:
+    from adapters.kb.ingest import Ingestor
+
+    ingestor = Ingestor(kstore, embedder)
+
+    def add_file(path: Path, scope: KbScope, added_by: str, name: str) -> Any:
+        return ingestor.add(path, scope, added_by=added_by, source=f"test upload: {name}")
+
+    engine = make_engine(knowledge=knowledge_base(kstore, embedder, add_file=add_file), **ROOT)
+    text = "# Pump Handbook\n\n## Pressure\n\nThe pump pressure is 40 bar at full load.\n"
+    out = FileChannel({"file-1": text.encode()})
+    guide = Attachment("document", "handbook.md", len(text), "text/markdown", "file-1")
+    await engine.handle(dm("/kb add", "root", attachments=(guide,)), out)
+    assert re.fullmatch(r'Added "Pump Handbook" \(#1\): 1 chunks in \d+\.\d s\.', out.notices[-1])
+    await engine.handle(dm("/kb add", "root", attachments=(guide,)), out)
+    assert out.notices[-1] == '"Pump Handbook" (#1) is already in the knowledge base.'
+
+    backend._reply = "40 bar [1]."
+    await engine.handle(dm("What is the pump pressure?", "alice"), out)
+    assert out.notices[-1].startswith("Sources:\n[1] Pump Handbook § ")
+    assert "Pressure" in out.notices[-1]
