@@ -82,6 +82,7 @@ async def make_engine(store, backend, clock) -> AsyncIterator[EngineFactory]:
         extra_commands: Sequence[BotCommand] = (),
         store_override: MemoryStore | None = None,
         heartbeat: float = HEARTBEAT_SECONDS,
+        knowledge: Any = None,
         **access: Any,
     ) -> Engine:
         engine = Engine(
@@ -106,6 +107,7 @@ async def make_engine(store, backend, clock) -> AsyncIterator[EngineFactory]:
             persona=persona,
             extra_commands=extra_commands,
             heartbeat=heartbeat,
+            knowledge=knowledge,
         )
         engines.append(engine)
         return engine
