@@ -19,6 +19,7 @@ from core.admission import Admission
 from core.confirmations import Confirmations, Pending
 from core.export import FORMATS as EXPORT_FORMATS
 from core.export import export_document
+from core.knowledge import KnowledgeStore
 from core.notices import notify
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
@@ -169,6 +170,10 @@ class BuiltinCommands:
         self.help_note: Callable[[ConversationKey, IncomingMessage], Awaitable[str | None]]
         self.help_note = _no_note
         self.on_reset: Callable[[ConversationKey, ReplyChannel], Awaitable[None]] | None = None
+        # Set by the engine with a knowledge base: /forget deletes the user's own documents
+        # too (returns how many).
+        self.on_forget: Callable[[str, str, str], Awaitable[int]] | None = None
+        self.knowledge: KnowledgeStore | None = None  # the user's documents, for /export
         self._store = store
         self._core = core
         self._access = access
@@ -356,9 +361,9 @@ class BuiltinCommands:
             "forget",
             msg.platform,
             msg.user_id,
-            "Delete everything I have stored about you: your messages, conversations and "
-            "settings? This cannot be undone. (Usage counters are kept without your id, so "
-            "quotas still apply.)",
+            "Delete everything I have stored about you: your messages, conversations"
+            f"{', documents' if self.on_forget else ''} and settings? This cannot be undone. "
+            "(Usage counters are kept without your id, so quotas still apply.)",
         )
 
     async def confirmed(self, pending: Pending, out: ReplyChannel) -> None:
@@ -368,11 +373,17 @@ class BuiltinCommands:
 
     async def _forget(self, platform: str, user_id: str, out: ReplyChannel) -> None:
         deleted = await self._store.forget_user(self._bot_name, platform, user_id)
+        documents = ""
+        if self.on_forget is not None:
+            count = await self.on_forget(self._bot_name, platform, user_id)
+            documents = f", {count} documents"
         # Forgetting is rare; dropping the caches whole also covers shared conversations.
         self._sessions.clear()
         self._history.clear()
         _log.info("forgot a %s user on request (%d messages deleted)", platform, deleted)
-        await notify(out, f"Done: I deleted everything stored about you ({deleted} messages).")
+        await notify(
+            out, f"Done: I deleted everything stored about you ({deleted} messages{documents})."
+        )
 
     async def export(
         self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, arg: str
@@ -401,6 +412,7 @@ class BuiltinCommands:
             user_id=user_id,
             fmt=fmt,
             now=self._clock(),
+            knowledge=self.knowledge,
         )
 
     async def stats(

@@ -37,6 +37,8 @@ from core.commands import BuiltinCommands, CommandRegistry, parse_command
 from core.confirmations import CONFIRM_TTL, Confirmations
 from core.errors import ChinwagError, DuplicateMessage
 from core.instance import HEARTBEAT_SECONDS, Instance
+from core.kb import KnowledgeBase
+from core.kb_chat import FILE_HINT, KbChat
 from core.lanes import Lanes
 from core.lifecycle import Lifecycle
 from core.notices import (
@@ -108,6 +110,7 @@ class Engine:
         toolbox: the tools the model may call (none if omitted).
         tool_settings: who may use tools, and the tool loop's limits.
         extra_commands: the bot definition's own commands.
+        knowledge: the knowledge base answers come from (``/kb``, ``/why``; none if omitted).
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class Engine:
         toolbox: Toolbox | None = None,
         tool_settings: ToolSettings | None = None,
         extra_commands: Sequence[BotCommand] = (),
+        knowledge: KnowledgeBase | None = None,
     ) -> None:
         self._backend = backend
         self._persona = persona
@@ -197,6 +201,20 @@ class Engine:
             default_prompt=self._default_prompt,
         )
         self._tools.register(self._commands, self._builtins, self._extra_commands)
+        self._kb: KbChat | None = None
+        if knowledge is not None:
+            self._kb = KbChat(
+                knowledge=knowledge,
+                store=store,
+                backend=backend,
+                sessions=self._sessions,
+                history=self._history,
+                is_admin=self._admission.is_admin,
+                has_tools=lambda: self._tools.enabled,
+            )
+            self._kb.register(self._commands)
+            self._builtins.on_forget = self._kb.forget
+            self._builtins.knowledge = knowledge.store
 
     # --- identity and lifecycle ------------------------------------------------------------
 
@@ -455,7 +473,7 @@ class Engine:
             return
         text = msg.text.strip()
         if not text:
-            await notify(out, EMPTY_REPLY)
+            await notify(out, FILE_HINT if msg.attachments and self._kb else EMPTY_REPLY)
             return
         parsed = parse_command(text)
         if parsed is not None:
@@ -543,7 +561,7 @@ class Engine:
         placeholder = await self._tools.loop.next_placeholder(seen.conversation_id)
         await self._reply(key, msg, out, placeholder, model, prefs)
 
-    def _reply(
+    async def _reply(
         self,
         key: ConversationKey,
         msg: IncomingMessage,
@@ -553,9 +571,11 @@ class Engine:
         prefs: Preferences,
         shown: Sequence[str] = (),
         rounds: int = 0,
-    ) -> Awaitable[None]:
+    ) -> None:
         turn = self._tools.turn(key, msg, out, model, prefs, rounds)
-        return self._tools.loop.answer(turn, placeholder, shown)
+        if self._kb is not None and not await self._kb.ground(turn, placeholder):
+            return  # KB_STRICT: nothing relevant in the documents, said without the model
+        await self._tools.loop.answer(turn, placeholder, shown)
 
     async def _resume(
         self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, reply: ReplyInProgress

@@ -4,15 +4,22 @@ A tool round (an assistant message with ``extra["tool_calls"]``) is shown with e
 and its result: in Markdown as one readable line per call, in JSON as a ``tool_calls`` list
 (present only on such messages) whose items carry their ``result`` (``null`` while a call
 waits for a confirmation). Secret-looking argument values are masked, as in the audit.
+
+A reply answered from the knowledge base is followed by its ``Sources:`` (stored with it,
+``extra["sources"]``; a ``sources`` list in JSON). The user's own documents (their user
+scope of the knowledge base) follow the conversations, with every chunk's text.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from core.kb import sources_of
+from core.knowledge import ChunkDraft, DocumentInfo, KbScope, KnowledgeStore
 from core.ports import MemoryStore
 from core.tools import redact_secrets
 from core.types import ExportedConversation, MessageStatus, Role, StoredMessage
@@ -23,6 +30,14 @@ _STATUS_LABELS = {
     MessageStatus.TOOL_CALLS: "tool calls",
     MessageStatus.AWAITING: "waiting for a confirmation",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class ExportedDocument:
+    """One of the user's own documents, with its chunks in order."""
+
+    info: DocumentInfo
+    chunks: Sequence[ChunkDraft]
 
 
 def tool_calls_of(message: StoredMessage) -> list[dict[str, Any]]:
@@ -95,8 +110,9 @@ def render_markdown(
     platform: str,
     user_id: str,
     now: datetime,
+    documents: Sequence[ExportedDocument] = (),
 ) -> str:
-    """A readable Markdown document of the conversations, oldest first."""
+    """A readable Markdown document of the conversations, oldest first, then documents."""
     lines = [
         f"# Conversations with {bot}",
         "",
@@ -120,7 +136,29 @@ def render_markdown(
         ]
         for message in item.messages:
             lines += _message_lines(message, bot)
+    lines += _document_lines(documents)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _document_lines(documents: Sequence[ExportedDocument]) -> list[str]:
+    if not documents:
+        return []
+    lines = ["## Your documents", ""]
+    for doc in documents:
+        info = doc.info
+        pages = f", {info.pages} pages" if info.pages else ""
+        lines += [
+            f"### #{info.id} {info.title}",
+            "",
+            f"From {info.source}, added {info.created_at.strftime('%Y-%m-%d %H:%M UTC')}: "
+            f"{info.chunks} chunks{pages}.",
+            "",
+        ]
+        for chunk in doc.chunks:
+            where = f"p. {chunk.page}" if chunk.page else (chunk.heading or "")
+            lines += [f"**Chunk {chunk.position + 1}**{f' ({where})' if where else ''}", ""]
+            lines += [chunk.text, ""]
+    return lines
 
 
 def _message_lines(message: StoredMessage, bot: str) -> list[str]:
@@ -130,6 +168,9 @@ def _message_lines(message: StoredMessage, bot: str) -> list[str]:
     lines = [f"**{_speaker(message.role, message.author_id, bot)}** · {stamp}{status}", ""]
     if message.content:
         lines += [message.content, ""]
+    sources = sources_of(message.extra)
+    if sources:
+        lines += ["Sources:", *(f"- {s.line()}" for s in sources), ""]
     calls = tool_calls_of(message)
     if calls:
         waiting = message.status is MessageStatus.AWAITING
@@ -153,7 +194,25 @@ def _message_json(message: StoredMessage) -> dict[str, Any]:
     calls = tool_calls_of(message)
     if calls:
         doc["tool_calls"] = calls
+    sources = sources_of(message.extra)
+    if sources:
+        doc["sources"] = [s.line() for s in sources]
     return doc
+
+
+def _document_json(doc: ExportedDocument) -> dict[str, Any]:
+    info = doc.info
+    return {
+        "id": info.id,
+        "title": info.title,
+        "source": info.source,
+        "pages": info.pages,
+        "added_at": info.created_at.isoformat(),
+        "chunks": [
+            {"position": c.position, "page": c.page, "heading": c.heading, "text": c.text}
+            for c in doc.chunks
+        ],
+    }
 
 
 def render_json(
@@ -163,6 +222,7 @@ def render_json(
     platform: str,
     user_id: str,
     now: datetime,
+    documents: Sequence[ExportedDocument] = (),
 ) -> str:
     """The same content as a JSON document (stable keys, ISO 8601 UTC times)."""
     doc: dict[str, Any] = {
@@ -181,6 +241,8 @@ def render_json(
             for item in conversations
         ],
     }
+    if documents:
+        doc["documents"] = [_document_json(d) for d in documents]
     return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
 
 
@@ -192,18 +254,40 @@ def render(
     platform: str,
     user_id: str,
     now: datetime,
+    documents: Sequence[ExportedDocument] = (),
 ) -> str:
     """Render in ``fmt`` (``"md"`` or ``"json"``); raises ``ValueError`` for others."""
+    kw: dict[str, Any] = {"bot": bot, "platform": platform, "user_id": user_id, "now": now}
     if fmt == "md":
-        return render_markdown(conversations, bot=bot, platform=platform, user_id=user_id, now=now)
+        return render_markdown(conversations, documents=documents, **kw)
     if fmt == "json":
-        return render_json(conversations, bot=bot, platform=platform, user_id=user_id, now=now)
+        return render_json(conversations, documents=documents, **kw)
     raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
 async def export_document(
-    store: MemoryStore, *, bot: str, platform: str, user_id: str, fmt: str, now: datetime
+    store: MemoryStore,
+    *,
+    bot: str,
+    platform: str,
+    user_id: str,
+    fmt: str,
+    now: datetime,
+    knowledge: KnowledgeStore | None = None,
 ) -> str:
-    """Read everything ``store`` keeps for the user and render it in ``fmt``."""
+    """Read everything ``store`` (and ``knowledge``) keeps for the user; render it in ``fmt``."""
     conversations = await store.export_user(bot, platform, user_id)
-    return render(fmt, conversations, bot=bot, platform=platform, user_id=user_id, now=now)
+    documents: list[ExportedDocument] = []
+    if knowledge is not None:
+        for info in await knowledge.documents([KbScope.of_user(bot, platform, user_id)]):
+            chunks = [draft for _, draft in await knowledge.chunks_of(info.id)]
+            documents.append(ExportedDocument(info, chunks))
+    return render(
+        fmt,
+        conversations,
+        bot=bot,
+        platform=platform,
+        user_id=user_id,
+        now=now,
+        documents=documents,
+    )

@@ -163,10 +163,13 @@ class MemoryStore(Protocol):
         platform_chat_id: str | None = None,
         platform_message_ids: Sequence[str] = (),
         usage: UsageRecord | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Set the final content and status of a message and record its platform ids.
 
-        With ``usage``, also add it to the user's counters, in the same transaction.
+        With ``usage``, also add it to the user's counters, in the same transaction. With
+        ``extra``, its keys are set in the message's ``extra`` (others kept), in the same
+        transaction (a reply's ``"sources"`` and ``"retrieval"``).
         """
         ...
 

@@ -26,12 +26,21 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
 from core.errors import BackendError, ChinwagError, ContextTooLong, StoreError
+from core.kb import (
+    Grounding,
+    fit_documents,
+    retrieval_record,
+    source_records,
+    sources_for,
+    sources_text,
+)
+from core.knowledge import Source
 from core.notices import EMPTY_MODEL_REPLY, asks_to_continue, cut_ending, notify, reopening
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
-from core.prompt import HistoryCache, PromptBuilder
+from core.prompt import HistoryCache, Prompt, PromptBuilder
 from core.sessions import Budget
 from core.settings import LLMSettings
 from core.types import (
@@ -142,14 +151,19 @@ class Replier:
         budget: Budget,
         shown: Sequence[str] = (),
         tools: Sequence[ToolSpec] = (),
+        grounding: Grounding | None = None,
     ) -> ReplyRun:
         """Like :meth:`reply`, offering ``tools``; ``await run.run()``, then read the run.
 
         A run whose model ended with tool calls (:attr:`ReplyRun.tool_round`) is not
         recorded: its row stays in progress for the tool loop (:mod:`core.turns`) to store
         the calls, their results and its final status.
+
+        With ``grounding``, the prompt carries its chunks (as many as fit) and the reply is
+        stored with its retrieval and sources; the sources are sent after the answer.
         """
         run = ReplyRun(self, key, msg, out, placeholder, model, system_prompt, budget, tools)
+        run.grounding = grounding
         run.saved_ids.update(shown)
         self.active[key] = run
         return run
@@ -188,8 +202,10 @@ class ReplyRun:
         "abandoned",
         "budget",
         "delivery_failed",
+        "documents",
         "error",
         "finish",
+        "grounding",
         "key",
         "model",
         "msg",
@@ -205,6 +221,7 @@ class ReplyRun:
         "saved_ids",
         "saved_len",
         "shown_ids",
+        "sources",
         "spent",
         "stopped",
         "system_prompt",
@@ -251,6 +268,9 @@ class ReplyRun:
         self.producer: asyncio.Task[None] | None = None
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.abandoned = False  # left in progress at shutdown, for recovery
+        self.grounding: Grounding | None = None  # the knowledge base's chunks for this turn
+        self.documents = 0  # how many of them the prompt holds
+        self.sources: list[Source] = []  # what the answer cited, sent after it
         # Progress saved while the reply streams, so a restart knows what is on screen:
         # message ids as soon as posted, the text at most every PROGRESS_INTERVAL seconds
         # (a short reply saves nothing before its final record).
@@ -276,17 +296,24 @@ class ReplyRun:
         finally:
             text = await self._finish()
         await self._report(text)
+        if self.sources:
+            await notify(self.out, sources_text(self.sources))
 
     async def _request(self) -> CompletionRequest:
         budget = self.budget
-        prompt = await self._r.prompts.build(
-            conversation_id=self.placeholder.conversation_id,
-            before_seq=self.placeholder.seq,
-            system_prompt=self.system_prompt,
-            model=self.model,
-            budget=budget.prompt,
-            shared=self.key.user_id is None,
-        )
+
+        def build(system_prompt: str) -> Awaitable[Prompt]:
+            return self._r.prompts.build(
+                conversation_id=self.placeholder.conversation_id,
+                before_seq=self.placeholder.seq,
+                system_prompt=system_prompt,
+                model=self.model,
+                budget=budget.prompt,
+                shared=self.key.user_id is None,
+            )
+
+        hits = self.grounding.hits if self.grounding is not None else ()
+        prompt, self.documents = await fit_documents(build, self.system_prompt, hits)
         self.prompt_tokens = prompt.tokens
         previous = prompt.previous
         self.resuming = None
@@ -513,6 +540,7 @@ class ReplyRun:
                     platform_message_ids=ids,
                 )
             return
+        extra = self._knowledge(text, status)
         await r.store.finish_message(
             self.placeholder.id,
             content=text,
@@ -522,6 +550,7 @@ class ReplyRun:
             platform_chat_id=msg.chat_id,
             platform_message_ids=ids,
             usage=record,
+            extra=extra,
         )
         r.history.add(
             replace(
@@ -530,8 +559,27 @@ class ReplyRun:
                 status=status,
                 token_count=reply_tokens,
                 tokenizer=tokenizer,
+                extra={**(self.placeholder.extra or {}), **extra}
+                if extra
+                else self.placeholder.extra,
             )
         )
+
+    def _knowledge(self, text: str, status: MessageStatus) -> dict[str, Any] | None:
+        """What the reply stores of the knowledge base: the retrieval, and its sources.
+
+        The sources (the chunks the answer cited, else every chunk of the prompt) are kept
+        for :meth:`run` to send after the answer; never in the reply's text.
+        """
+        grounding = self.grounding
+        if grounding is None or not grounding.searched:
+            return None
+        extra: dict[str, Any] = {"retrieval": retrieval_record(grounding, self.documents)}
+        shown = status in (MessageStatus.COMPLETE, MessageStatus.CUT, MessageStatus.INTERRUPTED)
+        if self.documents and shown and text.strip():
+            self.sources = sources_for(text, grounding.hits[: self.documents])
+            extra["sources"] = source_records(self.sources)
+        return extra
 
     async def _report(self, text: str) -> None:
         msg, error = self.msg, self.error

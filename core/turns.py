@@ -32,6 +32,7 @@ from datetime import datetime
 from typing import Any, Final, Protocol
 
 from core.gate import Call, ToolGate, proposed
+from core.kb import Grounding
 from core.notices import notify
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache
@@ -101,6 +102,7 @@ class TurnContext:
     system_prompt: str
     budget: Budget
     rounds: int = 0  # rounds with tool calls so far for this user message
+    grounding: Grounding | None = None  # the knowledge base's chunks, retrieved once
 
 
 @dataclass(slots=True)
@@ -192,6 +194,7 @@ class ToolLoop:
                 turn.budget,
                 shown,
                 specs,
+                turn.grounding,
             )
             await run.run()
             if not can_use and self.gate.enabled:

@@ -17,10 +17,10 @@ import asyncio
 import bisect
 import json
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Final
+from typing import Any, Final
 
 from adapters.memory.in_memory_recovery import InMemoryRecovery, RecoveryState
 from adapters.memory.in_memory_tools import InMemoryTools, ToolState
@@ -221,8 +221,11 @@ class InMemoryStore(InMemoryTools, InMemoryRecovery):
         platform_chat_id: str | None = None,
         platform_message_ids: Sequence[str] = (),
         usage: UsageRecord | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Set the final content, status and token count of a message; record its platform ids.
+
+        ``extra``'s keys are set in the message's ``extra`` (others kept).
 
         ``usage`` is added even when the message was deleted meanwhile (then nothing else is
         written, and no error is raised).
@@ -234,6 +237,7 @@ class InMemoryStore(InMemoryTools, InMemoryRecovery):
         content = safe_text(content)
         if usage is not None:
             check_usage(usage)
+        check_extra(extra)
         await self._enter()
         message = self._messages.get(message_id)
         platform_ids: list[_PlatformId] = []
@@ -252,6 +256,7 @@ class InMemoryStore(InMemoryTools, InMemoryRecovery):
             status=final_status,
             token_count=token_count,
             tokenizer=tokenizer,
+            extra={**(message.extra or {}), **extra} if extra else message.extra,
         )
         for platform_id in platform_ids:
             self._platform_ids[platform_id] = message_id

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Final
+
+from sqlalchemy.engine import Connection
 
 from adapters.memory import operations as ops
 from adapters.memory import privacy
@@ -34,6 +36,7 @@ from adapters.memory.settings import normalize_database_url, render_url
 from adapters.memory.sqlite import SqliteExecutor
 from adapters.memory.statements import recent_messages_query, to_stored
 from adapters.memory.store_tools import SqlToolMethods
+from adapters.memory.tooling import merge_extra
 from adapters.memory.validation import check_extra, check_usage, storable, usage_pseudonym
 from core.errors import StoreError, StoreUnavailable
 from core.lifecycle import Lifecycle
@@ -262,11 +265,13 @@ class SqlMemoryStore(SqlToolMethods):
         platform_chat_id: str | None = None,
         platform_message_ids: Sequence[str] = (),
         usage: UsageRecord | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Set the final content, status and token count of a message; record its platform ids.
 
         ``usage`` is added to the user's counters in the same transaction (even when the
-        message was deleted meanwhile: the tokens were spent).
+        message was deleted meanwhile: the tokens were spent); so are ``extra``'s keys to the
+        message's ``extra`` (others kept).
 
         A message deleted meanwhile (``forget_user`` while the reply streamed) is left
         deleted: nothing is written and no error is raised.
@@ -285,19 +290,27 @@ class SqlMemoryStore(SqlToolMethods):
         content = safe_text(content)
         pids = tuple(platform_message_ids)
         usage_row = self._usage_row(usage) if usage is not None else None
+        check_extra(extra)
+        changes = dict(extra) if extra else None
+
+        def finish(c: Connection) -> None:
+            ops.finish(
+                c,
+                message_id,
+                content,
+                status_value,
+                token_count,
+                tokenizer,
+                platform_chat_id,
+                pids,
+                usage_row,
+            )
+            if changes:
+                merge_extra(c, message_id, changes)
+
         try:
             await self._call(
-                lambda c: ops.finish(
-                    c,
-                    message_id,
-                    content,
-                    status_value,
-                    token_count,
-                    tokenizer,
-                    platform_chat_id,
-                    pids,
-                    usage_row,
-                ),
+                finish,
                 write=True,
                 until_closed=True,
             )

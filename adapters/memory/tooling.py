@@ -96,7 +96,7 @@ _RAW_INSERT_AUDIT: Final = (
 ``operations`` does for messages): SQLAlchemy's statement overhead is most of their cost."""
 
 
-def _merge_extra(
+def merge_extra(
     conn: Connection, message_id: int, changes: Mapping[str, Any], **columns: Any
 ) -> None:
     """Read-modify-write the message's ``extra`` in the caller's transaction.
@@ -155,14 +155,14 @@ def save_tool_calls(
     if results:
         changes["tool_results"] = results
     columns = {"content": content} if content is not None else {}
-    _merge_extra(conn, message_id, changes, **columns)
+    merge_extra(conn, message_id, changes, **columns)
 
 
 def save_tool_result(
     conn: Connection, message_id: int, call_id: str, result: dict[str, Any]
 ) -> None:
     """Set ``extra["tool_results"][call_id]``, keeping the other results."""
-    _merge_extra(conn, message_id, {"tool_results": {call_id: result}})
+    merge_extra(conn, message_id, {"tool_results": {call_id: result}})
 
 
 # --- pending confirmations ----------------------------------------------------------------------
