@@ -31,9 +31,9 @@ from bots.toolbox import PackUnavailable, build_toolbox, log_toolbox
 from core.bot import Bot
 from core.engine import Engine
 from core.errors import ConfigError
-from core.ports import ChatAdapter, LLMBackend
 from core.kb import KnowledgeBase
 from core.knowledge import AddReport, KbScope
+from core.ports import ChatAdapter, LLMBackend
 from core.settings import AccessSettings, CoreSettings, KbSettings, LLMSettings, ToolSettings
 from core.tools import Toolbox
 
@@ -235,7 +235,7 @@ def build_knowledge(settings: Settings, store: SqlMemoryStore) -> KnowledgeBase:
     ingestor = Ingestor(knowledge_store, embedder, kb.chunk_chars, kb.chunk_overlap)
 
     async def add_file(path: Path, scope: KbScope, added_by: str, name: str) -> AddReport:
-        source = f"{scope.kind.value} upload: {name}"
+        source = f"{added_by.partition(':')[0]} upload: {name}"
         return await ingestor.add(path, scope, added_by=added_by, source=source, title=None)
 
     return KnowledgeBase(knowledge_store, embedder, kb, add_file=add_file)

@@ -262,19 +262,18 @@ async def _embedding(
         bar = ProgressBar()
         if args.kb_command == "reindex":
             bar.label = "reindex"
-            report = await ingestor.reindex([scope], bar)
-            print(report.line() if hasattr(report, "line") else str(report))
+            print((await ingestor.reindex([scope], bar)).line())
             return
         failed = 0
         for path in files:
             bar.label = path.name
             try:
-                report = await ingestor.add(path, scope, added_by="cli", progress=bar)
+                added = await ingestor.add(path, scope, added_by="cli", progress=bar)
             except KbError as exc:  # one bad file does not stop the others
                 failed += 1
                 print(f"chinwag: {path}: {exc}", file=sys.stderr)
                 continue
-            print(report.line())
+            print(added.line())
         if failed:
             raise KbError(f"{failed} of {len(files)} files were not added")
     finally:
