@@ -59,17 +59,23 @@ async def test_kb_add_list_remove_in_real_processes(tmp_path: Path) -> None:
 
         code, out, _ = await chinwag(tmp_path, "kb", "list", "--json", env=env)
         listed = json.loads(out)
-        assert len(listed) == 2 and all(d["scope"] == "bot" for d in listed)
+        assert len(listed) == 2
+        assert all(d["scope"] == "bot" for d in listed)
         pump = next(d for d in listed if d["source"].endswith("pump.md"))
 
         code, out, err = await chinwag(tmp_path, "kb", "remove", str(pump["id"]), env=env)
         assert code == 0, err
         code, out, _ = await chinwag(tmp_path, "kb", "list", env=env)
-        assert "pump.md" not in out and "notes.txt" in out
+        assert "pump.md" not in out
+        assert "notes.txt" in out
 
         code, _, err = await chinwag(tmp_path, "kb", "remove", str(pump["id"]), env=env)
-        assert code == 2 and "no document" in err
+        assert code == 2
+        assert "no document" in err
         code, _, err = await chinwag(tmp_path, "kb", "add", "nowhere.txt", env=env)
-        assert code == 2 and err.count("\n") == 1 and "no such file" in err
+        assert code == 2
+        assert err.count("\n") == 1
+        assert "no such file" in err
         code, _, err = await chinwag(tmp_path, "kb", "list", "--scope", "users:x", env=env)
-        assert code == 2 and "--scope" in err
+        assert code == 2
+        assert "--scope" in err
