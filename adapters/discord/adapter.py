@@ -46,7 +46,7 @@ from adapters.discord.split import DISCORD_LIMIT
 from core.errors import AdapterError
 from core.lifecycle import Lifecycle
 from core.ports import ConversationEngine
-from core.types import IncomingAction, IncomingMessage
+from core.types import Attachment, IncomingAction, IncomingMessage
 
 __all__ = ["INTENT_HELP", "DiscordAdapter", "configure_endpoints", "sync_commands"]
 
@@ -94,6 +94,28 @@ def _unsupported(message: discord.Message) -> str | None:
     return None
 
 
+def _attachments(message: discord.Message) -> tuple[Attachment, ...]:
+    return tuple(
+        Attachment("document", item.filename, item.size, item.content_type, item.url)
+        for item in message.attachments
+    )
+
+
+def _own_replied_files(message: discord.Message) -> tuple[Attachment, ...]:
+    """The files of the message this one replies to, when the same user sent it.
+
+    Discord delivers the replied-to message with the reply (``resolved``); the client's cache
+    is the fallback. Nothing is fetched here: messages reach the engine in gateway order.
+    """
+    reference = message.reference
+    if reference is None:
+        return ()
+    replied = reference.resolved or reference.cached_message
+    if not isinstance(replied, discord.Message) or replied.author.id != message.author.id:
+        return ()
+    return _attachments(replied)
+
+
 class _Client(discord.Client):
     """discord.py's client, forwarding events to the adapter."""
 
@@ -126,6 +148,7 @@ class DiscordAdapter:
         settings: the ``DISCORD_*`` settings (``bot_token`` must be set).
         engine: the conversation engine (started and closed by the caller).
         data_dir: where the slash-command hash file lives (``CHINWAG_DATA_DIR``).
+        max_file_mb: the largest attachment users may hand over (``KB_MAX_FILE_MB``).
 
     ``start()`` logs in, registers slash commands if their set changed, connects the gateway
     and returns once the bot is ready; it raises :class:`ConfigError` for a missing or
@@ -137,9 +160,15 @@ class DiscordAdapter:
     name = PLATFORM
 
     def __init__(
-        self, settings: DiscordSettings, engine: ConversationEngine, *, data_dir: Path
+        self,
+        settings: DiscordSettings,
+        engine: ConversationEngine,
+        *,
+        data_dir: Path,
+        max_file_mb: float | None = None,
     ) -> None:
         self.settings = settings
+        self._max_file_bytes = int(max_file_mb * 1024 * 1024) if max_file_mb else None
         self._engine = engine
         self._data_dir = data_dir
         self._state = Lifecycle.NEW
@@ -337,6 +366,7 @@ class DiscordAdapter:
             return
         text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
         chat_id, thread_id, private = _where(message.channel)
+        unsupported = None if text else _unsupported(message)
         incoming = IncomingMessage(
             platform=PLATFORM,
             chat_id=chat_id,
@@ -346,16 +376,24 @@ class DiscordAdapter:
             thread_id=thread_id,
             is_private=message.guild is None or private,
             user_name=message.author.display_name,
-            unsupported=None if text else _unsupported(message),
+            # A bare file goes to the engine (which says how to add it); media keep their
+            # "unsupported" answer until the media issue.
+            unsupported=None if unsupported == "file" else unsupported,
             reply_to_message_id=(
                 str(message.reference.message_id)
                 if message.reference is not None and message.reference.message_id
                 else None
             ),
+            attachments=_attachments(message),
+            reply_attachments=_own_replied_files(message),
         )
         _log.debug("discord message %s in %s: %r", message.id, chat_id, text)
         reply = DiscordReplyChannel(
-            self, ChannelSink(self, message), message.channel, incoming.user_id
+            self,
+            ChannelSink(self, message),
+            message.channel,
+            incoming.user_id,
+            max_file_bytes=self._max_file_bytes,
         )
         future = self._engine.submit(incoming, reply)
         self._in_flight.add(future)

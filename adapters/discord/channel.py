@@ -5,7 +5,8 @@ a sink: channel messages (the first replies to the asker in servers) or an inter
 response and follow-ups. Its streamed reply is an :class:`~adapters.live.LiveMessage` on that
 sink, split by :func:`~adapters.discord.split.split_message` (2000 characters, fences kept).
 Model output never pings anyone: every send carries ``allowed_mentions`` with nothing
-allowed but the reply to the asker.
+allowed but the reply to the asker. It is also a ``core.ports.FileSource``: the files users
+attach are streamed from their attachment URL to disk, within ``KB_MAX_FILE_MB``.
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ import contextlib
 import io
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
+import aiohttp
 import discord
 
 from adapters.discord.connection import NO_MENTIONS, REPLY_MENTION, Gone, reap
 from adapters.discord.settings import DiscordSettings
 from adapters.discord.split import DISCORD_LIMIT, escape_markdown, shows_nothing, split_message
+from adapters.files import check_size, save_stream
 from adapters.live import LiveMessage, LivePacing
 from core.errors import AdapterError
-from core.types import ReplyEvent
+from core.types import Attachment, ReplyEvent
 
 __all__ = ["BUTTON_PREFIX", "ChannelSink", "DiscordReplyChannel", "InteractionSink"]
 
@@ -32,6 +36,8 @@ _log = logging.getLogger(__name__)
 
 BUTTON_PREFIX: Final = "chinwag"
 _FILE_LIMIT: Final = 10 * 1024 * 1024  # Discord's upload limit for bots in unboosted servers
+DEFAULT_DOWNLOAD_LIMIT: Final = 20 * 1024 * 1024  # KB_MAX_FILE_MB's default
+_CHUNK: Final = 64 * 1024
 _TYPING_REFRESH: Final = 8.0  # Discord shows "typing..." for about 10 s per request
 
 T = TypeVar("T")
@@ -224,8 +230,10 @@ class DiscordReplyChannel:
         user_id: str,
         adopt: Sequence[str] = (),
         replies: ChannelSink | InteractionSink | None = None,
+        max_file_bytes: int | None = None,
     ) -> None:
         self._adapter = adapter
+        self._file_limit = max_file_bytes or DEFAULT_DOWNLOAD_LIMIT
         self._adopt = tuple(adopt)  # messages on screen the streamed reply takes over
         self._sink = sink
         self._replies = replies or sink
@@ -237,6 +245,40 @@ class DiscordReplyChannel:
             typing_delay=settings.typing_delay,
             typing_repeat=_TYPING_REFRESH,
         )
+
+    async def download(self, attachment: Attachment, destination: Path) -> int:
+        """Fetch a file the user attached into ``destination``; return its size in bytes.
+
+        Refused before anything is fetched when its size is over ``KB_MAX_FILE_MB``, and
+        while streaming if more bytes arrive than that.
+
+        Raises:
+            DownloadRefused: the file is too big (``user_message`` says the limit).
+            AdapterError: the attachment URL failed (expired, unreachable). Nothing is left
+                at ``destination`` after a failure.
+        """
+        limit = self._file_limit
+        check_size(attachment.size, limit, attachment.name)
+        seconds = self._settings.request_timeout
+        timeout = aiohttp.ClientTimeout(sock_connect=seconds, sock_read=seconds)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(attachment.ref) as response,
+            ):
+                if response.status != 200:
+                    raise AdapterError(
+                        f"Discord attachment download failed: HTTP {response.status}"
+                    )
+                check_size(response.content_length, limit, attachment.name)
+                return await save_stream(
+                    response.content.iter_chunked(_CHUNK),
+                    destination,
+                    limit=limit,
+                    name=attachment.name,
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:  # save_stream removed its file
+            raise AdapterError(f"Discord attachment download failed: {exc!r}") from exc
 
     async def send_text(self, text: str) -> Sequence[str]:
         """Send a notice (split when long); return the message ids."""

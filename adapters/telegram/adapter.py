@@ -48,7 +48,7 @@ from adapters.telegram.transport import AnyApplication, Transport, is_not_modifi
 from core.errors import AdapterError, ConfigError
 from core.lifecycle import Lifecycle
 from core.ports import ConversationEngine
-from core.types import IncomingAction, IncomingMessage
+from core.types import Attachment, IncomingAction, IncomingMessage
 
 __all__ = ["TelegramAdapter", "TelegramReplyChannel"]
 
@@ -63,7 +63,6 @@ _UNSUPPORTED_KINDS: Final = (
     "video",
     "video_note",
     "audio",
-    "document",
     "animation",
     "location",
     "venue",
@@ -81,6 +80,8 @@ class TelegramAdapter:
     Args:
         settings: ``TELEGRAM_*`` settings; ``bot_token`` must be set.
         engine: the started conversation engine.
+        max_file_mb: the largest file users may hand over (``KB_MAX_FILE_MB``); the Bot
+            API's own 20 MB download limit applies in any case.
 
     ``start()`` connects (``getMe``), registers the engine's commands, and starts polling
     or the webhook server; ``aclose()`` stops taking updates, lets replies in flight finish
@@ -89,8 +90,15 @@ class TelegramAdapter:
     refused token and :class:`~core.errors.AdapterError` when Telegram cannot be reached.
     """
 
-    def __init__(self, settings: TelegramSettings, engine: ConversationEngine) -> None:
+    def __init__(
+        self,
+        settings: TelegramSettings,
+        engine: ConversationEngine,
+        *,
+        max_file_mb: float | None = None,
+    ) -> None:
         self._engine = engine
+        self._max_file_bytes = int(max_file_mb * 1024 * 1024) if max_file_mb else None
         self._settings = settings
         self._state = Lifecycle.NEW
         self._intake_stopped = False
@@ -362,10 +370,16 @@ class TelegramAdapter:
         is_private = chat.type == ChatType.PRIVATE
         text = message.text
         unsupported = None
+        attachments = _attachments(message)
         if text is None:
-            unsupported = next((k for k in _UNSUPPORTED_KINDS if getattr(message, k, None)), None)
-            if unsupported is None:
-                return  # a service message: joins, pins, topic changes
+            if attachments:
+                text = message.caption or ""  # "/kb add" comes as the caption
+            else:
+                unsupported = next(
+                    (k for k in _UNSUPPORTED_KINDS if getattr(message, k, None)), None
+                )
+                if unsupported is None:
+                    return  # a service message: joins, pins, topic changes
         if not is_private:
             addressed, cleaned = self._addressed(message, text or message.caption or "")
             if not addressed:
@@ -374,6 +388,14 @@ class TelegramAdapter:
                 text = cleaned
         thread_id = message.message_thread_id if message.is_topic_message else None
         reply_to = message.reply_to_message
+        if reply_to is not None and reply_to.forum_topic_created:
+            reply_to = None
+        # Only the user's own earlier file: nobody adds someone else's document by replying.
+        own_reply = (
+            reply_to is not None
+            and reply_to.from_user is not None
+            and reply_to.from_user.id == user.id
+        )
         incoming = IncomingMessage(
             platform=PLATFORM,
             chat_id=str(chat.id),
@@ -384,11 +406,9 @@ class TelegramAdapter:
             is_private=is_private,
             user_name=user.full_name,
             unsupported=unsupported,
-            reply_to_message_id=(
-                str(reply_to.message_id)
-                if reply_to is not None and not reply_to.forum_topic_created
-                else None
-            ),
+            reply_to_message_id=str(reply_to.message_id) if reply_to is not None else None,
+            attachments=attachments,
+            reply_attachments=_attachments(reply_to) if reply_to and own_reply else (),
         )
         out = TelegramReplyChannel(
             self._transport,
@@ -397,6 +417,7 @@ class TelegramAdapter:
             reply_to=None if is_private else message.message_id,
             is_private=is_private,
             asker=str(user.id),
+            max_file_bytes=self._max_file_bytes,
         )
         self._transport.saw(chat.id, message.message_id)
         _log.debug("Telegram update %s from chat %s", update.update_id, chat.id)
@@ -484,6 +505,22 @@ class TelegramAdapter:
             _log.warning("Telegram polling: network error (%s); retrying", exc)
         else:
             _log.warning("Telegram polling error: %s", exc)
+
+
+def _attachments(message: Message) -> tuple[Attachment, ...]:
+    """The files of a message the engine can fetch (documents; photos and voice come later)."""
+    document = message.document
+    if document is None:
+        return ()
+    return (
+        Attachment(
+            "document",
+            document.file_name or "",
+            document.file_size,
+            document.mime_type,
+            document.file_id,
+        ),
+    )
 
 
 def _command_description(description: str, argument: str | None) -> str:

@@ -2,16 +2,21 @@
 
 :class:`TelegramReplyChannel` implements ``core.ports.ReplyChannel``; its streamed reply is
 an :class:`~adapters.live.LiveMessage` on a surface made of the Bot API calls here (HTML with
-a plain-text fallback, 4096 UTF-16 units a message, the chat's flood gate).
+a plain-text fallback, 4096 UTF-16 units a message, the chat's flood gate). It is also a
+``core.ports.FileSource``: the documents users send are fetched with ``getFile`` and
+streamed to disk, within the Bot API's 20 MB download limit and ``KB_MAX_FILE_MB``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Final
 
+import httpx
 from telegram import (
     InlineKeyboardButton,
     InlineKeyboardMarkup,
@@ -22,6 +27,7 @@ from telegram import (
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError, TimedOut
 
+from adapters.files import DownloadRefused, check_size, save_stream
 from adapters.live import ChatRefused, LiveMessage, MessageGone
 from adapters.telegram.split import Part, plain_parts, render_parts
 from adapters.telegram.transport import (
@@ -32,13 +38,15 @@ from adapters.telegram.transport import (
     is_parse_error,
 )
 from core.errors import AdapterError
-from core.types import ReplyEvent
+from core.types import Attachment, ReplyEvent
 
 __all__ = ["TelegramReplyChannel"]
 
 _log = logging.getLogger(__name__)
 
 _CALLBACK_LIMIT: Final = 64  # bytes of callback_data
+BOT_API_DOWNLOAD_LIMIT: Final = 20 * 1024 * 1024  # getFile refuses bigger files
+_CHUNK: Final = 64 * 1024
 
 
 def _fits(callback_data: str) -> bool:
@@ -63,8 +71,11 @@ class TelegramReplyChannel:
         is_private: bool = True,
         asker: str | None = None,
         adopt: Sequence[str] = (),
+        max_file_bytes: int | None = None,
     ) -> None:
         self._t = transport
+        limit = BOT_API_DOWNLOAD_LIMIT
+        self._file_limit = min(limit, max_file_bytes) if max_file_bytes else limit
         self._adopt = tuple(adopt)  # messages on screen the streamed reply takes over
         self._asker = asker
         self._chat_id = chat_id
@@ -288,6 +299,64 @@ class TelegramReplyChannel:
             )
         except TelegramError as exc:
             raise self._translate(exc) from exc
+
+    # --- FileSource ---
+
+    async def download(self, attachment: Attachment, destination: Path) -> int:
+        """Fetch a document the user sent into ``destination``; return its size in bytes.
+
+        A size over the limit (the Bot API's 20 MB, or ``KB_MAX_FILE_MB`` when lower) is
+        refused before anything is fetched: first from the size the message carried, then
+        from ``getFile``'s, and while streaming when neither said.
+
+        Raises:
+            DownloadRefused: the file is too big (``user_message`` says the limit).
+            AdapterError: Telegram refused or could not be reached. Nothing is left at
+                ``destination`` after a failure.
+        """
+        limit = self._file_limit
+        check_size(attachment.size, limit, attachment.name)
+        bot = self._t.app.bot
+        timeout = self._t.settings.request_timeout
+        try:
+            file = await bot.get_file(attachment.ref)
+        except BadRequest as exc:
+            if "file is too big" in exc.message.lower():
+                raise DownloadRefused(
+                    f"Telegram refused to hand over {attachment.name!r}: {exc.message}",
+                    f"Telegram lets bots download files of up to "
+                    f"{BOT_API_DOWNLOAD_LIMIT // (1024 * 1024)} MB; this one is bigger.",
+                ) from exc
+            raise AdapterError(f"Telegram getFile failed: {exc.message}") from exc
+        except TelegramError as exc:
+            raise AdapterError(f"Telegram getFile failed: {exc}") from exc
+        check_size(file.file_size, limit, attachment.name)
+        path = file.file_path
+        if not path:
+            raise AdapterError("Telegram getFile returned no file_path")
+        if not path.startswith(("http://", "https://")):  # a local Bot API server's own disk
+            return await save_stream(_read_local(Path(path)), destination, limit=limit)
+        try:
+            async with (
+                httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client,
+                client.stream("GET", path) as response,
+            ):
+                if response.status_code != 200:
+                    # The URL carries the bot token: never put it in the message.
+                    raise AdapterError(
+                        f"Telegram file download failed: HTTP {response.status_code}"
+                    )
+                return await save_stream(
+                    response.aiter_bytes(_CHUNK), destination, limit=limit, name=attachment.name
+                )
+        except httpx.HTTPError as exc:  # save_stream removed what it had written
+            raise AdapterError(f"Telegram file download failed: {type(exc).__name__}") from None
+
+
+async def _read_local(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as file:
+        while chunk := await asyncio.to_thread(file.read, _CHUNK):
+            yield chunk
 
 
 class _Surface:

@@ -26,7 +26,7 @@ import itertools
 import json
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -293,6 +293,9 @@ class FakeDiscord:
         self._port = 0
         self._sockets: set[web.WebSocketResponse] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._files: dict[str, bytes] = {}  # attachment path -> bytes (the CDN)
+        self.downloads: list[str] = []  # attachment paths fetched, in order
+        self.cdn_expired = False  # True: every attachment URL answers 404, as expired ones do
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -300,6 +303,7 @@ class FakeDiscord:
         app = web.Application()
         app.router.add_get("/gateway", self._gateway)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{channel}/{id}/{filename}", self._cdn)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -500,6 +504,7 @@ class FakeDiscord:
         mention_bot: bool = False,
         reply_to: str | None = None,
         attachments: int = 0,
+        files: Sequence[tuple[str, bytes, str | None]] = (),
         sticker: bool = False,
         embed: bool = False,
         ping: bool = False,
@@ -508,6 +513,8 @@ class FakeDiscord:
 
         ``mention_bot`` prefixes ``<@bot>`` (a real mention); ``reply_to`` is the id of the
         message it replies to (``ping`` keeps the client's "mention the author" switch on).
+        ``attachments`` adds that many small PNG images; ``files`` attaches (name, bytes,
+        content type) files, served from a signed-looking CDN URL on the fake.
         """
         channel = self.channels[channel_id]
         mentions: list[FakeUser] = []
@@ -529,6 +536,21 @@ class FakeDiscord:
             }
             for i in range(attachments)
         ]
+        for name, data, content_type in files:
+            attachment_id = self._ids.next()
+            path = f"/attachments/{channel_id}/{attachment_id}/{name}"
+            self._files[path] = data
+            url = f"http://127.0.0.1:{self._port}{path}?ex=67a0&is=679e&hm=f00d"
+            item: dict[str, Any] = {
+                "id": attachment_id,
+                "filename": name,
+                "size": len(data),
+                "url": url,
+                "proxy_url": url,
+            }
+            if content_type:
+                item["content_type"] = content_type
+            atts.append(item)
         stickers = [{"id": self._ids.next(), "name": "wave", "format_type": 1}] if sticker else None
         embeds = [{"type": "rich", "title": "a link"}] if embed else None
         payload = self._message_payload(
@@ -547,6 +569,21 @@ class FakeDiscord:
         self.messages[msg_id] = message
         await self.dispatch("MESSAGE_CREATE", payload)
         return message
+
+    async def _cdn(self, request: web.Request) -> web.StreamResponse:
+        """An attachment's bytes, in pieces (404 once expired, as Discord's signed URLs)."""
+        data = self._files.get(request.path)
+        if data is None or self.cdn_expired or "hm" not in request.query:
+            return web.Response(status=404, text="This content is no longer available.")
+        self.downloads.append(request.path)
+        response = web.StreamResponse()
+        response.content_length = len(data)
+        response.content_type = "application/octet-stream"
+        await response.prepare(request)
+        for start in range(0, len(data), 65536):
+            await response.write(data[start : start + 65536])
+        await response.write_eof()
+        return response
 
     async def redeliver(self, message_id: str) -> None:
         """Deliver MESSAGE_CREATE for an existing message again (a replay)."""

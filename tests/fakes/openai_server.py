@@ -4,7 +4,8 @@ It speaks the real wire format: ``POST /v1/chat/completions`` (streamed as serve
 ``chat.completion.chunk`` events ending in ``data: [DONE]``, with the final usage chunk of
 empty ``choices`` when ``stream_options.include_usage`` is set, or one ``chat.completion``
 object) and ``GET /v1/models``; errors come back with the real ``{"error": {...}}`` bodies
-and status codes.
+and status codes. ``POST /v1/embeddings`` answers with deterministic word-hashing vectors
+(``tests/fakes/openai_embeddings.py``); 429 and 5xx faults apply to it too.
 
 Replies are deterministic functions of the request. Faults are queued per test and consumed
 by the next chat requests in order: 429 with ``Retry-After``, 5xx, a hang before the first
@@ -30,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.openai_embeddings import EMBEDDING_MODELS, embeddings_answer
 
 with warnings.catch_warnings():
     # bpe_openai 0.1.x warns (DeprecationWarning, importlib.resources.open_binary) on import.
@@ -226,6 +229,10 @@ def _invalid(body: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _count_tokens(text: str) -> int:
+    return len(_ENCODING.encode_ordinary(text))
+
+
 def _limited(answer: FakeReply, limit: Any) -> tuple[FakeReply, str]:
     """``answer`` cut to ``limit`` tokens, and its ``finish_reason``."""
     if answer.tool_calls:
@@ -262,6 +269,7 @@ class FakeOpenAIServer:
         published: extra fields per model in ``/v1/models`` (``{"m": {"max_model_len": 4096}}``).
         props: llama.cpp's ``/props`` document (404 when ``None``).
         ollama_show: Ollama's ``/api/show`` answer per model (404 when ``None``).
+        embedding_models: the models ``/v1/embeddings`` serves, with their dimension.
     """
 
     def __init__(
@@ -278,7 +286,9 @@ class FakeOpenAIServer:
         published: Mapping[str, Mapping[str, Any]] | None = None,
         props: Mapping[str, Any] | None = None,
         ollama_show: Mapping[str, Mapping[str, Any]] | None = None,
+        embedding_models: Mapping[str, int] = EMBEDDING_MODELS,
     ) -> None:
+        self.embedding_models = dict(embedding_models)
         self.overflow_style = overflow_style
         self.published = dict(published or {})
         self.props = props
@@ -306,6 +316,7 @@ class FakeOpenAIServer:
             return
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/props", self._props)
         app.router.add_post("/api/show", self._show)
@@ -336,6 +347,10 @@ class FakeOpenAIServer:
     @property
     def chat_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    @property
+    def embedding_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/embeddings")]
 
     @property
     def tools_offered(self) -> list[list[str]]:
@@ -460,6 +475,25 @@ class FakeOpenAIServer:
         if self.ollama_show is None or model not in self.ollama_show:
             return web.json_response({"error": f"model '{model}' not found"}, status=404)
         return web.json_response(dict(self.ollama_show[model]))
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        if (refused := self._auth_error(request)) is not None:
+            return refused
+        fault = self._next_fault()
+        if fault is not None and fault.kind == "429":
+            headers = {"retry-after": fault.retry_after} if fault.retry_after else {}
+            return _error(
+                429,
+                "Rate limit reached on requests per min (RPM).",
+                "requests",
+                fault.code,
+                **headers,
+            )
+        if fault is not None and fault.kind == "5xx":
+            return _error(fault.status, "The server had an error.", "server_error", None)
+        status, answer = embeddings_answer(body, self.embedding_models, _count_tokens)
+        return web.json_response(answer, status=status)
 
     async def _overflow(
         self, request: web.Request, body: Mapping[str, Any], used: int, limit: int

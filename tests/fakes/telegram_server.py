@@ -15,6 +15,9 @@ Point a bot at it with ``TELEGRAM_API_BASE_URL=<fake.base_url>``; the fake answe
   the whole bot, so a call to *any* chat inside it is premature (calls already on the wire
   when the 429 was answered, :attr:`FakeTelegram.in_flight`, are not counted);
 * chats marked blocked answer ``Forbidden: bot was blocked by the user``;
+* files: a user's document (:meth:`FakeTelegram.send_document`) is fetched with ``getFile``
+  (``Bad Request: file is too big`` over the Bot API's 20 MB download limit) and then from
+  ``/file/bot<token>/<file_path>``, streamed; :attr:`FakeTelegram.downloads` lists them;
 * :meth:`FakeTelegram.answer_late` applies the next calls of a method at once but answers
   them only after a delay (a slow Telegram that did deliver: the client times out).
 
@@ -362,6 +365,8 @@ class FakeMessage:
     reply_markup: dict[str, Any] | None = None
     document: tuple[str, bytes] | None = None
     caption: str | None = None
+    mime_type: str | None = None
+    size_known: bool = True  # whether the update carries the document's file_size
     kind: str = "text"
     date: int = field(default_factory=lambda: int(time.time()))
     deleted: bool = False
@@ -369,6 +374,11 @@ class FakeMessage:
 
     def entity_types(self) -> set[str]:
         return {entity.type for entity in self.entities}
+
+    @property
+    def file_id(self) -> str:
+        """The id of the message's document (unique across chats, as Telegram's are)."""
+        return f"doc{self.chat.id}_{self.message_id}"
 
     def to_dict(self, fake: FakeTelegram, *, with_reply: bool = True) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -384,13 +394,21 @@ class FakeMessage:
         elif self.kind == "document" and self.document:
             name, blob = self.document
             data["document"] = {
-                "file_id": f"doc{self.message_id}",
-                "file_unique_id": f"udoc{self.message_id}",
+                "file_id": self.file_id,
+                "file_unique_id": f"u{self.file_id}",
                 "file_name": name,
-                "file_size": len(blob),
             }
+            if self.size_known:
+                data["document"]["file_size"] = len(blob)
+            if self.mime_type:
+                data["document"]["mime_type"] = self.mime_type
             if self.caption:
                 data["caption"] = self.caption
+                if self.caption.startswith("/"):
+                    command = self.caption.split()[0]
+                    data["caption_entities"] = [
+                        {"type": "bot_command", "offset": 0, "length": utf16_len(command)}
+                    ]
         elif self.kind == "sticker":
             data["sticker"] = {
                 "file_id": "sticker1",
@@ -465,6 +483,7 @@ _JSON_PARAMS = {
     "scope",
     "link_preview_options",
 }
+BOT_API_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # getFile refuses bigger files ("file is too big")
 _INT_PARAMS = {"message_id", "message_thread_id", "offset", "limit", "timeout", "max_connections"}
 _NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup "
@@ -529,6 +548,9 @@ class FakeTelegram:
         self._closing = False
         self._poll_generation = 0
         self.conflicts = 0  # long polls ended by another getUpdates (409 Conflict)
+        self._files: dict[str, bytes] = {}  # file_id -> bytes (documents users and the bot sent)
+        self._file_paths: dict[str, str] = {}  # file_path (getFile) -> file_id
+        self.downloads: list[str] = []  # file_paths fetched from /file/bot<token>/..., in order
 
     # --- lifecycle ---
 
@@ -542,6 +564,7 @@ class FakeTelegram:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{file_path:.+}", self._file)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
@@ -651,6 +674,39 @@ class FakeTelegram:
             thread_id=thread_id,
             reply_to=reply_to,
         )
+        self._store(message)
+        self._enqueue({"message": message.to_dict(self)})
+        return message
+
+    def send_document(
+        self,
+        chat: FakeChat,
+        user: FakeUser,
+        name: str,
+        data: bytes,
+        *,
+        caption: str | None = None,
+        mime_type: str | None = "text/plain",
+        reply_to: int | None = None,
+        size_known: bool = True,
+    ) -> FakeMessage:
+        """A user sends ``data`` as a document named ``name`` (a ``/command`` caption included).
+
+        ``size_known=False`` leaves ``file_size`` out of the update (Telegram may).
+        """
+        message = FakeMessage(
+            self._message_id(chat.id),
+            chat,
+            user,
+            "",
+            kind="document",
+            document=(name, data),
+            caption=caption,
+            mime_type=mime_type,
+            reply_to=reply_to,
+            size_known=size_known,
+        )
+        self._files[message.file_id] = data
         self._store(message)
         self._enqueue({"message": message.to_dict(self)})
         return message
@@ -1078,6 +1134,40 @@ class FakeTelegram:
         return self._bot_message(
             chat, params, text="", kind="document", document=document, caption=caption
         ).to_dict(self)
+
+    async def _api_getFile(self, params: dict[str, Any], now: float) -> Any:
+        file_id = str(params.get("file_id") or "")
+        data = self._files.get(file_id)
+        if data is None:
+            raise _ApiError(400, "Bad Request: invalid file_id")
+        if len(data) > BOT_API_DOWNLOAD_LIMIT:
+            raise _ApiError(400, "Bad Request: file is too big")
+        file_path = f"documents/file_{file_id}.bin"
+        self._file_paths[file_path] = file_id
+        return {
+            "file_id": file_id,
+            "file_unique_id": f"u{file_id}",
+            "file_size": len(data),
+            "file_path": file_path,
+        }
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        """``GET /file/bot<token>/<file_path>``: the bytes, in pieces."""
+        file_id = self._file_paths.get(request.match_info["file_path"])
+        if request.match_info["token"] != self.token or file_id is None:
+            return web.json_response(
+                {"ok": False, "error_code": 404, "description": "Not Found"}, status=404
+            )
+        data = self._files[file_id]
+        self.downloads.append(request.match_info["file_path"])
+        response = web.StreamResponse()
+        response.content_length = len(data)
+        response.content_type = "application/octet-stream"
+        await response.prepare(request)
+        for start in range(0, len(data), 65536):
+            await response.write(data[start : start + 65536])
+        await response.write_eof()
+        return response
 
     async def _api_answerCallbackQuery(self, params: dict[str, Any], now: float) -> Any:
         if not params.get("callback_query_id"):
