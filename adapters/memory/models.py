@@ -28,6 +28,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -292,6 +293,68 @@ class MetaRow(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class KbDocumentRow(Base):
+    """A knowledge-base document of a scope (bot, kind, owner); see migration 0006.
+
+    Ids are never reused (AUTOINCREMENT on SQLite): a user's ``/kb remove ID`` and the
+    knowledge store's vector cache both rely on it. ``version`` counts re-embeddings.
+    """
+
+    __tablename__ = "kb_documents"
+    __table_args__ = (
+        Index("ix_kb_documents_scope", "bot", "scope_kind", "scope_owner"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    bot: Mapped[str] = mapped_column(String(64))
+    scope_kind: Mapped[str] = mapped_column(String(8))
+    scope_owner: Mapped[str] = mapped_column(String())
+    title: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    pages: Mapped[int | None] = mapped_column(Integer)
+    chunks: Mapped[int] = mapped_column(Integer)
+    embedder: Mapped[str] = mapped_column(String(128))
+    dimension: Mapped[int] = mapped_column(Integer)
+    added_by: Mapped[str] = mapped_column(String())
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+
+
+class KbChunkRow(Base):
+    """A chunk of a document with its vector (float32, little-endian) and its scope.
+
+    The scope columns are copied from the document so that a search filters chunks by scope
+    before it ranks them. Keyword search uses objects the models do not describe, created by
+    migration 0006: the FTS5 table ``kb_chunks_fts`` with its triggers (SQLite) and the GIN
+    index ``ix_kb_chunks_text_tsv`` on ``to_tsvector('simple', text)`` (PostgreSQL).
+    """
+
+    __tablename__ = "kb_chunks"
+    __table_args__ = (
+        Index("ix_kb_chunks_scope", "bot", "scope_kind", "scope_owner"),
+        Index("ix_kb_chunks_document_id_position", "document_id", "position"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    document_id: Mapped[int] = mapped_column(Id, ForeignKey("kb_documents.id", ondelete="CASCADE"))
+    bot: Mapped[str] = mapped_column(String(64))
+    scope_kind: Mapped[str] = mapped_column(String(8))
+    scope_owner: Mapped[str] = mapped_column(String())
+    position: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    page: Mapped[int | None] = mapped_column(Integer)
+    heading: Mapped[str | None] = mapped_column(Text)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+KB_UNMODELLED: frozenset[str] = frozenset({"kb_chunks_fts", "ix_kb_chunks_text_tsv"})
+"""Keyword-search objects of migration 0006 the models leave out (and their FTS5 shadow
+tables, ``kb_chunks_fts_*``): schema comparisons skip them by name."""
 
 
 metadata = Base.metadata

@@ -15,7 +15,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, make_url
 
 from adapters.memory import migrate
-from adapters.memory.models import metadata
+from adapters.memory.models import KB_UNMODELLED, metadata
 from adapters.memory.store import SqlMemoryStore
 from core.types import ConversationKey
 from tests.adapters.memory.store_helpers import user_msg
@@ -31,12 +31,28 @@ TABLES = {
     "leases",
     "pending_tool_calls",
     "tool_audit",
+    "kb_documents",
+    "kb_chunks",
 }
+KB_TABLES = {"kb_documents", "kb_chunks"}
+
+
+def modelled(name: str | None) -> bool:
+    """Whether the models describe a schema object (not the knowledge base's keyword search)."""
+    return not name or not (name in KB_UNMODELLED or name.startswith("kb_chunks_fts_"))
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    return modelled(name)
 
 
 async def schema_diff(url: str) -> list[Any]:
     def diff(connection: Connection) -> list[Any]:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_object": include_object}
+        )
         return list(compare_metadata(context, metadata))
 
     engine = migrate.migration_engine(url)
@@ -54,7 +70,22 @@ async def table_names(url: str) -> set[str]:
             names = await connection.run_sync(lambda c: inspect(c).get_table_names())
     finally:
         await engine.dispose()
-    return set(names) - {"alembic_version"}
+    return {name for name in names if modelled(name)} - {"alembic_version"}
+
+
+async def raw_names(url: str) -> set[str]:
+    """The keyword-search objects of 0006 in the database (FTS5 table, triggers, GIN index)."""
+    if url.startswith("sqlite"):
+        query = "SELECT name FROM sqlite_master WHERE name LIKE 'kb_chunks_fts%'"
+    else:
+        query = "SELECT indexname FROM pg_indexes WHERE indexname = 'ix_kb_chunks_text_tsv'"
+    engine = migrate.migration_engine(url)
+    try:
+        async with engine.connect() as connection:
+            rows = (await connection.execute(text(query))).all()
+    finally:
+        await engine.dispose()
+    return {row[0] for row in rows}
 
 
 async def test_upgrade_head_on_an_empty_database_matches_the_models(db_url: str) -> None:
@@ -81,7 +112,7 @@ async def test_revision_0003_lacks_only_the_owner_leases(db_url: str) -> None:
     await migrate.upgrade(db_url, "0003")
     diff = await schema_diff(db_url)
     added = {entry[-1].name for entry in diff if entry[0] in ("add_table", "add_column")}
-    assert added == {"instances", "leases", "owner", "pending_tool_calls", "tool_audit"}
+    assert added == {"instances", "leases", "owner", "pending_tool_calls", "tool_audit"} | KB_TABLES
     assert {entry[0] for entry in diff} <= {"add_table", "add_column", "add_index"}
 
 
@@ -90,7 +121,23 @@ async def test_revision_0004_lacks_only_the_tool_tables(db_url: str) -> None:
     diff = await schema_diff(db_url)
     assert {entry[0] for entry in diff} == {"add_table", "add_index"}
     added = {entry[-1].name for entry in diff if entry[0] == "add_table"}
-    assert added == {"pending_tool_calls", "tool_audit"}
+    assert added == {"pending_tool_calls", "tool_audit"} | KB_TABLES
+
+
+async def test_revision_0005_lacks_only_the_knowledge_base(db_url: str) -> None:
+    await migrate.upgrade(db_url, "0005")
+    diff = await schema_diff(db_url)
+    assert {entry[0] for entry in diff} == {"add_table", "add_index"}
+    assert {entry[-1].name for entry in diff if entry[0] == "add_table"} == KB_TABLES
+    assert await raw_names(db_url) == set()
+    await migrate.upgrade(db_url)
+    assert await schema_diff(db_url) == []
+    if db_url.startswith("sqlite"):
+        assert {"kb_chunks_fts", "kb_chunks_fts_insert", "kb_chunks_fts_delete"} <= (
+            await raw_names(db_url)
+        )
+    else:
+        assert await raw_names(db_url) == {"ix_kb_chunks_text_tsv"}
 
 
 async def test_0005_down_and_up_keeps_the_history(db_url: str) -> None:
@@ -101,7 +148,7 @@ async def test_0005_down_and_up_keeps_the_history(db_url: str) -> None:
         await store.append_messages(conv.id, [user_msg("kept", "u1")])
     await migrate.downgrade(db_url, "0004")
     assert await migrate.current(db_url) == "0004"
-    assert await table_names(db_url) == TABLES - {"pending_tool_calls", "tool_audit"}
+    assert await table_names(db_url) == TABLES - {"pending_tool_calls", "tool_audit"} - KB_TABLES
     assert await schema_diff(db_url) != []
     await migrate.upgrade(db_url)
     assert await schema_diff(db_url) == []
@@ -112,6 +159,10 @@ async def test_0005_down_and_up_keeps_the_history(db_url: str) -> None:
 
 async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     await migrate.upgrade(db_url)
+    await migrate.downgrade(db_url)
+    assert await migrate.current(db_url) == "0005"
+    assert await table_names(db_url) == TABLES - KB_TABLES
+    assert await raw_names(db_url) == set(), "the keyword-search objects go with 0006"
     await migrate.downgrade(db_url)
     assert await migrate.current(db_url) == "0004"
     await migrate.downgrade(db_url)

@@ -1,0 +1,183 @@
+"""What every knowledge store shares: vector checks, the dense index, and rank fusion.
+
+Vendor-free apart from numpy (no database library), so the in-memory and the SQL knowledge
+stores rank in exactly the same way: cosine over the scope's unit vectors (a matrix product),
+keyword ranking by the store's own means, the two fused by reciprocal rank (k = 60).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from core.errors import KbError
+from core.knowledge import NewDocument
+
+RRF_K: Final = 60
+"""The reciprocal-rank-fusion constant: a chunk at rank r of a list scores 1 / (RRF_K + r)."""
+
+_WORD: Final = re.compile(r"\w+")
+_MAX_QUERY_WORDS: Final = 32
+
+Matrix = npt.NDArray[np.float32]
+
+
+def query_words(text: str) -> list[str]:
+    """The distinct lower-cased words of a question, in order (at most 32).
+
+    Only word characters survive, so the words are safe to quote into an FTS5 or
+    ``tsquery`` expression whatever the user typed.
+    """
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(text.lower()):
+        seen.setdefault(word, None)
+        if len(seen) == _MAX_QUERY_WORDS:
+            break
+    return list(seen)
+
+
+def depth(limit: int) -> int:
+    """How many candidates each ranking contributes to the fusion for ``limit`` results."""
+    return max(4 * limit, 40)
+
+
+def check_document(document: NewDocument) -> None:
+    """Raise ``KbError`` unless ``document`` has one finite vector of its dimension per chunk."""
+    if document.dimension < 1:
+        raise KbError(f"embedder {document.embedder!r} reports dimension {document.dimension}")
+    if len(document.vectors) != len(document.chunks):
+        raise KbError(
+            f"{len(document.chunks)} chunks but {len(document.vectors)} vectors for "
+            f'"{document.title}"'
+        )
+    for vector in document.vectors:
+        check_vector(vector, document.dimension, document.embedder)
+
+
+def check_vector(vector: Sequence[float], dimension: int, embedder: str) -> None:
+    """Raise ``KbError`` unless ``vector`` has ``dimension`` finite numbers."""
+    if len(vector) != dimension:
+        raise KbError(
+            f"embedder {embedder!r} gave a vector of {len(vector)} numbers, expected {dimension}"
+        )
+    if not all(math.isfinite(x) for x in vector):
+        raise KbError(f"embedder {embedder!r} gave a vector with a non-finite number")
+
+
+def to_blob(vector: Sequence[float]) -> bytes:
+    """A vector as stored in SQL: float32, little-endian."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def from_blob(blob: bytes) -> list[float]:
+    """The vector :func:`to_blob` stored."""
+    return [float(x) for x in np.frombuffer(blob, dtype="<f4")]
+
+
+@dataclass(frozen=True, slots=True)
+class VectorIndex:
+    """The chunk ids of some scopes with their vectors as rows of a normalised matrix.
+
+    Build it with :meth:`build`; a store caches one per set of scopes and drops it when a
+    document of those scopes is added, removed or re-embedded.
+    """
+
+    ids: npt.NDArray[np.int64]
+    matrix: Matrix
+
+    @staticmethod
+    def build(rows: Sequence[tuple[int, bytes | Sequence[float]]], dimension: int) -> VectorIndex:
+        """An index of ``rows`` (chunk id, vector or its blob) of ``dimension``, ids ascending."""
+        ordered = sorted(rows, key=lambda row: row[0])
+        matrix = np.zeros((len(ordered), dimension), dtype=np.float32)
+        for i, (_, vector) in enumerate(ordered):
+            if isinstance(vector, bytes):
+                matrix[i] = np.frombuffer(vector, dtype="<f4")
+            else:
+                matrix[i] = np.asarray(vector, dtype=np.float32)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        matrix /= np.where(norms == 0, 1.0, norms).astype(np.float32)
+        ids = np.fromiter((row[0] for row in ordered), dtype=np.int64, count=len(ordered))
+        return VectorIndex(ids, matrix)
+
+    @property
+    def dimension(self) -> int:
+        """The vectors' length."""
+        return int(self.matrix.shape[1])
+
+    def top(self, vector: Sequence[float], count: int) -> list[tuple[int, float]]:
+        """The ``count`` chunks most similar to ``vector``: (chunk id, cosine), best first.
+
+        Equal cosines keep id order. A vector of another length or of zero length finds
+        nothing.
+        """
+        if len(self.ids) == 0 or len(vector) != self.dimension or count < 1:
+            return []
+        query = np.asarray(vector, dtype=np.float32)
+        norm = float(np.linalg.norm(query))
+        if norm == 0.0 or not math.isfinite(norm):
+            return []
+        scores = self.matrix @ (query / norm)
+        if count < len(scores):
+            # argpartition picks the candidates; the stable sort orders them (ties by id).
+            picked = np.argpartition(-scores, count - 1)[:count]
+            order = picked[np.argsort(-scores[picked], kind="stable")]
+            threshold = scores[order[-1]]
+            # Rows tied with the last one may sit outside the partition: take the lowest ids.
+            tied = np.flatnonzero(scores == threshold)
+            kept = [int(i) for i in order if scores[i] > threshold]
+            kept += [int(i) for i in tied[: count - len(kept)]]
+        else:
+            kept = [int(i) for i in np.argsort(-scores, kind="stable")]
+        return [(int(self.ids[i]), float(scores[i])) for i in kept]
+
+
+@dataclass(frozen=True, slots=True)
+class Fused:
+    """One chunk of a fused ranking: its id, its cosine (0 unless dense found it), rank."""
+
+    chunk_id: int
+    score: float
+    rank: int
+    keyword: bool
+
+
+def fuse(dense: Sequence[tuple[int, float]], keyword: Sequence[int], limit: int) -> list[Fused]:
+    """Reciprocal-rank fusion of a dense ranking (id, cosine) and a keyword ranking (ids).
+
+    Returns the best ``limit`` chunks; equal fused scores go to the better cosine, then to
+    the lower id, so the order is deterministic.
+    """
+    fused: dict[int, float] = {}
+    cosine: dict[int, float] = {}
+    for rank, (chunk_id, score) in enumerate(dense, start=1):
+        fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+        cosine[chunk_id] = score
+    found = set(keyword)
+    for rank, chunk_id in enumerate(keyword, start=1):
+        fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+    best = sorted(fused, key=lambda c: (-fused[c], -cosine.get(c, 0.0), c))[: max(limit, 0)]
+    return [
+        Fused(chunk_id, cosine.get(chunk_id, 0.0), rank, chunk_id in found)
+        for rank, chunk_id in enumerate(best, start=1)
+    ]
+
+
+__all__ = [
+    "RRF_K",
+    "Fused",
+    "VectorIndex",
+    "check_document",
+    "check_vector",
+    "depth",
+    "from_blob",
+    "fuse",
+    "query_words",
+    "to_blob",
+]
