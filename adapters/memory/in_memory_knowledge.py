@@ -35,7 +35,7 @@ from core.knowledge import (
     ScopeKind,
 )
 
-_WORD: Final = re.compile(r"\w+")
+_WORD: Final = re.compile(r"[^\W_]+")
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ from core.knowledge import NewDocument
 RRF_K: Final = 60
 """The reciprocal-rank-fusion constant: a chunk at rank r of a list scores 1 / (RRF_K + r)."""
 
-_WORD: Final = re.compile(r"\w+")
+_WORD: Final = re.compile(r"[^\W_]+")
 _MAX_QUERY_WORDS: Final = 32
 
 Matrix = npt.NDArray[np.float32]
@@ -95,12 +95,17 @@ class VectorIndex:
     def build(rows: Sequence[tuple[int, bytes | Sequence[float]]], dimension: int) -> VectorIndex:
         """An index of ``rows`` (chunk id, vector or its blob) of ``dimension``, ids ascending."""
         ordered = sorted(rows, key=lambda row: row[0])
-        matrix = np.zeros((len(ordered), dimension), dtype=np.float32)
-        for i, (_, vector) in enumerate(ordered):
-            if isinstance(vector, bytes):
-                matrix[i] = np.frombuffer(vector, dtype="<f4")
-            else:
-                matrix[i] = np.asarray(vector, dtype=np.float32)
+        blobs = [vector for _, vector in ordered if isinstance(vector, bytes)]
+        if len(blobs) == len(ordered) and all(len(b) == 4 * dimension for b in blobs):
+            flat = np.frombuffer(b"".join(blobs), dtype="<f4")
+            matrix = flat.astype(np.float32).reshape(len(ordered), dimension)
+        else:
+            matrix = np.zeros((len(ordered), dimension), dtype=np.float32)
+            for i, (_, vector) in enumerate(ordered):
+                if isinstance(vector, bytes):
+                    matrix[i] = np.frombuffer(vector, dtype="<f4")
+                else:
+                    matrix[i] = np.asarray(vector, dtype=np.float32)
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
         matrix /= np.where(norms == 0, 1.0, norms).astype(np.float32)
         ids = np.fromiter((row[0] for row in ordered), dtype=np.int64, count=len(ordered))
