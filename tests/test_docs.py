@@ -14,7 +14,14 @@ from adapters.llm.openai import OpenAISettings
 from adapters.memory.settings import MemorySettings
 from adapters.telegram.settings import TelegramSettings
 from bots.config import BotSettings
-from core.settings import AccessSettings, ChinwagSettings, CoreSettings, LLMSettings, ToolSettings
+from core.settings import (
+    AccessSettings,
+    ChinwagSettings,
+    CoreSettings,
+    KbSettings,
+    LLMSettings,
+    ToolSettings,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS: list[type[ChinwagSettings]] = [
@@ -29,6 +36,7 @@ COMPONENTS: list[type[ChinwagSettings]] = [
     TelegramSettings,
     DiscordSettings,
     HomeAssistantSettings,
+    KbSettings,
 ]
 VARIABLES = sorted(
     f"{cls.model_config.get('env_prefix') or ''}{name}".upper()
