@@ -33,7 +33,7 @@ from tests.adapters.kb.wiring import PAGE_2, QUESTION, router_pdf, system_prompt
 from tests.fakes.discord_server import FakeDiscord, FakeUser
 from tests.fakes.openai_server import FakeOpenAIServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+pytestmark = pytest.mark.timeout(90)  # about a second each: not slow
 
 BOT = "dckb"
 ANSWER = "Error E-4711 means the cooling fan is stuck; clean it with a soft brush [1]."

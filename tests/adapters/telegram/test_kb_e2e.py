@@ -177,6 +177,25 @@ async def test_a_file_without_kb_add_is_not_ingested_and_gets_the_hint(world: Wo
     assert await world.say(BOB, QUESTION) == ["I have no documents about that."]  # no Sources
 
 
+async def test_replying_kb_add_to_the_hinted_file_adds_it(world: World) -> None:
+    chat = private(ROOT)
+    sent = world.telegram.send_document(
+        chat, ROOT, "router.pdf", world.pdf, mime_type="application/pdf"
+    )
+    assert await world.said(chat, 0, 1) == [FILE_HINT]
+    world.telegram.send_text(chat, ROOT, "/kb add", reply_to=sent.message_id)
+    adding, report = await world.said(chat, 1, 2)
+    assert adding == 'Adding "router.pdf"...'
+    assert ADDED.fullmatch(report), report
+
+    [document] = await world.documents()
+    assert await world.say(ROOT, "/kb") == [
+        f'Documents I answer from here:\n#{document.id} "router.pdf": 2 chunks, 2 pages (bot)\n'
+        "Remove one with /kb remove ID."
+    ]
+    assert await world.say(BOB, QUESTION, replies=2) == [ANSWER, "Sources:\n[1] router.pdf, p. 2"]
+
+
 async def test_a_non_admins_kb_add_is_refused(world: World) -> None:
     assert await world.upload(BOB, "/kb add", replies=1) == [REFUSED]
     assert await world.documents() == []
