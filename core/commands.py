@@ -376,7 +376,8 @@ class BuiltinCommands:
         documents = ""
         if self.on_forget is not None:
             count = await self.on_forget(self._bot_name, platform, user_id)
-            documents = f", {count} document{'' if count == 1 else 's'}"
+            if count:  # only worth saying when there were some
+                documents = f", {count} document{'' if count == 1 else 's'}"
         # Forgetting is rare; dropping the caches whole also covers shared conversations.
         self._sessions.clear()
         self._history.clear()
