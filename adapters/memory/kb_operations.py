@@ -24,6 +24,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Connection, Row
 
 from adapters.memory.kb_search import to_blob
+from adapters.memory.kb_words import affordable
 from adapters.memory.models import KbChunkRow, KbDocumentRow
 from core.errors import KbError
 from core.knowledge import ChunkDraft, DocumentInfo, KbScope, NewDocument, ScopeKind
@@ -278,10 +279,22 @@ def _fts5(
 ) -> list[int]:
     """Keyword search on SQLite: FTS5's own ``ORDER BY rank LIMIT``, then the scope filter.
 
-    FTS5 ranks the best matches of every scope itself (no join per match); the filter keeps
+    Words in so many chunks that ranking them would be slow are left out
+    (:func:`~adapters.memory.kb_words.affordable`, their counts from the ``fts5vocab`` table
+    ``kb_chunks_fts_vocab``). FTS5 ranks the best matches of every scope itself (no join per
+    match); the filter keeps
     those of ``scopes``. When that leaves fewer than ``count`` of a full candidate list, the
     matches of other scopes crowded ours out: rank within ours instead (the slow way).
     """
+    counts = conn.execute(
+        text("SELECT term, doc FROM kb_chunks_fts_vocab WHERE term IN :words").bindparams(
+            bindparam("words", expanding=True)
+        ),
+        {"words": list(words)},
+    ).all()
+    words = affordable(words, {row[0]: row[1] for row in counts})
+    if not words:
+        return []
     # Each word is [^\W_]+ text: quoted, it is one FTS5 term whatever it says.
     query = " OR ".join(f'"{word}"' for word in words)
     limit = max(CANDIDATES, 5 * count)

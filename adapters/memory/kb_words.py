@@ -12,10 +12,15 @@ search: the vector ranking answers it alone.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 MAX_QUERY_WORDS: Final = 12
 """At most this many words of a question are searched for (the first ones)."""
+
+MATCH_BUDGET: Final = 10_000
+"""The most chunk matches a keyword query should rank, summed over its words (see
+:func:`affordable`): ranking costs a few microseconds a match."""
 
 _WORD: Final = re.compile(r"[^\W_]+")
 
@@ -64,4 +69,32 @@ def query_words(text: str) -> list[str]:
     return list(seen)
 
 
-__all__ = ["MAX_QUERY_WORDS", "STOP_WORDS", "all_words", "query_words", "searchable"]
+def affordable(
+    words: Sequence[str], matches: Mapping[str, int], budget: int = MATCH_BUDGET
+) -> list[str]:
+    """The rarest of ``words`` whose match counts sum to at most ``budget``, in their order.
+
+    ``matches`` holds how many chunks contain each word (a word it lacks counts 0). A word
+    in many chunks tells a ranking little and costs it much: at 100k chunks of one manual,
+    "object" or "function" is in tens of thousands. Such words are left to the vector
+    ranking; with fewer than ``budget`` chunks in all, the rarest word is always kept.
+    """
+    kept: set[str] = set()
+    spent = 0
+    for word in sorted(words, key=lambda w: matches.get(w, 0)):
+        spent += matches.get(word, 0)
+        if spent > budget:
+            break
+        kept.add(word)
+    return [word for word in words if word in kept]
+
+
+__all__ = [
+    "MATCH_BUDGET",
+    "MAX_QUERY_WORDS",
+    "STOP_WORDS",
+    "affordable",
+    "all_words",
+    "query_words",
+    "searchable",
+]

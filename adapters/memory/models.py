@@ -329,7 +329,8 @@ class KbChunkRow(Base):
 
     The scope columns are copied from the document so that a search filters chunks by scope
     before it ranks them. Keyword search uses objects the models do not describe, created by
-    migration 0006: the FTS5 table ``kb_chunks_fts`` with its triggers (SQLite); the stored
+    migration 0006: the FTS5 table ``kb_chunks_fts`` with its triggers and its vocabulary
+    ``kb_chunks_fts_vocab`` (SQLite); the stored
     generated column ``text_tsv`` (``to_tsvector('simple', text)``) and its GIN index
     ``ix_kb_chunks_text_tsv`` (PostgreSQL).
     """

@@ -8,7 +8,8 @@
   float32 little-endian bytes, and the document's scope columns copied so that a search
   filters by scope before ranking. Deleted with their document.
 * Keyword search, not described by the models: on SQLite the FTS5 table ``kb_chunks_fts``
-  (external content ``kb_chunks``, kept in sync by triggers); on PostgreSQL the stored
+  (external content ``kb_chunks``, kept in sync by triggers) and its ``fts5vocab`` table
+  ``kb_chunks_fts_vocab`` (how many chunks hold each word); on PostgreSQL the stored
   generated column ``kb_chunks.text_tsv`` (``to_tsvector('simple', text)``) and its GIN index
   ``ix_kb_chunks_text_tsv``.
 
@@ -43,6 +44,8 @@ _SQLITE_FTS = (
     "CREATE TRIGGER kb_chunks_fts_update AFTER UPDATE OF text ON kb_chunks BEGIN "
     "INSERT INTO kb_chunks_fts(kb_chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); "
     "INSERT INTO kb_chunks_fts(rowid, text) VALUES (new.id, new.text); END",
+    # How many chunks hold a word: a search leaves out words too common to rank quickly.
+    "CREATE VIRTUAL TABLE kb_chunks_fts_vocab USING fts5vocab('kb_chunks_fts', 'row')",
 )
 _POSTGRES_FTS = (
     # Stored, so that a search reads and ranks it rather than recomputing it for every row.
@@ -118,6 +121,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         for trigger in ("insert", "delete", "update"):
             op.execute(f"DROP TRIGGER IF EXISTS kb_chunks_fts_{trigger}")
+        op.execute("DROP TABLE IF EXISTS kb_chunks_fts_vocab")
         op.execute("DROP TABLE IF EXISTS kb_chunks_fts")
     else:
         op.execute("DROP INDEX IF EXISTS ix_kb_chunks_text_tsv")

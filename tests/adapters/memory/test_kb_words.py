@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapters.memory.kb_words import MAX_QUERY_WORDS, query_words
+from adapters.memory.kb_words import MAX_QUERY_WORDS, affordable, query_words
 
 
 def test_common_words_and_single_letters_are_not_searched_but_numbers_are() -> None:
@@ -23,3 +23,11 @@ def test_words_are_distinct_lower_case_and_capped() -> None:
 
 def test_words_are_letter_and_digit_runs_only() -> None:
     assert query_words('fuse" OR x:* NEAR(a b) && émigré_ñ') == ["fuse", "near", "émigré"]
+
+
+def test_the_commonest_words_are_left_out_when_ranking_them_would_be_slow() -> None:
+    words = ["object", "considered", "true", "xyzzy"]
+    matches = {"object": 67_000, "considered": 5_500, "true": 19_000}
+    assert affordable(words, matches, budget=10_000) == ["considered", "xyzzy"]
+    assert affordable(words, matches, budget=100_000) == ["object", "considered", "true", "xyzzy"]
+    assert affordable(["object"], matches, budget=10_000) == []
