@@ -2,8 +2,8 @@
 
 ``pydoc_data.topics`` (in the standard library: the text ``help()`` shows for keywords and
 topics) is a real public text written by the Python documentation team, not for this test.
-Each topic is one document, cut into chunks of about ``KB_CHUNK_CHARS`` characters with
-paragraphs kept together and an overlap (as ``chinwag kb add`` does).
+Each topic is one document: its blank-line separated paragraphs cut into chunks of at most
+``KB_CHUNK_CHARS`` characters by :func:`core.chunking.chunk`, as ``chinwag kb add`` does.
 
 Each question has a known answer: a distinctive phrase that the right chunk contains (every
 phrase is checked to be in the corpus before the run). A question is answered at k when one
@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from core.chunking import Block, chunk
 from core.knowledge import ChunkDraft
 
 QUESTIONS: tuple[tuple[str, str], ...] = (
@@ -84,41 +85,20 @@ class Document:
     chunks: list[ChunkDraft]
 
 
-def chunk_text(text: str, size: int = 800, overlap: int = 150) -> list[str]:
-    """Paragraphs packed up to ``size`` characters, long ones cut, ``overlap`` carried over."""
-    pieces: list[str] = []
-    for paragraph in (normal(p) for p in re.split(r"\n\s*\n", text)):
-        while len(paragraph) > size:
-            cut = paragraph.rfind(" ", size // 2, size)
-            cut = cut if cut > 0 else size
-            pieces.append(paragraph[:cut])
-            paragraph = paragraph[cut:].strip()
-        if paragraph:
-            pieces.append(paragraph)
-    chunks: list[str] = []
-    current = ""
-    for piece in pieces:
-        if current and len(current) + 1 + len(piece) > size:
-            chunks.append(current)
-            tail = current[-overlap:] if overlap else ""
-            tail = tail[tail.find(" ") + 1 :] if " " in tail else tail
-            current = f"{tail} {piece}".strip() if len(tail) + len(piece) < size else piece
-        else:
-            current = f"{current} {piece}".strip()
-    if current:
-        chunks.append(current)
-    return chunks
+def blocks(text: str) -> list[Block]:
+    """The paragraphs of a topic as the plain-text reader finds them (blank-line separated)."""
+    return [Block(part.strip()) for part in re.split(r"\n\s*\n", text) if part.strip()]
 
 
 def corpus(size: int = 800, overlap: int = 150) -> list[Document]:
-    """Every language reference topic of this Python, as chunked documents."""
+    """Every language reference topic of this Python, chunked as ``chinwag kb add`` does."""
     from pydoc_data.topics import topics
 
     documents = []
     for key in sorted(topics):
         text = str(topics[key])
         title = text.strip().splitlines()[0].strip() if text.strip() else key
-        drafts = [ChunkDraft(t, i) for i, t in enumerate(chunk_text(text, size, overlap))]
+        drafts = chunk(blocks(text), chars=size, overlap=overlap)
         documents.append(Document(f"{title} ({key})", drafts))
     return documents
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Final
 
 from adapters.memory.kb_search import (
     VectorIndex,
@@ -23,8 +21,8 @@ from adapters.memory.kb_search import (
     check_vector,
     depth,
     fuse,
-    query_words,
 )
+from adapters.memory.kb_words import all_words, query_words
 from core.errors import KbError
 from core.knowledge import (
     ChunkDraft,
@@ -34,8 +32,6 @@ from core.knowledge import (
     NewDocument,
     ScopeKind,
 )
-
-_WORD: Final = re.compile(r"[^\W_]+")
 
 
 @dataclass(slots=True)
@@ -123,7 +119,7 @@ class InMemoryKnowledgeStore:
         for draft, vector in zip(document.chunks, document.vectors, strict=True):
             chunk_id = self._next_chunk
             self._next_chunk += 1
-            words = frozenset(_WORD.findall(draft.text.lower()))
+            words = frozenset(all_words(draft.text))
             self._chunks[chunk_id] = _Chunk(chunk_id, document_id, draft, list(vector), words)
             ids.append(chunk_id)
         self._by_document[document_id] = ids

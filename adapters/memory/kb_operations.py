@@ -6,10 +6,11 @@ writes run inside a transaction (a SAVEPOINT of a group commit on SQLite), so an
 that raises ``KbError`` leaves nothing behind.
 
 Keyword search uses what migration 0006 made outside the models: the FTS5 table
-``kb_chunks_fts`` (``MATCH`` with each word quoted, ranked by ``bm25``) on SQLite, and the
-``to_tsvector('simple', text)`` GIN index (``plainto_tsquery`` per word, OR-ed, ranked by
-``ts_rank``) on PostgreSQL. Words are the question's letter and digit runs only, bound as
-parameters or quoted: no user text can be FTS syntax.
+``kb_chunks_fts`` (``MATCH`` with each word quoted, ranked by FTS5's ``rank``, bm25) on
+SQLite, and the stored generated column ``text_tsv`` (``to_tsvector('simple', text)``) with
+its GIN index (``plainto_tsquery`` per word, OR-ed, ranked by ``ts_rank``) on PostgreSQL.
+Words are :func:`adapters.memory.kb_words.query_words` (no stop words), bound as parameters
+or quoted: no user text can be FTS syntax.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Connection, Row
 
 from adapters.memory.kb_search import to_blob
+from adapters.memory.kb_words import affordable
 from adapters.memory.models import KbChunkRow, KbDocumentRow
 from core.errors import KbError
 from core.knowledge import ChunkDraft, DocumentInfo, KbScope, NewDocument, ScopeKind
@@ -257,33 +259,94 @@ def _raw_scopes(scopes: Sequence[KbScope], params: dict[str, Any]) -> str:
     return " OR ".join(terms)
 
 
+CANDIDATES: Final = 200
+"""Keyword matches ranked by the database before the scope filter (at least; see keyword)."""
+
+
 def keyword(
     conn: Connection, scopes: Sequence[KbScope], words: Sequence[str], count: int
 ) -> list[int]:
     """Chunk ids of ``scopes`` containing any of ``words``, best match first (``count``)."""
     if not words or not scopes or count < 1:
         return []
-    params: dict[str, Any] = {"n": count}
-    where = _raw_scopes(scopes, params)
     if conn.dialect.name == "sqlite":
-        # Each word is [^\W_]+ text: quoted, it is one FTS5 term whatever it says.
-        params["q"] = " OR ".join(f'"{word}"' for word in words)
-        sql = (
-            "SELECT c.id FROM kb_chunks_fts JOIN kb_chunks c ON c.id = kb_chunks_fts.rowid "
-            f"WHERE kb_chunks_fts MATCH :q AND ({where}) "
-            "ORDER BY bm25(kb_chunks_fts), c.id LIMIT :n"
-        )
-    else:
-        terms = []
-        for i, word in enumerate(words):
-            params[f"w{i}"] = word
-            terms.append(f"plainto_tsquery('simple'::regconfig, :w{i})")
-        vector = "to_tsvector('simple'::regconfig, c.text)"
-        sql = (
-            f"SELECT c.id FROM kb_chunks c, (SELECT {' || '.join(terms)} AS q) AS query "
-            f"WHERE {vector} @@ query.q AND ({where}) "
-            f"ORDER BY ts_rank({vector}, query.q) DESC, c.id LIMIT :n"
-        )
+        return _fts5(conn, scopes, words, count)
+    return _tsquery(conn, scopes, words, count)
+
+
+def _fts5(
+    conn: Connection, scopes: Sequence[KbScope], words: Sequence[str], count: int
+) -> list[int]:
+    """Keyword search on SQLite: FTS5's own ``ORDER BY rank LIMIT``, then the scope filter.
+
+    Words in so many chunks that ranking them would be slow are left out
+    (:func:`~adapters.memory.kb_words.affordable`, their counts from the ``fts5vocab`` table
+    ``kb_chunks_fts_vocab``). FTS5 ranks the best matches of every scope itself (no join per
+    match); the filter keeps
+    those of ``scopes``. When that leaves fewer than ``count`` of a full candidate list, the
+    matches of other scopes crowded ours out: rank within ours instead (the slow way).
+    """
+    counts = conn.execute(
+        text("SELECT term, doc FROM kb_chunks_fts_vocab WHERE term IN :words").bindparams(
+            bindparam("words", expanding=True)
+        ),
+        {"words": list(words)},
+    ).all()
+    words = affordable(words, {row[0]: row[1] for row in counts})
+    if not words:
+        return []
+    # Each word is [^\W_]+ text: quoted, it is one FTS5 term whatever it says.
+    query = " OR ".join(f'"{word}"' for word in words)
+    limit = max(CANDIDATES, 5 * count)
+    ranked = conn.execute(
+        text(
+            "SELECT rowid, rank FROM kb_chunks_fts WHERE kb_chunks_fts MATCH :q "
+            "ORDER BY rank LIMIT :m"
+        ),
+        {"q": query, "m": limit},
+    ).all()
+    rank = {row[0]: row[1] for row in ranked}
+    ours = conn.execute(
+        select(CHUNKS.c.id).where(CHUNKS.c.id.in_(list(rank)), in_scopes(CHUNKS, scopes))
+    ).scalars()
+    found = sorted(ours, key=lambda chunk_id: (rank[chunk_id], chunk_id))
+    if len(found) >= count or len(ranked) < limit:
+        return found[:count]
+    params: dict[str, Any] = {"q": query, "n": count}
+    where = _raw_scopes(scopes, params)
+    sql = (
+        "SELECT c.id FROM kb_chunks_fts JOIN kb_chunks c ON c.id = kb_chunks_fts.rowid "
+        f"WHERE kb_chunks_fts MATCH :q AND ({where}) "
+        "ORDER BY bm25(kb_chunks_fts), c.id LIMIT :n"
+    )
+    return [row[0] for row in conn.execute(text(sql), params)]
+
+
+def _tsquery(
+    conn: Connection, scopes: Sequence[KbScope], words: Sequence[str], count: int
+) -> list[int]:
+    """Keyword search on PostgreSQL: the stored, GIN-indexed ``text_tsv`` matched and ranked.
+
+    No ``to_tsvector`` per row; ``ts_rank`` scores at most ``10 * CANDIDATES`` matches of
+    ``scopes`` (those the index scan yields first), which bounds a question of common words.
+    """
+    params: dict[str, Any] = {"n": count, "m": max(10 * CANDIDATES, 5 * count)}
+    where = _raw_scopes(scopes, params)
+    terms = []
+    for i, word in enumerate(words):
+        params[f"w{i}"] = word
+        terms.append(f"plainto_tsquery('simple'::regconfig, :w{i})")
+        if word.isdigit():
+            # The parser reads "E-4711" as "e" and the signed integer "-4711".
+            params[f"v{i}"] = f"-{word}"
+            terms.append(f"plainto_tsquery('simple'::regconfig, :v{i})")
+    sql = (
+        f"WITH query AS (SELECT {' || '.join(terms)} AS q), "
+        "matches AS (SELECT c.id, c.text_tsv FROM kb_chunks c, query "
+        f"WHERE c.text_tsv @@ query.q AND ({where}) LIMIT :m) "
+        "SELECT matches.id FROM matches, query "
+        "ORDER BY ts_rank(matches.text_tsv, query.q) DESC, matches.id LIMIT :n"
+    )
     return [row[0] for row in conn.execute(text(sql), params)]
 
 

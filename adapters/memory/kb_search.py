@@ -8,7 +8,6 @@ keyword ranking by the store's own means, the two fused by reciprocal rank (k = 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -22,24 +21,7 @@ from core.knowledge import NewDocument
 RRF_K: Final = 60
 """The reciprocal-rank-fusion constant: a chunk at rank r of a list scores 1 / (RRF_K + r)."""
 
-_WORD: Final = re.compile(r"[^\W_]+")
-_MAX_QUERY_WORDS: Final = 32
-
 Matrix = npt.NDArray[np.float32]
-
-
-def query_words(text: str) -> list[str]:
-    """The distinct lower-cased words of a question, in order (at most 32).
-
-    Only word characters survive, so the words are safe to quote into an FTS5 or
-    ``tsquery`` expression whatever the user typed.
-    """
-    seen: dict[str, None] = {}
-    for word in _WORD.findall(text.lower()):
-        seen.setdefault(word, None)
-        if len(seen) == _MAX_QUERY_WORDS:
-            break
-    return list(seen)
 
 
 def depth(limit: int) -> int:
@@ -183,6 +165,5 @@ __all__ = [
     "depth",
     "from_blob",
     "fuse",
-    "query_words",
     "to_blob",
 ]

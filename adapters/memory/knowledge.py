@@ -30,9 +30,9 @@ from adapters.memory.kb_search import (
     check_vector,
     depth,
     fuse,
-    query_words,
     to_blob,
 )
+from adapters.memory.kb_words import query_words
 from adapters.memory.store import SqlMemoryStore
 from core.knowledge import ChunkDraft, DocumentInfo, Hit, KbScope, NewDocument, ScopeKind
 

@@ -329,8 +329,10 @@ class KbChunkRow(Base):
 
     The scope columns are copied from the document so that a search filters chunks by scope
     before it ranks them. Keyword search uses objects the models do not describe, created by
-    migration 0006: the FTS5 table ``kb_chunks_fts`` with its triggers (SQLite) and the GIN
-    index ``ix_kb_chunks_text_tsv`` on ``to_tsvector('simple', text)`` (PostgreSQL).
+    migration 0006: the FTS5 table ``kb_chunks_fts`` with its triggers and its vocabulary
+    ``kb_chunks_fts_vocab`` (SQLite); the stored
+    generated column ``text_tsv`` (``to_tsvector('simple', text)``) and its GIN index
+    ``ix_kb_chunks_text_tsv`` (PostgreSQL).
     """
 
     __tablename__ = "kb_chunks"
@@ -352,7 +354,7 @@ class KbChunkRow(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-KB_UNMODELLED: frozenset[str] = frozenset({"kb_chunks_fts", "ix_kb_chunks_text_tsv"})
+KB_UNMODELLED: frozenset[str] = frozenset({"kb_chunks_fts", "ix_kb_chunks_text_tsv", "text_tsv"})
 """Keyword-search objects of migration 0006 the models leave out (and their FTS5 shadow
 tables, ``kb_chunks_fts_*``): schema comparisons skip them by name."""
 

@@ -8,8 +8,10 @@
   float32 little-endian bytes, and the document's scope columns copied so that a search
   filters by scope before ranking. Deleted with their document.
 * Keyword search, not described by the models: on SQLite the FTS5 table ``kb_chunks_fts``
-  (external content ``kb_chunks``, kept in sync by triggers); on PostgreSQL the GIN index
-  ``ix_kb_chunks_text_tsv`` on ``to_tsvector('simple', text)``.
+  (external content ``kb_chunks``, kept in sync by triggers) and its ``fts5vocab`` table
+  ``kb_chunks_fts_vocab`` (how many chunks hold each word); on PostgreSQL the stored
+  generated column ``kb_chunks.text_tsv`` (``to_tsvector('simple', text)``) and its GIN index
+  ``ix_kb_chunks_text_tsv``.
 
 Revision ID: 0006
 Revises: 0005
@@ -42,10 +44,14 @@ _SQLITE_FTS = (
     "CREATE TRIGGER kb_chunks_fts_update AFTER UPDATE OF text ON kb_chunks BEGIN "
     "INSERT INTO kb_chunks_fts(kb_chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); "
     "INSERT INTO kb_chunks_fts(rowid, text) VALUES (new.id, new.text); END",
+    # How many chunks hold a word: a search leaves out words too common to rank quickly.
+    "CREATE VIRTUAL TABLE kb_chunks_fts_vocab USING fts5vocab('kb_chunks_fts', 'row')",
 )
 _POSTGRES_FTS = (
-    "CREATE INDEX ix_kb_chunks_text_tsv ON kb_chunks "
-    "USING gin (to_tsvector('simple'::regconfig, text))",
+    # Stored, so that a search reads and ranks it rather than recomputing it for every row.
+    "ALTER TABLE kb_chunks ADD COLUMN text_tsv tsvector "
+    "GENERATED ALWAYS AS (to_tsvector('simple'::regconfig, text)) STORED",
+    "CREATE INDEX ix_kb_chunks_text_tsv ON kb_chunks USING gin (text_tsv)",
 )
 
 
@@ -115,9 +121,11 @@ def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         for trigger in ("insert", "delete", "update"):
             op.execute(f"DROP TRIGGER IF EXISTS kb_chunks_fts_{trigger}")
+        op.execute("DROP TABLE IF EXISTS kb_chunks_fts_vocab")
         op.execute("DROP TABLE IF EXISTS kb_chunks_fts")
     else:
         op.execute("DROP INDEX IF EXISTS ix_kb_chunks_text_tsv")
+        op.execute("ALTER TABLE kb_chunks DROP COLUMN IF EXISTS text_tsv")
     op.drop_index("ix_kb_chunks_document_id_position", table_name="kb_chunks")
     op.drop_index("ix_kb_chunks_scope", table_name="kb_chunks")
     op.drop_table("kb_chunks")

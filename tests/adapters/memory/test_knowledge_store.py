@@ -137,6 +137,33 @@ async def test_keyword_search_finds_an_error_code_the_vectors_miss(kb: Knowledge
     assert "E-4711" in found[0].text
 
 
+async def test_a_question_of_common_words_is_answered_by_meaning_alone(
+    kb: KnowledgeStore,
+) -> None:
+    texts = [filler(i) for i in range(20)]
+    texts[5] = "What is it that was there? It is what it is."
+    await add(kb, BOT, texts)
+    hits = await search(kb, [BOT], "what is it that was there", limit=5)
+    assert hits
+    assert not any(h.keyword for h in hits)
+
+
+async def test_keyword_search_is_not_crowded_out_by_another_scopes_matches(
+    kb: KnowledgeStore,
+) -> None:
+    # More matches in Ann's scope than the database ranks before filtering by scope.
+    await add(kb, ANN, [f"saffron saffron saffron note {i}" for i in range(260)], title="Ann")
+    texts = [filler(i) for i in range(30)]
+    texts[12] = "a pinch of saffron in the rice, with fibre"
+    bob = await add(kb, BOB, texts, title="Bob")
+    miss = hashed_vector("router modem cable signal", 64)
+    hits = await kb.search([BOB], "saffron", miss, limit=3)
+    assert {h.document_id for h in hits} == {bob}
+    found = [h for h in hits if h.position == 12]
+    assert found, [h.text for h in hits]
+    assert found[0].keyword
+
+
 async def test_search_never_leaves_the_given_scopes(kb: KnowledgeStore) -> None:
     ann = await add(kb, ANN, ["ann's secret recipe with saffron"], title="Ann")
     bob = await add(kb, BOB, ["bob's secret recipe with saffron"], title="Bob")
