@@ -11,18 +11,13 @@ backend, store or adapter ends the process or an adapter's connection; the user 
 message, the log the traceback.
 
 The engine wires the pieces and routes each message; every job lives in its own module:
-
-* :mod:`core.lanes` - the ordered queue per conversation and the task draining it;
-* :mod:`core.admission` - allowlist (a refusal once per day), rate, daily quota, size;
-* :mod:`core.commands` - parsing ``/cmd@bot args``, the command registry, the commands;
-* :mod:`core.confirmations` - the yes/no questions waiting for an answer (``/forget``);
-* :mod:`core.sessions` - conversation ids and preferences per slot, models and budgets;
-* :mod:`core.reply` - one reply run: prompt, stream (with queue-position events), record;
-* :mod:`core.prompt` - fitting the history into the token budget;
-* :mod:`core.notices` - the short notices users get, and how they are sent;
-* :mod:`core.gate`, :mod:`core.turns`, :mod:`core.tool_actions` - the tool policy, the loop
-  of model rounds with tool calls, and the confirmations of actions (``t:`` action ids);
-* :mod:`core.kb`, :mod:`core.kb_chat` - the knowledge base: retrieval, sources, ``/kb``.
+:mod:`core.lanes` (the ordered queue per conversation), :mod:`core.admission` (allowlist,
+rate, quota, size), :mod:`core.commands` (the command registry and parser),
+:mod:`core.confirmations` (``/forget``'s yes/no), :mod:`core.sessions` (conversations,
+preferences, models, budgets), :mod:`core.reply` (one reply run), :mod:`core.prompt` (the
+history within the token budget), :mod:`core.notices` (what users are told); the tools in
+:mod:`core.gate`, :mod:`core.turns` and :mod:`core.tool_actions`; the knowledge base in
+:mod:`core.kb` and :mod:`core.kb_chat`.
 """
 
 from __future__ import annotations
@@ -131,10 +126,6 @@ class Engine:
         knowledge: KnowledgeBase | None = None,
     ) -> None:
         self._backend = backend
-        self._persona = persona
-        self._toolbox = toolbox or Toolbox()
-        self._tool_settings = tool_settings or ToolSettings(_env_file=None)
-        self._extra_commands = tuple(extra_commands)
         self._store = store
         self._core = core
         access = access or AccessSettings(_env_file=None)
@@ -185,8 +176,8 @@ class Engine:
         )
         self._instance.on_beat = self._beat
         self._tools = Tooling(
-            toolbox=self._toolbox,
-            settings=self._tool_settings,
+            toolbox=toolbox or Toolbox(),
+            settings=tool_settings or ToolSettings(_env_file=None),
             access=access,
             store=store,
             backend=backend,
@@ -201,7 +192,7 @@ class Engine:
             submit=self._queue,
             default_prompt=self._default_prompt,
         )
-        self._tools.register(self._commands, self._builtins, self._extra_commands)
+        self._tools.register(self._commands, self._builtins, tuple(extra_commands))
         self._kb: KbChat | None = None
         if knowledge is not None:
             self._kb = KbChat(
