@@ -221,11 +221,6 @@ class Engine:
         return self._backend.default_model
 
     @property
-    def backend(self) -> LLMBackend:
-        """The LLM backend in use."""
-        return self._backend
-
-    @property
     def state(self) -> Lifecycle:
         """Where the engine is in its life (``NEW`` until :meth:`start`)."""
         return self._state

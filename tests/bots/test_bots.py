@@ -304,8 +304,8 @@ async def test_tools_start_before_serving_and_close_after_the_engine_drained(
     async with running_engine(settings) as engine:
         log.append("serving")
         assert engine.bot_name == "bell"
-        assert engine._toolbox.get("ring") is not None
-        assert engine._persona == "You ring bells."
+        assert engine._tools.gate.toolbox.get("ring") is not None
+        assert engine._default_prompt == "You ring bells."
     assert log == ["tools started", "serving", "engine closed", "tools closed"]
     assert backend.closed
 
