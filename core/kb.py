@@ -182,7 +182,8 @@ class KnowledgeBase:
         if not await self.store.documents(scopes):
             return Grounding(Retrieval(text), searched=False)
         await self._start_embedder()
-        vector = await self.embedder.embed_query(text)
+        # The store searches by keywords while the question is embedded.
+        vector = self.embedder.embed_query(text)
         hits = await self.store.search(scopes, text, vector, limit=self.settings.top_k)
         best = max((h.score for h in hits), default=0.0)
         used = bool(hits) and best >= self.settings.min_score

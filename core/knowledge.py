@@ -14,7 +14,7 @@ SQL store live in ``adapters/``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -228,6 +228,10 @@ class Embedder(Protocol):
         ...
 
 
+QueryVector = Sequence[float] | Awaitable[Sequence[float]]
+"""A question's vector for :meth:`KnowledgeStore.search`, or an awaitable of it."""
+
+
 @runtime_checkable
 class KnowledgeStore(Protocol):
     """Documents, chunks and their vectors, searched by meaning and by keywords.
@@ -277,14 +281,17 @@ class KnowledgeStore(Protocol):
         self,
         scopes: Sequence[KbScope],
         query: str,
-        vector: Sequence[float],
+        vector: QueryVector,
         *,
         limit: int = 5,
     ) -> list[Hit]:
         """The best chunks of ``scopes`` for a question, best first.
 
         Dense (cosine with ``vector``) and keyword (``query``) rankings are fused by
-        reciprocal rank; only chunks of ``scopes`` are ever considered.
+        reciprocal rank; only chunks of ``scopes`` are ever considered. ``vector`` may be
+        given still being computed, as an awaitable (``embedder.embed_query(query)`` not yet
+        awaited): the store then runs its keyword search meanwhile, awaits it exactly once
+        (or closes it unawaited when there is nothing to search), and raises what it raised.
         """
         ...
 
@@ -315,6 +322,7 @@ __all__ = [
     "KbScope",
     "KnowledgeStore",
     "NewDocument",
+    "QueryVector",
     "Retrieval",
     "ScopeKind",
     "Source",

@@ -20,7 +20,9 @@ from adapters.memory.kb_search import (
     check_document,
     check_vector,
     depth,
+    discard,
     fuse,
+    resolve,
 )
 from adapters.memory.kb_words import all_words, query_words
 from core.errors import KbError
@@ -30,6 +32,7 @@ from core.knowledge import (
     Hit,
     KbScope,
     NewDocument,
+    QueryVector,
     ScopeKind,
 )
 
@@ -180,20 +183,30 @@ class InMemoryKnowledgeStore:
         self,
         scopes: Sequence[KbScope],
         query: str,
-        vector: Sequence[float],
+        vector: QueryVector,
         *,
         limit: int = 5,
     ) -> list[Hit]:
-        """The best chunks of ``scopes``, dense and keyword rankings fused by reciprocal rank."""
+        """The best chunks of ``scopes``, dense and keyword rankings fused by reciprocal rank.
+
+        A ``vector`` still being computed is awaited after the keyword ranking.
+        """
         await asyncio.sleep(0)
         wanted = frozenset(scopes)
         if limit < 1 or not wanted:
+            discard(vector)
             return []
+        try:
+            keyword = self._keyword(wanted, query, depth(limit))
+        except BaseException:
+            discard(vector)
+            raise
+        values = await resolve(vector)
         dense: list[tuple[int, float]] = []
-        index = self._index(wanted, len(vector))
+        index = self._index(wanted, len(values))
         if index is not None:
-            dense = index.top(vector, depth(limit))
-        fused = fuse(dense, self._keyword(wanted, query, depth(limit)), limit)
+            dense = index.top(values, depth(limit))
+        fused = fuse(dense, keyword, limit)
         hits: list[Hit] = []
         for f in fused:
             chunk = self._chunks[f.chunk_id]

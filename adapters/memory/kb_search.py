@@ -3,14 +3,17 @@
 Vendor-free apart from numpy (no database library), so the in-memory and the SQL knowledge
 stores rank in exactly the same way: cosine over the scope's unit vectors (a matrix product),
 keyword ranking by the store's own means, the two fused by reciprocal rank (k = 60).
+:func:`both` runs a store's keyword search while the question is still being embedded.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +25,8 @@ RRF_K: Final = 60
 """The reciprocal-rank-fusion constant: a chunk at rank r of a list scores 1 / (RRF_K + r)."""
 
 Matrix = npt.NDArray[np.float32]
+_A = TypeVar("_A")
+_B = TypeVar("_B")
 
 
 def depth(limit: int) -> int:
@@ -60,6 +65,48 @@ def to_blob(vector: Sequence[float]) -> bytes:
 def from_blob(blob: bytes) -> list[float]:
     """The vector :func:`to_blob` stored."""
     return [float(x) for x in np.frombuffer(blob, dtype="<f4")]
+
+
+async def both(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
+    """Await ``first`` and ``second`` concurrently; both results, or the first failure.
+
+    When one fails (or the caller is cancelled) the other is cancelled, so no task outlives
+    the call; the exception raised is the failure itself, never an exception group.
+    """
+    tasks: tuple[asyncio.Future[_A], asyncio.Future[_B]] = (
+        asyncio.ensure_future(first),
+        asyncio.ensure_future(second),
+    )
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        pending = [task for task in tasks if not task.done()]
+        for task in pending:
+            task.cancel()
+    if pending:
+        await asyncio.wait(pending)
+    # Every failure is retrieved (none is logged as unretrieved); a cancelled partner's
+    # CancelledError is not the cause.
+    failures = [None if task.cancelled() else task.exception() for task in tasks]
+    for failure in failures:
+        if failure is not None:
+            raise failure
+    return tasks[0].result(), tasks[1].result()
+
+
+def discard(vector: Sequence[float] | Awaitable[Sequence[float]]) -> None:
+    """Close a query vector's coroutine a search will not need (no "never awaited" warning)."""
+    if inspect.iscoroutine(vector):
+        vector.close()
+    elif isinstance(vector, asyncio.Future):
+        vector.cancel()
+
+
+async def resolve(vector: Sequence[float] | Awaitable[Sequence[float]]) -> list[float]:
+    """The query vector, awaited first when a search was given it still being computed."""
+    if inspect.isawaitable(vector):
+        return list(await vector)
+    return list(vector)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +207,13 @@ __all__ = [
     "RRF_K",
     "Fused",
     "VectorIndex",
+    "both",
     "check_document",
     "check_vector",
     "depth",
+    "discard",
     "from_blob",
     "fuse",
+    "resolve",
     "to_blob",
 ]

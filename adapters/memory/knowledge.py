@@ -15,26 +15,38 @@ SQLite and ``ts_rank`` on PostgreSQL; the two are fused by reciprocal rank.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 
 from adapters.memory import kb_operations as kb
 from adapters.memory.kb_search import (
     VectorIndex,
+    both,
     check_document,
     check_vector,
     depth,
+    discard,
     fuse,
+    resolve,
     to_blob,
 )
 from adapters.memory.kb_words import query_words
 from adapters.memory.store import SqlMemoryStore
-from core.knowledge import ChunkDraft, DocumentInfo, Hit, KbScope, NewDocument, ScopeKind
+from core.knowledge import (
+    ChunkDraft,
+    DocumentInfo,
+    Hit,
+    KbScope,
+    NewDocument,
+    QueryVector,
+    ScopeKind,
+)
 
 _CACHED_SCOPES: Final = 256
 _Key = tuple[KbScope, int]  # a scope and the dimension of the vectors cached for it
@@ -151,55 +163,33 @@ class SqlKnowledgeStore:
         self,
         scopes: Sequence[KbScope],
         query: str,
-        vector: Sequence[float],
+        vector: QueryVector,
         *,
         limit: int = 5,
     ) -> list[Hit]:
         """The best chunks of ``scopes``: cosine and keyword rankings fused by reciprocal rank.
 
         Only chunks of ``scopes`` are considered; a ``vector`` of another dimension than a
-        scope's vectors finds nothing there by meaning (keywords still do).
+        scope's vectors finds nothing there by meaning (keywords still do). The keyword
+        search (a reader thread on SQLite) runs while ``vector`` is awaited and ranked, and
+        the matrix product runs in a thread, so the two overlap.
         """
         wanted = list(dict.fromkeys(scopes))
         if not wanted or limit < 1:
+            discard(vector)
             return []
-        words = query_words(query)
-        values = list(vector)
-        hits: list[Hit] = await self._run(
-            lambda conn: self._search(conn, wanted, words, values, limit), write=False
-        )
-        return hits
-
-    async def forget_owner(self, bot: str, owner: str) -> int:
-        """Delete the documents of the user scope ``owner`` (``/forget``); return how many."""
-        removed: int = await self._run(lambda conn: kb.forget_owner(conn, bot, owner), write=True)
-        self._forget([KbScope(bot, ScopeKind.USER, owner)])
-        return removed
-
-    async def aclose(self) -> None:
-        """Drop the cached vectors (the memory store keeps its connections). Idempotent."""
-        with self._lock:
-            self._cache.clear()
-
-    # --- search, on a read connection ------------------------------------------------------
-
-    def _search(
-        self,
-        conn: Connection,
-        scopes: list[KbScope],
-        words: list[str],
-        vector: list[float],
-        limit: int,
-    ) -> list[Hit]:
         count = depth(limit)
-        dense: list[tuple[int, float]] = []
-        for scope in scopes:
-            index = self._index(conn, scope, len(vector))
-            if index is not None:
-                dense += index.top(vector, count)
-        dense = sorted(dense, key=lambda hit: (-hit[1], hit[0]))[:count]
-        fused = fuse(dense, kb.keyword(conn, scopes, words, count), limit)
-        rows = kb.hit_rows(conn, scopes, [f.chunk_id for f in fused])
+        words = query_words(query)
+        keyword: Awaitable[list[int]] = self._run(
+            lambda conn: kb.keyword(conn, wanted, words, count), write=False
+        )
+        dense, ranked = await both(self._dense(wanted, vector, count), keyword)
+        fused = fuse(dense, ranked, limit)
+        if not fused:
+            return []
+        rows: dict[int, Row[Any]] = await self._run(
+            lambda conn: kb.hit_rows(conn, wanted, [f.chunk_id for f in fused]), write=False
+        )
         found = [f for f in fused if f.chunk_id in rows]  # a chunk deleted since it was cached
         return [
             Hit(
@@ -216,6 +206,37 @@ class SqlKnowledgeStore:
             )
             for rank, f in enumerate(found, start=1)
         ]
+
+    async def forget_owner(self, bot: str, owner: str) -> int:
+        """Delete the documents of the user scope ``owner`` (``/forget``); return how many."""
+        removed: int = await self._run(lambda conn: kb.forget_owner(conn, bot, owner), write=True)
+        self._forget([KbScope(bot, ScopeKind.USER, owner)])
+        return removed
+
+    async def aclose(self) -> None:
+        """Drop the cached vectors (the memory store keeps its connections). Idempotent."""
+        with self._lock:
+            self._cache.clear()
+
+    # --- search, on a read connection ------------------------------------------------------
+
+    async def _dense(
+        self, scopes: list[KbScope], vector: QueryVector, count: int
+    ) -> list[tuple[int, float]]:
+        """The ``count`` chunks of ``scopes`` nearest ``vector`` (id, cosine), best first."""
+        values = await resolve(vector)
+        indexes: list[VectorIndex] = await self._run(
+            lambda conn: self._indexes(conn, scopes, len(values)), write=False
+        )
+        if not indexes:
+            return []
+        return await asyncio.to_thread(_top, indexes, values, count)
+
+    def _indexes(
+        self, conn: Connection, scopes: list[KbScope], dimension: int
+    ) -> list[VectorIndex]:
+        found = (self._index(conn, scope, dimension) for scope in scopes)
+        return [index for index in found if index is not None]
 
     def _index(self, conn: Connection, scope: KbScope, dimension: int) -> VectorIndex | None:
         """The scope's vectors of ``dimension``: cached while its signature holds."""
@@ -243,6 +264,11 @@ class SqlKnowledgeStore:
         with self._lock:
             for key in [k for k in self._cache if k[0] in scopes]:
                 del self._cache[key]
+
+
+def _top(indexes: list[VectorIndex], vector: list[float], count: int) -> list[tuple[int, float]]:
+    dense = [hit for index in indexes for hit in index.top(vector, count)]
+    return sorted(dense, key=lambda hit: (-hit[1], hit[0]))[:count]
 
 
 __all__ = ["SqlKnowledgeStore"]

@@ -45,7 +45,7 @@ def test_bench_kb_smoke_prints_all_figures():
     assert float(recall.group(1)) >= 0.8, out
     assert re.search(
         r"^sqlite 1000 chunks: query p50 [\d.]+ ms, p99 [\d.]+ ms over 20 queries "
-        r"\(search alone p50 [\d.]+ ms, p99 [\d.]+ ms\) \(no target\)",
+        r"\(query embedding alone p50 [\d.]+ ms, p99 [\d.]+ ms\) \(no target\)",
         out,
         re.M,
     ), out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -308,3 +310,45 @@ async def test_a_second_store_sees_documents_added_by_another(new_kb: Callable[[
     assert {h.document_id for h in await search(reader, [BOT], "walrus")} == {first, second}
     assert await writer.remove_document(first, [BOT])
     assert {h.document_id for h in await search(reader, [BOT], "walrus")} == {second}
+
+
+async def later(vector: list[float]) -> list[float]:
+    """``vector`` as an embedding still running (one event-loop turn away)."""
+    await asyncio.sleep(0)
+    return vector
+
+
+async def test_a_vector_still_being_computed_finds_what_the_vector_finds(
+    kb: KnowledgeStore,
+) -> None:
+    texts = [filler(i) for i in range(60)]
+    texts[11] = "If the display shows E-4711 the fuse is dry."
+    await add(kb, BOT, texts)
+    question = "what does E-4711 mean on the router?"
+    vector = hashed_vector(question, 64)
+    now = await kb.search([BOT], question, vector, limit=6)
+    pending = await kb.search([BOT], question, later(vector), limit=6)
+    assert [(h.chunk_id, h.rank, h.keyword) for h in pending] == [
+        (h.chunk_id, h.rank, h.keyword) for h in now
+    ]
+    assert [h.score for h in pending] == pytest.approx([h.score for h in now])
+    assert any(h.position == 11 and h.keyword for h in pending)
+
+
+async def test_an_embedding_that_fails_fails_the_search(kb: KnowledgeStore) -> None:
+    await add(kb, BOT, [filler(i) for i in range(10)])
+
+    async def broken() -> list[float]:
+        await asyncio.sleep(0)
+        raise KbError("the embedder is gone")
+
+    with pytest.raises(KbError, match="the embedder is gone"):
+        await kb.search([BOT], "reboot the router", broken())
+
+
+async def test_an_embedding_not_needed_is_closed_unawaited(kb: KnowledgeStore) -> None:
+    await add(kb, BOT, [filler(i) for i in range(10)])
+    for scopes, limit in (([], 5), ([BOT], 0)):
+        vector = later(hashed_vector("router", 64))
+        assert await kb.search(scopes, "router", vector, limit=limit) == []
+        assert inspect.getcoroutinestate(vector) == inspect.CORO_CLOSED
