@@ -17,7 +17,7 @@ import functools
 import inspect
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, overload, runtime_checkable
@@ -524,8 +524,6 @@ class Toolbox:
         await asyncio.gather(*(s.aclose() for s in self.sources), return_exceptions=True)
 
 
-ToolFunction = Callable[..., Any] | Callable[..., Awaitable[Any]]
-
 __all__ = [
     "NAME_PATTERN",
     "REDACTED",
@@ -535,7 +533,6 @@ __all__ = [
     "Tool",
     "ToolArgumentError",
     "ToolError",
-    "ToolFunction",
     "ToolResult",
     "ToolSource",
     "Toolbox",
