@@ -39,6 +39,7 @@ from core.tools import Toolbox
 
 if TYPE_CHECKING:
     from adapters.homeassistant.settings import HomeAssistantSettings
+    from bots.health import Health
 
 _log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class Settings:
     mcp_config: Path | None = None
     homeassistant: HomeAssistantSettings | None = None
     kb: KbSettings = field(default_factory=lambda: KbSettings(_env_file=None))
+    # CHINWAG_HTTP_LISTEN as (host, port): where health and metrics are served; None = off.
+    http_listen: tuple[str, int] | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -175,14 +178,17 @@ def build_tools(settings: Settings) -> Toolbox:
 
 
 @contextlib.asynccontextmanager
-async def running_engine(settings: Settings) -> AsyncIterator[Engine]:
+async def running_engine(settings: Settings, health: Health | None = None) -> AsyncIterator[Engine]:
     """Backend, store, the bot's tools and the engine, started, and closed in reverse order.
 
-    The tools close after the engine drained (a reply in flight may still call one).
+    The tools close after the engine drained (a reply in flight may still call one). With
+    ``health``, the engine counts into its telemetry and readiness probes the store.
     """
     toolbox = build_tools(settings)
     backend = build_backend(settings)
     store = await open_store(settings.memory)
+    if health is not None:
+        health.store = store
     knowledge = build_knowledge(settings, store)
     try:
         await backend.start()
@@ -283,8 +289,26 @@ def has_platform_token(settings: Settings) -> bool:
 
 
 async def serve(settings: Settings, *, console: bool) -> None:
-    """Run the configured adapters (or the console) until a signal or the end of input."""
-    async with running_engine(settings) as engine:
+    """Run the configured adapters (or the console) until a signal or the end of input.
+
+    With ``CHINWAG_HTTP_LISTEN`` set, health and metrics are served from before the engine
+    starts (``/healthz`` answers, ``/readyz`` says what is still missing) until it closed.
+    """
+    health = None
+    if settings.http_listen is not None:
+        from bots.health import Health
+
+        health = Health(*settings.http_listen)
+        await health.start()
+    try:
+        await _serve(settings, console=console, health=health)
+    finally:
+        if health is not None:
+            await health.aclose()
+
+
+async def _serve(settings: Settings, *, console: bool, health: Health | None) -> None:
+    async with running_engine(settings, health) as engine:
         stop = asyncio.Event()
         terminal = None
         if console:
@@ -294,6 +318,8 @@ async def serve(settings: Settings, *, console: bool) -> None:
             adapters: list[ChatAdapter] = [terminal]
         else:
             adapters = platform_adapters(settings, engine)
+        if health is not None:
+            health.adapters = adapters
         loop = asyncio.get_running_loop()
 
         def on_sigint() -> None:

@@ -182,6 +182,19 @@ class DiscordAdapter:
         self.commands_synced = False
 
     @property
+    def connected(self) -> bool:
+        """Whether the gateway is up and messages are taken (``False`` while reconnecting)."""
+        client = self._client
+        return (
+            self._accepting()
+            and client is not None
+            and client.is_ready()
+            and not client.is_closed()
+            and client.ws is not None
+            and client.ws.open
+        )
+
+    @property
     def pending(self) -> int:
         """Messages and commands taken but not answered yet."""
         return len(self._in_flight)

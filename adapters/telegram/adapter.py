@@ -118,6 +118,18 @@ class TelegramAdapter:
         return PLATFORM
 
     @property
+    def connected(self) -> bool:
+        """Whether updates are being fetched (polling or the webhook server is running)."""
+        app = self._app
+        return (
+            self._state is Lifecycle.RUNNING
+            and not self._intake_stopped
+            and app is not None
+            and app.updater is not None
+            and app.updater.running
+        )
+
+    @property
     def application(self) -> AnyApplication:
         """The python-telegram-bot application (after ``start()``)."""
         if self._app is None:
