@@ -35,6 +35,7 @@ from core.kb import KnowledgeBase
 from core.knowledge import AddReport, KbScope
 from core.ports import ChatAdapter, LLMBackend
 from core.settings import AccessSettings, CoreSettings, KbSettings, LLMSettings, ToolSettings
+from core.telemetry import NO_TELEMETRY, Telemetry
 from core.tools import Toolbox
 
 if TYPE_CHECKING:
@@ -189,6 +190,7 @@ async def running_engine(settings: Settings, health: Health | None = None) -> As
     store = await open_store(settings.memory)
     if health is not None:
         health.store = store
+        health.telemetry.describe(backend=backend.name)
     knowledge = build_knowledge(settings, store)
     try:
         await backend.start()
@@ -207,6 +209,7 @@ async def running_engine(settings: Settings, health: Health | None = None) -> As
                 tool_settings=settings.tools,
                 extra_commands=settings.bot.commands,
                 knowledge=knowledge,
+                telemetry=health.telemetry if health is not None else NO_TELEMETRY,
             )
             await engine.start()
             try:
@@ -260,14 +263,21 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 50, 100)
 
 
-def platform_adapters(settings: Settings, engine: Engine) -> list[ChatAdapter]:
-    """The chat adapters whose tokens are configured."""
+def platform_adapters(
+    settings: Settings, engine: Engine, telemetry: Telemetry = NO_TELEMETRY
+) -> list[ChatAdapter]:
+    """The chat adapters whose tokens are configured, counting into ``telemetry``."""
     adapters: list[ChatAdapter] = []
     if settings.telegram.bot_token is not None:
         from adapters.telegram.adapter import TelegramAdapter
 
         adapters.append(
-            TelegramAdapter(settings.telegram, engine, max_file_mb=settings.kb.max_file_mb)
+            TelegramAdapter(
+                settings.telegram,
+                engine,
+                max_file_mb=settings.kb.max_file_mb,
+                telemetry=telemetry,
+            )
         )
     if settings.discord.bot_token is not None:
         from adapters.discord.adapter import DiscordAdapter
@@ -278,6 +288,7 @@ def platform_adapters(settings: Settings, engine: Engine) -> list[ChatAdapter]:
                 engine,
                 data_dir=settings.data_dir,
                 max_file_mb=settings.kb.max_file_mb,
+                telemetry=telemetry,
             )
         )
     return adapters
@@ -288,10 +299,11 @@ def has_platform_token(settings: Settings) -> bool:
     return settings.telegram.bot_token is not None or settings.discord.bot_token is not None
 
 
-async def serve(settings: Settings, *, console: bool) -> None:
+async def serve(settings: Settings, *, console: bool, stop: asyncio.Event | None = None) -> None:
     """Run the configured adapters (or the console) until a signal or the end of input.
 
-    With ``CHINWAG_HTTP_LISTEN`` set, health and metrics are served from before the engine
+    Setting ``stop`` (tests, an embedding program) shuts down as SIGTERM does. With
+    ``CHINWAG_HTTP_LISTEN`` set, health and metrics are served from before the engine
     starts (``/healthz`` answers, ``/readyz`` says what is still missing) until it closed.
     """
     health = None
@@ -301,15 +313,16 @@ async def serve(settings: Settings, *, console: bool) -> None:
         health = Health(*settings.http_listen)
         await health.start()
     try:
-        await _serve(settings, console=console, health=health)
+        await _serve(settings, console=console, health=health, stop=stop or asyncio.Event())
     finally:
         if health is not None:
             await health.aclose()
 
 
-async def _serve(settings: Settings, *, console: bool, health: Health | None) -> None:
+async def _serve(
+    settings: Settings, *, console: bool, health: Health | None, stop: asyncio.Event
+) -> None:
     async with running_engine(settings, health) as engine:
-        stop = asyncio.Event()
         terminal = None
         if console:
             from adapters.console import ConsoleAdapter
@@ -317,7 +330,9 @@ async def _serve(settings: Settings, *, console: bool, health: Health | None) ->
             terminal = ConsoleAdapter(engine, files_dir=settings.data_dir / "exports")
             adapters: list[ChatAdapter] = [terminal]
         else:
-            adapters = platform_adapters(settings, engine)
+            adapters = platform_adapters(
+                settings, engine, health.telemetry if health is not None else NO_TELEMETRY
+            )
         if health is not None:
             health.adapters = adapters
         loop = asyncio.get_running_loop()

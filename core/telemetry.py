@@ -30,7 +30,11 @@ class Telemetry(Protocol):
         ...
 
     def reply_started(self) -> None:
-        """A reply began streaming from the model (one more active reply)."""
+        """A reply run began (one more active reply)."""
+        ...
+
+    def reply_ended(self) -> None:
+        """A reply run ended, however it ended (one fewer active reply)."""
         ...
 
     def first_token(self, seconds: float) -> None:
@@ -38,7 +42,7 @@ class Telemetry(Protocol):
         ...
 
     def reply_finished(self, platform: str, status: str, seconds: float) -> None:
-        """A reply was stored with ``status``, ``seconds`` after it began (one fewer active)."""
+        """A reply was stored with its final ``status``, ``seconds`` after its run began."""
         ...
 
     def llm_tokens(self, prompt: int, completion: int) -> None:
@@ -73,6 +77,9 @@ class NullTelemetry:
         """Ignore it."""
 
     def reply_started(self) -> None:
+        """Ignore it."""
+
+    def reply_ended(self) -> None:
         """Ignore it."""
 
     def first_token(self, seconds: float) -> None:

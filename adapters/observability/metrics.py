@@ -110,9 +110,13 @@ class PrometheusTelemetry:
         self._kb_searches = Counter(
             "chinwag_kb_searches", "Knowledge-base searches for questions.", registry=reg
         )
-        Info("chinwag_build", "chinwag's version and LLM backend.", registry=reg).info(
-            {"version": version, "backend": backend}
-        )
+        self._version = version
+        self._build = Info("chinwag_build", "chinwag's version and LLM backend.", registry=reg)
+        self.describe(backend=backend)
+
+    def describe(self, *, backend: str) -> None:
+        """Set the LLM backend's name in ``chinwag_build_info`` (known once it is built)."""
+        self._build.info({"version": self._version, "backend": backend})
 
     # --- the Telemetry port -------------------------------------------------------------
 
@@ -124,15 +128,18 @@ class PrometheusTelemetry:
         """One more reply in progress."""
         self._active.inc()
 
+    def reply_ended(self) -> None:
+        """One fewer reply in progress."""
+        self._active.dec()
+
     def first_token(self, seconds: float) -> None:
         """Observe the time to the first text."""
         self._first_token_seconds.observe(max(seconds, 0.0))
 
     def reply_finished(self, platform: str, status: str, seconds: float) -> None:
-        """Count the stored reply and observe its duration; one fewer in progress."""
+        """Count the stored reply and observe its duration."""
         self._replies.labels(platform, status).inc()
         self._reply_seconds.observe(max(seconds, 0.0))
-        self._active.dec()
 
     def llm_tokens(self, prompt: int, completion: int) -> None:
         """Add the tokens of one model call."""

@@ -134,7 +134,7 @@ async def test_closing_releases_the_port_and_is_idempotent(server: HealthServer)
     port = server.port
     await server.aclose()
     await server.aclose()
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", port)
     with pytest.raises(RuntimeError, match="after aclose"):
         await server.start()
