@@ -7,6 +7,7 @@ operator reads on stdout, its exit status what a script sees.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -15,12 +16,14 @@ from pathlib import Path
 import discord
 import pytest
 
+from adapters.llm.local_settings import local_backend_available
 from adapters.memory import migrate
 from bots.cli import main
 from bots.doctor import ALIASES, known_variables, settings_classes, unknown_variables
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.telegram_server import FakeTelegram
+from tests._require import require_or_skip
 from tests.test_docs import COMPONENTS, VARIABLES
 
 pytestmark = pytest.mark.timeout(60)
@@ -262,3 +265,42 @@ def test_unknown_variables_look_like_chinwags_only() -> None:
         ("DATABSE_URL", "environment", "DATABASE_URL"),
         ("DB_PASSWORD", "environment", None),
     ]
+
+
+TINY_MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-chat.gguf"
+
+
+def use_local_model(world: World, path: Path) -> None:
+    for key in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL"):
+        del world.env[key]
+    world.env.update(LLM_BACKEND="local", LOCAL_MODEL_PATH=str(path))
+
+
+async def test_the_local_model_is_loaded_and_timed(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reason = local_backend_available()
+    if reason is not None:
+        require_or_skip("llama", reason)
+    use_local_model(world, TINY_MODEL)
+
+    code, lines = await doctor(world, capsys)
+
+    assert code == 0, "\n".join(lines)
+    assert re.search(
+        r"^ok   LLM: local model tiny-chat\.gguf loads \(\d+\.\ds\)$", "\n".join(lines), re.M
+    )
+
+
+async def test_a_local_model_that_is_not_there_is_named(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    if local_backend_available() is not None:
+        require_or_skip("llama", "llama-cpp-python is not installed")
+    use_local_model(world, tmp_path / "missing.gguf")
+
+    code, lines = await doctor(world, capsys)
+
+    assert code == 1
+    line = line_about(lines, "FAIL", "LLM", f"LOCAL_MODEL_PATH: no file at {tmp_path}")
+    assert line.endswith("-> correct LOCAL_MODEL_PATH")
