@@ -20,10 +20,10 @@ from adapters.llm.local_settings import local_backend_available
 from adapters.memory import migrate
 from bots.cli import main
 from bots.doctor import ALIASES, known_variables, settings_classes, unknown_variables
+from tests._require import require_or_skip
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.telegram_server import FakeTelegram
-from tests._require import require_or_skip
 from tests.test_docs import COMPONENTS, VARIABLES
 
 pytestmark = pytest.mark.timeout(60)
