@@ -1,7 +1,8 @@
 """The ``chinwag`` command line.
 
 ``chinwag run`` starts every configured chat adapter (or the console), ``chinwag chat`` the
-console chat; ``chinwag db`` manages the schema, ``chinwag export`` writes a user's history,
+console chat; ``chinwag doctor`` checks the setup; ``chinwag db`` manages the schema,
+``chinwag export`` writes a user's history,
 ``chinwag audit`` prints the tool calls bots proposed and ``chinwag discord sync``
 re-registers Discord's slash commands. ``--bot`` (or ``CHINWAG_BOT``) picks the bot.
 """
@@ -25,6 +26,7 @@ from adapters.telegram.settings import TelegramSettings
 from bots import audit
 from bots.app import Exit, Settings, has_platform_token, serve, stdin_is_terminal
 from bots.config import BotSettings, check_http_listen, configure_logging, load, secrets_of
+from bots.doctor import add_doctor_parser, doctor_command, startup_checks
 from bots.kb import BadInput, add_kb_parser
 from bots.loading import BUNDLED, BotLoadError, load_bot, with_memory_key
 from core.bot import Bot
@@ -89,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
             "replies."
         ),
     )
+    add_doctor_parser(sub)
     db = sub.add_parser("db", help="manage the database schema", description="Alembic migrations.")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     up = db_sub.add_parser("upgrade", help="apply migrations (default: to head)")
@@ -187,7 +190,7 @@ def _homeassistant_settings(env_file: Path | None) -> Any:
 def _bot(args: argparse.Namespace, bot_settings: BotSettings) -> Bot | None:
     """The bot this command runs, or ``None`` for ``db`` and an ``audit`` of every bot."""
     chosen = getattr(args, "sub_bot", None) or args.bot
-    if args.command == "db" or (args.command == "audit" and not chosen):
+    if args.command in ("db", "doctor") or (args.command == "audit" and not chosen):
         return None
     if chosen:
         return load_bot(chosen, origin="--bot")
@@ -288,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # python-telegram-bot 22: durations as timedelta (its future default; avoids a warning).
     os.environ.setdefault("PTB_TIMEDELTA", "true")
     env_file = args.env_file if args.env_file and args.env_file.exists() else None
+    if args.command == "doctor":
+        # Doctor reports a malformed setting as one of its lines; it loads settings itself.
+        configure_logging(args.log_level or "ERROR", [])
+        return doctor_command(args, env_file)
     try:
         root = load(BotSettings, env_file)
         configure_logging(args.log_level or root.log_level, [])
@@ -311,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "No chat platform is configured: set TELEGRAM_BOT_TOKEN or "
                     "DISCORD_BOT_TOKEN in .env (or use `chinwag chat` for the terminal)."
                 )
+            asyncio.run(startup_checks(env_file, settings.llm))
             asyncio.run(serve(settings, console=console))
         elif args.command == "chat":
             asyncio.run(serve(settings, console=True))

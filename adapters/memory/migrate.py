@@ -89,6 +89,12 @@ def head_revision() -> str:
     return head
 
 
+def is_known_revision(revision: str) -> bool:
+    """Whether ``revision`` is one this version of chinwag ships (not a newer one's)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return any(rev.revision == revision for rev in script.walk_revisions())
+
+
 def _current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
@@ -126,6 +132,15 @@ async def current(url: str) -> str | None:
 async def pending(url: str) -> bool:
     """Whether the database at ``url`` is behind the newest shipped revision."""
     return await current(url) != head_revision()
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite ``url``; ``None`` for another database.
+
+    Raises:
+        ConfigError: ``url`` is malformed.
+    """
+    return _sqlite_path(url)
 
 
 def _sqlite_path(url: str) -> Path | None:

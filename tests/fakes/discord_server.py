@@ -35,6 +35,7 @@ from aiohttp import WSMsgType, web
 
 DISCORD_EPOCH_MS = 1420070400000
 MESSAGE_CONTENT_INTENT = 1 << 15
+MESSAGE_CONTENT_LIMITED_FLAG = 1 << 19  # application flag GATEWAY_MESSAGE_CONTENT_LIMITED
 MAX_CONTENT = 2000
 
 
@@ -324,6 +325,15 @@ class FakeDiscord:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    @property
+    def application_flags(self) -> int:
+        """The application's flags, as the portal's Message Content switch sets them.
+
+        ``GATEWAY_MESSAGE_CONTENT_LIMITED`` (an unverified bot in fewer than 100 servers) when
+        the intent is allowed, else none.
+        """
+        return MESSAGE_CONTENT_LIMITED_FLAG if self.allow_message_content else 0
 
     @property
     def port(self) -> int:
@@ -824,7 +834,7 @@ class FakeDiscord:
             "session_id": session.id,
             "resume_gateway_url": self.gateway_url,
             "shard": [0, 1],
-            "application": {"id": self.application_id, "flags": 1 << 19},
+            "application": {"id": self.application_id, "flags": self.application_flags},
             "private_channels": [],
             "relationships": [],
         }
@@ -1003,7 +1013,7 @@ class FakeDiscord:
                 "bot_require_code_grant": False,
                 "owner": self.owner.payload(),
                 "verify_key": "0" * 64,
-                "flags": 1 << 19,
+                "flags": self.application_flags,
                 "team": None,
                 "summary": "",
                 "rpc_origins": [],

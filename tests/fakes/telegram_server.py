@@ -524,6 +524,8 @@ class FakeTelegram:
         self.webhook_url: str | None = None
         self.webhook_secret: str | None = None
         self.webhook_refusals: list[int] = []  # HTTP statuses of refused deliveries
+        # (unix time, message) of the last failed delivery, as getWebhookInfo reports it.
+        self.webhook_last_error: tuple[int, str] | None = None
         self.reject_html = False  # refuse every parse_mode=HTML request (tests the fallback)
         # Called with every message the bot sends or edits (benchmarks time replies by it).
         self.listeners: list[Callable[[FakeMessage], None]] = []
@@ -1017,11 +1019,14 @@ class FakeTelegram:
         return True
 
     async def _api_getWebhookInfo(self, params: dict[str, Any], now: float) -> Any:
-        return {
+        info: dict[str, Any] = {
             "url": self.webhook_url or "",
             "has_custom_certificate": False,
             "pending_update_count": len(self._updates),
         }
+        if self.webhook_url and self.webhook_last_error is not None:
+            info["last_error_date"], info["last_error_message"] = self.webhook_last_error
+        return info
 
     async def _stop_webhook(self) -> None:
         task, self._webhook_task = self._webhook_task, None
@@ -1059,6 +1064,10 @@ class FakeTelegram:
                 self._notify()
             else:
                 self.webhook_refusals.append(status)
+                why = (
+                    f"Wrong response from the webhook: {status}" if status else "Connection refused"
+                )
+                self.webhook_last_error = (int(time.time()), why)
                 await asyncio.sleep(0.1)
 
     async def _api_sendMessage(self, params: dict[str, Any], now: float) -> Any:
