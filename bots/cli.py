@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.discord.settings import DiscordSettings
-from adapters.files import write_private
+from adapters.files import private_dir, write_private
 from adapters.memory.settings import MemorySettings
 from adapters.telegram.settings import TelegramSettings
 from bots import audit
@@ -246,6 +246,15 @@ async def _db(settings: Settings, args: argparse.Namespace) -> None:
 async def _db_backup(settings: Settings, url: str, path: Path | None) -> None:
     from adapters.memory import backup
 
+    if path is None:
+        try:
+            private_dir(settings.data_dir)  # not made yet when the database is PostgreSQL
+        except OSError as exc:
+            raise ConfigError(
+                "CHINWAG_DATA_DIR",
+                f"cannot create the data directory {settings.data_dir}: {exc.strerror}",
+                example="/var/lib/chinwag",
+            ) from exc
     target = path or backup.default_target(url, settings.data_dir)
     done = await backup.backup(url, target)
     print(f"backed up the database to {done.path} ({_size(done.size)})")
