@@ -64,3 +64,14 @@ async def test_db_backup_without_pg_dump_names_the_package_to_install(tmp_path: 
     assert line.startswith("chinwag: pg_dump is not installed")
     assert "apt install postgresql-client" in line
     assert "hunter2" not in err
+
+
+async def test_a_failed_migration_names_the_database_error_in_its_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "chinwag.db").write_bytes(b"not a database, but the operator's mistake" * 200)
+    status, out, err = await chinwag(tmp_path, "db", "upgrade")
+    assert status == 1
+    [line] = err.splitlines()
+    assert line.startswith("chinwag: migrating sqlite+aiosqlite:///")
+    assert line.endswith("failed: DatabaseError: file is not a database")
