@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.discord.settings import DiscordSettings
-from adapters.files import write_private
+from adapters.files import private_dir, write_private
 from adapters.memory.settings import MemorySettings
 from adapters.telegram.settings import TelegramSettings
 from bots import audit
@@ -96,9 +97,37 @@ def _parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     up = db_sub.add_parser("upgrade", help="apply migrations (default: to head)")
     up.add_argument("revision", nargs="?", default="head")
-    down = db_sub.add_parser("downgrade", help="revert migrations (default: one step)")
+    down = db_sub.add_parser(
+        "downgrade",
+        help="revert migrations (default: one step)",
+        description=(
+            "Revert migrations to REVISION (default: one step back; base: no schema). Refused "
+            "when it would delete stored data (the tables and row counts are named) unless "
+            "--yes; a SQLite file is backed up next to it first."
+        ),
+    )
     down.add_argument("revision", nargs="?", default="-1")
+    down.add_argument(
+        "--yes", action="store_true", help="go ahead even though stored data will be deleted"
+    )
     db_sub.add_parser("current", help="print the database's revision")
+    backup = db_sub.add_parser(
+        "backup",
+        help="copy the database to a file, while the bot runs",
+        description=(
+            "Write a consistent copy of the database while the bot keeps running: SQLite "
+            "through its online backup API (restore: copy the file back while the bot is "
+            "stopped), PostgreSQL through pg_dump's custom format (restore: pg_restore). "
+            "The file is made 0600."
+        ),
+    )
+    backup.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        help="file to write (default: chinwag-backup-YYYYmmdd-HHMMSS.db or .pgdump in the "
+        "data directory, CHINWAG_DATA_DIR)",
+    )
     export = sub.add_parser(
         "export",
         parents=[with_bot],
@@ -205,10 +234,48 @@ async def _db(settings: Settings, args: argparse.Namespace) -> None:
         await migrate.upgrade(url, args.revision)
         print(f"database at {await migrate.current(url)}")
     elif args.db_command == "downgrade":
-        await migrate.downgrade(url, args.revision)
+        try:
+            copy = await migrate.downgrade(url, args.revision, allow_loss=args.yes)
+        except migrate.DataLossRefused as exc:
+            raise Exit(
+                f"{exc}; back it up (`chinwag db backup`), then add --yes to go ahead", status=1
+            ) from None
+        if copy is not None:
+            print(f"backed up the database to {copy} first")
         print(f"database at {await migrate.current(url) or 'base (empty)'}")
+    elif args.db_command == "backup":
+        await _db_backup(settings, url, args.path)
     else:
         print(await migrate.current(url) or "base (empty)")
+
+
+async def _db_backup(settings: Settings, url: str, path: Path | None) -> None:
+    from adapters.memory import backup
+
+    if path is None:
+        try:
+            private_dir(settings.data_dir)  # not made yet when the database is PostgreSQL
+        except OSError as exc:
+            raise ConfigError(
+                "CHINWAG_DATA_DIR",
+                f"cannot create the data directory {settings.data_dir}: {exc.strerror}",
+                example="/var/lib/chinwag",
+            ) from exc
+    target = path or backup.default_target(url, settings.data_dir)
+    done = await backup.backup(url, target)
+    print(f"backed up the database to {done.path} ({_size(done.size)})")
+
+
+def _size(size: int) -> str:
+    """``"512 bytes"``, ``"3.4 MB"``."""
+    if size < 1000:
+        return f"{size} bytes"
+    value, unit = float(size), "bytes"
+    for larger in ("kB", "MB", "GB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, larger
+    return f"{value:.1f} {unit}"
 
 
 async def _export(settings: Settings, args: argparse.Namespace) -> None:
@@ -285,6 +352,35 @@ async def _kb(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
+def with_cause(exc: BaseException) -> str:
+    """``exc``'s message, and the error at the bottom of its chain when it does not say it.
+
+    ``"... failed (cause: UndefinedTableError: relation "messages" does not exist)"``: the
+    operator sees what went wrong without rerunning at ``--log-level DEBUG``. Only the first
+    line of the cause is kept (SQLAlchemy appends the SQL statement and its parameters).
+    """
+    message = str(exc)
+    inner, seen = exc, 0
+    while inner.__cause__ is not None and seen < 8:
+        inner, seen = inner.__cause__, seen + 1
+    if inner is exc:
+        return message
+    lines = str(inner).strip().splitlines()
+    text = re.sub(r"^<class '[\w.]+'>:\s*", "", lines[0]) if lines else ""
+    name = type(inner).__name__
+    if name in message or (text and text in message):
+        return message
+    return f"{message} (cause: {name}: {text})" if text else f"{message} (cause: {name})"
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    """``text`` with every known secret (tokens, URL passwords) replaced by ``***``."""
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``chinwag`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -295,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Doctor reports a malformed setting as one of its lines; it loads settings itself.
         configure_logging(args.log_level or "ERROR", [])
         return doctor_command(args, env_file)
+    secrets: list[str] = []
     try:
         root = load(BotSettings, env_file)
         configure_logging(args.log_level or root.log_level, [])
@@ -310,7 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         if settings.homeassistant is not None:
             components.append(settings.homeassistant)
-        configure_logging(args.log_level or root.log_level, secrets_of(*components))
+        secrets = secrets_of(*components)
+        configure_logging(args.log_level or root.log_level, secrets)
         if args.command == "run":
             console = not has_platform_token(settings)
             if console and not stdin_is_terminal():
@@ -343,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.status
     except ChinwagError as exc:
         _log.debug("fatal error", exc_info=True)
-        print(f"chinwag: {exc}", file=sys.stderr)
+        print(f"chinwag: {redact(with_cause(exc), secrets)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
