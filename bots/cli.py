@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import os
 import sys
+import tomllib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +26,7 @@ from adapters.memory.settings import MemorySettings
 from adapters.telegram.settings import TelegramSettings
 from bots import audit
 from bots.app import Exit, Settings, has_platform_token, serve, stdin_is_terminal
-from bots.config import BotSettings, configure_logging, load, secrets_of
+from bots.config import LOG_FILE_NAME, BotSettings, configure_logging, load, secrets_of
 from bots.kb import BadInput, add_kb_parser
 from bots.loading import BUNDLED, BotLoadError, load_bot, with_memory_key
 from core.bot import Bot
@@ -51,12 +53,32 @@ BOT_HELP = (
 )
 
 
+def package_version() -> str:
+    """The version of chinwag: the installed distribution's, else ``pyproject.toml``'s.
+
+    A source tree run without installing (``PYTHONPATH=.``) has no distribution metadata;
+    its version is read from the ``pyproject.toml`` beside the packages, marked
+    ``(source tree)``, and is ``unknown`` when that cannot be read either.
+    """
+    try:
+        return importlib.metadata.version("chinwag")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        with pyproject.open("rb") as file:
+            return f"{tomllib.load(file)['project']['version']} (source tree)"
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chinwag",
         description="A self-hosted chat bot with memory, for Telegram, Discord and the terminal.",
         epilog=EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"chinwag {package_version()}")
     parser.add_argument(
         "--env-file",
         type=Path,
@@ -287,7 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     env_file = args.env_file if args.env_file and args.env_file.exists() else None
     try:
         root = load(BotSettings, env_file)
-        configure_logging(args.log_level or root.log_level, [])
+        level = args.log_level or root.log_level
+        # The terminal chat's screen is for the conversation: until its log file is known,
+        # only warnings reach standard error.
+        configure_logging("WARNING" if args.command == "chat" else level, [], fmt=root.log_format)
         bot = _bot(args, root)
         settings = _load(env_file, bot or load_bot(None), root, args.command)
         components: list[ChinwagSettings] = [
@@ -300,14 +325,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         if settings.homeassistant is not None:
             components.append(settings.homeassistant)
-        configure_logging(args.log_level or root.log_level, secrets_of(*components))
+        console = args.command == "chat" or (
+            args.command == "run" and not has_platform_token(settings)
+        )
+        if args.command == "run" and console and not stdin_is_terminal():
+            raise Exit(
+                "No chat platform is configured: set TELEGRAM_BOT_TOKEN or "
+                "DISCORD_BOT_TOKEN in .env (or use `chinwag chat` for the terminal)."
+            )
+        log_file = configure_logging(
+            level,
+            secrets_of(*components),
+            fmt=root.log_format,
+            log_file=settings.data_dir / LOG_FILE_NAME if console else None,
+        )
+        if log_file is not None and stdin_is_terminal():
+            print(f"chinwag: logging to {log_file}", file=sys.stderr)
         if args.command == "run":
-            console = not has_platform_token(settings)
-            if console and not stdin_is_terminal():
-                raise Exit(
-                    "No chat platform is configured: set TELEGRAM_BOT_TOKEN or "
-                    "DISCORD_BOT_TOKEN in .env (or use `chinwag chat` for the terminal)."
-                )
             asyncio.run(serve(settings, console=console))
         elif args.command == "chat":
             asyncio.run(serve(settings, console=True))
