@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import stat
 import sys
 from collections.abc import Mapping
@@ -34,7 +35,7 @@ async def llm():
         yield server
 
 
-async def chat(tmp_path: Path, server: FakeOpenAIServer, stdin: str, **extra: str):
+def chat_env(tmp_path: Path, server: FakeOpenAIServer, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -50,6 +51,11 @@ async def chat(tmp_path: Path, server: FakeOpenAIServer, stdin: str, **extra: st
         PYTHONUNBUFFERED="1",
         **extra,
     )
+    return env
+
+
+async def chat(tmp_path: Path, server: FakeOpenAIServer, stdin: str, **extra: str):
+    env = chat_env(tmp_path, server, **extra)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -65,9 +71,8 @@ async def chat(tmp_path: Path, server: FakeOpenAIServer, stdin: str, **extra: st
     return proc.returncode, out.decode(), err.decode()
 
 
-@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
-async def test_terminal_chat_prints_only_replies_and_logs_to_a_private_file(tmp_path, llm, level):
-    code, out, err = await chat(tmp_path, llm, "hello\nhow are you\n", LOG_LEVEL=level)
+async def test_terminal_chat_prints_only_replies_and_logs_to_a_private_file(tmp_path, llm):
+    code, out, err = await chat(tmp_path, llm, "hello\nhow are you\n", LOG_LEVEL="INFO")
     assert code == 0, err
     assert out.splitlines() == ["reply to hello", "reply to how are you"]
     assert err == ""  # nothing below WARNING reaches the screen
@@ -75,19 +80,50 @@ async def test_terminal_chat_prints_only_replies_and_logs_to_a_private_file(tmp_
     assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
     log = log_file.read_text()
     assert " INFO bots.app: LLM backend: openai" in log
-    assert (" DEBUG " in log) == (level == "DEBUG")
+    assert " DEBUG " not in log
     assert SECRET not in out + err + log
 
 
-async def test_json_log_lines_parse_and_carry_no_secret(tmp_path, llm):
-    code, out, err = await chat(tmp_path, llm, "hello\n", LOG_LEVEL="DEBUG", LOG_FORMAT="json")
+async def test_at_debug_in_json_the_screen_still_holds_only_replies(tmp_path, llm):
+    code, out, err = await chat(
+        tmp_path, llm, "hello\nhow are you\n", LOG_LEVEL="DEBUG", LOG_FORMAT="json"
+    )
     assert code == 0, err
-    assert out.splitlines() == ["reply to hello"]
+    assert out.splitlines() == ["reply to hello", "reply to how are you"]
+    assert err == ""
     lines = (tmp_path / "data" / "chinwag.log").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
     assert {"level": "INFO", "logger": "bots.app"}.items() <= next(
         r for r in records if r["message"].startswith("LLM backend")
     ).items()
-    assert any(r["level"] == "DEBUG" for r in records)
-    assert SECRET not in "\n".join(lines)
+    assert any(r["level"] == "DEBUG" and "how are you" in r["message"] for r in records)
+    assert SECRET not in out + err + "\n".join(lines)
+
+
+async def test_run_falls_back_to_the_terminal_chat_and_says_where_the_log_is(tmp_path, llm):
+    # Standard input is a terminal (a pseudo-terminal here), so `run` opens the console chat.
+    controller, terminal = pty.openpty()
+    try:
+        env = chat_env(tmp_path, llm, LOG_LEVEL="DEBUG")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bots.cli",
+            "run",
+            stdin=terminal,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=tmp_path,
+            env=env,
+        )
+        os.write(controller, b"hello\n\x04")  # a line, then Ctrl-D
+        out, err = await asyncio.wait_for(proc.communicate(), 90)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert proc.returncode == 0, err
+    assert "reply to hello" in out.decode()
+    log_file = tmp_path / "data" / "chinwag.log"
+    assert err.decode() == f"chinwag: logging to {log_file}\n"
+    assert " DEBUG " in log_file.read_text()
