@@ -37,6 +37,15 @@ fi
 
 say() { echo "install-llama: $*"; }
 STEP="$(dirname "$0")/step.sh"
+if [[ ! -f "$STEP" ]]; then
+    # Copied alone (into a container build, say): run each step plainly, output in its log.
+    STEP="$(mktemp)"
+    trap 'rm -f "$STEP"' EXIT
+    cat >"$STEP" <<'SHEOF'
+label="$1" log="$2"; shift 3; mkdir -p "$(dirname "$log")"; echo "$label ..."
+"$@" >"$log" 2>&1 || { status=$?; tail -n 25 "$log"; exit "$status"; }
+SHEOF
+fi
 # Each step's full output; shown in part when a step fails.
 LOGS="${CHINWAG_INSTALL_LOGS:-$VENV/install-logs}"
 
