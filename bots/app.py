@@ -35,10 +35,12 @@ from core.kb import KnowledgeBase
 from core.knowledge import AddReport, KbScope
 from core.ports import ChatAdapter, LLMBackend
 from core.settings import AccessSettings, CoreSettings, KbSettings, LLMSettings, ToolSettings
+from core.telemetry import NO_TELEMETRY, Telemetry
 from core.tools import Toolbox
 
 if TYPE_CHECKING:
     from adapters.homeassistant.settings import HomeAssistantSettings
+    from bots.health import Health
 
 _log = logging.getLogger(__name__)
 
@@ -87,6 +89,8 @@ class Settings:
     mcp_config: Path | None = None
     homeassistant: HomeAssistantSettings | None = None
     kb: KbSettings = field(default_factory=lambda: KbSettings(_env_file=None))
+    # CHINWAG_HTTP_LISTEN as (host, port): where health and metrics are served; None = off.
+    http_listen: tuple[str, int] | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -175,14 +179,18 @@ def build_tools(settings: Settings) -> Toolbox:
 
 
 @contextlib.asynccontextmanager
-async def running_engine(settings: Settings) -> AsyncIterator[Engine]:
+async def running_engine(settings: Settings, health: Health | None = None) -> AsyncIterator[Engine]:
     """Backend, store, the bot's tools and the engine, started, and closed in reverse order.
 
-    The tools close after the engine drained (a reply in flight may still call one).
+    The tools close after the engine drained (a reply in flight may still call one). With
+    ``health``, the engine counts into its telemetry and readiness probes the store.
     """
     toolbox = build_tools(settings)
     backend = build_backend(settings)
     store = await open_store(settings.memory)
+    if health is not None:
+        health.store = store
+        health.telemetry.describe(backend=backend.name)
     knowledge = build_knowledge(settings, store)
     try:
         await backend.start()
@@ -201,6 +209,7 @@ async def running_engine(settings: Settings) -> AsyncIterator[Engine]:
                 tool_settings=settings.tools,
                 extra_commands=settings.bot.commands,
                 knowledge=knowledge,
+                telemetry=health.telemetry if health is not None else NO_TELEMETRY,
             )
             await engine.start()
             try:
@@ -254,14 +263,21 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 50, 100)
 
 
-def platform_adapters(settings: Settings, engine: Engine) -> list[ChatAdapter]:
-    """The chat adapters whose tokens are configured."""
+def platform_adapters(
+    settings: Settings, engine: Engine, telemetry: Telemetry = NO_TELEMETRY
+) -> list[ChatAdapter]:
+    """The chat adapters whose tokens are configured, counting into ``telemetry``."""
     adapters: list[ChatAdapter] = []
     if settings.telegram.bot_token is not None:
         from adapters.telegram.adapter import TelegramAdapter
 
         adapters.append(
-            TelegramAdapter(settings.telegram, engine, max_file_mb=settings.kb.max_file_mb)
+            TelegramAdapter(
+                settings.telegram,
+                engine,
+                max_file_mb=settings.kb.max_file_mb,
+                telemetry=telemetry,
+            )
         )
     if settings.discord.bot_token is not None:
         from adapters.discord.adapter import DiscordAdapter
@@ -272,6 +288,7 @@ def platform_adapters(settings: Settings, engine: Engine) -> list[ChatAdapter]:
                 engine,
                 data_dir=settings.data_dir,
                 max_file_mb=settings.kb.max_file_mb,
+                telemetry=telemetry,
             )
         )
     return adapters
@@ -282,10 +299,30 @@ def has_platform_token(settings: Settings) -> bool:
     return settings.telegram.bot_token is not None or settings.discord.bot_token is not None
 
 
-async def serve(settings: Settings, *, console: bool) -> None:
-    """Run the configured adapters (or the console) until a signal or the end of input."""
-    async with running_engine(settings) as engine:
-        stop = asyncio.Event()
+async def serve(settings: Settings, *, console: bool, stop: asyncio.Event | None = None) -> None:
+    """Run the configured adapters (or the console) until a signal or the end of input.
+
+    Setting ``stop`` (tests, an embedding program) shuts down as SIGTERM does. With
+    ``CHINWAG_HTTP_LISTEN`` set, health and metrics are served from before the engine
+    starts (``/healthz`` answers, ``/readyz`` says what is still missing) until it closed.
+    """
+    health = None
+    if settings.http_listen is not None:
+        from bots.health import Health
+
+        health = Health(*settings.http_listen)
+        await health.start()
+    try:
+        await _serve(settings, console=console, health=health, stop=stop or asyncio.Event())
+    finally:
+        if health is not None:
+            await health.aclose()
+
+
+async def _serve(
+    settings: Settings, *, console: bool, health: Health | None, stop: asyncio.Event
+) -> None:
+    async with running_engine(settings, health) as engine:
         terminal = None
         if console:
             from adapters.console import ConsoleAdapter
@@ -293,7 +330,11 @@ async def serve(settings: Settings, *, console: bool) -> None:
             terminal = ConsoleAdapter(engine, files_dir=settings.data_dir / "exports")
             adapters: list[ChatAdapter] = [terminal]
         else:
-            adapters = platform_adapters(settings, engine)
+            adapters = platform_adapters(
+                settings, engine, health.telemetry if health is not None else NO_TELEMETRY
+            )
+        if health is not None:
+            health.adapters = adapters
         loop = asyncio.get_running_loop()
 
         def on_sigint() -> None:

@@ -24,7 +24,7 @@ from adapters.memory.settings import MemorySettings
 from adapters.telegram.settings import TelegramSettings
 from bots import audit
 from bots.app import Exit, Settings, has_platform_token, serve, stdin_is_terminal
-from bots.config import BotSettings, configure_logging, load, secrets_of
+from bots.config import BotSettings, check_http_listen, configure_logging, load, secrets_of
 from bots.kb import BadInput, add_kb_parser
 from bots.loading import BUNDLED, BotLoadError, load_bot, with_memory_key
 from core.bot import Bot
@@ -155,13 +155,15 @@ def _load(env_file: Path | None, bot: Bot, bot_settings: BotSettings, command: s
     The tool packs' settings are read only for a command that starts the bot.
     """
     serving = command in SERVING
+    telegram = load(TelegramSettings, env_file)
+    check_http_listen(bot_settings, telegram)
     return Settings(
         env_file=env_file,
         core=with_memory_key(load(CoreSettings, env_file), bot),
         llm=load(LLMSettings, env_file),
         access=load(AccessSettings, env_file),
         memory=load(MemorySettings, env_file),
-        telegram=load(TelegramSettings, env_file),
+        telegram=telegram,
         discord=load(DiscordSettings, env_file),
         tools=load(ToolSettings, env_file),
         bot=bot,
@@ -170,6 +172,7 @@ def _load(env_file: Path | None, bot: Bot, bot_settings: BotSettings, command: s
             _homeassistant_settings(env_file) if serving and "homeassistant" in bot.packs else None
         ),
         kb=load(KbSettings, env_file),
+        http_listen=bot_settings.http_listen(),
     )
 
 

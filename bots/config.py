@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 
+from adapters.telegram.settings import TelegramSettings
 from core.errors import ConfigError
 from core.settings import ChinwagSettings
 
@@ -30,6 +31,7 @@ class BotSettings(ChinwagSettings):
         "log_level": "INFO",
         "chinwag_bot": "assistant",
         "mcp_config": "./mcp.json",
+        "chinwag_http_listen": "127.0.0.1:9464",
     }
 
     log_level: str = Field(default="INFO", pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
@@ -37,6 +39,47 @@ class BotSettings(ChinwagSettings):
     chinwag_bot: str | None = None
     # A JSON file of MCP servers ({"mcpServers": {...}}) whose tools every bot gets.
     mcp_config: Path | None = None
+    # Where /healthz, /readyz and /metrics are served (host:port, [::1]:port); unset = off.
+    chinwag_http_listen: str | None = Field(
+        default=None, pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):\d{1,5}$"
+    )
+
+    @field_validator("chinwag_http_listen")
+    @classmethod
+    def _listen_port(cls, value: str | None) -> str | None:
+        if value is not None and not 0 < int(value.rpartition(":")[2]) < 65536:
+            raise ValueError("the port must be 1-65535")
+        return value
+
+    def http_listen(self) -> tuple[str, int] | None:
+        """``CHINWAG_HTTP_LISTEN`` as (host, port), brackets off; ``None`` when unset.
+
+        An empty host means every interface (``:9464``), as for the Telegram webhook.
+        """
+        if self.chinwag_http_listen is None:
+            return None
+        host, _, port = self.chinwag_http_listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def check_http_listen(settings: BotSettings, telegram: TelegramSettings) -> None:
+    """Refuse a health/metrics listener on the Telegram webhook's port.
+
+    The webhook port faces the internet; health and metrics must never be served there.
+
+    Raises:
+        ConfigError: naming ``CHINWAG_HTTP_LISTEN``, when both use the same port.
+    """
+    listen = settings.http_listen()
+    if listen is None or not telegram.webhook_mode:
+        return
+    if listen[1] == telegram.listen_address()[1]:
+        raise ConfigError(
+            "CHINWAG_HTTP_LISTEN",
+            f"uses port {listen[1]}, the Telegram webhook's (TELEGRAM_WEBHOOK_LISTEN); "
+            "health and metrics never share the public webhook port",
+            example="127.0.0.1:9464",
+        )
 
 
 def load(cls: type[S], env_file: Path | None) -> S:

@@ -58,6 +58,7 @@ from core.settings import (
     LLMSettings,
     ToolSettings,
 )
+from core.telemetry import NO_TELEMETRY, Telemetry, error_kind
 from core.tooling import Tooling
 from core.tools import Toolbox
 from core.turns import Continuation
@@ -107,6 +108,8 @@ class Engine:
         tool_settings: who may use tools, and the tool loop's limits.
         extra_commands: the bot definition's own commands.
         knowledge: the knowledge base answers come from (``/kb``, ``/why``; none if omitted).
+        telemetry: counts messages, replies, tokens and errors for ``/metrics`` (nothing if
+            omitted).
     """
 
     def __init__(
@@ -124,7 +127,9 @@ class Engine:
         tool_settings: ToolSettings | None = None,
         extra_commands: Sequence[BotCommand] = (),
         knowledge: KnowledgeBase | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
+        self._telemetry = telemetry
         self._backend = backend
         self._store = store
         self._core = core
@@ -143,6 +148,7 @@ class Engine:
             budgets=self._sessions.budget,
             bot_name=core.bot_name,
             clock=self._clock,
+            telemetry=telemetry,
         )
         self._confirmations = Confirmations(self._clock)
         self._default_prompt = core.system_prompt or persona or DEFAULT_SYSTEM_PROMPT
@@ -203,6 +209,7 @@ class Engine:
                 history=self._history,
                 is_admin=self._admission.is_admin,
                 has_tools=lambda: self._tools.enabled,
+                telemetry=telemetry,
             )
             self._kb.register(self._commands)
             self._builtins.on_forget = self._kb.forget
@@ -334,6 +341,7 @@ class Engine:
         backend's; it resolves once the answer was sent and recorded. After :meth:`aclose`
         began, it fails with ``RuntimeError``.
         """
+        self._telemetry.message_received(msg.platform)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._state.closed:
             future.set_exception(RuntimeError("the engine is closed"))
@@ -417,6 +425,7 @@ class Engine:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._telemetry.error(error_kind(exc))
             _log.exception(
                 "failed to handle a %s message in chat %s: %s",
                 msg.platform,

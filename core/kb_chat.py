@@ -34,6 +34,7 @@ from core.notices import notify
 from core.ports import FileSource, LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache
 from core.sessions import Sessions
+from core.telemetry import NO_TELEMETRY, Telemetry, error_kind
 from core.turns import TurnContext
 from core.types import (
     Attachment,
@@ -85,6 +86,7 @@ class KbChat:
         history: the engine's history cache.
         is_admin: whether a message's author is an admin.
         has_tools: whether the bot offers tools (``KB_STRICT`` never applies then).
+        telemetry: counts the searches (nothing if omitted).
     """
 
     def __init__(
@@ -97,7 +99,9 @@ class KbChat:
         history: HistoryCache,
         is_admin: Callable[[IncomingMessage], bool],
         has_tools: Callable[[], bool],
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
+        self._telemetry = telemetry
         self.knowledge = knowledge
         self._store = store
         self._backend = backend
@@ -133,9 +137,12 @@ class KbChat:
         except (KbError, StoreError) as exc:
             if strict:
                 raise
+            self._telemetry.error(error_kind(exc))
             _log.warning("answering without documents: the knowledge base failed: %s", exc)
             return True
         turn.grounding = grounding
+        if grounding.searched:
+            self._telemetry.kb_search()
         if grounding.retrieval.used or not grounding.searched or not strict:
             return True
         await self._nothing_relevant(turn, placeholder, grounding)

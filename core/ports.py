@@ -525,6 +525,15 @@ class ChatAdapter(Protocol):
         """The platform name, e.g. ``"telegram"``."""
         ...
 
+    @property
+    def connected(self) -> bool:
+        """Whether the platform connection is up and taking messages (for ``/readyz``).
+
+        ``False`` before ``start()`` finished, after ``stop_intake()``, and while the
+        platform cannot be reached (Discord's gateway is reconnecting, say).
+        """
+        ...
+
     async def start(self) -> None:
         """Connect and begin serving; returns once serving. Idempotent."""
         ...

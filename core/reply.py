@@ -28,7 +28,15 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
 
-from core.errors import BackendError, ChinwagError, ContextTooLong, StoreError
+from core.errors import (
+    BackendBusy,
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ChinwagError,
+    ContextTooLong,
+    StoreError,
+)
 from core.kb import (
     Grounding,
     fit_documents,
@@ -43,6 +51,7 @@ from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, Prompt, PromptBuilder
 from core.sessions import Budget
 from core.settings import LLMSettings
+from core.telemetry import NO_TELEMETRY, Telemetry, error_kind
 from core.types import (
     CompletionRequest,
     ConversationKey,
@@ -91,6 +100,7 @@ class Replier:
         budgets: a model's budget from its current window (``Sessions.budget``).
         bot_name: the bot usage is counted for.
         clock: the engine's clock (current UTC time).
+        telemetry: counts replies, their timings, tokens and errors (nothing if omitted).
     """
 
     def __init__(
@@ -104,7 +114,9 @@ class Replier:
         budgets: Callable[[str], Budget],
         bot_name: str,
         clock: Callable[[], datetime],
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
+        self.telemetry = telemetry
         self.backend = backend
         self.budgets = budgets
         self.store = store
@@ -184,11 +196,13 @@ class ReplyRun:
         "_r",
         "_saver",
         "abandoned",
+        "began",
         "budget",
         "delivery_failed",
         "documents",
         "error",
         "finish",
+        "first_seen",
         "grounding",
         "key",
         "model",
@@ -263,6 +277,8 @@ class ReplyRun:
         self.saved_len = len(placeholder.content)
         self._saver: asyncio.Task[None] | None = None
         self._next_save = replier.clock_time() + PROGRESS_INTERVAL
+        self.began = replier.clock_time()
+        self.first_seen = False  # the first text was timed (chinwag_first_token_seconds)
 
     def stop(self) -> None:
         """End the generation now (``/stop``, shutdown); what was written is kept."""
@@ -272,13 +288,19 @@ class ReplyRun:
 
     async def run(self) -> None:
         """Stream, record, then tell the user about an error or an empty answer."""
-        self.producer = asyncio.create_task(
-            self._produce(), name=f"chinwag-llm-{self.key.platform}"
-        )
+        telemetry = self._r.telemetry
+        self.began = self._r.clock_time()
+        telemetry.reply_started()
         try:
-            await self._deliver()
+            self.producer = asyncio.create_task(
+                self._produce(), name=f"chinwag-llm-{self.key.platform}"
+            )
+            try:
+                await self._deliver()
+            finally:
+                text = await self._finish()
         finally:
-            text = await self._finish()
+            telemetry.reply_ended()
         await self._report(text)
         if self.sources:
             await notify(self.out, sources_text(self.sources))
@@ -342,7 +364,13 @@ class ReplyRun:
                         closer = getattr(stream, "aclose", None)
                         if closer is not None:
                             await closer()
+                self._r.telemetry.llm_result(True)
                 queue.put_nowait(_DONE)
+                return
+            except (BackendUnavailable, BackendTimeout) as exc:
+                # A busy local model is there, just full: reachable.
+                self._r.telemetry.llm_result(isinstance(exc, BackendBusy))
+                queue.put_nowait(_End(exc))
                 return
             except ContextTooLong as exc:
                 if attempt < _ATTEMPTS and not sent_any:
@@ -365,6 +393,9 @@ class ReplyRun:
             event = await queue.get()
             if isinstance(event, TextDelta):
                 parts.append(event.text)
+                if not self.first_seen and event.text:
+                    self.first_seen = True
+                    self._r.telemetry.first_token(self._r.clock_time() - self.began)
                 if self._saver is None and self._r.clock_time() >= self._next_save:
                     self._save_progress()
                 if self.resuming is None:
@@ -512,6 +543,8 @@ class ReplyRun:
             if spent
             else None
         )
+        if record is not None:
+            r.telemetry.llm_tokens(record.prompt_tokens, record.completion_tokens)
         ids = tuple(i for i in self.platform_ids if i not in self.saved_ids)
         if self.tool_round:
             # The tool loop stores the round (calls, results, status) and its usage.
@@ -536,6 +569,8 @@ class ReplyRun:
             usage=record,
             extra=extra,
         )
+        if status is not MessageStatus.IN_PROGRESS:
+            r.telemetry.reply_finished(msg.platform, status.value, r.clock_time() - self.began)
         r.history.add(
             replace(
                 self.placeholder,
@@ -567,6 +602,10 @@ class ReplyRun:
 
     async def _report(self, text: str) -> None:
         msg, error = self.msg, self.error
+        if error is not None:
+            self._r.telemetry.error(error_kind(error))
+        elif self.delivery_failed:
+            self._r.telemetry.error("delivery")
         if self.abandoned:
             _log.info("reply in %s chat %s left to recovery", msg.platform, msg.chat_id)
         elif error is not None:

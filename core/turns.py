@@ -400,6 +400,7 @@ class ToolLoop:
 
     async def audit(self, msg: IncomingMessage, call: Call, decision: ToolDecision) -> int:
         """Write a proposed call's audit row (arguments redacted); return its id."""
+        self.replier.telemetry.tool_call(call.name, decision.value)
         return await self.store.add_audit(self.audit_entry(msg, call, decision))
 
     def audit_entry(

@@ -134,6 +134,16 @@ class ConsoleAdapter:
         """The platform name."""
         return PLATFORM
 
+    @property
+    def connected(self) -> bool:
+        """Whether input is being read (started, and neither ended nor stopped)."""
+        return (
+            self._state is Lifecycle.RUNNING
+            and self._intake_open
+            and self._task is not None
+            and not self._task.done()
+        )
+
     async def start(self) -> None:
         """Start reading input. Idempotent."""
         if not self._state.require_startable("ConsoleAdapter"):

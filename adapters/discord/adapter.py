@@ -46,6 +46,7 @@ from adapters.discord.split import DISCORD_LIMIT
 from core.errors import AdapterError
 from core.lifecycle import Lifecycle
 from core.ports import ConversationEngine
+from core.telemetry import NO_TELEMETRY, Telemetry
 from core.types import Attachment, IncomingAction, IncomingMessage
 
 __all__ = ["INTENT_HELP", "DiscordAdapter", "configure_endpoints", "sync_commands"]
@@ -141,6 +142,24 @@ class _Client(discord.Client):
         _log.exception("error in the Discord %s handler", event_method)
 
 
+class _RateLimitCounter(logging.Filter):
+    """Counts the 429s discord.py waits out, from its own log line (it offers no hook).
+
+    Attached to the ``discord.http`` logger while the adapter runs; never drops a record.
+    """
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        super().__init__()
+        self._telemetry = telemetry
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Count a "being rate limited ... Retrying" warning; keep every record."""
+        message = str(record.msg)
+        if message.startswith("We are being rate limited") and "Retrying" in message:
+            self._telemetry.flood_wait(PLATFORM)
+        return True
+
+
 class DiscordAdapter:
     """Serves the engine on Discord.
 
@@ -149,6 +168,7 @@ class DiscordAdapter:
         engine: the conversation engine (started and closed by the caller).
         data_dir: where the slash-command hash file lives (``CHINWAG_DATA_DIR``).
         max_file_mb: the largest attachment users may hand over (``KB_MAX_FILE_MB``).
+        telemetry: counts the rate limits discord.py waits out.
 
     ``start()`` logs in, registers slash commands if their set changed, connects the gateway
     and returns once the bot is ready; it raises :class:`ConfigError` for a missing or
@@ -166,7 +186,9 @@ class DiscordAdapter:
         *,
         data_dir: Path,
         max_file_mb: float | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
+        self._rate_limits = _RateLimitCounter(telemetry)
         self.settings = settings
         self._max_file_bytes = int(max_file_mb * 1024 * 1024) if max_file_mb else None
         self._engine = engine
@@ -180,6 +202,19 @@ class DiscordAdapter:
         self._answer_all = frozenset(settings.answer_all_channels)
         self._warned: set[str] = set()
         self.commands_synced = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether the gateway is up and messages are taken (``False`` while reconnecting)."""
+        client = self._client
+        return (
+            self._accepting()
+            and client is not None
+            and client.is_ready()
+            and not client.is_closed()
+            and client.ws is not None
+            and client.ws.open
+        )
 
     @property
     def pending(self) -> int:
@@ -201,6 +236,7 @@ class DiscordAdapter:
             return
         self._state = Lifecycle.STARTING
         configure_endpoints(self.settings)
+        logging.getLogger("discord.http").addFilter(self._rate_limits)
         client = self._client = _Client(self)
         try:
             await login(client, self.settings)
@@ -279,6 +315,7 @@ class DiscordAdapter:
         self._state = Lifecycle.CLOSED
 
     async def _shutdown(self) -> None:
+        logging.getLogger("discord.http").removeFilter(self._rate_limits)
         if self._client is not None:
             try:
                 async with asyncio.timeout(10):

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from adapters.memory import operations as ops
@@ -61,6 +62,10 @@ _log = logging.getLogger(__name__)
 _SHUTDOWN_WAIT_S: Final = 30.0
 _OUTAGE_GRACE_S: Final = 30.0
 _NAME: Final = "SqlMemoryStore"
+
+
+def _select_one(connection: Connection) -> None:
+    connection.execute(text("SELECT 1"))
 
 
 class SqlMemoryStore(SqlToolMethods):
@@ -178,6 +183,22 @@ class SqlMemoryStore(SqlToolMethods):
         except TimeoutError:
             _log.warning("closing the store with %d call(s) still running", self._inflight)
         await self._executor.close()
+
+    async def ping(self, within: float = 2.0) -> bool:
+        """Whether the database answers a trivial query within ``within`` seconds.
+
+        For readiness probes: never raises (a stopped store, an outage, a timeout are all
+        ``False``); the cause is logged at DEBUG.
+        """
+        if self._state is not Lifecycle.RUNNING:
+            return False
+        try:
+            async with asyncio.timeout(within):
+                await self._call(_select_one, write=False)
+        except (StoreError, TimeoutError, RuntimeError, OSError):
+            _log.debug("the database did not answer a ping", exc_info=True)
+            return False
+        return True
 
     # --- the one boundary ------------------------------------------------------------------
 

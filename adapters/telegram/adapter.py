@@ -48,6 +48,7 @@ from adapters.telegram.transport import AnyApplication, Transport, is_not_modifi
 from core.errors import AdapterError, ConfigError
 from core.lifecycle import Lifecycle
 from core.ports import ConversationEngine
+from core.telemetry import NO_TELEMETRY, Telemetry
 from core.types import Attachment, IncomingAction, IncomingMessage
 
 __all__ = ["TelegramAdapter", "TelegramReplyChannel"]
@@ -82,6 +83,7 @@ class TelegramAdapter:
         engine: the started conversation engine.
         max_file_mb: the largest file users may hand over (``KB_MAX_FILE_MB``); the Bot
             API's own 20 MB download limit applies in any case.
+        telemetry: counts the flood-control waits Telegram asks for (429).
 
     ``start()`` connects (``getMe``), registers the engine's commands, and starts polling
     or the webhook server; ``aclose()`` stops taking updates, lets replies in flight finish
@@ -96,7 +98,9 @@ class TelegramAdapter:
         engine: ConversationEngine,
         *,
         max_file_mb: float | None = None,
+        telemetry: Telemetry = NO_TELEMETRY,
     ) -> None:
+        self._telemetry = telemetry
         self._engine = engine
         self._max_file_bytes = int(max_file_mb * 1024 * 1024) if max_file_mb else None
         self._settings = settings
@@ -116,6 +120,18 @@ class TelegramAdapter:
     def name(self) -> str:
         """``"telegram"``."""
         return PLATFORM
+
+    @property
+    def connected(self) -> bool:
+        """Whether updates are being fetched (polling or the webhook server is running)."""
+        app = self._app
+        return (
+            self._state is Lifecycle.RUNNING
+            and not self._intake_stopped
+            and app is not None
+            and app.updater is not None
+            and app.updater.running
+        )
 
     @property
     def application(self) -> AnyApplication:
@@ -193,7 +209,7 @@ class TelegramAdapter:
             self._state = Lifecycle.CLOSED
             raise
         self._app = app
-        self._transport = Transport(app, self._settings)
+        self._transport = Transport(app, self._settings, self._telemetry)
         me = app.bot.bot
         self._username = (me.username or "").lower()
         self._bot_id = me.id

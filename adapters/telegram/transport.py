@@ -32,6 +32,7 @@ from telegram.warnings import PTBDeprecationWarning
 
 from adapters.live import LivePacing
 from adapters.telegram.settings import TelegramSettings
+from core.telemetry import NO_TELEMETRY, Telemetry
 
 __all__ = [
     "AnyApplication",
@@ -85,8 +86,14 @@ class Throttled(Exception):
 class Transport:
     """What reply channels share: the bot, per-chat pacing and the flood gates."""
 
-    def __init__(self, app: AnyApplication, settings: TelegramSettings) -> None:
+    def __init__(
+        self,
+        app: AnyApplication,
+        settings: TelegramSettings,
+        telemetry: Telemetry = NO_TELEMETRY,
+    ) -> None:
         self.app = app
+        self.telemetry = telemetry
         self.settings = settings
         self._flood_until: dict[int, float] = {}
         self._bot_flood_until = 0.0  # a 429 anywhere pauses every chat until then
@@ -221,6 +228,7 @@ class Transport:
                 until = self.now() + seconds + _FLOOD_MARGIN
                 self._flood_until[chat_id] = max(self.gate(chat_id), until)
                 self._bot_flood_until = max(self._bot_flood_until, until)
+                self.telemetry.flood_wait("telegram")
                 _log.info("flood control in chat %s: waiting %.1fs", chat_id, seconds)
                 if not wait_flood:
                     raise

@@ -54,6 +54,10 @@ class StubAdapter:
         self.buffered = [_dm("last words")]
         self.closed = False
 
+    @property
+    def connected(self) -> bool:
+        return self.serving.is_set() and not self.intake_stopped.is_set()
+
     def receive(self, msg: IncomingMessage) -> None:
         self.futures.append(self.engine.submit(msg, self.channel))
 
