@@ -79,7 +79,9 @@ cleanup() {
         kill "$FAKES_PID"
         wait "$FAKES_PID" 2>/dev/null
     fi
-    podman image prune -f >/dev/null 2>&1 # dangling layers of rebuilt images
+    # Dangling layers of older builds; recent ones are the next build's cache (the builder
+    # stage is not an ancestor of the image, so a plain prune would drop its layers).
+    podman image prune -f --filter until=72h >/dev/null 2>&1
     rm -rf "$WORK"
     say "total $((SECONDS - T0)) s, exit status $status"
     exit "$status"
