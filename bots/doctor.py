@@ -79,7 +79,21 @@ ALIASES: Final = {
 }
 """Names other bots and tools use for a chinwag setting (difflib would not always find them)."""
 
-NOT_SETTINGS: Final = frozenset({"CHINWAG_PG_IMAGE", "CHINWAG_TEST_POSTGRES_URL"})
+NOT_SETTINGS: Final = frozenset(
+    {
+        # compose.yaml's own variables (read by compose from .env, never by chinwag)
+        "CHINWAG_PG_IMAGE",
+        "CHINWAG_IMAGE",
+        "CHINWAG_LOCAL",
+        "CHINWAG_HTTP_PORT",
+        # the test suite's and scripts/container-test.sh's
+        "CHINWAG_TEST_POSTGRES_URL",
+        "CHINWAG_TEST_REQUIRE",
+        "CHINWAG_TEST_PYTHON",
+        "CHINWAG_CONTAINER_CACHE",
+        "CHINWAG_LLAMA_CMAKE_ARGS",
+    }
+)
 """Variables of chinwag's own tooling (compose, the test suite) that the program never reads."""
 
 DEFAULT_TIMEOUT: Final = 10.0

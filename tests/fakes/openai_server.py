@@ -270,6 +270,7 @@ class FakeOpenAIServer:
         props: llama.cpp's ``/props`` document (404 when ``None``).
         ollama_show: Ollama's ``/api/show`` answer per model (404 when ``None``).
         embedding_models: the models ``/v1/embeddings`` serves, with their dimension.
+        host: the address to listen on (``0.0.0.0`` to be reached from a container too).
     """
 
     def __init__(
@@ -287,7 +288,9 @@ class FakeOpenAIServer:
         props: Mapping[str, Any] | None = None,
         ollama_show: Mapping[str, Mapping[str, Any]] | None = None,
         embedding_models: Mapping[str, int] = EMBEDDING_MODELS,
+        host: str = "127.0.0.1",
     ) -> None:
+        self.host = host
         self.embedding_models = dict(embedding_models)
         self.overflow_style = overflow_style
         self.published = dict(published or {})
@@ -322,7 +325,7 @@ class FakeOpenAIServer:
         app.router.add_post("/api/show", self._show)
         runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, self.host, 0)
         await site.start()
         self._runner = runner
         self._port = int(runner.addresses[0][1])
@@ -339,6 +342,10 @@ class FakeOpenAIServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    @property
+    def port(self) -> int:
+        return self._port
 
     @property
     def base_url(self) -> str:

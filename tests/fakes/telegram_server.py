@@ -507,6 +507,7 @@ class FakeTelegram:
         bot: the bot's own account (``getMe``).
         limits: flood limits; change them at any time.
         calls: every call received, in order.
+        host: the address it listens on (``0.0.0.0`` to be reached from a container too).
     """
 
     def __init__(
@@ -515,7 +516,9 @@ class FakeTelegram:
         token: str = "123456:TEST-token_abcdefghijklmnopqrstuv",
         bot_username: str = "chinwag_test_bot",
         limits: FloodLimits | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        self.host = host
         self.token = token
         self.bot = FakeUser(int(token.split(":")[0]), "Chinwag", bot_username, is_bot=True)
         self.limits = limits or FloodLimits()
@@ -571,7 +574,7 @@ class FakeTelegram:
             app, access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
         self._site_port = int(self._runner.addresses[0][1])
 
@@ -585,6 +588,11 @@ class FakeTelegram:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return self._site_port
 
     @property
     def base_url(self) -> str:
