@@ -10,6 +10,7 @@ Every error the project raises on purpose derives from :class:`ChinwagError`::
     │   ├── RateLimited          the server said 429 (``retry_after`` seconds, if given)
     │   └── ContextTooLong       the prompt does not fit the model's context
     ├── AdapterError             a chat platform failed
+    ├── MediaError               a photo, voice note or file can't be used (says why)
     └── StoreError               the memory store failed
         ├── DuplicateMessage     a platform message id is already stored (a redelivery)
         └── StoreUnavailable     the database stayed unreachable for the outage grace period
@@ -156,3 +157,15 @@ class KbError(ChinwagError):
     """
 
     user_message = "I couldn't use the knowledge base for this. Please try again."
+
+
+class MediaError(ChinwagError):
+    """A photo, voice note or file a user sent can't be used: corrupt, too big, unreadable.
+
+    ``user_message`` says which file and why, in one sentence a person can act on (the
+    limit, the format); nothing of the message is answered or stored then.
+    """
+
+    def __init__(self, user_message: str) -> None:
+        super().__init__(user_message)
+        self.user_message = user_message

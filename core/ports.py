@@ -15,6 +15,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from core.media import MediaBlob
 from core.types import (
     Attachment,
     AuditEntry,
@@ -95,6 +96,14 @@ class LLMBackend(Protocol):
         """
         ...
 
+    def supports_images(self, model: str) -> bool:
+        """Whether ``model`` accepts images in user turns (``ChatMessage.images``).
+
+        The engine never sends an image to a model that can't see it: the user is told in
+        one sentence and the caption alone is answered.
+        """
+        ...
+
     def supports_tools(self, model: str) -> bool:
         """Whether ``model`` can be offered tools (and its tool calls are understood).
 
@@ -146,10 +155,23 @@ class MemoryStore(Protocol):
     ) -> list[StoredMessage]:
         """Append ``messages`` in order in one transaction, with consecutive sequence numbers.
 
-        Platform message ids given in a ``NewMessage`` are recorded for it. Raises
-        ``DuplicateMessage`` (carrying the stored message) if one of those platform ids is
-        already recorded; nothing of the call is stored then.
+        Platform message ids given in a ``NewMessage`` are recorded for it, and so are the
+        media it names (``NewMessage.media``: hashes already saved with ``save_media``).
+        Raises ``DuplicateMessage`` (carrying the stored message) if one of those platform
+        ids is already recorded; nothing of the call is stored then.
         """
+        ...
+
+    async def save_media(self, blob: MediaBlob) -> None:
+        """Store an image once per content hash (``blob.sha256``); saving it again is a no-op.
+
+        Media no message links to (``NewMessage.media``) are deleted by ``forget_user`` and
+        may be deleted by the store after a day.
+        """
+        ...
+
+    async def load_media(self, hashes: Sequence[str]) -> Mapping[str, MediaBlob]:
+        """The stored media of ``hashes`` (those that exist), by hash."""
         ...
 
     async def finish_message(
@@ -455,6 +477,50 @@ class FileSource(Protocol):
         it is over the platform's (or the bot's) size limit; nothing is left at
         ``destination`` then.
         """
+        ...
+
+
+class MediaReader(Protocol):
+    """Turns the files users send into what a prompt holds (Pillow and friends, in adapters).
+
+    Every method raises ``core.errors.MediaError`` with a sentence naming the file and the
+    problem (corrupt, unsupported format, too large) when it can't.
+    """
+
+    async def prepare_image(self, path: Path, name: str) -> MediaBlob:
+        """Decode the image at ``path``, turn it upright and downscale it for vision models.
+
+        The result is re-encoded (JPEG, or PNG when it has transparency) at most
+        :func:`core.media.fit_size` of the original, with no metadata (no GPS position).
+        """
+        ...
+
+    async def read_text(self, path: Path, name: str, max_chars: int) -> str:
+        """The text of the file at ``path``: UTF-8 (other encodings detected or refused).
+
+        Raises ``MediaError`` when it is longer than ``max_chars`` characters (naming the
+        limit) or is not text.
+        """
+        ...
+
+    async def audio_seconds(self, path: Path, mime_type: str | None) -> float | None:
+        """The length of the audio file at ``path`` in seconds, ``None`` when unknown."""
+        ...
+
+
+class Transcriber(Protocol):
+    """Speech to text (an OpenAI-compatible ``/v1/audio/transcriptions`` endpoint)."""
+
+    async def transcribe(self, path: Path, name: str, mime_type: str | None) -> str:
+        """The words spoken in the audio file at ``path``.
+
+        Raises ``core.errors.BackendError`` subclasses when the server fails, and
+        ``MediaError`` when it refuses the file.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; idempotent."""
         ...
 
 

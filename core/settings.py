@@ -186,3 +186,22 @@ class KbSettings(ChinwagSettings):
     # Users may add documents to their own knowledge base from a chat (admins always may).
     user_uploads: bool = False
     max_file_mb: float = Field(default=20.0, gt=0, le=2000)
+
+
+class MediaSettings(ChinwagSettings):
+    """Photos, voice notes and files users send in chats."""
+
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "max_file_mb": "20",
+        "max_file_chars": "50000",
+        "stt_max_seconds": "600",
+    }
+
+    # The largest file (photo, voice note, document) a chat user may send, checked before
+    # downloading; Telegram's own limit for bots is 20 MB.
+    max_file_mb: float = Field(default=20.0, gt=0, le=2000)
+    # The most characters of a text file read into a turn (MAX_INPUT_CHARS keeps applying
+    # to the typed text alone); a longer file is refused with the limit.
+    max_file_chars: int = Field(default=50_000, ge=1, le=2_000_000)
+    # The longest voice note or audio file transcribed, in seconds.
+    stt_max_seconds: float = Field(default=600.0, gt=0, le=86_400)

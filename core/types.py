@@ -52,12 +52,16 @@ class Attachment:
     """A file that came with a message, fetched only when needed (``/kb add``).
 
     Attributes:
-        kind: ``"document"`` (Telegram document, Discord attachment); the media issue adds
-            ``"photo"`` and ``"voice"``.
+        kind: one of :class:`AttachmentKind`'s values: ``"photo"`` (a picture to look at:
+            Telegram photos and image documents, Discord image attachments), ``"voice"``
+            (speech to transcribe: voice notes and audio files) or ``"document"`` (any
+            other file: text files are read into the turn, others may go to ``/kb add``).
         name: the file name as the user sent it (may be empty).
         size: its size in bytes, when the platform says.
         mime_type: its MIME type, when the platform says.
         ref: the adapter's handle to download it (a Telegram file id, a Discord URL).
+        duration: the length in seconds of a voice note or audio file, when the platform
+            says (checked against ``STT_MAX_SECONDS`` before downloading).
     """
 
     kind: str
@@ -65,6 +69,35 @@ class Attachment:
     size: int | None
     mime_type: str | None
     ref: str
+    duration: float | None = None
+
+
+class AttachmentKind(StrEnum):
+    """What the bot does with an attachment (``Attachment.kind``)."""
+
+    PHOTO = "photo"
+    VOICE = "voice"
+    DOCUMENT = "document"
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image in a user turn, as a backend sends it to a vision model.
+
+    Attributes:
+        data: the encoded image (JPEG or PNG), already downscaled for the model.
+        mime_type: ``"image/jpeg"`` or ``"image/png"``.
+        width: its width in pixels.
+        height: its height in pixels.
+    """
+
+    data: bytes
+    mime_type: str
+    width: int
+    height: int
+
+    def __repr__(self) -> str:  # never dump megabytes into a log line or a test failure
+        return f"ImagePart({self.mime_type}, {self.width}x{self.height}, {len(self.data)} bytes)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +203,8 @@ class ChatMessage:
     name: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    # Images of a user turn, after its text (sent only to models that accept images).
+    images: tuple[ImagePart, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +315,9 @@ class NewMessage:
     platform_chat_id: str | None = None
     platform_message_ids: Sequence[str] = ()
     owner: str | None = None  # the instance writing a reply in progress
+    # Content hashes of the stored media (``MemoryStore.save_media``) this message shows;
+    # linked so that /forget deletes what only the forgotten messages referenced.
+    media: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)

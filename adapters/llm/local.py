@@ -246,6 +246,10 @@ class LocalBackend:
             _log.debug("could not measure the chat template overhead of %s", path, exc_info=True)
             return 8
 
+    def supports_images(self, model: str) -> bool:
+        """Not yet: the multimodal projector (``LOCAL_MMPROJ_PATH``) comes with issue 14."""
+        return False
+
     def supports_tools(self, model: str) -> bool:
         """Whether ``model`` is offered tools: its chat template handles them (``LOCAL_TOOLS``).
 

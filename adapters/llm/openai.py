@@ -50,6 +50,7 @@ from core.errors import (
     RateLimited,
 )
 from core.lifecycle import Lifecycle
+from core.media import is_vision_model
 from core.types import (
     BackendEvent,
     CompletionRequest,
@@ -157,6 +158,10 @@ class OpenAIBackend:
     def models(self) -> Sequence[str]:
         """The default model first, then ``OPENAI_ALLOWED_MODELS`` without duplicates."""
         return list(dict.fromkeys([self.default_model, *self._settings.allowed_models]))
+
+    def supports_images(self, model: str) -> bool:
+        """A known vision family (:func:`core.media.is_vision_model`)."""
+        return is_vision_model(model)
 
     def supports_tools(self, model: str) -> bool:
         """OpenAI-compatible servers take tools natively (``tools``, streamed call deltas)."""

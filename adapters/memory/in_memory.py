@@ -27,6 +27,7 @@ from adapters.memory.in_memory_tools import InMemoryTools, ToolState
 from adapters.memory.validation import check_extra, check_usage, storable, usage_pseudonym
 from core.errors import DuplicateMessage, StoreError
 from core.lifecycle import Lifecycle
+from core.media import MediaBlob
 from core.text import safe_text
 from core.types import (
     Conversation,
@@ -376,6 +377,14 @@ class InMemoryStore(InMemoryTools, InMemoryRecovery):
                 today += tokens
                 messages_today += counters.messages
         return UsageSummary(tokens_today=today, tokens_total=total, messages_today=messages_today)
+
+    async def save_media(self, blob: MediaBlob) -> None:
+        """Store an image once per content hash (issue 14: the s14-store branch)."""
+        raise NotImplementedError("save_media: being built on branch s14-store")
+
+    async def load_media(self, hashes: Sequence[str]) -> Mapping[str, MediaBlob]:
+        """The stored media of ``hashes`` (issue 14: the s14-store branch)."""
+        raise NotImplementedError("load_media: being built on branch s14-store")
 
     async def forget_user(self, bot: str, platform: str, user_id: str) -> int:
         """Delete everything stored about the user but the pseudonymous usage counters.

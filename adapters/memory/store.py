@@ -41,6 +41,7 @@ from adapters.memory.tooling import merge_extra
 from adapters.memory.validation import check_extra, check_usage, storable, usage_pseudonym
 from core.errors import StoreError, StoreUnavailable
 from core.lifecycle import Lifecycle
+from core.media import MediaBlob
 from core.text import safe_text
 from core.types import (
     Conversation,
@@ -440,6 +441,14 @@ class SqlMemoryStore(SqlToolMethods):
             lambda c: ops.get_usage(c, bot, platform, user_key, day), write=False
         )
         return result
+
+    async def save_media(self, blob: MediaBlob) -> None:
+        """Store an image once per content hash (issue 14: the s14-store branch)."""
+        raise NotImplementedError("save_media: being built on branch s14-store")
+
+    async def load_media(self, hashes: Sequence[str]) -> Mapping[str, MediaBlob]:
+        """The stored media of ``hashes`` (issue 14: the s14-store branch)."""
+        raise NotImplementedError("load_media: being built on branch s14-store")
 
     async def forget_user(self, bot: str, platform: str, user_id: str) -> int:
         """Delete everything stored about the user but the pseudonymous usage counters.

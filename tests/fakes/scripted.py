@@ -82,6 +82,7 @@ class ScriptedBackend:
         self.window = context_window
         self.calls: list[CompletionRequest] = []
         self.tools = True  # whether the model can be offered tools
+        self.vision = False  # whether the model accepts images
         self.failures: list[BaseException] = []  # raised by the next calls, in order
         self.mid_stream_failures: list[BaseException] = []  # raised after the first chunk
         self.gate: asyncio.Event | None = None  # when set to an unset Event, replies wait
@@ -108,6 +109,9 @@ class ScriptedBackend:
 
     async def count_tokens(self, text: str, model: str) -> int:
         return len(text.split())
+
+    def supports_images(self, model: str) -> bool:
+        return self.vision
 
     def supports_tools(self, model: str) -> bool:
         return self.tools

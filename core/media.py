@@ -1,0 +1,219 @@
+"""Photos, voice notes and text files in a conversation: what core knows of them.
+
+The vendor work (decoding and downscaling images with Pillow, reading text files, asking a
+speech-to-text server) happens behind :class:`core.ports.MediaReader` and
+:class:`core.ports.Transcriber`; this module holds the neutral parts every side agrees on:
+
+- :class:`MediaBlob`, an image as the store keeps it (once per content hash);
+- :func:`image_tokens`, what an image costs in a prompt, counted as OpenAI's API counts it;
+- :func:`is_vision_model`, the built-in list of model families that accept images;
+- :class:`StoredAttachment`, what a stored message records about each file it came with
+  (in ``extra["attachments"]``), read back by the prompt, ``/history`` and ``/export``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+IMAGE_MAX_SIDE = 2048
+"""Images are downscaled to fit a square of this many pixels (as the API does for them)."""
+IMAGE_MAX_SHORT_SIDE = 768
+"""...and so that their shorter side is at most this (the API's next step: more is waste)."""
+
+_TILE = 512
+_TOKENS_PER_TILE = 170
+_BASE_TOKENS = 85
+
+
+@dataclass(frozen=True, slots=True)
+class MediaBlob:
+    """An image as stored: encoded bytes, once per content hash.
+
+    Attributes:
+        sha256: the hex SHA-256 of ``data`` (the key; see :func:`content_hash`).
+        mime_type: ``"image/jpeg"`` or ``"image/png"``.
+        data: the encoded image, already downscaled.
+        width: its width in pixels.
+        height: its height in pixels.
+    """
+
+    sha256: str
+    mime_type: str
+    data: bytes
+    width: int
+    height: int
+
+    def __repr__(self) -> str:  # never dump megabytes into a log line or a test failure
+        return f"MediaBlob({self.sha256[:12]}, {self.mime_type}, {self.width}x{self.height})"
+
+
+def content_hash(data: bytes) -> str:
+    """The key a blob is stored under: the hex SHA-256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def fit_size(width: int, height: int) -> tuple[int, int]:
+    """The size an image of ``width`` x ``height`` is downscaled to (never upscaled).
+
+    First to fit :data:`IMAGE_MAX_SIDE` square, then so that the shorter side is at most
+    :data:`IMAGE_MAX_SHORT_SIDE`: what OpenAI's API does to an image before counting it,
+    so a larger image would cost upload time and nothing else.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"not an image size: {width}x{height}")
+    scale = min(1.0, IMAGE_MAX_SIDE / max(width, height))
+    scale = min(scale, IMAGE_MAX_SHORT_SIDE / min(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def image_tokens(width: int, height: int) -> int:
+    """The prompt tokens an image costs, as OpenAI's API counts a ``detail: high`` image.
+
+    The image is scaled as :func:`fit_size` does, then cut into 512-pixel tiles: 170
+    tokens a tile plus 85 (GPT-4o's figures; other vision models charge about as much, and
+    a budget that errs high never overflows the context).
+    """
+    w, h = fit_size(width, height)
+    tiles = math.ceil(w / _TILE) * math.ceil(h / _TILE)
+    return _TOKENS_PER_TILE * tiles + _BASE_TOKENS
+
+
+# Families of models that accept images, matched against the model id's last path part
+# (OpenRouter's ``openai/gpt-4o`` is ``gpt-4o``), case-insensitively. Listed in the README.
+VISION_FAMILIES: tuple[str, ...] = (
+    r"gpt-4o(?!-audio|-realtime|-transcribe|-mini-transcribe|-search)",
+    r"gpt-4\.1",
+    r"gpt-4\.5",
+    r"gpt-4-turbo",
+    r"gpt-4-vision",
+    r"gpt-5(?!.*-chat-latest-audio)",
+    r"chatgpt-4o",
+    r"o1(?!-mini|-preview)",
+    r"o3(?!-mini)",
+    r"o4-mini",
+    r"claude-(3|sonnet-4|opus-4|haiku-4)",
+    r"claude-[0-9.]+-(sonnet|opus|haiku)",
+    r"gemini",
+    r"gemma-?3",
+    r"llava",
+    r"bakllava",
+    r"qwen[0-9.]*-?vl",
+    r"qwen[0-9.]*-omni",
+    r"pixtral",
+    r"llama-?3\.2-?(11|90)b-?vision|llama-?3\.2-vision",
+    r"llama-?4",
+    r"minicpm-?v",
+    r"moondream",
+    r"internvl",
+    r"phi-?3(\.5)?-vision",
+    r"phi-?4-multimodal",
+    r"mistral-small-3\.[12]",
+    r"mistral-medium-3",
+    r"granite[0-9.]*-vision",
+    r"smolvlm",
+    r"idefics",
+    r"cogvlm",
+    r"glm-4(\.[0-9])?v",
+    r"grok-(2-vision|4)",
+)
+_VISION = re.compile("|".join(f"(?:{family})" for family in VISION_FAMILIES), re.IGNORECASE)
+
+
+def is_vision_model(model: str, extra: Iterable[str] = ()) -> bool:
+    """Whether ``model`` accepts images: a known family, or one of ``extra``.
+
+    ``extra`` are the operator's own names (``OPENAI_VISION_MODELS``): exact ids, or
+    prefixes ending in ``*``.
+    """
+    for name in extra:
+        if name.endswith("*") and model.startswith(name[:-1]):
+            return True
+        if name == model:
+            return True
+    base = model.rsplit("/", 1)[-1]
+    return _VISION.match(base) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAttachment:
+    """What a stored user message records about one file it came with.
+
+    Attributes:
+        kind: ``"photo"``, ``"voice"`` or ``"document"`` (``AttachmentKind``).
+        name: the file's name as sent (may be empty).
+        size: its size in bytes as received.
+        mime_type: its MIME type, when known.
+        sha256: for a photo, the key of its stored :class:`MediaBlob`.
+        width: for a photo, the stored (downscaled) width.
+        height: for a photo, the stored height.
+        tokens: for a photo, what it costs in a prompt (:func:`image_tokens`).
+        seconds: for a voice note, its length.
+        chars: for a text file, how many characters of it went into the turn.
+    """
+
+    kind: str
+    name: str
+    size: int
+    mime_type: str | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    tokens: int | None = None
+    seconds: float | None = None
+    chars: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON object kept in ``extra["attachments"]`` (``None`` fields left out)."""
+        return {key: value for key in self.__slots__ if (value := getattr(self, key)) is not None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StoredAttachment:
+        """Read one entry of ``extra["attachments"]`` back; unknown keys are ignored."""
+        known = {key: data[key] for key in cls.__slots__ if key in data}
+        known.setdefault("kind", "document")
+        known.setdefault("name", "")
+        known.setdefault("size", 0)
+        return cls(**known)
+
+
+def attachments_of(extra: Mapping[str, Any] | None) -> tuple[StoredAttachment, ...]:
+    """The attachments a stored message's ``extra`` records (none for most messages)."""
+    if not extra:
+        return ()
+    entries = extra.get("attachments")
+    if not isinstance(entries, Sequence):
+        return ()
+    return tuple(StoredAttachment.from_json(e) for e in entries if isinstance(e, Mapping))
+
+
+def describe(attachment: StoredAttachment) -> str:
+    """One short line naming an attachment for ``/history`` and ``/export``.
+
+    For example ``photo plant.jpg (1024x768, 182 KB)`` or ``voice note (0:42)``.
+    """
+    name = f" {attachment.name}" if attachment.name else ""
+    details: list[str] = []
+    if attachment.width and attachment.height:
+        details.append(f"{attachment.width}x{attachment.height}")
+    if attachment.seconds is not None:
+        minutes, seconds = divmod(round(attachment.seconds), 60)
+        details.append(f"{minutes}:{seconds:02d}")
+    details.append(human_size(attachment.size))
+    kind = "voice note" if attachment.kind == "voice" else attachment.kind
+    if attachment.kind == "document":
+        kind = "file"
+    return f"{kind}{name} ({', '.join(details)})"
+
+
+def human_size(size: int) -> str:
+    """``532 bytes``, ``182 KB``, ``2.4 MB``: a size a person reads at a glance."""
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.0f} KB"
+    return f"{size / (1024 * 1024):.1f} MB"
