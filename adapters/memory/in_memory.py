@@ -92,6 +92,7 @@ class InMemoryStore(InMemoryTools, InMemoryRecovery):
         self._next_message = 1
         self._recovery = RecoveryState()
         self._tools = ToolState()
+        self._media: dict[str, MediaBlob] = {}
 
     def __repr__(self) -> str:
         return f"InMemoryStore({len(self._conversations)} conversations)"
@@ -379,12 +380,12 @@ class InMemoryStore(InMemoryTools, InMemoryRecovery):
         return UsageSummary(tokens_today=today, tokens_total=total, messages_today=messages_today)
 
     async def save_media(self, blob: MediaBlob) -> None:
-        """Store an image once per content hash (issue 14: the s14-store branch)."""
-        raise NotImplementedError("save_media: being built on branch s14-store")
+        """Store an image once per content hash."""
+        self._media.setdefault(blob.sha256, blob)
 
     async def load_media(self, hashes: Sequence[str]) -> Mapping[str, MediaBlob]:
-        """The stored media of ``hashes`` (issue 14: the s14-store branch)."""
-        raise NotImplementedError("load_media: being built on branch s14-store")
+        """The stored media of ``hashes`` (those that exist), by hash."""
+        return {h: self._media[h] for h in hashes if h in self._media}
 
     async def forget_user(self, bot: str, platform: str, user_id: str) -> int:
         """Delete everything stored about the user but the pseudonymous usage counters.
