@@ -34,7 +34,14 @@ from core.errors import ConfigError
 from core.kb import KnowledgeBase
 from core.knowledge import AddReport, KbScope
 from core.ports import ChatAdapter, LLMBackend
-from core.settings import AccessSettings, CoreSettings, KbSettings, LLMSettings, ToolSettings
+from core.settings import (
+    AccessSettings,
+    CoreSettings,
+    KbSettings,
+    LLMSettings,
+    MediaSettings,
+    ToolSettings,
+)
 from core.telemetry import NO_TELEMETRY, Telemetry
 from core.tools import Toolbox
 
@@ -91,6 +98,7 @@ class Settings:
     mcp_config: Path | None = None
     homeassistant: HomeAssistantSettings | None = None
     kb: KbSettings = field(default_factory=lambda: KbSettings(_env_file=None))
+    media: MediaSettings = field(default_factory=lambda: MediaSettings(_env_file=None))
     # CHINWAG_HTTP_LISTEN as (host, port): where health and metrics are served; None = off.
     http_listen: tuple[str, int] | None = None
 
@@ -277,7 +285,7 @@ def platform_adapters(
             TelegramAdapter(
                 settings.telegram,
                 engine,
-                max_file_mb=settings.kb.max_file_mb,
+                max_file_mb=settings.media.max_file_mb,  # /kb add passes KB_MAX_FILE_MB
                 telemetry=telemetry,
             )
         )
@@ -289,7 +297,7 @@ def platform_adapters(
                 settings.discord,
                 engine,
                 data_dir=settings.data_dir,
-                max_file_mb=settings.kb.max_file_mb,
+                max_file_mb=settings.media.max_file_mb,  # /kb add passes KB_MAX_FILE_MB
                 telemetry=telemetry,
             )
         )

@@ -280,7 +280,8 @@ class KbChat:
         folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="chinwag-kb-"))
         try:
             path = folder / name
-            await out.download(attachment, path)
+            # KB_MAX_FILE_MB, not the chat's MAX_FILE_MB: a manual may be bigger than a photo.
+            await out.download(attachment, path, max_bytes=int(limit * 1024 * 1024))
             report = await add_file(path, target, f"{msg.platform}:{msg.user_id}", name)
         except AdapterError as exc:
             _log.warning("could not download a %s upload: %s", msg.platform, exc)

@@ -470,12 +470,18 @@ class FileSource(Protocol):
     simply is not one.
     """
 
-    async def download(self, attachment: Attachment, destination: Path) -> int:
+    async def download(
+        self, attachment: Attachment, destination: Path, *, max_bytes: int | None = None
+    ) -> int:
         """Fetch ``attachment`` into the file ``destination`` in pieces; return its size.
 
+        ``max_bytes`` is the caller's own limit (``KB_MAX_FILE_MB`` for ``/kb add``); by
+        default the adapter's (``MAX_FILE_MB``). The platform's own limit (Telegram's 20 MB
+        for bots) applies in any case. A size over the limit is refused before anything is
+        fetched whenever the platform says it.
+
         Raises ``AdapterError`` with a clear ``user_message`` when the platform refuses it or
-        it is over the platform's (or the bot's) size limit; nothing is left at
-        ``destination`` then.
+        it is over the limit; nothing is left at ``destination`` then.
         """
         ...
 

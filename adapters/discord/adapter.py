@@ -47,7 +47,7 @@ from core.errors import AdapterError
 from core.lifecycle import Lifecycle
 from core.ports import ConversationEngine
 from core.telemetry import NO_TELEMETRY, Telemetry
-from core.types import Attachment, IncomingAction, IncomingMessage
+from core.types import Attachment, AttachmentKind, IncomingAction, IncomingMessage
 
 __all__ = ["INTENT_HELP", "DiscordAdapter", "configure_endpoints", "sync_commands"]
 
@@ -77,15 +77,13 @@ def _where(channel: Any, fallback_id: int | None = None) -> tuple[str, str | Non
 
 
 def _unsupported(message: discord.Message) -> str | None:
+    """What a message without text carries that the bot cannot use, if anything.
+
+    Attachments of every kind go to the engine (``_attachments``); what is left is
+    stickers, embeds and polls.
+    """
     if message.attachments:
-        kinds = {(a.content_type or "").split("/")[0] for a in message.attachments}
-        if kinds == {"image"}:
-            return "image"
-        if kinds <= {"audio"}:
-            return "voice message" if message.flags.voice else "audio file"
-        if kinds == {"video"}:
-            return "video"
-        return "file"
+        return None
     if message.stickers:
         return "sticker"
     if message.embeds:
@@ -96,10 +94,26 @@ def _unsupported(message: discord.Message) -> str | None:
 
 
 def _attachments(message: discord.Message) -> tuple[Attachment, ...]:
-    return tuple(
-        Attachment("document", item.filename, item.size, item.content_type, item.url)
-        for item in message.attachments
-    )
+    """The message's attachments as the engine sees them (nothing is downloaded here).
+
+    ``image/*`` is a photo; ``audio/*`` and voice messages (the ``IS_VOICE_MESSAGE`` flag,
+    or an attachment with a waveform) are voice, with their ``duration_secs``; anything
+    else is a document.
+    """
+    return tuple(_attachment(item, voice=message.flags.voice) for item in message.attachments)
+
+
+def _attachment(item: discord.Attachment, *, voice: bool) -> Attachment:
+    mime = item.content_type
+    major = (mime or "").split("/")[0].lower()
+    if major == "image":
+        kind = AttachmentKind.PHOTO
+    elif major == "audio" or item.is_voice_message() or (voice and item.duration is not None):
+        kind = AttachmentKind.VOICE
+    else:
+        kind = AttachmentKind.DOCUMENT
+    duration = item.duration if kind is AttachmentKind.VOICE else None
+    return Attachment(kind.value, item.filename, item.size, mime, item.url, duration=duration)
 
 
 def _own_replied_files(message: discord.Message) -> tuple[Attachment, ...]:
@@ -167,7 +181,8 @@ class DiscordAdapter:
         settings: the ``DISCORD_*`` settings (``bot_token`` must be set).
         engine: the conversation engine (started and closed by the caller).
         data_dir: where the slash-command hash file lives (``CHINWAG_DATA_DIR``).
-        max_file_mb: the largest attachment users may hand over (``KB_MAX_FILE_MB``).
+        max_file_mb: the largest attachment downloaded for a chat turn (``MAX_FILE_MB``);
+            ``/kb add`` passes its own ``KB_MAX_FILE_MB``.
         telemetry: counts the rate limits discord.py waits out.
 
     ``start()`` logs in, registers slash commands if their set changed, connects the gateway
@@ -413,9 +428,8 @@ class DiscordAdapter:
             thread_id=thread_id,
             is_private=message.guild is None or private,
             user_name=message.author.display_name,
-            # A bare file goes to the engine (which says how to add it); media keep their
-            # "unsupported" answer until the media issue.
-            unsupported=None if unsupported == "file" else unsupported,
+            # Files, photos and voice messages without text go to the engine as they are.
+            unsupported=unsupported,
             reply_to_message_id=(
                 str(message.reference.message_id)
                 if message.reference is not None and message.reference.message_id

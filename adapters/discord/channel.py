@@ -6,7 +6,8 @@ response and follow-ups. Its streamed reply is an :class:`~adapters.live.LiveMes
 sink, split by :func:`~adapters.discord.split.split_message` (2000 characters, fences kept).
 Model output never pings anyone: every send carries ``allowed_mentions`` with nothing
 allowed but the reply to the asker. It is also a ``core.ports.FileSource``: the files users
-attach are streamed from their attachment URL to disk, within ``KB_MAX_FILE_MB``.
+attach are streamed from their attachment URL to disk, within ``MAX_FILE_MB`` (or the
+caller's own limit).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ _log = logging.getLogger(__name__)
 
 BUTTON_PREFIX: Final = "chinwag"
 _FILE_LIMIT: Final = 10 * 1024 * 1024  # Discord's upload limit for bots in unboosted servers
-DEFAULT_DOWNLOAD_LIMIT: Final = 20 * 1024 * 1024  # KB_MAX_FILE_MB's default
+DEFAULT_DOWNLOAD_LIMIT: Final = 20 * 1024 * 1024  # MAX_FILE_MB's default
 _CHUNK: Final = 64 * 1024
 _TYPING_REFRESH: Final = 8.0  # Discord shows "typing..." for about 10 s per request
 
@@ -246,18 +247,20 @@ class DiscordReplyChannel:
             typing_repeat=_TYPING_REFRESH,
         )
 
-    async def download(self, attachment: Attachment, destination: Path) -> int:
+    async def download(
+        self, attachment: Attachment, destination: Path, *, max_bytes: int | None = None
+    ) -> int:
         """Fetch a file the user attached into ``destination``; return its size in bytes.
 
-        Refused before anything is fetched when its size is over ``KB_MAX_FILE_MB``, and
-        while streaming if more bytes arrive than that.
+        Refused before anything is fetched when its size is over the limit (``max_bytes``,
+        else ``MAX_FILE_MB``), and while streaming if more bytes arrive than that.
 
         Raises:
             DownloadRefused: the file is too big (``user_message`` says the limit).
             AdapterError: the attachment URL failed (expired, unreachable). Nothing is left
                 at ``destination`` after a failure.
         """
-        limit = self._file_limit
+        limit = max_bytes or self._file_limit
         check_size(attachment.size, limit, attachment.name)
         seconds = self._settings.request_timeout
         timeout = aiohttp.ClientTimeout(sock_connect=seconds, sock_read=seconds)

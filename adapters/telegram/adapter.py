@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mimetypes
 import os
 import re
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, Final
 
-from telegram import BotCommand, CallbackQuery, Message, MessageEntity, Update
+from telegram import BotCommand, CallbackQuery, Message, MessageEntity, PhotoSize, Update
 from telegram.constants import ChatType
 from telegram.error import (
     BadRequest,
@@ -42,14 +43,14 @@ from telegram.ext import (
 )
 from telegram.request import HTTPXRequest
 
-from adapters.telegram.channel import TelegramReplyChannel
+from adapters.telegram.channel import BOT_API_DOWNLOAD_LIMIT, TelegramReplyChannel
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.transport import AnyApplication, Transport, is_not_modified
 from core.errors import AdapterError, ConfigError
 from core.lifecycle import Lifecycle
 from core.ports import ConversationEngine
 from core.telemetry import NO_TELEMETRY, Telemetry
-from core.types import Attachment, IncomingAction, IncomingMessage
+from core.types import Attachment, AttachmentKind, IncomingAction, IncomingMessage
 
 __all__ = ["TelegramAdapter", "TelegramReplyChannel"]
 
@@ -59,11 +60,8 @@ PLATFORM: Final = "telegram"
 _ALLOWED_UPDATES: Final = ["message", "callback_query"]
 _UNSUPPORTED_KINDS: Final = (
     "sticker",
-    "photo",
-    "voice",
     "video",
     "video_note",
-    "audio",
     "animation",
     "location",
     "venue",
@@ -81,8 +79,9 @@ class TelegramAdapter:
     Args:
         settings: ``TELEGRAM_*`` settings; ``bot_token`` must be set.
         engine: the started conversation engine.
-        max_file_mb: the largest file users may hand over (``KB_MAX_FILE_MB``); the Bot
-            API's own 20 MB download limit applies in any case.
+        max_file_mb: the largest file downloaded for a chat turn (``MAX_FILE_MB``): it also
+            picks the largest photo size that fits. ``/kb add`` passes its own
+            ``KB_MAX_FILE_MB``; the Bot API's 20 MB download limit applies in any case.
         telemetry: counts the flood-control waits Telegram asks for (429).
 
     ``start()`` connects (``getMe``), registers the engine's commands, and starts polling
@@ -103,6 +102,9 @@ class TelegramAdapter:
         self._telemetry = telemetry
         self._engine = engine
         self._max_file_bytes = int(max_file_mb * 1024 * 1024) if max_file_mb else None
+        self._photo_limit = min(
+            self._max_file_bytes or BOT_API_DOWNLOAD_LIMIT, BOT_API_DOWNLOAD_LIMIT
+        )
         self._settings = settings
         self._state = Lifecycle.NEW
         self._intake_stopped = False
@@ -386,10 +388,10 @@ class TelegramAdapter:
         is_private = chat.type == ChatType.PRIVATE
         text = message.text
         unsupported = None
-        attachments = _attachments(message)
+        attachments = _attachments(message, self._photo_limit)
         if text is None:
             if attachments:
-                text = message.caption or ""  # "/kb add" comes as the caption
+                text = message.caption or ""  # the caption is the text ("/kb add" too)
             else:
                 unsupported = next(
                     (k for k in _UNSUPPORTED_KINDS if getattr(message, k, None)), None
@@ -424,7 +426,9 @@ class TelegramAdapter:
             unsupported=unsupported,
             reply_to_message_id=str(reply_to.message_id) if reply_to is not None else None,
             attachments=attachments,
-            reply_attachments=_attachments(reply_to) if reply_to and own_reply else (),
+            reply_attachments=(
+                _attachments(reply_to, self._photo_limit) if reply_to and own_reply else ()
+            ),
         )
         out = TelegramReplyChannel(
             self._transport,
@@ -523,20 +527,84 @@ class TelegramAdapter:
             _log.warning("Telegram polling error: %s", exc)
 
 
-def _attachments(message: Message) -> tuple[Attachment, ...]:
-    """The files of a message the engine can fetch (documents; photos and voice come later)."""
+def _attachments(message: Message, photo_limit: int) -> tuple[Attachment, ...]:
+    """The files of a message the engine can fetch; nothing is downloaded here.
+
+    Photos (the largest size within ``photo_limit`` bytes) and image documents are photos;
+    voice notes and audio files are voice, with their duration; other documents are
+    documents. Stickers, videos, video notes and animations carry none (GIFs come with a
+    ``document`` too: they stay unsupported).
+    """
+    if message.photo:
+        size = _largest_photo(message.photo, photo_limit)
+        return (
+            Attachment(
+                AttachmentKind.PHOTO.value,
+                f"photo_{size.file_unique_id}.jpg",
+                size.file_size,
+                "image/jpeg",  # Telegram re-encodes every photo as JPEG
+                size.file_id,
+            ),
+        )
+    if message.voice:
+        voice = message.voice
+        return (
+            Attachment(
+                AttachmentKind.VOICE.value,
+                f"voice_{voice.file_unique_id}.ogg",
+                voice.file_size,
+                voice.mime_type or "audio/ogg",  # OGG/Opus, as Telegram records them
+                voice.file_id,
+                duration=_seconds(voice.duration),
+            ),
+        )
+    if message.audio:
+        audio = message.audio
+        mime = audio.mime_type or "audio/mpeg"
+        return (
+            Attachment(
+                AttachmentKind.VOICE.value,
+                audio.file_name or f"audio_{audio.file_unique_id}{_extension(mime)}",
+                audio.file_size,
+                mime,
+                audio.file_id,
+                duration=_seconds(audio.duration),
+            ),
+        )
     document = message.document
-    if document is None:
+    if document is None or message.animation is not None:
         return ()
+    mime = document.mime_type
+    image = (mime or "").lower().startswith("image/")
     return (
         Attachment(
-            "document",
+            (AttachmentKind.PHOTO if image else AttachmentKind.DOCUMENT).value,
             document.file_name or "",
             document.file_size,
-            document.mime_type,
+            mime,
             document.file_id,
         ),
     )
+
+
+def _largest_photo(sizes: Sequence[PhotoSize], limit: int) -> PhotoSize:
+    """The largest of a photo's sizes within ``limit`` bytes.
+
+    A size whose byte count Telegram does not say counts as fitting. When none fits, the
+    smallest: its download is then refused by name and size.
+    """
+    by_area = sorted(sizes, key=lambda size: size.width * size.height)
+    fitting = [size for size in by_area if size.file_size is None or size.file_size <= limit]
+    return fitting[-1] if fitting else by_area[0]
+
+
+def _seconds(duration: int | timedelta) -> float:
+    """A Bot API duration in seconds (python-telegram-bot 22 gives int or timedelta)."""
+    return duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+
+
+def _extension(mime: str) -> str:
+    return mimetypes.guess_extension(mime) or ""
 
 
 def _command_description(description: str, argument: str | None) -> str:

@@ -3,8 +3,9 @@
 :class:`TelegramReplyChannel` implements ``core.ports.ReplyChannel``; its streamed reply is
 an :class:`~adapters.live.LiveMessage` on a surface made of the Bot API calls here (HTML with
 a plain-text fallback, 4096 UTF-16 units a message, the chat's flood gate). It is also a
-``core.ports.FileSource``: the documents users send are fetched with ``getFile`` and
-streamed to disk, within the Bot API's 20 MB download limit and ``KB_MAX_FILE_MB``.
+``core.ports.FileSource``: the photos, voice notes and documents users send are fetched
+with ``getFile`` and streamed to disk, within the Bot API's 20 MB download limit and
+``MAX_FILE_MB`` (or the caller's own limit).
 """
 
 from __future__ import annotations
@@ -302,19 +303,21 @@ class TelegramReplyChannel:
 
     # --- FileSource ---
 
-    async def download(self, attachment: Attachment, destination: Path) -> int:
-        """Fetch a document the user sent into ``destination``; return its size in bytes.
+    async def download(
+        self, attachment: Attachment, destination: Path, *, max_bytes: int | None = None
+    ) -> int:
+        """Fetch a file the user sent into ``destination``; return its size in bytes.
 
-        A size over the limit (the Bot API's 20 MB, or ``KB_MAX_FILE_MB`` when lower) is
-        refused before anything is fetched: first from the size the message carried, then
-        from ``getFile``'s, and while streaming when neither said.
+        A size over the limit (the Bot API's 20 MB, or ``max_bytes`` / ``MAX_FILE_MB`` when
+        lower) is refused before anything is fetched: first from the size the message
+        carried, then from ``getFile``'s, and while streaming when neither said.
 
         Raises:
             DownloadRefused: the file is too big (``user_message`` says the limit).
             AdapterError: Telegram refused or could not be reached. Nothing is left at
                 ``destination`` after a failure.
         """
-        limit = self._file_limit
+        limit = min(max_bytes, BOT_API_DOWNLOAD_LIMIT) if max_bytes else self._file_limit
         check_size(attachment.size, limit, attachment.name)
         bot = self._t.app.bot
         timeout = self._t.settings.request_timeout

@@ -330,7 +330,9 @@ class FileChannel(RecordingChannel):
         self.served = files
         self.downloaded: list[Path] = []
 
-    async def download(self, attachment: Attachment, destination: Path) -> int:
+    async def download(
+        self, attachment: Attachment, destination: Path, *, max_bytes: int | None = None
+    ) -> int:
         data = self.served[attachment.ref]
         destination.write_bytes(data)
         self.downloaded.append(destination)

@@ -13,6 +13,11 @@ test), the bot token on every REST call (401) and the privileged message-content
 GUILD_CREATE, heartbeats and their ACKs, RESUME (replaying missed events), MESSAGE_CREATE and
 INTERACTION_CREATE; outbound frames are ``zlib-stream`` compressed when the client asks.
 
+Users' files (:class:`FakeFile`: images with their width and height, audio, voice messages
+with the ``IS_VOICE_MESSAGE`` flag, ``duration_secs`` and a waveform) are served from a
+signed-looking CDN path (``/attachments/<channel>/<id>/<name>?ex=..&is=..&hm=..``, 404 once
+expired); :attr:`FakeDiscord.downloads` lists the paths fetched.
+
 Everything is recorded: :attr:`FakeDiscord.calls` (every REST call), :attr:`FakeDiscord.sends`
 (every message create or edit with its ``allowed_mentions``), :meth:`FakeDiscord.visible`
 (what a user sees in a channel now).
@@ -21,6 +26,7 @@ Everything is recorded: :attr:`FakeDiscord.calls` (every REST call), :attr:`Fake
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -37,6 +43,7 @@ DISCORD_EPOCH_MS = 1420070400000
 MESSAGE_CONTENT_INTENT = 1 << 15
 MESSAGE_CONTENT_LIMITED_FLAG = 1 << 19  # application flag GATEWAY_MESSAGE_CONTENT_LIMITED
 MAX_CONTENT = 2000
+IS_VOICE_MESSAGE = 1 << 13  # message flag of a voice message
 
 
 def _now_iso() -> str:
@@ -108,6 +115,40 @@ class FakeChannel:
             data["topic"] = None
             data["last_message_id"] = None
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class FakeFile:
+    """A file a user attaches (``user_message(files=[...])`` also takes plain tuples).
+
+    Attributes:
+        name: the file name.
+        data: its bytes, served from the CDN.
+        content_type: its MIME type (Discord leaves it out when it cannot tell).
+        width: an image's width in pixels (Discord says it for images and videos).
+        height: an image's height in pixels.
+        duration_secs: a voice message's (or audio file's) length in seconds.
+        waveform: a voice message's waveform (Discord's base64 of up to 256 bytes).
+    """
+
+    name: str
+    data: bytes
+    content_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+    duration_secs: float | None = None
+    waveform: bytes | None = None
+
+    @classmethod
+    def voice(cls, data: bytes, duration_secs: float) -> FakeFile:
+        """What a Discord client uploads for a voice message (OGG/Opus, with a waveform)."""
+        return cls(
+            "voice-message.ogg",
+            data,
+            "audio/ogg",
+            duration_secs=duration_secs,
+            waveform=bytes(range(0, 256, 4)),
+        )
 
 
 @dataclass
@@ -514,7 +555,8 @@ class FakeDiscord:
         mention_bot: bool = False,
         reply_to: str | None = None,
         attachments: int = 0,
-        files: Sequence[tuple[str, bytes, str | None]] = (),
+        files: Sequence[tuple[str, bytes, str | None] | FakeFile] = (),
+        voice: bool = False,
         sticker: bool = False,
         embed: bool = False,
         ping: bool = False,
@@ -524,7 +566,8 @@ class FakeDiscord:
         ``mention_bot`` prefixes ``<@bot>`` (a real mention); ``reply_to`` is the id of the
         message it replies to (``ping`` keeps the client's "mention the author" switch on).
         ``attachments`` adds that many small PNG images; ``files`` attaches (name, bytes,
-        content type) files, served from a signed-looking CDN URL on the fake.
+        content type) files or :class:`FakeFile` s, served from a signed-looking CDN URL on
+        the fake. ``voice`` sets the ``IS_VOICE_MESSAGE`` flag (with ``FakeFile.voice``).
         """
         channel = self.channels[channel_id]
         mentions: list[FakeUser] = []
@@ -546,20 +589,27 @@ class FakeDiscord:
             }
             for i in range(attachments)
         ]
-        for name, data, content_type in files:
+        for given in files:
+            file = given if isinstance(given, FakeFile) else FakeFile(*given)
             attachment_id = self._ids.next()
-            path = f"/attachments/{channel_id}/{attachment_id}/{name}"
-            self._files[path] = data
+            path = f"/attachments/{channel_id}/{attachment_id}/{file.name}"
+            self._files[path] = file.data
             url = f"http://127.0.0.1:{self._port}{path}?ex=67a0&is=679e&hm=f00d"
             item: dict[str, Any] = {
                 "id": attachment_id,
-                "filename": name,
-                "size": len(data),
+                "filename": file.name,
+                "size": len(file.data),
                 "url": url,
                 "proxy_url": url,
             }
-            if content_type:
-                item["content_type"] = content_type
+            if file.content_type:
+                item["content_type"] = file.content_type
+            if file.width is not None and file.height is not None:
+                item["width"], item["height"] = file.width, file.height
+            if file.duration_secs is not None:
+                item["duration_secs"] = file.duration_secs
+            if file.waveform is not None:
+                item["waveform"] = base64.b64encode(file.waveform).decode()
             atts.append(item)
         stickers = [{"id": self._ids.next(), "name": "wave", "format_type": 1}] if sticker else None
         embeds = [{"type": "rich", "title": "a link"}] if embed else None
@@ -575,6 +625,8 @@ class FakeDiscord:
             embeds=embeds,
             mention_everyone="@everyone" in content,
         )
+        if voice:
+            payload["flags"] = IS_VOICE_MESSAGE
         message = FakeMessage(msg_id, channel_id, author, content, payload)
         self.messages[msg_id] = message
         await self.dispatch("MESSAGE_CREATE", payload)

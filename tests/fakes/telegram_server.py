@@ -15,9 +15,12 @@ Point a bot at it with ``TELEGRAM_API_BASE_URL=<fake.base_url>``; the fake answe
   the whole bot, so a call to *any* chat inside it is premature (calls already on the wire
   when the 429 was answered, :attr:`FakeTelegram.in_flight`, are not counted);
 * chats marked blocked answer ``Forbidden: bot was blocked by the user``;
-* files: a user's document (:meth:`FakeTelegram.send_document`) is fetched with ``getFile``
-  (``Bad Request: file is too big`` over the Bot API's 20 MB download limit) and then from
-  ``/file/bot<token>/<file_path>``, streamed; :attr:`FakeTelegram.downloads` lists them;
+* files: a user's document (:meth:`FakeTelegram.send_document`, image documents too),
+  photo (:meth:`FakeTelegram.send_photo`, one file per size), voice note
+  (:meth:`FakeTelegram.send_voice`) or audio file (:meth:`FakeTelegram.send_audio`) is
+  fetched with ``getFile`` (``Bad Request: file is too big`` over the Bot API's 20 MB
+  download limit) and then from ``/file/bot<token>/<file_path>``, streamed;
+  :attr:`FakeTelegram.downloads` lists them;
 * :meth:`FakeTelegram.answer_late` applies the next calls of a method at once but answers
   them only after a delay (a slow Telegram that did deliver: the client times out).
 
@@ -36,7 +39,7 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +55,7 @@ __all__ = [
     "FakeTelegram",
     "FakeUser",
     "FloodLimits",
+    "PhotoFile",
     "TelegramHTMLError",
     "parse_html",
     "utf16_len",
@@ -367,6 +371,8 @@ class FakeMessage:
     caption: str | None = None
     mime_type: str | None = None
     size_known: bool = True  # whether the update carries the document's file_size
+    # The Bot API object of a photo (its list of sizes), voice note or audio file.
+    media: Any = None
     kind: str = "text"
     date: int = field(default_factory=lambda: int(time.time()))
     deleted: bool = False
@@ -402,13 +408,10 @@ class FakeMessage:
                 data["document"]["file_size"] = len(blob)
             if self.mime_type:
                 data["document"]["mime_type"] = self.mime_type
-            if self.caption:
-                data["caption"] = self.caption
-                if self.caption.startswith("/"):
-                    command = self.caption.split()[0]
-                    data["caption_entities"] = [
-                        {"type": "bot_command", "offset": 0, "length": utf16_len(command)}
-                    ]
+            self._caption(data)
+        elif self.kind in ("photo", "voice", "audio") and self.media is not None:
+            data[self.kind] = self.media
+            self._caption(data)
         elif self.kind == "sticker":
             data["sticker"] = {
                 "file_id": "sticker1",
@@ -427,6 +430,13 @@ class FakeMessage:
                 data["caption"] = self.caption
         elif self.kind == "voice":
             data["voice"] = {"file_id": "voice1", "file_unique_id": "uvoice1", "duration": 2}
+        elif self.kind == "video_note":
+            data["video_note"] = {
+                "file_id": "note1",
+                "file_unique_id": "unote1",
+                "length": 240,
+                "duration": 3,
+            }
         if self.thread_id is not None:
             data["message_thread_id"] = self.thread_id
             if self.chat.is_forum:
@@ -438,6 +448,35 @@ class FakeMessage:
             if replied is not None:
                 data["reply_to_message"] = replied.to_dict(fake, with_reply=False)
         return data
+
+    def _caption(self, data: dict[str, Any]) -> None:
+        if not self.caption:
+            return
+        data["caption"] = self.caption
+        entities = _user_entities(self.caption)
+        if entities:
+            data["caption_entities"] = [entity.to_dict() for entity in entities]
+
+
+def _user_entities(text: str) -> list[Entity]:
+    """The entities Telegram finds in what a user typed: a leading /command, @mentions."""
+    entities: list[Entity] = []
+    command = re.match(r"/[A-Za-z0-9_]+(?:@[A-Za-z0-9_]+)?", text)
+    if command:
+        entities.append(Entity("bot_command", 0, utf16_len(command.group())))
+    for mention in re.finditer(r"(?<![\w@])@[A-Za-z0-9_]{5,32}", text):
+        start = utf16_len(text[: mention.start()])
+        entities.append(Entity("mention", start, utf16_len(mention.group())))
+    return entities
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoFile:
+    """One size of a photo a user sends: its pixel size and its JPEG bytes."""
+
+    width: int
+    height: int
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +593,8 @@ class FakeTelegram:
         self._poll_generation = 0
         self.conflicts = 0  # long polls ended by another getUpdates (409 Conflict)
         self._files: dict[str, bytes] = {}  # file_id -> bytes (documents users and the bot sent)
+        # file_id -> (folder, extension) of its getFile path, as Telegram names them
+        self._file_kinds: dict[str, tuple[str, str]] = {}
         self._file_paths: dict[str, str] = {}  # file_path (getFile) -> file_id
         self.downloads: list[str] = []  # file_paths fetched from /file/bot<token>/..., in order
 
@@ -643,13 +684,7 @@ class FakeTelegram:
         thread_id: int | None = None,
     ) -> FakeMessage:
         """A user sends ``text``; commands and @mentions get their entities."""
-        entities: list[Entity] = []
-        command = re.match(r"/[A-Za-z0-9_]+(?:@[A-Za-z0-9_]+)?", text)
-        if command:
-            entities.append(Entity("bot_command", 0, utf16_len(command.group())))
-        for mention in re.finditer(r"(?<![\w@])@[A-Za-z0-9_]{5,32}", text):
-            start = utf16_len(text[: mention.start()])
-            entities.append(Entity("mention", start, utf16_len(mention.group())))
+        entities = _user_entities(text)
         message = FakeMessage(
             self._message_id(chat.id),
             chat,
@@ -673,7 +708,10 @@ class FakeTelegram:
         thread_id: int | None = None,
         reply_to: int | None = None,
     ) -> FakeMessage:
-        """A user sends a ``sticker``, ``photo`` or ``voice`` message."""
+        """A user sends a ``sticker``, a ``video_note``, or a file-less ``photo`` / ``voice``.
+
+        :meth:`send_photo` and :meth:`send_voice` send ones whose files can be fetched.
+        """
         message = FakeMessage(
             self._message_id(chat.id),
             chat,
@@ -720,6 +758,116 @@ class FakeTelegram:
         self._store(message)
         self._enqueue({"message": message.to_dict(self)})
         return message
+
+    def send_photo(
+        self,
+        chat: FakeChat,
+        user: FakeUser,
+        sizes: Sequence[PhotoFile],
+        *,
+        caption: str | None = None,
+        reply_to: int | None = None,
+    ) -> FakeMessage:
+        """A user sends a photo: Telegram offers it in ``sizes`` (smallest first), each a file.
+
+        ``caption`` is its text (a ``/command`` gets its entity).
+        """
+        message = self._new_media_message(chat, user, "photo", caption, reply_to)
+        media: list[dict[str, Any]] = []
+        for index, size in enumerate(sizes):
+            file_id = f"photo{chat.id}_{message.message_id}_{index}"
+            self._add_file(file_id, size.data, "photos", ".jpg")
+            media.append(
+                {
+                    "file_id": file_id,
+                    "file_unique_id": f"u{file_id}",
+                    "width": size.width,
+                    "height": size.height,
+                    "file_size": len(size.data),
+                }
+            )
+        message.media = media
+        return self._deliver_media(message)
+
+    def send_voice(
+        self,
+        chat: FakeChat,
+        user: FakeUser,
+        data: bytes,
+        duration: int,
+        *,
+        caption: str | None = None,
+        mime_type: str = "audio/ogg",
+    ) -> FakeMessage:
+        """A user records a voice note: ``data`` (OGG/Opus) lasting ``duration`` seconds."""
+        message = self._new_media_message(chat, user, "voice", caption, None)
+        file_id = f"voice{chat.id}_{message.message_id}"
+        self._add_file(file_id, data, "voice", ".oga")
+        message.media = {
+            "file_id": file_id,
+            "file_unique_id": f"u{file_id}",
+            "duration": duration,
+            "mime_type": mime_type,
+            "file_size": len(data),
+        }
+        return self._deliver_media(message)
+
+    def send_audio(
+        self,
+        chat: FakeChat,
+        user: FakeUser,
+        name: str | None,
+        data: bytes,
+        duration: int,
+        *,
+        caption: str | None = None,
+        mime_type: str = "audio/mpeg",
+        title: str | None = None,
+    ) -> FakeMessage:
+        """A user sends a music/audio file ``name`` (``None``: Telegram knows no file name)."""
+        message = self._new_media_message(chat, user, "audio", caption, None)
+        file_id = f"audio{chat.id}_{message.message_id}"
+        self._add_file(file_id, data, "music", ".mp3")
+        audio: dict[str, Any] = {
+            "file_id": file_id,
+            "file_unique_id": f"u{file_id}",
+            "duration": duration,
+            "mime_type": mime_type,
+            "file_size": len(data),
+        }
+        if name is not None:
+            audio["file_name"] = name
+        if title is not None:
+            audio["title"] = title
+        message.media = audio
+        return self._deliver_media(message)
+
+    def _new_media_message(
+        self,
+        chat: FakeChat,
+        user: FakeUser,
+        kind: str,
+        caption: str | None,
+        reply_to: int | None,
+    ) -> FakeMessage:
+        return FakeMessage(
+            self._message_id(chat.id),
+            chat,
+            user,
+            "",
+            kind=kind,
+            caption=caption,
+            reply_to=reply_to,
+        )
+
+    def _deliver_media(self, message: FakeMessage) -> FakeMessage:
+        self._store(message)
+        self._enqueue({"message": message.to_dict(self)})
+        return message
+
+    def _add_file(self, file_id: str, data: bytes, folder: str, extension: str) -> None:
+        self._files[file_id] = data
+        self._file_kinds[file_id] = (folder, extension)
 
     def press_button(self, message: FakeMessage, user: FakeUser, data: str) -> int:
         """A user presses the inline button with callback ``data`` under ``message``."""
@@ -1159,7 +1307,8 @@ class FakeTelegram:
             raise _ApiError(400, "Bad Request: invalid file_id")
         if len(data) > BOT_API_DOWNLOAD_LIMIT:
             raise _ApiError(400, "Bad Request: file is too big")
-        file_path = f"documents/file_{file_id}.bin"
+        folder, extension = self._file_kinds.get(file_id, ("documents", ".bin"))
+        file_path = f"{folder}/file_{file_id}{extension}"
         self._file_paths[file_path] = file_id
         return {
             "file_id": file_id,
