@@ -574,14 +574,13 @@ def _attachments(message: Message, photo_limit: int) -> tuple[Attachment, ...]:
     document = message.document
     if document is None or message.animation is not None:
         return ()
-    mime = document.mime_type
-    image = (mime or "").lower().startswith("image/")
+    image = (document.mime_type or "").lower().startswith("image/")
     return (
         Attachment(
             (AttachmentKind.PHOTO if image else AttachmentKind.DOCUMENT).value,
             document.file_name or "",
             document.file_size,
-            mime,
+            document.mime_type,
             document.file_id,
         ),
     )

@@ -61,9 +61,7 @@ async def test_an_attachment_with_kb_add_arrives_and_downloads(fake: FakeDiscord
     assert len(fake.downloads) == 1
 
 
-async def test_a_bare_file_reaches_the_engine_but_an_image_stays_unsupported(
-    fake: FakeDiscord, bot
-) -> None:
+async def test_a_bare_file_or_image_reaches_the_engine_undownloaded(fake: FakeDiscord, bot) -> None:
     engine = await bot()
     alice = fake.add_user("alice")
     dm = fake.dm_channel(alice)
@@ -74,7 +72,7 @@ async def test_a_bare_file_reaches_the_engine_but_an_image_stays_unsupported(
     bare, image = engine.messages
     assert bare.unsupported is None and bare.attachments[0].name == "notes.md"
     assert bare.attachments[0].mime_type is None
-    assert image.unsupported == "image"
+    assert image.unsupported is None and image.attachments[0].kind == "photo"
     assert fake.downloads == []
 
 

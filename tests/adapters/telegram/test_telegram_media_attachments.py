@@ -111,9 +111,7 @@ async def test_a_voice_note_is_voice_with_its_duration_and_opus_bytes(make_bot) 
     [msg] = bot.engine.messages
     assert msg.text == "" and msg.unsupported is None
     [voice] = msg.attachments
-    assert voice == Attachment(
-        "voice", voice.name, len(OPUS), "audio/ogg", voice.ref, duration=7.0
-    )
+    assert voice == Attachment("voice", voice.name, len(OPUS), "audio/ogg", voice.ref, duration=7.0)
     assert voice.name.startswith("voice_") and voice.name.endswith(".ogg")
     assert answer == f"saved {voice.name}: {len(OPUS)} bytes"
     assert bot.engine.saved[0].read_bytes() == OPUS
