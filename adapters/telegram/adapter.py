@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import mimetypes
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
@@ -57,6 +59,9 @@ __all__ = ["TelegramAdapter", "TelegramReplyChannel"]
 _log = logging.getLogger(__name__)
 
 PLATFORM: Final = "telegram"
+# Telegram sends an album (several photos or files sent at once) as one message per file,
+# back to back, with a shared media_group_id: they are gathered into one turn this long.
+ALBUM_WAIT: Final = 0.5
 _ALLOWED_UPDATES: Final = ["message", "callback_query"]
 _UNSUPPORTED_KINDS: Final = (
     "sticker",
@@ -117,6 +122,8 @@ class TelegramAdapter:
         self._commands: frozenset[str] = frozenset()
         self._requests: tuple[HTTPXRequest, ...] = ()
         self._conflict_told = False
+        self._albums: dict[tuple[int, str], _Album] = {}  # (chat id, media group) -> gathering
+        self._in_flight: set[asyncio.Future[None]] = set()  # albums handed to the engine
 
     @property
     def name(self) -> str:
@@ -282,6 +289,7 @@ class TelegramAdapter:
         self._intake_stopped = True
         if app.updater.running:
             await app.updater.stop()
+        self._flush_albums()
         _log.info("Telegram: stopped taking updates")
 
     async def aclose(self) -> None:
@@ -293,6 +301,9 @@ class TelegramAdapter:
         self._state = Lifecycle.CLOSED
         if self._app is not None:
             await self._shutdown(self._app)
+        self._flush_albums()
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=self._settings.request_timeout)
         self._stopped.set()
 
     def resume(
@@ -389,6 +400,11 @@ class TelegramAdapter:
         text = message.text
         unsupported = None
         attachments = _attachments(message, self._photo_limit)
+        group = message.media_group_id
+        album = self._albums.get((chat.id, group)) if group is not None else None
+        if album is not None:  # a further file of an album whose first one was taken
+            album.add(attachments, _strip_mention(message.caption or "", self._username))
+            return
         if text is None:
             if attachments:
                 text = message.caption or ""  # the caption is the text ("/kb add" too)
@@ -441,8 +457,41 @@ class TelegramAdapter:
         )
         self._transport.saw(chat.id, message.message_id)
         _log.debug("Telegram update %s from chat %s", update.update_id, chat.id)
+        self._flush_albums(chat.id)  # an album gathering in this chat came first
+        if group is not None and attachments:
+            self._gather_album((chat.id, group), incoming, out)
+            return
         # submit() is synchronous: arrival order is kept per conversation.
         await self._engine.submit(incoming, out)
+
+    # --- albums ---
+
+    def _gather_album(
+        self, key: tuple[int, str], incoming: IncomingMessage, out: TelegramReplyChannel
+    ) -> None:
+        """Hold the first file of an album while the others arrive (``ALBUM_WAIT``)."""
+        timer = asyncio.get_running_loop().call_later(ALBUM_WAIT, self._flush_album, key)
+        self._albums[key] = _Album(incoming, out, timer)
+
+    def _flush_album(self, key: tuple[int, str]) -> None:
+        """Hand a gathered album to the engine as one message (its files in order)."""
+        album = self._albums.pop(key, None)
+        if album is None:
+            return
+        album.timer.cancel()
+        future = self._engine.submit(album.incoming, album.out)
+        self._in_flight.add(future)
+        future.add_done_callback(self._settled)
+
+    def _flush_albums(self, chat_id: int | None = None) -> None:
+        """Hand over the albums gathering in ``chat_id`` (all chats: ``None``) now."""
+        for key in [key for key in self._albums if chat_id is None or key[0] == chat_id]:
+            self._flush_album(key)
+
+    def _settled(self, future: asyncio.Future[None]) -> None:
+        self._in_flight.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            _log.error("the engine refused a Telegram album", exc_info=future.exception())
 
     async def _on_callback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query: CallbackQuery | None = update.callback_query
@@ -525,6 +574,24 @@ class TelegramAdapter:
             _log.warning("Telegram polling: network error (%s); retrying", exc)
         else:
             _log.warning("Telegram polling error: %s", exc)
+
+
+@dataclass(slots=True)
+class _Album:
+    """An album being gathered: its first message, with the files of the others added."""
+
+    incoming: IncomingMessage
+    out: TelegramReplyChannel
+    timer: asyncio.TimerHandle
+
+    def add(self, attachments: tuple[Attachment, ...], caption: str) -> None:
+        """Add a further message's files; its caption is the text if the first had none."""
+        first = self.incoming
+        self.incoming = dataclasses.replace(
+            first,
+            text=first.text or caption,
+            attachments=first.attachments + attachments,
+        )
 
 
 def _attachments(message: Message, photo_limit: int) -> tuple[Attachment, ...]:

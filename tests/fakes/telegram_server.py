@@ -373,6 +373,7 @@ class FakeMessage:
     size_known: bool = True  # whether the update carries the document's file_size
     # The Bot API object of a photo (its list of sizes), voice note or audio file.
     media: Any = None
+    media_group_id: str | None = None  # the album it belongs to
     kind: str = "text"
     date: int = field(default_factory=lambda: int(time.time()))
     deleted: bool = False
@@ -437,6 +438,8 @@ class FakeMessage:
                 "length": 240,
                 "duration": 3,
             }
+        if self.media_group_id is not None:
+            data["media_group_id"] = self.media_group_id
         if self.thread_id is not None:
             data["message_thread_id"] = self.thread_id
             if self.chat.is_forum:
@@ -767,12 +770,15 @@ class FakeTelegram:
         *,
         caption: str | None = None,
         reply_to: int | None = None,
+        media_group_id: str | None = None,
     ) -> FakeMessage:
         """A user sends a photo: Telegram offers it in ``sizes`` (smallest first), each a file.
 
-        ``caption`` is its text (a ``/command`` gets its entity).
+        ``caption`` is its text (a ``/command`` gets its entity); photos sent together as an
+        album are one message each with the same ``media_group_id``.
         """
         message = self._new_media_message(chat, user, "photo", caption, reply_to)
+        message.media_group_id = media_group_id
         media: list[dict[str, Any]] = []
         for index, size in enumerate(sizes):
             file_id = f"photo{chat.id}_{message.message_id}_{index}"

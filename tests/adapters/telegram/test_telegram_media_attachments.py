@@ -210,3 +210,32 @@ async def test_a_photo_in_a_group_is_addressed_by_a_mention_in_its_caption(make_
     [msg] = bot.engine.messages
     assert msg.text == "which rose is it?"
     assert msg.attachments[0].size == len(MEDIUM.data)
+
+
+async def test_an_album_is_one_message_with_all_its_photos_before_the_next(make_bot) -> None:
+    bot = await make_bot()
+    chat = _private()
+    bot.fake.send_photo(chat, ALICE, [THUMB], caption="which is ripe?", media_group_id="g1")
+    bot.fake.send_photo(chat, ALICE, [MEDIUM], media_group_id="g1")
+    bot.fake.send_photo(chat, ALICE, [LARGE], media_group_id="g1")
+    bot.fake.send_text(chat, ALICE, "and the next one?")
+
+    answers = await bot.answers(chat, 4)
+    album, text = bot.engine.messages
+    assert album.text == "which is ripe?"
+    assert [a.size for a in album.attachments] == [len(p.data) for p in (THUMB, MEDIUM, LARGE)]
+    assert text.text == "and the next one?"  # after the album, as it was sent
+    assert answers[3] == "noted"
+
+
+async def test_an_album_in_a_group_joins_the_files_after_the_addressed_one(make_bot) -> None:
+    bot = await make_bot()
+    group = FakeChat(-7002, "supergroup", "Garden club")
+    bot.fake.send_photo(
+        group, ALICE, [THUMB], caption="@chinwag_test_bot compare", media_group_id="g2"
+    )
+    bot.fake.send_photo(group, ALICE, [MEDIUM], media_group_id="g2")
+
+    await bot.answers(group, 2)
+    [album] = bot.engine.messages
+    assert album.text == "compare" and len(album.attachments) == 2
