@@ -368,7 +368,7 @@ class OpenAIBackend:
                     )
                     self._include_usage = False
                     continue
-                delay = None if yielded else self._retry_delay(exc, attempt)
+                delay = None if yielded else self._retry_delay(exc, attempt, request)
                 if delay is None:
                     raise self._translate(exc, request) from exc
                 attempt += 1
@@ -464,7 +464,7 @@ class OpenAIBackend:
             except TimeoutError as exc:
                 raise BackendTimeout(self._timeout * 4) from exc
             except (openai.OpenAIError, json.JSONDecodeError) as exc:
-                delay = self._retry_delay(exc, attempt)
+                delay = self._retry_delay(exc, attempt, request)
                 if delay is None:
                     raise self._translate(exc, request) from exc
                 attempt += 1
@@ -510,9 +510,13 @@ class OpenAIBackend:
 
     # --- retries and the one translation boundary -----------------------------------------
 
-    def _retry_delay(self, exc: Exception, attempt: int) -> float | None:
+    def _retry_delay(
+        self, exc: Exception, attempt: int, request: CompletionRequest
+    ) -> float | None:
         """Seconds to wait before retrying ``exc``, or ``None`` when it is not retried."""
-        if isinstance(exc, openai.APITimeoutError) or refuses_images(exc):
+        if isinstance(exc, openai.APITimeoutError):
+            return None
+        if _has_images(request) and refuses_images(exc):
             return None  # some servers refuse images with a 500: asking again won't help
         retry_after: float | None = None
         if isinstance(exc, openai.APIStatusError):

@@ -118,10 +118,13 @@ def describe_error(exc: Exception) -> str:
 # provided"), llama.cpp's server ("image input is not supported - hint: ... mmproj"),
 # Ollama ("this model is missing data required for image input", a 500) and LM Studio
 # ("Model does not support images"), servers that take only string contents ("content must
-# be a string"), OpenRouter ("No endpoints found that support image input").
+# be a string"), OpenRouter ("No endpoints found that support image input"), and
+# llama-cpp-python's server, whose text-only chat formats fail on content parts with a 500
+# ("can only concatenate str (not "list") to str").
 _IMAGES_REFUSED = re.compile(
     r"image input is not supported|image_url is only supported|not a multimodal model"
     r"|missing data required for image input|content must be a string"
+    r"|can only concatenate str \(not .list.\) to str"
     r"|at most 0 image|does not support (image|vision)|support image input"
     r"|(images?|vision|multimodal)( input)? (is |are )?not (supported|enabled)",
     re.IGNORECASE,
@@ -129,7 +132,10 @@ _IMAGES_REFUSED = re.compile(
 
 
 def refuses_images(exc: Exception) -> bool:
-    """Whether a server refused a request because the model does not take images."""
+    """Whether a server refused a request with images because the model does not take them.
+
+    Only meaningful for a request that carried images.
+    """
     if not isinstance(exc, openai.APIStatusError) or exc.status_code in (401, 403, 404, 429):
         return False
     return _IMAGES_REFUSED.search(f"{exc.message} {exc.body}") is not None
