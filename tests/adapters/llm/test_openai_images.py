@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from adapters.llm.openai import OpenAIBackend, OpenAISettings
-from core.errors import ImagesRefused
+from core.errors import ContextTooLong, ImagesRefused
 from core.media import image_tokens
 from core.types import ChatMessage, CompletionRequest, ImagePart, Role, Usage
 from tests.adapters.llm.backend_helpers import MakeBackend, collect, text_of
@@ -176,13 +176,16 @@ async def test_a_text_only_servers_refusal_is_translated_once_and_remembered(
     assert text_of(events) == "You said: what is this plant?. I received 4 messages."
 
 
-async def test_other_bad_requests_with_images_are_no_image_refusal(
+async def test_other_failures_of_an_image_turn_are_not_taken_for_a_refusal(
     server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:
-    server.fail_server_error(times=1)
     backend = await make_backend()
+    server.fail_server_error(times=1)
     events = await collect(backend.stream(image_request()))  # a plain 500 is retried
     assert text_of(events).startswith("You said: what is this plant?")
+    server.context_limit = 100
+    with pytest.raises(ContextTooLong):
+        await collect(backend.stream(image_request()))
     assert backend.supports_images("gpt-4o-mini")
 
 
