@@ -105,7 +105,16 @@ __all__ = [
     "UNSUPPORTED_REPLY",
     "asks_to_continue",
     "cut_ending",
+    "images_refused_notice",
     "notify",
     "open_fence",
     "reopening",
 ]
+
+
+def images_refused_notice(model: str) -> str:
+    """Said after an answer whose images the model's server refused (it is text-only)."""
+    return (
+        f"{model} turned out not to see images, so I answered your text only. "
+        "Switch with /model to one that can, then send the photo again."
+    )
