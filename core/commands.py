@@ -299,7 +299,11 @@ class BuiltinCommands:
         current = self._sessions.model_for(prefs)
         models = list(self._backend.models())
         if not arg:
-            listing = "\n".join(f"{'* ' if m == current else '  '}{m}" for m in models)
+            listing = "\n".join(
+                f"{'* ' if m == current else '  '}{m}"
+                + (" (sees images)" if self._backend.supports_images(m) else "")
+                for m in models
+            )
             await notify(out, f"Models (* = in use):\n{listing}\n\nSwitch with /model <name>.")
             return
         if arg not in models:
