@@ -235,7 +235,6 @@ async def test_history_and_export_list_attachments(
     assert [a["name"] for a in first["attachments"]] == ["notes.txt", "plant.jpg"]
 
 
-@pytest.mark.xfail(strict=True, reason="the store's /forget clean-up lands with s14-store")
 async def test_forget_leaves_no_media_behind(
     make_engine: EngineFactory,
     backend: ScriptedBackend,
