@@ -220,6 +220,7 @@ async def running_engine(settings: Settings, health: Health | None = None) -> As
                 extra_commands=settings.bot.commands,
                 knowledge=knowledge,
                 telemetry=health.telemetry if health is not None else NO_TELEMETRY,
+                media=settings.media,
             )
             await engine.start()
             try:

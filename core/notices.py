@@ -16,8 +16,7 @@ from core.ports import ReplyChannel
 _log = logging.getLogger(__name__)
 
 UNSUPPORTED_REPLY = (
-    "I can only read text messages for now, so I can't use that {kind}. "
-    "Please send your question as text."
+    "I can't use that {kind}. Send me text, a photo, a voice note or a text file instead."
 )
 EMPTY_REPLY = "Your message is empty. Send me some text and I'll answer."
 EMPTY_MODEL_REPLY = "The model returned an empty answer. Please try rephrasing your message."
@@ -106,7 +105,16 @@ __all__ = [
     "UNSUPPORTED_REPLY",
     "asks_to_continue",
     "cut_ending",
+    "images_refused_notice",
     "notify",
     "open_fence",
     "reopening",
 ]
+
+
+def images_refused_notice(model: str) -> str:
+    """Said after an answer whose images the model's server refused (it is text-only)."""
+    return (
+        f"{model} turned out not to see images, so I answered your text only. "
+        "Switch with /model to one that can, then send the photo again."
+    )

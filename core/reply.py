@@ -35,6 +35,7 @@ from core.errors import (
     BackendUnavailable,
     ChinwagError,
     ContextTooLong,
+    ImagesRefused,
     StoreError,
 )
 from core.kb import (
@@ -46,7 +47,14 @@ from core.kb import (
     sources_text,
 )
 from core.knowledge import Source
-from core.notices import EMPTY_MODEL_REPLY, asks_to_continue, cut_ending, notify, reopening
+from core.notices import (
+    EMPTY_MODEL_REPLY,
+    asks_to_continue,
+    cut_ending,
+    images_refused_notice,
+    notify,
+    reopening,
+)
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, Prompt, PromptBuilder
 from core.sessions import Budget
@@ -204,6 +212,7 @@ class ReplyRun:
         "finish",
         "first_seen",
         "grounding",
+        "images_refused",
         "key",
         "model",
         "msg",
@@ -266,6 +275,7 @@ class ReplyRun:
         self.producer: asyncio.Task[None] | None = None
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.abandoned = False  # left in progress at shutdown, for recovery
+        self.images_refused = False  # the server refused this turn's images: text alone
         self.grounding: Grounding | None = None  # the knowledge base's chunks for this turn
         self.documents = 0  # how many of them the prompt holds
         self.sources: list[Source] = []  # what the answer cited, sent after it
@@ -375,6 +385,16 @@ class ReplyRun:
             except ContextTooLong as exc:
                 if attempt < _ATTEMPTS and not sent_any:
                     self._shrink()
+                    continue
+                queue.put_nowait(_End(exc))
+                return
+            except ImagesRefused as exc:
+                # The server is text-only for this model after all: the backend now says
+                # so (supports_images), the next prompt leaves the images out, and the
+                # user is told once the text is answered.
+                _log.info("%s refused images; answering the text alone", exc.model)
+                if attempt < _ATTEMPTS and not sent_any:
+                    self.images_refused = True
                     continue
                 queue.put_nowait(_End(exc))
                 return
@@ -619,6 +639,8 @@ class ReplyRun:
             _log.info("reply stopped by the user in %s chat %s", msg.platform, msg.chat_id)
         elif not self.delivery_failed and not text.strip() and not self.tool_calls:
             await notify(self.out, EMPTY_MODEL_REPLY)
+        if self.images_refused and error is None and not self.abandoned:
+            await notify(self.out, images_refused_notice(self.model))
 
 
 __all__ = ["Replier", "ReplyRun"]

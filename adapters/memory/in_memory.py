@@ -24,7 +24,14 @@ from typing import Any, Final
 
 from adapters.memory.in_memory_recovery import InMemoryRecovery, RecoveryState
 from adapters.memory.in_memory_tools import InMemoryTools, ToolState
-from adapters.memory.validation import check_extra, check_usage, storable, usage_pseudonym
+from adapters.memory.validation import (
+    check_extra,
+    check_hashes,
+    check_media,
+    check_usage,
+    storable,
+    usage_pseudonym,
+)
 from core.errors import DuplicateMessage, StoreError
 from core.lifecycle import Lifecycle
 from core.media import MediaBlob
@@ -93,6 +100,7 @@ class InMemoryStore(InMemoryTools, InMemoryRecovery):
         self._recovery = RecoveryState()
         self._tools = ToolState()
         self._media: dict[str, MediaBlob] = {}
+        self._media_links: dict[int, tuple[str, ...]] = {}  # message id -> hashes shown
 
     def __repr__(self) -> str:
         return f"InMemoryStore({len(self._conversations)} conversations)"
@@ -168,6 +176,7 @@ class InMemoryStore(InMemoryTools, InMemoryRecovery):
         batch = storable(messages)
         for message in batch:
             check_extra(message.extra)
+            check_hashes(message.media)
         if not batch:
             return []
         await self._enter()
@@ -210,6 +219,8 @@ class InMemoryStore(InMemoryTools, InMemoryRecovery):
                 self._recovery.owners[new.id] = m.owner
             for platform_id in platform_ids:
                 self._platform_ids[platform_id] = new.id
+            if m.media:
+                self._media_links[new.id] = tuple(m.media)
         return stored
 
     async def finish_message(
@@ -380,11 +391,18 @@ class InMemoryStore(InMemoryTools, InMemoryRecovery):
         return UsageSummary(tokens_today=today, tokens_total=total, messages_today=messages_today)
 
     async def save_media(self, blob: MediaBlob) -> None:
-        """Store an image once per content hash."""
+        """Store an image once per content hash; saving it again is a no-op.
+
+        Raises:
+            ValueError: ``blob.sha256`` is not the SHA-256 of ``blob.data``.
+        """
+        check_media(blob)
+        await self._enter()
         self._media.setdefault(blob.sha256, blob)
 
     async def load_media(self, hashes: Sequence[str]) -> Mapping[str, MediaBlob]:
         """The stored media of ``hashes`` (those that exist), by hash."""
+        await self._enter()
         return {h: self._media[h] for h in hashes if h in self._media}
 
     async def forget_user(self, bot: str, platform: str, user_id: str) -> int:
@@ -393,7 +411,8 @@ class InMemoryStore(InMemoryTools, InMemoryRecovery):
         As :meth:`adapters.memory.store.SqlMemoryStore.forget_user`: the conversations keyed
         by the user, the user's own messages in shared conversations with the bot's replies
         to them, the preferences of the user's slots, the user's pending tool calls (and
-        those of the deleted conversations); the user's audit rows keep only the pseudonym.
+        those of the deleted conversations), the images only the deleted messages showed;
+        the user's audit rows keep only the pseudonym.
         Returns the number of messages deleted.
 
         Raises:
@@ -445,8 +464,14 @@ class InMemoryStore(InMemoryTools, InMemoryRecovery):
         return len(doomed)
 
     def _delete_messages(self, ids: set[int]) -> None:
+        shown: set[str] = set()
         for message_id in ids:
             del self._messages[message_id]
+            shown.update(self._media_links.pop(message_id, ()))
+        if shown:  # the images no remaining message shows go with them
+            still = {h for hashes in self._media_links.values() for h in hashes}
+            for sha256 in shown - still:
+                self._media.pop(sha256, None)
         for platform_id in [p for p, m in self._platform_ids.items() if m in ids]:
             del self._platform_ids[platform_id]
 

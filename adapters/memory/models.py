@@ -354,6 +354,42 @@ class KbChunkRow(Base):
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class MediaRow(Base):
+    """An image stored once per content hash (``sha256`` of ``data``); see migration 0007.
+
+    Messages show it through ``message_media``. ``created_at`` is refreshed when the same
+    image is saved again after a while, so that the sweep of media no message links to
+    (older than a day) never takes one a message is about to link.
+    """
+
+    __tablename__ = "media"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mime_type: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class MessageMediaRow(Base):
+    """A message showing a stored image (``position``: its place among the message's media).
+
+    Deleted with its message; ``sha256`` has no foreign key so that linking never fails on
+    an image swept meanwhile (the message then shows its caption alone).
+    """
+
+    __tablename__ = "message_media"
+    __table_args__ = (Index("ix_message_media_sha256", "sha256"),)
+
+    message_id: Mapped[int] = mapped_column(
+        Id, ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
 KB_UNMODELLED: frozenset[str] = frozenset({"kb_chunks_fts", "ix_kb_chunks_text_tsv", "text_tsv"})
 """Keyword-search objects of migration 0006 the models leave out (and their FTS5 shadow
 tables, ``kb_chunks_fts_*``): schema comparisons skip them by name."""

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, insert, select
 from sqlalchemy.engine import Connection
 
+from adapters.memory import media
 from adapters.memory.statements import (
     BUMP_SEQ,
     CONVERSATION_COLUMNS,
@@ -123,7 +124,7 @@ def append(
     batch: Sequence[NewMessage],
     now: Callable[[], datetime],
 ) -> list[StoredMessage]:
-    """Reserve ``len(batch)`` sequence numbers and insert the messages and their platform ids.
+    """Reserve ``len(batch)`` sequence numbers; insert the messages, platform ids and media links.
 
     Raises:
         StoreError: the conversation does not exist.
@@ -177,6 +178,13 @@ def append(
     ]
     if platform_rows:
         insert_platform_ids(conn, platform_rows)
+    media_rows = [
+        (message_id, position, sha256)
+        for m, message_id in zip(batch, ids, strict=True)
+        for position, sha256 in enumerate(m.media)
+    ]
+    if media_rows:
+        media.link(conn, media_rows)
     return [
         StoredMessage(
             id=message_id,

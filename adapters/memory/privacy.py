@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Connection
 
+from adapters.memory import media
 from adapters.memory.statements import (
     CONVERSATION_COLUMNS,
     CONVERSATIONS,
@@ -31,8 +32,9 @@ from core.types import (
 def forget_user(conn: Connection, bot: str, platform: str, user_id: str) -> int:
     """Delete the user's conversations, own shared messages, replies to them and preferences.
 
-    Also the user's pending tool calls (those of the deleted conversations go by cascade);
-    the user's audit rows keep only the pseudonym. Returns the number of messages deleted.
+    Also the user's pending tool calls (those of the deleted conversations go by cascade)
+    and the images the deleted messages showed that no remaining message links to; the
+    user's audit rows keep only the pseudonym. Returns the number of messages deleted.
     """
     own = select(CONVERSATIONS.c.id).where(
         CONVERSATIONS.c.bot == bot,
@@ -43,6 +45,17 @@ def forget_user(conn: Connection, bot: str, platform: str, user_id: str) -> int:
         CONVERSATIONS.c.bot == bot,
         CONVERSATIONS.c.platform == platform,
         CONVERSATIONS.c.user_id == "",
+    )
+    mine = MESSAGES.alias("mine")
+    with_user = select(mine.c.conversation_id).where(
+        mine.c.author_id == user_id, mine.c.conversation_id.in_(shared)
+    )
+    # Images the doomed messages may show (more is harmless: only unlinked ones go).
+    shown = media.linked_from(
+        conn,
+        select(MESSAGES.c.id).where(
+            MESSAGES.c.conversation_id.in_(own) | MESSAGES.c.conversation_id.in_(with_user)
+        ),
     )
     in_own = conn.execute(
         select(func.count()).select_from(MESSAGES).where(MESSAGES.c.conversation_id.in_(own))
@@ -61,10 +74,6 @@ def forget_user(conn: Connection, bot: str, platform: str, user_id: str) -> int:
         .order_by(earlier.c.seq.desc())
         .limit(1)
         .scalar_subquery()
-    )
-    mine = MESSAGES.alias("mine")
-    with_user = select(mine.c.conversation_id).where(
-        mine.c.author_id == user_id, mine.c.conversation_id.in_(shared)
     )
     replies = conn.execute(
         delete(MESSAGES).where(
@@ -87,6 +96,8 @@ def forget_user(conn: Connection, bot: str, platform: str, user_id: str) -> int:
         )
     )
     forget_tool_data(conn, bot, platform, user_id)
+    if shown:
+        media.delete_unlinked(conn, shown)
     return int(in_own) + int(replies) + int(in_shared)
 
 

@@ -28,8 +28,8 @@ from typing import Any, Final
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from adapters.memory import media, privacy
 from adapters.memory import operations as ops
-from adapters.memory import privacy
 from adapters.memory import recovery as rec
 from adapters.memory.executor import DATABASE_ERRORS, Executor, Op, describe
 from adapters.memory.postgres import PostgresExecutor
@@ -38,7 +38,14 @@ from adapters.memory.sqlite import SqliteExecutor
 from adapters.memory.statements import recent_messages_query, to_stored
 from adapters.memory.store_tools import SqlToolMethods
 from adapters.memory.tooling import merge_extra
-from adapters.memory.validation import check_extra, check_usage, storable, usage_pseudonym
+from adapters.memory.validation import (
+    check_extra,
+    check_hashes,
+    check_media,
+    check_usage,
+    storable,
+    usage_pseudonym,
+)
 from core.errors import StoreError, StoreUnavailable
 from core.lifecycle import Lifecycle
 from core.media import MediaBlob
@@ -120,6 +127,7 @@ class SqlMemoryStore(SqlToolMethods):
         self._state = Lifecycle.NEW
         self._transition = asyncio.Lock()
         self._usage_secret = b""
+        self._media_swept_at: datetime | None = None
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -258,17 +266,19 @@ class SqlMemoryStore(SqlToolMethods):
         """Append ``messages`` in order in one transaction, with consecutive sequence numbers.
 
         Platform message ids given in a ``NewMessage`` are recorded for it (in its
-        ``platform_chat_id``, or the conversation's chat when that is ``None``).
+        ``platform_chat_id``, or the conversation's chat when that is ``None``), and so are
+        the media it shows (``NewMessage.media``), in the same transaction.
 
         Raises:
             DuplicateMessage: one of the platform ids is already recorded (nothing of this
                 call is stored); ``existing`` is the stored message it belongs to.
             StoreError: the conversation does not exist.
-            ValueError: ``extra`` is not JSON-serialisable.
+            ValueError: ``extra`` is not JSON-serialisable, or a media entry is not a hash.
         """
         batch = storable(messages)
         for message in batch:
             check_extra(message.extra)
+            check_hashes(message.media)
         if not batch:
             return []
         stored: list[StoredMessage] = await self._call(
@@ -443,12 +453,34 @@ class SqlMemoryStore(SqlToolMethods):
         return result
 
     async def save_media(self, blob: MediaBlob) -> None:
-        """Store an image once per content hash (issue 14: the s14-store branch)."""
-        raise NotImplementedError("save_media: being built on branch s14-store")
+        """Store an image once per content hash (``blob.sha256``); saving it again is a no-op.
+
+        At most once an hour (:data:`adapters.memory.media.SWEEP_EVERY`) the same
+        transaction first deletes the media no message links to that are older than a day
+        (saved for a turn that was never stored). Written like a message: group-committed
+        on SQLite, retried through a brief outage on PostgreSQL.
+
+        Raises:
+            ValueError: ``blob.sha256`` is not the SHA-256 of ``blob.data``.
+            StoreUnavailable: the database stayed unreachable; nothing was written.
+        """
+        check_media(blob)
+        now = self._now()
+        last = self._media_swept_at
+        sweep = last is None or now - last >= media.SWEEP_EVERY
+        if sweep:
+            self._media_swept_at = now
+        swept: int = await self._call(lambda c: media.save(c, blob, now, sweep), write=True)
+        if swept:
+            _log.info("deleted %d stored image(s) no message showed for a day", swept)
 
     async def load_media(self, hashes: Sequence[str]) -> Mapping[str, MediaBlob]:
-        """The stored media of ``hashes`` (issue 14: the s14-store branch)."""
-        raise NotImplementedError("load_media: being built on branch s14-store")
+        """The stored media of ``hashes`` (those that exist), by hash."""
+        wanted = tuple(dict.fromkeys(hashes))
+        if not wanted:
+            return {}
+        found: dict[str, MediaBlob] = await self._call(lambda c: media.load(c, wanted), write=False)
+        return found
 
     async def forget_user(self, bot: str, platform: str, user_id: str) -> int:
         """Delete everything stored about the user but the pseudonymous usage counters.
@@ -456,8 +488,9 @@ class SqlMemoryStore(SqlToolMethods):
         Deletes the conversations keyed by the user (with all their messages and platform
         ids), the user's own messages in shared conversations of this bot and platform
         together with the bot's replies to them (which quote and answer them), the
-        preferences of the user's slots and the user's pending tool calls (those of deleted
-        conversations go with them); the user's audit rows keep only the pseudonym. Returns
+        preferences of the user's slots, the user's pending tool calls (those of deleted
+        conversations go with them) and the images the deleted messages showed that no
+        remaining message shows; the user's audit rows keep only the pseudonym. Returns
         the number of messages deleted.
 
         Raises:

@@ -9,13 +9,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from core.media import MediaBlob, content_hash
 from core.text import safe_text
 from core.types import AuditEntry, NewMessage, PendingToolCall, UsageRecord
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def check_extra(extra: Any) -> None:
@@ -38,6 +42,19 @@ def storable(messages: Iterable[NewMessage]) -> tuple[NewMessage, ...]:
         m if safe_text(m.content) is m.content else replace(m, content=safe_text(m.content))
         for m in messages
     )
+
+
+def check_hashes(hashes: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless each of ``hashes`` (``NewMessage.media``) is a hex SHA-256."""
+    for value in hashes:
+        if not isinstance(value, str) or _SHA256.fullmatch(value) is None:
+            raise ValueError(f"NewMessage.media holds {value!r}, not a hex SHA-256")
+
+
+def check_media(blob: MediaBlob) -> None:
+    """Raise ``ValueError`` unless ``blob.sha256`` is the SHA-256 of its bytes (the key)."""
+    if content_hash(blob.data) != blob.sha256:
+        raise ValueError(f"{blob!r}: sha256 is not the SHA-256 of its data")
 
 
 def check_usage(usage: UsageRecord) -> None:

@@ -33,8 +33,11 @@ TABLES = {
     "tool_audit",
     "kb_documents",
     "kb_chunks",
+    "media",
+    "message_media",
 }
 KB_TABLES = {"kb_documents", "kb_chunks"}
+MEDIA_TABLES = {"media", "message_media"}
 
 
 def modelled(name: str | None) -> bool:
@@ -112,7 +115,12 @@ async def test_revision_0003_lacks_only_the_owner_leases(db_url: str) -> None:
     await migrate.upgrade(db_url, "0003")
     diff = await schema_diff(db_url)
     added = {entry[-1].name for entry in diff if entry[0] in ("add_table", "add_column")}
-    assert added == {"instances", "leases", "owner", "pending_tool_calls", "tool_audit"} | KB_TABLES
+    assert (
+        added
+        == {"instances", "leases", "owner", "pending_tool_calls", "tool_audit"}
+        | KB_TABLES
+        | MEDIA_TABLES
+    )
     assert {entry[0] for entry in diff} <= {"add_table", "add_column", "add_index"}
 
 
@@ -121,14 +129,16 @@ async def test_revision_0004_lacks_only_the_tool_tables(db_url: str) -> None:
     diff = await schema_diff(db_url)
     assert {entry[0] for entry in diff} == {"add_table", "add_index"}
     added = {entry[-1].name for entry in diff if entry[0] == "add_table"}
-    assert added == {"pending_tool_calls", "tool_audit"} | KB_TABLES
+    assert added == {"pending_tool_calls", "tool_audit"} | KB_TABLES | MEDIA_TABLES
 
 
 async def test_revision_0005_lacks_only_the_knowledge_base(db_url: str) -> None:
     await migrate.upgrade(db_url, "0005")
     diff = await schema_diff(db_url)
     assert {entry[0] for entry in diff} == {"add_table", "add_index"}
-    assert {entry[-1].name for entry in diff if entry[0] == "add_table"} == KB_TABLES
+    assert {entry[-1].name for entry in diff if entry[0] == "add_table"} == (
+        KB_TABLES | MEDIA_TABLES
+    )
     assert await raw_names(db_url) == set()
     await migrate.upgrade(db_url)
     assert await schema_diff(db_url) == []
@@ -140,6 +150,16 @@ async def test_revision_0005_lacks_only_the_knowledge_base(db_url: str) -> None:
         assert await raw_names(db_url) == {"ix_kb_chunks_text_tsv"}
 
 
+async def test_revision_0006_lacks_only_the_media_tables(db_url: str) -> None:
+    await migrate.upgrade(db_url, "0006")
+    diff = await schema_diff(db_url)
+    assert {entry[0] for entry in diff} == {"add_table", "add_index"}
+    assert {entry[-1].name for entry in diff if entry[0] == "add_table"} == MEDIA_TABLES
+    await migrate.upgrade(db_url)
+    assert await migrate.current(db_url) == "0007"
+    assert await schema_diff(db_url) == []
+
+
 async def test_0005_down_and_up_keeps_the_history(db_url: str) -> None:
     key = ConversationKey("bot", "telegram", "c1", None, "u1")
     await migrate.upgrade(db_url)
@@ -148,7 +168,9 @@ async def test_0005_down_and_up_keeps_the_history(db_url: str) -> None:
         await store.append_messages(conv.id, [user_msg("kept", "u1")])
     await migrate.downgrade(db_url, "0004")
     assert await migrate.current(db_url) == "0004"
-    assert await table_names(db_url) == TABLES - {"pending_tool_calls", "tool_audit"} - KB_TABLES
+    assert await table_names(db_url) == (
+        TABLES - {"pending_tool_calls", "tool_audit"} - KB_TABLES - MEDIA_TABLES
+    )
     assert await schema_diff(db_url) != []
     await migrate.upgrade(db_url)
     assert await schema_diff(db_url) == []
@@ -160,8 +182,11 @@ async def test_0005_down_and_up_keeps_the_history(db_url: str) -> None:
 async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     await migrate.upgrade(db_url)
     await migrate.downgrade(db_url)
+    assert await migrate.current(db_url) == "0006"
+    assert await table_names(db_url) == TABLES - MEDIA_TABLES
+    await migrate.downgrade(db_url)
     assert await migrate.current(db_url) == "0005"
-    assert await table_names(db_url) == TABLES - KB_TABLES
+    assert await table_names(db_url) == TABLES - KB_TABLES - MEDIA_TABLES
     assert await raw_names(db_url) == set(), "the keyword-search objects go with 0006"
     await migrate.downgrade(db_url)
     assert await migrate.current(db_url) == "0004"
