@@ -15,7 +15,7 @@ from PIL import Image
 
 from adapters.media import LocalMediaReader
 from core.errors import FileTooLong, MediaError
-from core.media import content_hash
+from core.media import content_hash, image_tokens
 
 _ORIENTATION = 0x0112
 _GPS_IFD = 0x8825
@@ -59,13 +59,15 @@ async def test_a_12_megapixel_photo_becomes_a_1024_jpeg_without_metadata(tmp_pat
 
     blob = await reader.prepare_image(path, "plant.jpg")
 
-    assert (blob.width, blob.height) == (1024, 768)
+    # At most 1024x768 (fit_size): the JPEG decoder's 1/4 scale, close enough to skip resampling.
+    assert (blob.width, blob.height) == (1008, 756)
+    assert image_tokens(blob.width, blob.height) == image_tokens(1024, 768)
     assert blob.mime_type == "image/jpeg"
     assert blob.sha256 == content_hash(blob.data)
     assert len(blob.data) < 400_000
     with Image.open(io.BytesIO(blob.data)) as out:
         assert out.format == "JPEG"
-        assert out.size == (1024, 768)
+        assert out.size == (1008, 756)
         assert not out.getexif(), "EXIF (camera, GPS position) must not leave the machine"
         assert not out.getexif().get_ifd(_GPS_IFD)
         assert _is_red(out, 10, 10)
@@ -78,11 +80,20 @@ async def test_the_exif_orientation_is_applied(tmp_path: Path) -> None:
 
     blob = await reader.prepare_image(path, "portrait.jpg")
 
-    assert (blob.width, blob.height) == (768, 1024)
+    assert (blob.width, blob.height) == (756, 1008)
     with Image.open(io.BytesIO(blob.data)) as out:
         assert _is_red(out, blob.width - 10, 10), "the stored top-left is now top-right"
         assert not _is_red(out, 10, 10)
         assert _ORIENTATION not in out.getexif()
+
+
+async def test_a_photo_the_decoder_cannot_scale_close_enough_is_resampled(tmp_path: Path) -> None:
+    path = tmp_path / "telegram.jpg"
+    _photo(2560, 1920).save(path, quality=87)
+
+    blob = await reader.prepare_image(path, "telegram.jpg")
+
+    assert (blob.width, blob.height) == (1024, 768)
 
 
 async def test_a_small_image_is_not_upscaled(tmp_path: Path) -> None:
