@@ -34,7 +34,14 @@ from core.errors import ConfigError
 from core.kb import KnowledgeBase
 from core.knowledge import AddReport, KbScope
 from core.ports import ChatAdapter, LLMBackend, Transcriber
-from core.settings import AccessSettings, CoreSettings, KbSettings, LLMSettings, ToolSettings
+from core.settings import (
+    AccessSettings,
+    CoreSettings,
+    KbSettings,
+    LLMSettings,
+    MediaSettings,
+    ToolSettings,
+)
 from core.telemetry import NO_TELEMETRY, Telemetry
 from core.tools import Toolbox
 
@@ -91,6 +98,7 @@ class Settings:
     mcp_config: Path | None = None
     homeassistant: HomeAssistantSettings | None = None
     kb: KbSettings = field(default_factory=lambda: KbSettings(_env_file=None))
+    media: MediaSettings = field(default_factory=lambda: MediaSettings(_env_file=None))
     # CHINWAG_HTTP_LISTEN as (host, port): where health and metrics are served; None = off.
     http_listen: tuple[str, int] | None = None
 
@@ -234,6 +242,7 @@ async def running_engine(settings: Settings, health: Health | None = None) -> As
                 extra_commands=settings.bot.commands,
                 knowledge=knowledge,
                 telemetry=health.telemetry if health is not None else NO_TELEMETRY,
+                media=settings.media,
             )
             await engine.start()
             try:

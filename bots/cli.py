@@ -48,6 +48,7 @@ from core.settings import (
     CoreSettings,
     KbSettings,
     LLMSettings,
+    MediaSettings,
     ToolSettings,
 )
 
@@ -233,6 +234,7 @@ def _load(env_file: Path | None, bot: Bot, bot_settings: BotSettings, command: s
             _homeassistant_settings(env_file) if serving and "homeassistant" in bot.packs else None
         ),
         kb=load(KbSettings, env_file),
+        media=load(MediaSettings, env_file),
         http_listen=bot_settings.http_listen(),
     )
 

@@ -20,6 +20,7 @@ from core.confirmations import Confirmations, Pending
 from core.export import FORMATS as EXPORT_FORMATS
 from core.export import export_document
 from core.knowledge import KnowledgeStore
+from core.media import describe
 from core.notices import notify
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
@@ -299,7 +300,11 @@ class BuiltinCommands:
         current = self._sessions.model_for(prefs)
         models = list(self._backend.models())
         if not arg:
-            listing = "\n".join(f"{'* ' if m == current else '  '}{m}" for m in models)
+            listing = "\n".join(
+                f"{'* ' if m == current else '  '}{m}"
+                + (" (sees images)" if self._backend.supports_images(m) else "")
+                for m in models
+            )
             await notify(out, f"Models (* = in use):\n{listing}\n\nSwitch with /model <name>.")
             return
         if arg not in models:
@@ -326,10 +331,11 @@ class BuiltinCommands:
             shared=key.user_id is None,
         )
         note = "" if prompt.complete else " Older messages are stored but no longer fit."
+        files = "".join(f"\n- {describe(a)}" for a in prompt.attachments)
         await notify(
             out,
             f"In context: {prompt.turns} message(s), {prompt.tokens:,} of {budget:,} tokens "
-            f"(model {model}).{note}",
+            f"(model {model}).{note}" + (f"\nAttachments:{files}" if files else ""),
         )
 
     async def usage(

@@ -15,7 +15,8 @@ The engine wires the pieces and routes each message; every job lives in its own 
 rate, quota, size), :mod:`core.commands` (the command registry and parser),
 :mod:`core.confirmations` (``/forget``'s yes/no), :mod:`core.sessions` (conversations,
 preferences, models, budgets), :mod:`core.reply` (one reply run), :mod:`core.prompt` (the
-history within the token budget), :mod:`core.notices` (what users are told); the tools in
+history within the token budget, with the images of vision turns), :mod:`core.intake`
+(photos, voice notes and files sent), :mod:`core.notices` (what users are told); the tools in
 :mod:`core.gate`, :mod:`core.turns` and :mod:`core.tool_actions`; the knowledge base in
 :mod:`core.kb` and :mod:`core.kb_chat`.
 """
@@ -30,22 +31,16 @@ from datetime import UTC, datetime
 from core.admission import Admission
 from core.bot import BotCommand
 from core.commands import BuiltinCommands, CommandRegistry, parse_command
-from core.confirmations import CONFIRM_TTL, Confirmations
+from core.confirmations import Confirmations
 from core.errors import ChinwagError, DuplicateMessage
 from core.instance import HEARTBEAT_SECONDS, Instance
+from core.intake import Intake, TurnInput
 from core.kb import KnowledgeBase
-from core.kb_chat import FILE_HINT, KbChat
+from core.kb_chat import KbChat
 from core.lanes import Lanes
 from core.lifecycle import Lifecycle
-from core.notices import (
-    EMPTY_MODEL_REPLY,
-    EMPTY_REPLY,
-    GENERIC_ERROR,
-    REFUSAL,
-    UNSUPPORTED_REPLY,
-    notify,
-)
-from core.ports import LLMBackend, MemoryStore, ReplyChannel
+from core.notices import EMPTY_REPLY, GENERIC_ERROR, UNSUPPORTED_REPLY, notify
+from core.ports import LLMBackend, MediaReader, MemoryStore, ReplyChannel, Transcriber
 from core.prompt import HistoryCache, PromptBuilder
 from core.recovery import Recovery
 from core.reply import Replier
@@ -56,6 +51,7 @@ from core.settings import (
     AccessSettings,
     CoreSettings,
     LLMSettings,
+    MediaSettings,
     ToolSettings,
 )
 from core.telemetry import NO_TELEMETRY, Telemetry, error_kind
@@ -69,7 +65,6 @@ from core.types import (
     IncomingMessage,
     MemoryScope,
     MessageStatus,
-    NewMessage,
     Preferences,
     ReplyInProgress,
     Role,
@@ -110,6 +105,9 @@ class Engine:
         knowledge: the knowledge base answers come from (``/kb``, ``/why``; none if omitted).
         telemetry: counts messages, replies, tokens and errors for ``/metrics`` (nothing if
             omitted).
+        media: the limits on files users send (``MAX_FILE_MB``...; the defaults if omitted).
+        reader: decodes photos and reads text files (without one, both are declined).
+        transcriber: speech to text (without one, voice notes are declined in a sentence).
     """
 
     def __init__(
@@ -128,6 +126,9 @@ class Engine:
         extra_commands: Sequence[BotCommand] = (),
         knowledge: KnowledgeBase | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
+        media: MediaSettings | None = None,
+        reader: MediaReader | None = None,
+        transcriber: Transcriber | None = None,
     ) -> None:
         self._telemetry = telemetry
         self._backend = backend
@@ -214,6 +215,16 @@ class Engine:
             self._kb.register(self._commands)
             self._builtins.on_forget = self._kb.forget
             self._builtins.knowledge = knowledge.store
+        self._intake = Intake(
+            backend=backend,
+            store=store,
+            admission=self._admission,
+            sessions=self._sessions,
+            settings=media or MediaSettings(_env_file=None),
+            reader=reader,
+            transcriber=transcriber,
+            kb_on=lambda: self._kb is not None,
+        )
 
     # --- identity and lifecycle ------------------------------------------------------------
 
@@ -468,10 +479,15 @@ class Engine:
             await notify(out, UNSUPPORTED_REPLY.format(kind=msg.unsupported))
             return
         text = msg.text.strip()
-        if not text:
-            await notify(out, FILE_HINT if msg.attachments and self._kb else EMPTY_REPLY)
+        parsed = parse_command(text) if text else None
+        if msg.attachments and parsed is None:
+            turn = await self._intake.turn(key, msg, text, out)
+            if turn is not None:
+                await self._converse(key, msg, turn, out)
             return
-        parsed = parse_command(text)
+        if not text:
+            await notify(out, EMPTY_REPLY)
+            return
         if parsed is not None:
             if await admission.within_limits(msg, out):
                 admin = admission.is_admin(msg)
@@ -483,12 +499,12 @@ class Engine:
             return
         if not await admission.within_limits(msg, out):
             return
-        await self._converse(key, msg, text, out)
+        await self._converse(key, msg, TurnInput(text), out)
 
     # --- conversing --------------------------------------------------------------------------
 
     async def _converse(
-        self, key: ConversationKey, msg: IncomingMessage, text: str, out: ReplyChannel
+        self, key: ConversationKey, msg: IncomingMessage, turn: TurnInput, out: ReplyChannel
     ) -> None:
         sessions = self._sessions
         prefs = await sessions.preferences(key)
@@ -496,30 +512,10 @@ class Engine:
         tokenizer = self._backend.tokenizer_name(model)
         conversation_id = await sessions.conversation_id(key)
         await self._tools.cancel(conversation_id, out, model)  # the conversation moved on
-        extra = {"author_name": msg.user_name} if msg.user_name else None
-        user_tokens = await self._backend.count_tokens(text, model)
+        tokens = await self._backend.count_tokens(turn.text, model)
+        new = turn.messages(msg, tokens, tokenizer, self._instance.id)
         try:
-            user_message, placeholder = await self._store.append_messages(
-                conversation_id,
-                [
-                    NewMessage(
-                        role=Role.USER,
-                        content=text,
-                        author_id=msg.user_id,
-                        token_count=user_tokens,
-                        tokenizer=tokenizer,
-                        extra=extra,
-                        platform_chat_id=msg.chat_id,
-                        platform_message_ids=(msg.message_id,) if msg.message_id else (),
-                    ),
-                    NewMessage(
-                        role=Role.ASSISTANT,
-                        content="",
-                        status=MessageStatus.IN_PROGRESS,
-                        owner=self._instance.id,
-                    ),
-                ],
-            )
+            user_message, placeholder = await self._store.append_messages(conversation_id, new)
         except DuplicateMessage as duplicate:
             assert isinstance(duplicate.existing, StoredMessage)
             await self._redelivered(key, msg, duplicate.existing, out, model, prefs)
@@ -596,13 +592,4 @@ class Engine:
         await self._reply(key, msg, out, message, model, prefs, reply.platform_message_ids, rounds)
 
 
-__all__ = [
-    "CONFIRM_TTL",
-    "EMPTY_MODEL_REPLY",
-    "EMPTY_REPLY",
-    "GENERIC_ERROR",
-    "REFUSAL",
-    "UNSUPPORTED_REPLY",
-    "Engine",
-    "parse_command",
-]
+__all__ = ["Engine"]

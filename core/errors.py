@@ -8,7 +8,8 @@ Every error the project raises on purpose derives from :class:`ChinwagError`::
     │   ├── BackendUnavailable   cannot reach the server / model not loaded / queue full
     │   ├── BackendTimeout       no first or next chunk within the timeout
     │   ├── RateLimited          the server said 429 (``retry_after`` seconds, if given)
-    │   └── ContextTooLong       the prompt does not fit the model's context
+    │   ├── ContextTooLong       the prompt does not fit the model's context
+    │   └── ImagesRefused        the server refused images: the model is text-only there
     ├── AdapterError             a chat platform failed
     ├── MediaError               a photo, voice note or file can't be used (says why)
     │   └── FileTooLong          a text file is over ``MAX_FILE_CHARS`` (``limit``)
@@ -106,6 +107,24 @@ class ContextTooLong(BackendError):
     def __init__(self, limit: int | None = None, message: str | None = None) -> None:
         self.limit = limit
         super().__init__(message or "context too long")
+
+
+class ImagesRefused(BackendError):
+    """The server refused a request because it carried images: the model is text-only there.
+
+    Raised before anything was streamed. The backend remembers it, so that
+    ``supports_images(model)`` is false from then on; the caller may send the same request
+    again without its images (the caption alone) and tell the user the model can't see them.
+
+    Attributes:
+        model: the model that refused the images.
+    """
+
+    user_message = "This model can't see images. Please send your question as text."
+
+    def __init__(self, model: str, message: str | None = None) -> None:
+        self.model = model
+        super().__init__(message or f"{model} does not accept images")
 
 
 class AdapterError(ChinwagError):

@@ -8,6 +8,10 @@ waits for a confirmation). Secret-looking argument values are masked, as in the 
 A reply answered from the knowledge base is followed by its ``Sources:`` (stored with it,
 ``extra["sources"]``; a ``sources`` list in JSON). The user's own documents (their user
 scope of the knowledge base) follow the conversations, with every chunk's text.
+
+A message that came with photos, voice notes or files lists them (kind, name, size; in JSON
+an ``attachments`` list with their stored details, a photo's ``sha256`` among them). The
+images themselves are not bundled: the export is one text document.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from core.kb import sources_of
 from core.knowledge import ChunkDraft, DocumentInfo, KbScope, KnowledgeStore
+from core.media import attachments_of, describe
 from core.ports import MemoryStore
 from core.tools import redact_secrets
 from core.types import ExportedConversation, MessageStatus, Role, StoredMessage
@@ -166,6 +171,9 @@ def _message_lines(message: StoredMessage, bot: str) -> list[str]:
     label = _STATUS_LABELS.get(message.status, message.status.value)
     status = "" if message.status is MessageStatus.COMPLETE else f" ({label})"
     lines = [f"**{_speaker(message.role, message.author_id, bot)}** · {stamp}{status}", ""]
+    attachments = attachments_of(message.extra)
+    if attachments:
+        lines += [f"Attached: {'; '.join(describe(a) for a in attachments)}", ""]
     if message.content:
         lines += [message.content, ""]
     sources = sources_of(message.extra)
@@ -194,6 +202,9 @@ def _message_json(message: StoredMessage) -> dict[str, Any]:
     calls = tool_calls_of(message)
     if calls:
         doc["tool_calls"] = calls
+    attachments = attachments_of(message.extra)
+    if attachments:
+        doc["attachments"] = [a.as_json() for a in attachments]
     sources = sources_of(message.extra)
     if sources:
         doc["sources"] = [s.line() for s in sources]

@@ -88,59 +88,73 @@ def image_tokens(width: int, height: int) -> int:
     return _TOKENS_PER_TILE * tiles + _BASE_TOKENS
 
 
-# Families of models that accept images, matched against the model id's last path part
-# (OpenRouter's ``openai/gpt-4o`` is ``gpt-4o``), case-insensitively. Listed in the README.
+# Families of models that accept images, matched at the start of the model id's last path
+# part (OpenRouter's ``openai/gpt-4o`` is ``gpt-4o``, vLLM's ``Qwen/Qwen2.5-VL-7B-Instruct``
+# is ``Qwen2.5-VL-7B-Instruct``), case-insensitively. Listed in the README. The lookaheads
+# keep out the text-only (or audio-only) models of the same families: gpt-4o-audio/realtime/
+# transcribe/tts, gpt-4-turbo-preview, o1-mini, o1-preview, o3-mini, Gemma 3 1B and 270M,
+# Gemini's TTS and embedding models, Ministral 3B (2024), Mistral Small 3.0.
 VISION_FAMILIES: tuple[str, ...] = (
-    r"gpt-4o(?!-audio|-realtime|-transcribe|-mini-transcribe|-search)",
+    r"gpt-4o(?!(-mini)?-(audio|realtime|transcribe|tts|search))",
+    r"chatgpt-4o",
     r"gpt-4\.1",
     r"gpt-4\.5",
-    r"gpt-4-turbo",
-    r"gpt-4-vision",
-    r"gpt-5(?!.*-chat-latest-audio)",
-    r"chatgpt-4o",
+    r"gpt-4-turbo(?!-preview)",
+    r"gpt-4(-\d{4})?-vision",
+    r"gpt-5",
     r"o1(?!-mini|-preview)",
     r"o3(?!-mini)",
     r"o4-mini",
-    r"claude-(3|sonnet-4|opus-4|haiku-4)",
+    r"claude-(3|(sonnet|opus|haiku)-[4-9])",
     r"claude-[0-9.]+-(sonnet|opus|haiku)",
-    r"gemini",
-    r"gemma-?3",
-    r"llava",
-    r"bakllava",
-    r"qwen[0-9.]*-?vl",
-    r"qwen[0-9.]*-omni",
+    r"gemini(?!.*(-tts|embedding))",
+    r"gemma-?3(?![:-](1b|270m))",
+    r"paligemma",
+    r"(bak)?llava",
+    r"qwen[0-9.]*-?(vl|omni)",
+    r"qvq",
     r"pixtral",
     r"llama-?3\.2-?(11|90)b-?vision|llama-?3\.2-vision",
     r"llama-?4",
-    r"minicpm-?v",
+    r"minicpm-?[vo]",
     r"moondream",
     r"internvl",
     r"phi-?3(\.5)?-vision",
     r"phi-?4-multimodal",
-    r"mistral-small-3\.[12]",
-    r"mistral-medium-3",
-    r"granite[0-9.]*-vision",
+    r"mistral-small-?(3\.[12]|2503|2506|latest)",
+    r"mistral-medium-?(3|2505|2508|latest)",
+    r"mistral-large-?3",
+    r"ministral-?3(?!b)",
+    r"granite[0-9.]*-?vision",
     r"smolvlm",
     r"idefics",
     r"cogvlm",
     r"glm-4(\.[0-9])?v",
     r"grok-(2-vision|4)",
+    # Whatever else says so in its name: aya-vision, kimi-vl, deepseek-vl2, ...
+    r".*vision",
+    r".*[-_]vl(\d|[-_.:]|$)",
 )
 _VISION = re.compile("|".join(f"(?:{family})" for family in VISION_FAMILIES), re.IGNORECASE)
 
 
 def is_vision_model(model: str, extra: Iterable[str] = ()) -> bool:
-    """Whether ``model`` accepts images: a known family, or one of ``extra``.
+    """Whether ``model`` accepts images: one of ``extra``, or a known family.
 
     ``extra`` are the operator's own names (``OPENAI_VISION_MODELS``): exact ids, or
-    prefixes ending in ``*``.
+    prefixes ending in ``*`` (``*`` alone: every model). Both compare case-insensitively,
+    as the families do.
     """
+    wanted = model.strip().lower()
     for name in extra:
-        if name.endswith("*") and model.startswith(name[:-1]):
+        name = name.strip().lower()
+        if not name:
+            continue
+        if name.endswith("*") and wanted.startswith(name[:-1]):
             return True
-        if name == model:
+        if name == wanted:
             return True
-    base = model.rsplit("/", 1)[-1]
+    base = wanted.rsplit("/", 1)[-1]
     return _VISION.match(base) is not None
 
 

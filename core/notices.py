@@ -16,8 +16,7 @@ from core.ports import ReplyChannel
 _log = logging.getLogger(__name__)
 
 UNSUPPORTED_REPLY = (
-    "I can only read text messages for now, so I can't use that {kind}. "
-    "Please send your question as text."
+    "I can't use that {kind}. Send me text, a photo, a voice note or a text file instead."
 )
 EMPTY_REPLY = "Your message is empty. Send me some text and I'll answer."
 EMPTY_MODEL_REPLY = "The model returned an empty answer. Please try rephrasing your message."

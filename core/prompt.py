@@ -7,19 +7,26 @@ The engine keeps a :class:`HistoryCache` of the newest usable messages of the co
 it serves, updated as it writes them (it is their only writer, one message at a time), so a
 busy conversation's prompt needs no read at all; what the cache does not hold is read from
 the store.
+
+A user turn that came with photos carries them (``ChatMessage.images``) for models that
+accept images, and their cost (``StoredAttachment.tokens``) counts in the budget, so a long
+history of photos drops old turns instead of overflowing the context. The images are loaded
+from the store (``MemoryStore.load_media``) through a small :class:`MediaCache`: a busy chat
+doesn't read them again for every reply, and a restarted bot still sends them.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.errors import ContextTooLong
+from core.media import StoredAttachment, attachments_of
 from core.ports import LLMBackend, MemoryStore
 from core.rounds import ROUND_STATUSES, is_round, message_text, round_messages
-from core.types import ChatMessage, MessageStatus, Role, StoredMessage
+from core.types import ChatMessage, ImagePart, MessageStatus, Role, StoredMessage
 
 _PAGE = 64
 _USABLE = (MessageStatus.COMPLETE, MessageStatus.CUT, MessageStatus.INTERRUPTED)
@@ -51,12 +58,13 @@ class Turn:
     objects keeps a busy bot from allocating (and garbage-collecting) hundreds per reply.
     """
 
-    __slots__ = ("_named", "_plain", "message", "tokenizer", "tokens")
+    __slots__ = ("_named", "_plain", "attachments", "message", "tokenizer", "tokens")
 
     def __init__(self, message: StoredMessage) -> None:
         self.message = message
         self.tokenizer = message.tokenizer  # what ``tokens`` was counted with
         self.tokens = message.token_count
+        self.attachments = attachments_of(message.extra) if message.role is Role.USER else ()
         self._plain: tuple[ChatMessage, ...] | None = None
         self._named: tuple[tuple[ChatMessage, ...], int] | None = None
 
@@ -84,6 +92,50 @@ class Turn:
         if message.status is MessageStatus.INTERRUPTED:
             return self._plain, _LABEL_TOKENS
         return self._plain, 0
+
+    def photos(self) -> tuple[StoredAttachment, ...]:
+        """The stored photos this (user) turn shows."""
+        return tuple(a for a in self.attachments if a.kind == "photo" and a.sha256)
+
+
+@dataclass(slots=True)
+class MediaCache:
+    """The images of recent prompts, by content hash, least recently used dropped first.
+
+    Bounded by ``max_bytes`` of image data; a prompt rebuilt for every reply of a chat with
+    photos reads them from the store once.
+    """
+
+    max_bytes: int = 64 * 1024 * 1024
+    _images: OrderedDict[str, ImagePart] = field(default_factory=OrderedDict)
+    _bytes: int = 0
+
+    async def get(self, store: MemoryStore, hashes: Iterable[str]) -> dict[str, ImagePart]:
+        """The images of ``hashes`` that exist (cached, else read from ``store``)."""
+        found: dict[str, ImagePart] = {}
+        missing: list[str] = []
+        for sha in dict.fromkeys(hashes):
+            image = self._images.get(sha)
+            if image is None:
+                missing.append(sha)
+            else:
+                self._images.move_to_end(sha)
+                found[sha] = image
+        if missing:
+            for sha, blob in (await store.load_media(missing)).items():
+                image = ImagePart(blob.data, blob.mime_type, blob.width, blob.height)
+                found[sha] = image
+                self._keep(sha, image)
+        return found
+
+    def _keep(self, sha: str, image: ImagePart) -> None:
+        if sha in self._images or len(image.data) > self.max_bytes:
+            return
+        self._images[sha] = image
+        self._bytes += len(image.data)
+        while self._bytes > self.max_bytes:
+            _, dropped = self._images.popitem(last=False)
+            self._bytes -= len(dropped.data)
 
 
 @dataclass(slots=True)
@@ -167,6 +219,7 @@ class Prompt:
         complete: whether the whole conversation fitted.
         previous: the assistant's reply before the newest message, if the prompt holds it
             (a cut one is what "continue" resumes).
+        attachments: the files of the user turns it holds, oldest first (``/history``).
     """
 
     messages: list[ChatMessage]
@@ -174,6 +227,7 @@ class Prompt:
     turns: int
     complete: bool
     previous: StoredMessage | None = None
+    attachments: tuple[StoredAttachment, ...] = ()
 
 
 def speaker_name(extra: Mapping[str, Any] | None, author_id: str | None) -> str:
@@ -187,11 +241,16 @@ class PromptBuilder:
     """Builds prompts for one backend; caches only token counts of system prompts."""
 
     def __init__(
-        self, backend: LLMBackend, store: MemoryStore, cache: HistoryCache | None = None
+        self,
+        backend: LLMBackend,
+        store: MemoryStore,
+        cache: HistoryCache | None = None,
+        media: MediaCache | None = None,
     ) -> None:
         self._backend = backend
         self._store = store
         self._cache = cache
+        self._media = media or MediaCache()
         self._system_counts: dict[tuple[str, str], int] = {}
 
     async def _system_tokens(self, text: str, model: str) -> int:
@@ -223,7 +282,9 @@ class PromptBuilder:
         overhead = backend.message_overhead(model)
         tokenizer = backend.tokenizer_name(model)
         used = await self._system_tokens(system_prompt, model) + overhead + 3  # reply priming
+        vision = backend.supports_images(model)
         picked: list[tuple[ChatMessage, ...]] = []
+        taken: list[Turn] = []
         newest: list[StoredMessage] = []  # the two newest turns taken
         complete = True
 
@@ -237,11 +298,14 @@ class PromptBuilder:
                     turn.tokenizer, turn.tokens = tokenizer, tokens
                 chat, named = turn.chat(shared)
                 cost = tokens + overhead * len(chat) + named
+                if vision and turn.attachments:
+                    cost += sum(p.tokens or 0 for p in turn.photos())
                 if used + cost > budget:
                     complete = False
                     return False
                 used += cost
                 picked.append(chat)
+                taken.append(turn)
                 if len(newest) < 2:
                     newest.append(turn.message)
             return True
@@ -251,7 +315,8 @@ class PromptBuilder:
         if cached is not None:
             turns, from_start = cached
             if not await take_all(turns) or from_start:
-                return self._finish(system_prompt, picked, used, complete, budget, newest)
+                await self._show_images(picked, taken, vision)
+                return self._finish(system_prompt, picked, taken, used, complete, budget, newest)
             # every cached turn fitted: the store read continues below the oldest of them
             oldest = self._cache.oldest_seq(conversation_id) if self._cache else None
             if oldest is not None:
@@ -275,12 +340,31 @@ class PromptBuilder:
         if self._cache is not None and cached is None:
             # ``before_seq`` is the reply being written: everything usable was read or is older.
             self._cache.fill(conversation_id, read, from_start=len(page) < page_size)
-        return self._finish(system_prompt, picked, used, complete, budget, newest)
+        await self._show_images(picked, taken, vision)
+        return self._finish(system_prompt, picked, taken, used, complete, budget, newest)
+
+    async def _show_images(
+        self, picked: list[tuple[ChatMessage, ...]], taken: list[Turn], vision: bool
+    ) -> None:
+        """Put the stored photos of the picked user turns into their chat messages."""
+        if not vision:
+            return
+        wanted = [(i, turn.photos()) for i, turn in enumerate(taken) if turn.attachments]
+        wanted = [(i, photos) for i, photos in wanted if photos]
+        if not wanted:
+            return
+        images = await self._media.get(self._store, (p.sha256 or "" for _, w in wanted for p in w))
+        for i, photos in wanted:
+            parts = tuple(images[p.sha256] for p in photos if p.sha256 in images)
+            if parts:
+                first, *rest = picked[i]
+                picked[i] = (replace(first, images=parts), *rest)
 
     @staticmethod
     def _finish(
         system_prompt: str,
         picked: list[tuple[ChatMessage, ...]],
+        taken: list[Turn],
         used: int,
         complete: bool,
         budget: int,
@@ -303,4 +387,5 @@ class PromptBuilder:
             turns=len(picked),
             complete=complete,
             previous=previous,
+            attachments=tuple(a for turn in reversed(taken) for a in turn.attachments),
         )

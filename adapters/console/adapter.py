@@ -8,6 +8,9 @@ ends at end of input, and a confirmation reads the next line (``yes``/``y`` conf
 On a terminal a reply can be stopped while it streams: ``/stop`` typed during it is handled
 at once (not after the reply), and so is Ctrl-C (:meth:`ConsoleAdapter.interrupt`, which the
 composition root calls on SIGINT); Ctrl-C again, or at the prompt, quits.
+
+``/attach PATH [caption]`` sends a local file as a platform would (a photo, a voice note or a
+document, by its extension: see :mod:`adapters.console.attach`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from adapters.console.attach import copy_local, parse_attach
 from adapters.files import private_dir, write_private
 from core.lifecycle import Lifecycle
 from core.ports import ConversationEngine
-from core.types import IncomingAction, IncomingMessage, QueuePosition, ReplyEvent
+from core.types import Attachment, IncomingAction, IncomingMessage, QueuePosition, ReplyEvent
 
 _log = logging.getLogger(__name__)
 PLATFORM = "console"
@@ -87,6 +91,10 @@ class _ConsoleReply:
     async def send_file(self, filename: str, data: bytes, caption: str = "") -> None:
         path = self._adapter.save_file(filename, data)
         self._adapter.write_reply(f"{caption} Saved to {path}".strip())
+
+    async def download(self, attachment: Attachment, destination: Path) -> int:
+        """A file sent with ``/attach``: copied from where it lies (a ``FileSource``)."""
+        return await copy_local(attachment, destination)
 
 
 class ConsoleAdapter:
@@ -159,7 +167,7 @@ class ConsoleAdapter:
             self.out.write(
                 f"chinwag console: chatting with {self.engine.bot_name} as {self.user_id} "
                 f"(model {self.engine.default_model}). /help lists commands; "
-                "Ctrl-C stops a reply; Ctrl-D quits.\n"
+                "/attach PATH [caption] sends a file; Ctrl-C stops a reply; Ctrl-D quits.\n"
             )
             self.out.flush()
         self._task = asyncio.create_task(self._serve(), name="chinwag-console")
@@ -240,7 +248,7 @@ class ConsoleAdapter:
         self._stoppers.add(task)
         task.add_done_callback(self._stoppers.discard)
 
-    def _message(self, text: str) -> IncomingMessage:
+    def _message(self, text: str, attachments: tuple[Attachment, ...] = ()) -> IncomingMessage:
         return IncomingMessage(
             platform=PLATFORM,
             chat_id=self.user_id,
@@ -248,6 +256,7 @@ class ConsoleAdapter:
             text=text,
             is_private=True,
             user_name=self.user_id,
+            attachments=attachments,
         )
 
     async def next_line(self, prompt: str = "you> ") -> str | None:
@@ -299,6 +308,14 @@ class ConsoleAdapter:
             if not line.strip() and self.interactive:
                 continue
             self._interrupted = False
+            command, _, arg = line.strip().partition(" ")
+            if command == "/attach":
+                parsed = parse_attach(arg)
+                if isinstance(parsed, str):
+                    self.write_reply(parsed)
+                    continue
+                await self.engine.handle(self._message(parsed[1], (parsed[0],)), reply)
+                continue
             await self.engine.handle(self._message(line), reply)
 
     async def _answer(self, action_id: str, accepted: bool, reply: _ConsoleReply) -> None:

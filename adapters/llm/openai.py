@@ -35,8 +35,10 @@ from adapters.llm.openai_wire import (
     TextToolCalls,
     delta_events,
     describe_error,
+    loggable,
     message_param,
     parse_retry_after,
+    refuses_images,
     rejects_stream_options,
     tool_param,
 )
@@ -47,6 +49,7 @@ from core.errors import (
     BackendUnavailable,
     ConfigError,
     ContextTooLong,
+    ImagesRefused,
     RateLimited,
 )
 from core.lifecycle import Lifecycle
@@ -55,6 +58,7 @@ from core.types import (
     BackendEvent,
     CompletionRequest,
     Finish,
+    Role,
     TextDelta,
     ToolCallDelta,
     Usage,
@@ -127,6 +131,7 @@ class OpenAIBackend:
         self._max_retry_after = max_retry_after
         self._tokens = TokenCounter()
         self._include_usage = True  # cleared for a server that rejects stream_options
+        self._text_only: set[str] = set()  # models whose server refused images
         self._client: openai.AsyncOpenAI | None = None  # set while RUNNING
         self._state = Lifecycle.NEW
         self._secret = settings.api_key.get_secret_value() if settings.api_key else None
@@ -160,8 +165,14 @@ class OpenAIBackend:
         return list(dict.fromkeys([self.default_model, *self._settings.allowed_models]))
 
     def supports_images(self, model: str) -> bool:
-        """A known vision family (:func:`core.media.is_vision_model`)."""
-        return is_vision_model(model)
+        """A known vision family or one of ``OPENAI_VISION_MODELS``, unless the server refused.
+
+        See :func:`core.media.is_vision_model`. Once the server refused images for
+        ``model`` (``ImagesRefused``), it is text-only for the rest of the process.
+        """
+        if model in self._text_only:
+            return False
+        return is_vision_model(model, self._settings.vision_models)
 
     def supports_tools(self, model: str) -> bool:
         """OpenAI-compatible servers take tools natively (``tools``, streamed call deltas)."""
@@ -296,6 +307,8 @@ class OpenAIBackend:
             RateLimited: 429 after the retries, or a ``Retry-After`` too long to wait.
             BackendUnavailable: unreachable, 5xx after the retries, or the key refused.
             ContextTooLong: the server says the prompt does not fit.
+            ImagesRefused: the request carried images and the server said the model takes
+                none (``supports_images(model)`` is false from then on).
             BackendError: anything else the server refused (unknown model, bad request).
         """
         self._require_client()
@@ -355,9 +368,9 @@ class OpenAIBackend:
                     )
                     self._include_usage = False
                     continue
-                delay = None if yielded else self._retry_delay(exc, attempt)
+                delay = None if yielded else self._retry_delay(exc, attempt, request)
                 if delay is None:
-                    raise self._translate(exc, request.model) from exc
+                    raise self._translate(exc, request) from exc
                 attempt += 1
                 _log.warning(
                     "%s: %s; retry %d/%d in %.2fs",
@@ -392,7 +405,7 @@ class OpenAIBackend:
         tools: list[dict[str, Any]],
         include_usage: bool,
     ) -> openai.AsyncStream[ChatCompletionChunk]:
-        _log.debug("request to %s: %r", request.model, messages)
+        _log.debug("request to %s: %r", request.model, loggable(messages))
         stream: openai.AsyncStream[ChatCompletionChunk] = await client.chat.completions.create(
             stream=True,
             stream_options={"include_usage": True} if include_usage else openai.omit,
@@ -451,9 +464,9 @@ class OpenAIBackend:
             except TimeoutError as exc:
                 raise BackendTimeout(self._timeout * 4) from exc
             except (openai.OpenAIError, json.JSONDecodeError) as exc:
-                delay = self._retry_delay(exc, attempt)
+                delay = self._retry_delay(exc, attempt, request)
                 if delay is None:
-                    raise self._translate(exc, request.model) from exc
+                    raise self._translate(exc, request) from exc
                 attempt += 1
                 await asyncio.sleep(delay)
         if not completion.choices:
@@ -483,6 +496,8 @@ class OpenAIBackend:
     async def _calibrate(self, request: CompletionRequest, usage: Usage) -> None:
         if request.tools or not self._tokens.is_estimate(request.model):
             return
+        if _has_images(request):  # the images' tokens are in the count, not in the texts
+            return
         # Tool calls in the history cost their names and arguments; counting only the
         # contents would teach the estimate that every word costs more than it does.
         raw = await self._tokens.count_prompt_raw(prompt_texts(request.messages), request.model)
@@ -495,10 +510,14 @@ class OpenAIBackend:
 
     # --- retries and the one translation boundary -----------------------------------------
 
-    def _retry_delay(self, exc: Exception, attempt: int) -> float | None:
+    def _retry_delay(
+        self, exc: Exception, attempt: int, request: CompletionRequest
+    ) -> float | None:
         """Seconds to wait before retrying ``exc``, or ``None`` when it is not retried."""
         if isinstance(exc, openai.APITimeoutError):
             return None
+        if _has_images(request) and refuses_images(exc):
+            return None  # some servers refuse images with a 500: asking again won't help
         retry_after: float | None = None
         if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
@@ -519,9 +538,19 @@ class OpenAIBackend:
             return None
         return max(retry_after, jitter)
 
-    def _translate(self, exc: Exception, model: str) -> BackendError:
+    def _translate(self, exc: Exception, request: CompletionRequest) -> BackendError:
         """The one place where ``openai`` exceptions become ``core.errors``."""
+        model = request.model
         detail = self._redact(describe_error(exc))
+        if _has_images(request) and refuses_images(exc):
+            self._text_only.add(model)
+            _log.warning(
+                "%s refused images for %s (%s); sending it none from now on",
+                self._shown_url,
+                model,
+                detail,
+            )
+            return ImagesRefused(model, f"images refused: {detail}")
         if isinstance(exc, openai.APITimeoutError):
             return BackendTimeout(self._timeout)
         if isinstance(exc, openai.APIConnectionError):
@@ -583,6 +612,10 @@ class OpenAIBackend:
             if secret:
                 text = text.replace(secret, "[redacted]")
         return text
+
+
+def _has_images(request: CompletionRequest) -> bool:
+    return any(m.images for m in request.messages if m.role is Role.USER)
 
 
 __all__ = [

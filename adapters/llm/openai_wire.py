@@ -6,6 +6,7 @@ receives; :class:`adapters.llm.openai.OpenAIBackend` does the talking.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import re
 import time
@@ -19,7 +20,15 @@ from pydantic_settings import SettingsConfigDict
 
 from adapters.llm.tool_markup import ToolCallParser
 from core.settings import ChinwagSettings, CsvList
-from core.types import BackendEvent, ChatMessage, TextDelta, ToolCallDelta, ToolSpec
+from core.types import (
+    BackendEvent,
+    ChatMessage,
+    ImagePart,
+    Role,
+    TextDelta,
+    ToolCallDelta,
+    ToolSpec,
+)
 
 OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
 OPENAI_DEFAULT_MODEL: Final = "gpt-4o-mini"
@@ -43,12 +52,16 @@ class OpenAISettings(ChinwagSettings):
         "base_url": "http://localhost:11434/v1",
         "model": "gpt-4o-mini",
         "allowed_models": "gpt-4o-mini,gpt-4o",
+        "vision_models": "my-vlm,acme/*",
     }
 
     api_key: SecretStr | None = None
     base_url: str | None = None
     model: str | None = None
     allowed_models: CsvList = Field(default_factory=list)
+    # Models that accept images besides the built-in families (core.media.VISION_FAMILIES):
+    # exact ids, or prefixes ending in "*".
+    vision_models: CsvList = Field(default_factory=list)
 
     @field_validator("base_url")
     @classmethod
@@ -100,6 +113,52 @@ def describe_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {message}"
 
 
+# How servers refuse images for a text-only model: OpenAI ("image_url is only supported by
+# certain models"), vLLM ("... is not a multimodal model", "At most 0 image(s) may be
+# provided"), llama.cpp's server ("image input is not supported - hint: ... mmproj"),
+# Ollama ("this model is missing data required for image input", a 500) and LM Studio
+# ("Model does not support images"), servers that take only string contents ("content must
+# be a string"), OpenRouter ("No endpoints found that support image input"), and
+# llama-cpp-python's server, whose text-only chat formats fail on content parts with a 500
+# ("can only concatenate str (not "list") to str").
+_IMAGES_REFUSED = re.compile(
+    r"image input is not supported|image_url is only supported|not a multimodal model"
+    r"|missing data required for image input|content must be a string"
+    r"|can only concatenate str \(not .list.\) to str"
+    r"|at most 0 image|does not support (image|vision)|support image input"
+    r"|(images?|vision|multimodal)( input)? (is |are )?not (supported|enabled)",
+    re.IGNORECASE,
+)
+
+
+def refuses_images(exc: Exception) -> bool:
+    """Whether a server refused a request with images because the model does not take them.
+
+    Only meaningful for a request that carried images.
+    """
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code in (401, 403, 404, 429):
+        return False
+    return _IMAGES_REFUSED.search(f"{exc.message} {exc.body}") is not None
+
+
+def loggable(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` for a debug log: each image's data URL shortened to its type and size."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts: list[Any] = []
+            for part in content:
+                url = part.get("image_url", {}).get("url", "") if isinstance(part, dict) else ""
+                if url.startswith("data:"):
+                    head, _, data = url.partition(",")
+                    part = {"type": "image_url", "image_url": f"{head},<{len(data)} chars>"}
+                parts.append(part)
+            message = {**message, "content": parts}
+        out.append(dict(message))
+    return out
+
+
 def rejects_stream_options(exc: Exception) -> bool:
     """Whether a server refused the request because it does not know ``stream_options``."""
     return (
@@ -127,14 +186,39 @@ def delta_events(delta: Any) -> list[BackendEvent]:
     return events
 
 
+def image_url(image: ImagePart) -> str:
+    """``image`` as a ``data:`` URL: its own bytes, never a link a server would fetch."""
+    return f"data:{image.mime_type};base64,{base64.b64encode(image.data).decode('ascii')}"
+
+
+def user_content(message: ChatMessage) -> str | list[dict[str, Any]]:
+    """A user turn's ``content``: a plain string, or content parts when it has images.
+
+    The parts are the text first (left out when empty), then one ``image_url`` part per
+    image with a ``data:`` URL and ``detail: auto``, as OpenAI documents vision input.
+    """
+    if not message.images:
+        return message.content
+    parts: list[dict[str, Any]] = []
+    if message.content:
+        parts.append({"type": "text", "text": message.content})
+    parts += [
+        {"type": "image_url", "image_url": {"url": image_url(image), "detail": "auto"}}
+        for image in message.images
+    ]
+    return parts
+
+
 def message_param(message: ChatMessage, *, null_content: bool = True) -> dict[str, Any]:
     """One stored chat message as the API's message object.
 
-    An assistant message that only calls tools has ``content`` null, as OpenAI documents
-    it; with ``null_content`` false it is ``""``, which every compatible server takes
-    (llama-cpp-python's refuses null).
+    A user message with images has content parts (:func:`user_content`); only user turns
+    carry images (the API refuses them elsewhere). An assistant message that only calls
+    tools has ``content`` null, as OpenAI documents it; with ``null_content`` false it is
+    ``""``, which every compatible server takes (llama-cpp-python's refuses null).
     """
-    param: dict[str, Any] = {"role": message.role.value, "content": message.content}
+    content = user_content(message) if message.role is Role.USER else message.content
+    param: dict[str, Any] = {"role": message.role.value, "content": content}
     if message.name:
         # OpenAI accepts ^[a-zA-Z0-9_-]{1,64}$ as a participant name.
         name = re.sub(r"[^A-Za-z0-9_-]", "_", message.name)[:64]
@@ -218,8 +302,12 @@ __all__ = [
     "TextToolCalls",
     "delta_events",
     "describe_error",
+    "image_url",
+    "loggable",
     "message_param",
     "parse_retry_after",
+    "refuses_images",
     "rejects_stream_options",
     "tool_param",
+    "user_content",
 ]

@@ -11,7 +11,13 @@ from core.bot import BotCommand
 from core.engine import Engine
 from core.instance import HEARTBEAT_SECONDS
 from core.ports import MemoryStore
-from core.settings import AccessSettings, CoreSettings, LLMSettings, ToolSettings
+from core.settings import (
+    AccessSettings,
+    CoreSettings,
+    LLMSettings,
+    MediaSettings,
+    ToolSettings,
+)
 from core.tools import Toolbox
 from core.types import IncomingMessage
 from tests.fakes.scripted import ScriptedBackend
@@ -83,6 +89,9 @@ async def make_engine(store, backend, clock) -> AsyncIterator[EngineFactory]:
         store_override: MemoryStore | None = None,
         heartbeat: float = HEARTBEAT_SECONDS,
         knowledge: Any = None,
+        media: MediaSettings | None = None,
+        reader: Any = None,
+        transcriber: Any = None,
         **access: Any,
     ) -> Engine:
         engine = Engine(
@@ -108,6 +117,9 @@ async def make_engine(store, backend, clock) -> AsyncIterator[EngineFactory]:
             extra_commands=extra_commands,
             heartbeat=heartbeat,
             knowledge=knowledge,
+            media=media,
+            reader=reader,
+            transcriber=transcriber,
         )
         engines.append(engine)
         return engine

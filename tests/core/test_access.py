@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from core.engine import REFUSAL
+from core.notices import REFUSAL
 from core.settings import AccessSettings
 from core.types import IncomingAction
 from tests.core.conftest import dm

@@ -171,6 +171,16 @@ async def test_model_list_switch_unknown(make_engine, backend):
     assert choices == ("scripted", "scripted-large")
 
 
+async def test_model_list_says_which_models_see_images(make_engine, backend):
+    backend.vision = {"scripted-large"}
+    engine = make_engine()
+    out = RecordingChannel()
+    await engine.handle(dm("/model"), out)
+    lines = out.notices[-1].splitlines()
+    assert "* scripted" in lines
+    assert "  scripted-large (sees images)" in lines
+
+
 async def test_history_reports_turns_and_tokens(make_engine):
     engine = make_engine(context_window=1000, max_reply_tokens=100)
     out = RecordingChannel()

@@ -413,7 +413,7 @@ async def test_prompt_from_history_cache_equals_prompt_read_from_store(make_engi
 
 
 async def test_blank_model_reply_gets_a_notice(make_engine, backend):
-    from core.engine import EMPTY_MODEL_REPLY
+    from core.notices import EMPTY_MODEL_REPLY
 
     backend._reply = "   "
     out = RecordingChannel()

@@ -17,6 +17,12 @@ chunk, a hang, a dropped connection or a malformed event mid-stream. A prompt ov
 gets a 401. A reply longer than the request's ``max_tokens`` (or ``max_completion_tokens``)
 is cut there and ends with ``finish_reason`` ``"length"``, as the real API does.
 
+Image content parts are checked as a strict server checks them: only in user messages, only
+``data:`` URLs of an image type with valid base64 (a link the server would fetch is refused);
+``images_sent`` decodes what each request carried, and an image costs prompt tokens as the
+API counts it (:func:`core.media.image_tokens`). Models named in ``text_only_models`` refuse
+any request with an image the way a text-only model's server does (``image_refusal``).
+
 Everything received is recorded (bodies, headers, monotonic timestamps), and so is every
 client that disconnected before its stream ended.
 """
@@ -24,17 +30,20 @@ client that disconnected before its stream ended.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import math
 import re
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from core.media import image_tokens
 from tests.fakes.openai_embeddings import EMBEDDING_MODELS, embeddings_answer
 
 with warnings.catch_warnings():
@@ -54,6 +63,31 @@ class RecordedRequest:
     headers: Mapping[str, str]
     body: Any
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedImage:
+    """One image content part a chat request carried, decoded from its ``data:`` URL.
+
+    Attributes:
+        message: the index of its message in the request's ``messages``.
+        mime_type: the URL's type, e.g. ``"image/jpeg"``.
+        data: the decoded bytes.
+        detail: the part's ``detail`` (``"auto"``, ``"low"``, ``"high"``), if given.
+    """
+
+    message: int
+    mime_type: str
+    data: bytes
+    detail: str | None
+
+    @property
+    def size(self) -> int:
+        """The decoded size in bytes."""
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        return f"RecordedImage(messages[{self.message}], {self.mime_type}, {self.size} bytes)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,14 +148,75 @@ def _calls_text(message: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+_DATA_URL = re.compile(r"data:(image/(?:jpeg|png|gif|webp));base64,(.*)", re.DOTALL)
+_DETAILS = (None, "auto", "low", "high")
+
+
+def _image_parts(messages: Any) -> Iterator[tuple[int, int, Mapping[str, Any]]]:
+    """``(message index, part index, part)`` of every ``image_url`` part of ``messages``."""
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    yield i, j, part
+
+
+def _decoded(part: Mapping[str, Any]) -> tuple[str, bytes] | None:
+    """The MIME type and bytes of an image part's ``data:`` URL; ``None`` if it is not one."""
+    image_url = part.get("image_url")
+    url = image_url.get("url") if isinstance(image_url, dict) else None
+    match = _DATA_URL.fullmatch(url) if isinstance(url, str) else None
+    if match is None:
+        return None
+    try:
+        data = base64.b64decode(match.group(2), validate=True)
+    except binascii.Error:
+        return None
+    return (match.group(1), data) if data else None
+
+
+def _pixel_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's IHDR or a JPEG's start-of-frame marker."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    at = 2
+    while at + 9 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2):  # baseline, extended, progressive
+            height = int.from_bytes(data[at + 5 : at + 7], "big")
+            width = int.from_bytes(data[at + 7 : at + 9], "big")
+            return width, height
+        at += 2 + length
+    return None
+
+
+def _image_cost(part: Mapping[str, Any]) -> int:
+    """What an image part costs as OpenAI counts it: 85 at ``low``, else by its tiles."""
+    decoded = _decoded(part)
+    size = _pixel_size(decoded[1]) if decoded is not None else None
+    image_url = part.get("image_url")
+    detail = image_url.get("detail") if isinstance(image_url, dict) else None
+    if size is None or detail == "low" or 0 in size:
+        return 85
+    return image_tokens(*size)
+
+
 def prompt_tokens(body: Mapping[str, Any], scale: float = 1.0) -> int:
-    """Tokens of the request's messages: o200k content and tool calls, 4 per message, 3 more."""
+    """Tokens of the request's messages: o200k content and tool calls, 4 per message, 3 more.
+
+    Images add what the API charges for them (not scaled: that is the text tokenizer's).
+    """
     messages = body.get("messages", [])
     content = sum(
         len(_ENCODING.encode_ordinary(_text_of(m.get("content")) + _calls_text(m)))
         for m in messages
     )
-    return math.ceil(content * scale) + 4 * len(messages) + 3
+    images = sum(_image_cost(part) for _, _, part in _image_parts(messages))
+    return math.ceil(content * scale) + images + 4 * len(messages) + 3
 
 
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -194,6 +289,43 @@ def _invalid_tool_order(messages: Sequence[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def _invalid_parts(i: int, role: Any, content: list[Any]) -> str | None:
+    """A strict server's complaint about a message's content parts, if any.
+
+    Stricter than api.openai.com in one way: an image must come as a ``data:`` URL (a
+    link would make the server fetch it; chinwag never sends one).
+    """
+    for j, part in enumerate(content):
+        where = f"messages[{i}].content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                return f"Missing required parameter: '{where}.text'."
+            continue
+        if kind != "image_url":
+            return f"Invalid value: '{kind}'. Supported values are: 'text' and 'image_url'."
+        if role != "user":
+            return (
+                f"Invalid 'messages[{i}]'. Image URLs are only allowed for messages with role "
+                f"'user', but this message with role '{role}' contains an image URL."
+            )
+        image_url = part.get("image_url")
+        if not isinstance(image_url, dict) or not isinstance(image_url.get("url"), str):
+            return f"Missing required parameter: '{where}.image_url.url'."
+        if image_url.get("detail") not in _DETAILS:
+            return (
+                f"Invalid value: '{image_url.get('detail')}'. Supported values are: "
+                "'auto', 'low', and 'high'."
+            )
+        if _decoded(part) is None:
+            return (
+                f"Invalid '{where}.image_url.url'. Expected a base64-encoded data URL with an "
+                "image MIME type (e.g. 'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), but got "
+                "an invalid value."
+            )
+    return None
+
+
 def _invalid(body: Mapping[str, Any]) -> str | None:
     """The real API's complaint about a malformed request body, if any."""
     messages = body["messages"]
@@ -215,6 +347,9 @@ def _invalid(body: Mapping[str, Any]) -> str | None:
             return f"Missing required parameter: 'messages[{i}].tool_call_id'."
         if message.get("content") is None and not message.get("tool_calls"):
             return f"Invalid value for 'messages[{i}].content': expected a string, got null."
+        content = message.get("content")
+        if isinstance(content, list) and (problem := _invalid_parts(i, role, content)):
+            return problem
         if message.get("tool_calls"):
             if role != "assistant":
                 return f"Unrecognized request argument: 'messages[{i}].tool_calls'."
@@ -272,6 +407,34 @@ def _invalid_transcription(form: Mapping[str, Any]) -> tuple[str, str | None] | 
     return None
 
 
+def _images_refused(style: str, model: str) -> web.Response:
+    """A text-only model's server refusing a request with an image, as ``style`` does."""
+    if style == "vllm":  # vLLM's own error object, not wrapped in "error"
+        body: dict[str, Any] = {
+            "object": "error",
+            "message": f"{model} is not a multimodal model None",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        }
+        return web.json_response(body, status=400)
+    if style == "llama_server":
+        message = (
+            "image input is not supported - hint: if this is unexpected, you may need to "
+            "provide the mmproj"
+        )
+        body = {"error": {"code": 400, "message": message, "type": "invalid_request_error"}}
+        return web.json_response(body, status=400)
+    if style == "ollama":  # a 500, which a client must not retry
+        return _error(500, "this model is missing data required for image input", "api_error", None)
+    return _error(
+        400,
+        "Invalid content type. image_url is only supported by certain models.",
+        "invalid_request_error",
+        None,
+    )
+
+
 class FakeOpenAIServer:
     """The server; use ``async with FakeOpenAIServer() as server`` and ``server.base_url``.
 
@@ -294,6 +457,11 @@ class FakeOpenAIServer:
         props: llama.cpp's ``/props`` document (404 when ``None``).
         ollama_show: Ollama's ``/api/show`` answer per model (404 when ``None``).
         embedding_models: the models ``/v1/embeddings`` serves, with their dimension.
+        text_only_models: models that refuse a request carrying an image.
+        image_refusal: how they refuse it: ``"openai"`` (400 "image_url is only supported by
+            certain models"), ``"vllm"`` (400 "... is not a multimodal model"),
+            ``"llama_server"`` (400 "image input is not supported - hint: ... mmproj") or
+            ``"ollama"`` (500 "this model is missing data required for image input").
         host: the address to listen on (``0.0.0.0`` to be reached from a container too).
     """
 
@@ -312,9 +480,13 @@ class FakeOpenAIServer:
         props: Mapping[str, Any] | None = None,
         ollama_show: Mapping[str, Mapping[str, Any]] | None = None,
         embedding_models: Mapping[str, int] = EMBEDDING_MODELS,
+        text_only_models: Collection[str] = (),
+        image_refusal: str = "openai",
         host: str = "127.0.0.1",
     ) -> None:
         self.host = host
+        self.text_only_models = set(text_only_models)
+        self.image_refusal = image_refusal
         self.embedding_models = dict(embedding_models)
         self.overflow_style = overflow_style
         self.published = dict(published or {})
@@ -399,6 +571,22 @@ class FakeOpenAIServer:
             for r in self.chat_requests
             if isinstance(r.body, dict)
         ]
+
+    @property
+    def images_sent(self) -> list[list[RecordedImage]]:
+        """The images each chat request carried; a link or bad base64 has no type and no bytes."""
+        sent: list[list[RecordedImage]] = []
+        for r in self.chat_requests:
+            images: list[RecordedImage] = []
+            messages = r.body.get("messages") if isinstance(r.body, dict) else None
+            for i, _, part in _image_parts(messages):
+                decoded = _decoded(part)
+                mime, data = decoded if decoded is not None else ("", b"")
+                image_url = part.get("image_url")
+                detail = image_url.get("detail") if isinstance(image_url, dict) else None
+                images.append(RecordedImage(i, mime, data, detail))
+            sent.append(images)
+        return sent
 
     def empty_stream(self, *, times: int = 1) -> None:
         """Answer a streamed request with an empty 200 stream (a plain request is answered).
@@ -643,6 +831,8 @@ class FakeOpenAIServer:
                 "invalid_request_error",
                 "model_not_found",
             )
+        if model in self.text_only_models and any(_image_parts(body["messages"])):
+            return _images_refused(self.image_refusal, str(model))
         if self.reject_stream_options and "stream_options" in body:
             return _error(
                 400,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from core.errors import BackendError
@@ -82,7 +82,8 @@ class ScriptedBackend:
         self.window = context_window
         self.calls: list[CompletionRequest] = []
         self.tools = True  # whether the model can be offered tools
-        self.vision = False  # whether the model accepts images
+        # whether the models accept images: all or none, or the names of those that do
+        self.vision: bool | Collection[str] = False
         self.failures: list[BaseException] = []  # raised by the next calls, in order
         self.mid_stream_failures: list[BaseException] = []  # raised after the first chunk
         self.gate: asyncio.Event | None = None  # when set to an unset Event, replies wait
@@ -111,7 +112,9 @@ class ScriptedBackend:
         return len(text.split())
 
     def supports_images(self, model: str) -> bool:
-        return self.vision
+        if isinstance(self.vision, bool):
+            return self.vision
+        return model in self.vision
 
     def supports_tools(self, model: str) -> bool:
         return self.tools

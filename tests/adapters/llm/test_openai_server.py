@@ -21,7 +21,8 @@ from adapters.llm.openai_server import (
     window_from_error,
 )
 from bots.config import configure_logging, secrets_of
-from core.errors import ConfigError, ContextTooLong
+from core.errors import ConfigError, ContextTooLong, ImagesRefused
+from core.types import ChatMessage, CompletionRequest, ImagePart, Role
 from tests.adapters.llm.backend_helpers import collect, request, text_of
 from tests.fakes.openai_server import FakeOpenAIServer
 
@@ -247,6 +248,35 @@ async def test_llama_cpp_server_overflow_teaches_the_window_then_answers(
             await collect(backend.stream(long))
         assert info.value.limit == 256
         assert backend.context_window(model) == 256
+        answer = await collect(
+            backend.stream(request("My name is Zed.", model=model, max_tokens=16, temperature=0.0))
+        )
+    finally:
+        await backend.aclose()
+    assert text_of(answer) == "Nice to meet you, Zed."
+
+
+@pytest.mark.slow
+async def test_llama_cpp_servers_text_model_refusing_images_is_recognised(
+    llama_cpp_server: str,
+) -> None:
+    backend = OpenAIBackend(
+        OpenAISettings(_env_file=None, base_url=llama_cpp_server, vision_models="*"),
+        timeout=20,
+    )
+    await backend.start()
+    try:
+        model = backend.default_model
+        photo = ImagePart(data=b"\x89PNG\r\n\x1a\n", mime_type="image/png", width=1, height=1)
+        turn = CompletionRequest(
+            messages=[ChatMessage(Role.USER, "My name is Zed.", images=(photo,))],
+            model=model,
+            max_tokens=16,
+            temperature=0.0,
+        )
+        with pytest.raises(ImagesRefused):  # its 500 "can only concatenate str (not list)"
+            await collect(backend.stream(turn))
+        assert not backend.supports_images(model)
         answer = await collect(
             backend.stream(request("My name is Zed.", model=model, max_tokens=16, temperature=0.0))
         )
