@@ -33,7 +33,7 @@ from core.engine import Engine
 from core.errors import ConfigError
 from core.kb import KnowledgeBase
 from core.knowledge import AddReport, KbScope
-from core.ports import ChatAdapter, LLMBackend
+from core.ports import ChatAdapter, LLMBackend, Transcriber
 from core.settings import (
     AccessSettings,
     CoreSettings,
@@ -132,6 +132,28 @@ def build_backend(settings: Settings) -> LLMBackend:
         if configured:
             return OpenAIBackend(openai_settings, timeout=settings.llm.timeout_seconds)
     return _local_backend(settings, explicit=choice == "local")
+
+
+def build_transcriber(settings: Settings) -> Transcriber | None:
+    """Speech to text for voice notes, or ``None`` when it is not configured.
+
+    Configured when ``STT_BASE_URL`` is set, or when ``OPENAI_API_KEY`` is set for
+    api.openai.com itself (no ``OPENAI_BASE_URL``); see
+    :func:`adapters.llm.stt.stt_configured`. Nothing is contacted until the first voice
+    note; the caller closes it (``aclose``).
+    """
+    from adapters.llm.openai_wire import OpenAISettings
+    from adapters.llm.stt import OpenAITranscriber, STTSettings, stt_configured
+    from bots.config import load
+
+    stt = load(STTSettings, settings.env_file)
+    openai_settings = load(OpenAISettings, settings.env_file)
+    if not stt_configured(stt, openai_settings):
+        _log.info("speech to text: off (set STT_BASE_URL, or OPENAI_API_KEY for OpenAI)")
+        return None
+    transcriber = OpenAITranscriber.from_settings(stt, openai_settings)
+    _log.info("speech to text: %s at %s", transcriber.model, transcriber.where)
+    return transcriber
 
 
 def _local_backend(settings: Settings, *, explicit: bool) -> LLMBackend:

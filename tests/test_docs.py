@@ -11,6 +11,7 @@ from adapters.discord.settings import DiscordSettings
 from adapters.homeassistant.settings import HomeAssistantSettings
 from adapters.llm.local import LocalSettings
 from adapters.llm.openai import OpenAISettings
+from adapters.llm.stt import STTSettings
 from adapters.memory.settings import MemorySettings
 from adapters.telegram.settings import TelegramSettings
 from bots.config import BotSettings
@@ -37,6 +38,7 @@ COMPONENTS: list[type[ChinwagSettings]] = [
     DiscordSettings,
     HomeAssistantSettings,
     KbSettings,
+    STTSettings,
 ]
 VARIABLES = sorted(
     f"{cls.model_config.get('env_prefix') or ''}{name}".upper()
