@@ -224,6 +224,9 @@ async def running_engine(settings: Settings, health: Health | None = None) -> As
         health.store = store
         health.telemetry.describe(backend=backend.name)
     knowledge = build_knowledge(settings, store)
+    from adapters.media import LocalMediaReader  # Pillow: only for a serving engine
+
+    transcriber = build_transcriber(settings)
     try:
         await backend.start()
         _log.info("LLM backend: %s, model %s", backend.name, backend.default_model)
@@ -243,6 +246,8 @@ async def running_engine(settings: Settings, health: Health | None = None) -> As
                 knowledge=knowledge,
                 telemetry=health.telemetry if health is not None else NO_TELEMETRY,
                 media=settings.media,
+                reader=LocalMediaReader(),
+                transcriber=transcriber,
             )
             await engine.start()
             try:
@@ -252,6 +257,8 @@ async def running_engine(settings: Settings, health: Health | None = None) -> As
         finally:
             await toolbox.aclose()
     finally:
+        if transcriber is not None:
+            await transcriber.aclose()
         await backend.aclose()
         await knowledge.embedder.aclose()
         await knowledge.store.aclose()

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from core.admission import Admission
-from core.errors import AdapterError, BackendError, MediaError
+from core.errors import AdapterError, BackendError, FileTooLong, MediaError
 from core.kb_chat import FILE_HINT, upload_name
 from core.media import StoredAttachment, human_size, image_tokens, is_text_file
 from core.notices import notify
@@ -372,7 +372,8 @@ class Intake:
         limit = self._settings.max_file_chars
         try:
             return await reader.read_text(path, name, limit), path.stat().st_size
-        except MediaError as exc:
+        except FileTooLong as exc:
+            # Too long to read into a turn, not too long for the documents' search.
             if self._kb_on() and "/kb add" not in exc.user_message:
                 raise MediaError(f"{exc.user_message} {FILE_HINT}") from exc
             raise

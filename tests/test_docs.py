@@ -21,6 +21,7 @@ from core.settings import (
     CoreSettings,
     KbSettings,
     LLMSettings,
+    MediaSettings,
     ToolSettings,
 )
 
@@ -39,6 +40,7 @@ COMPONENTS: list[type[ChinwagSettings]] = [
     HomeAssistantSettings,
     KbSettings,
     STTSettings,
+    MediaSettings,
 ]
 VARIABLES = sorted(
     f"{cls.model_config.get('env_prefix') or ''}{name}".upper()
