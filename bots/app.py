@@ -33,7 +33,7 @@ from core.engine import Engine
 from core.errors import ConfigError
 from core.kb import KnowledgeBase
 from core.knowledge import AddReport, KbScope
-from core.ports import ChatAdapter, LLMBackend
+from core.ports import ChatAdapter, LLMBackend, Transcriber
 from core.settings import (
     AccessSettings,
     CoreSettings,
@@ -134,6 +134,28 @@ def build_backend(settings: Settings) -> LLMBackend:
     return _local_backend(settings, explicit=choice == "local")
 
 
+def build_transcriber(settings: Settings) -> Transcriber | None:
+    """Speech to text for voice notes, or ``None`` when it is not configured.
+
+    Configured when ``STT_BASE_URL`` is set, or when ``OPENAI_API_KEY`` is set for
+    api.openai.com itself (no ``OPENAI_BASE_URL``); see
+    :func:`adapters.llm.stt.stt_configured`. Nothing is contacted until the first voice
+    note; the caller closes it (``aclose``).
+    """
+    from adapters.llm.openai_wire import OpenAISettings
+    from adapters.llm.stt import OpenAITranscriber, STTSettings, stt_configured
+    from bots.config import load
+
+    stt = load(STTSettings, settings.env_file)
+    openai_settings = load(OpenAISettings, settings.env_file)
+    if not stt_configured(stt, openai_settings):
+        _log.info("speech to text: off (set STT_BASE_URL, or OPENAI_API_KEY for OpenAI)")
+        return None
+    transcriber = OpenAITranscriber.from_settings(stt, openai_settings)
+    _log.info("speech to text: %s at %s", transcriber.model, transcriber.where)
+    return transcriber
+
+
 def _local_backend(settings: Settings, *, explicit: bool) -> LLMBackend:
     from bots.config import load
 
@@ -202,6 +224,9 @@ async def running_engine(settings: Settings, health: Health | None = None) -> As
         health.store = store
         health.telemetry.describe(backend=backend.name)
     knowledge = build_knowledge(settings, store)
+    from adapters.media import LocalMediaReader  # Pillow: only for a serving engine
+
+    transcriber = build_transcriber(settings)
     try:
         await backend.start()
         _log.info("LLM backend: %s, model %s", backend.name, backend.default_model)
@@ -221,6 +246,8 @@ async def running_engine(settings: Settings, health: Health | None = None) -> As
                 knowledge=knowledge,
                 telemetry=health.telemetry if health is not None else NO_TELEMETRY,
                 media=settings.media,
+                reader=LocalMediaReader(),
+                transcriber=transcriber,
             )
             await engine.start()
             try:
@@ -230,6 +257,8 @@ async def running_engine(settings: Settings, health: Health | None = None) -> As
         finally:
             await toolbox.aclose()
     finally:
+        if transcriber is not None:
+            await transcriber.aclose()
         await backend.aclose()
         await knowledge.embedder.aclose()
         await knowledge.store.aclose()

@@ -239,6 +239,17 @@ def _load(env_file: Path | None, bot: Bot, bot_settings: BotSettings, command: s
     )
 
 
+def _model_settings(env_file: Path | None) -> list[ChinwagSettings]:
+    """The LLM and speech-to-text servers' settings, for their keys to be masked in logs.
+
+    Loaded only for the commands that talk to them: their modules import openai.
+    """
+    from adapters.llm.openai_wire import OpenAISettings
+    from adapters.llm.stt import STTSettings
+
+    return [load(OpenAISettings, env_file), load(STTSettings, env_file)]
+
+
 def _homeassistant_settings(env_file: Path | None) -> Any:
     try:
         from adapters.homeassistant.settings import HomeAssistantSettings
@@ -441,6 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         if settings.homeassistant is not None:
             components.append(settings.homeassistant)
+        if args.command in SERVING or args.command == "kb":
+            components.extend(_model_settings(env_file))
         secrets = secrets_of(*components)
         console = args.command == "chat" or (
             args.command == "run" and not has_platform_token(settings)

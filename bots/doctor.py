@@ -57,6 +57,7 @@ SETTINGS_MODULES: Final = (
     "adapters.memory.settings",
     "adapters.llm.openai_wire",
     "adapters.llm.local_settings",
+    "adapters.llm.stt",
     "adapters.telegram.settings",
     "adapters.discord.settings",
     "adapters.homeassistant.settings",

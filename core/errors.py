@@ -12,6 +12,7 @@ Every error the project raises on purpose derives from :class:`ChinwagError`::
     │   └── ImagesRefused        the server refused images: the model is text-only there
     ├── AdapterError             a chat platform failed
     ├── MediaError               a photo, voice note or file can't be used (says why)
+    │   └── FileTooLong          a text file is over ``MAX_FILE_CHARS`` (``limit``)
     └── StoreError               the memory store failed
         ├── DuplicateMessage     a platform message id is already stored (a redelivery)
         └── StoreUnavailable     the database stayed unreachable for the outage grace period
@@ -188,3 +189,19 @@ class MediaError(ChinwagError):
     def __init__(self, user_message: str) -> None:
         super().__init__(user_message)
         self.user_message = user_message
+
+
+class FileTooLong(MediaError):
+    """A text file has more characters than may go into a turn (``MAX_FILE_CHARS``).
+
+    The engine may add a hint (``/kb add``) where the knowledge base can take it instead.
+
+    Attributes:
+        name: the file's name.
+        limit: the most characters read into a turn.
+    """
+
+    def __init__(self, name: str, limit: int) -> None:
+        super().__init__(f"{name} is too long: I read at most {limit:,} characters of a file.")
+        self.name = name
+        self.limit = limit

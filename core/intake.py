@@ -36,13 +36,13 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any, Final
 
 from core.admission import Admission
-from core.errors import AdapterError, BackendError, MediaError
+from core.errors import AdapterError, BackendError, FileTooLong, MediaError
 from core.kb_chat import FILE_HINT, upload_name
-from core.media import StoredAttachment, human_size, image_tokens
+from core.media import StoredAttachment, human_size, image_tokens, is_text_file
 from core.notices import notify
 from core.ports import FileSource, LLMBackend, MediaReader, MemoryStore, ReplyChannel, Transcriber
 from core.sessions import Sessions
@@ -74,38 +74,6 @@ PHOTO_ONLY: Final = "(photo)"
 
 _MB = 1024 * 1024
 _HEARD_CHARS = 300  # how much of a transcript the "🎤 …" line shows
-
-# fmt: off
-_TEXT_SUFFIXES: Final = frozenset((
-    ".txt", ".text", ".md", ".markdown", ".rst", ".csv", ".tsv", ".json", ".jsonl", ".yaml",
-    ".yml", ".toml", ".ini", ".cfg", ".conf", ".log", ".xml", ".html", ".htm", ".css", ".py",
-    ".pyi", ".js", ".mjs", ".ts", ".tsx", ".jsx", ".java", ".kt", ".c", ".h", ".cc", ".cpp",
-    ".hpp", ".cs", ".go", ".rs", ".rb", ".php", ".pl", ".lua", ".swift", ".scala", ".sh",
-    ".bash", ".zsh", ".ps1", ".sql", ".r", ".m", ".tex", ".srt", ".vtt", ".env", ".properties",
-    ".dockerfile", ".gitignore",
-))
-# fmt: on
-_TEXT_MIMES: Final = frozenset(
-    {
-        "application/json",
-        "application/xml",
-        "application/x-yaml",
-        "application/yaml",
-        "application/toml",
-        "application/javascript",
-        "application/x-sh",
-        "application/sql",
-    }
-)
-
-
-def is_text_file(name: str, mime_type: str | None) -> bool:
-    """Whether a document is read as text: by its MIME type, else by its name's extension."""
-    mime = (mime_type or "").split(";", 1)[0].strip().lower()
-    if mime.startswith("text/") or mime in _TEXT_MIMES or mime.endswith(("+json", "+xml")):
-        return True
-    path = PurePath(name.lower())
-    return path.suffix in _TEXT_SUFFIXES or path.name in {"dockerfile", "makefile", "readme"}
 
 
 def fenced(name: str, text: str) -> str:
@@ -404,7 +372,8 @@ class Intake:
         limit = self._settings.max_file_chars
         try:
             return await reader.read_text(path, name, limit), path.stat().st_size
-        except MediaError as exc:
+        except FileTooLong as exc:
+            # Too long to read into a turn, not too long for the documents' search.
             if self._kb_on() and "/kb add" not in exc.user_message:
                 raise MediaError(f"{exc.user_message} {FILE_HINT}") from exc
             raise

@@ -8,7 +8,9 @@ speech-to-text server) happens behind :class:`core.ports.MediaReader` and
 - :func:`image_tokens`, what an image costs in a prompt, counted as OpenAI's API counts it;
 - :func:`is_vision_model`, the built-in list of model families that accept images;
 - :class:`StoredAttachment`, what a stored message records about each file it came with
-  (in ``extra["attachments"]``), read back by the prompt, ``/history`` and ``/export``.
+  (in ``extra["attachments"]``), read back by the prompt, ``/history`` and ``/export``;
+- :func:`classify` and :func:`is_text_file`: which file is a photo, a voice note, a text
+  file to read into the turn, or another document.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
+
+from core.types import AttachmentKind
 
 IMAGE_MAX_SIDE = 2048
 """Images are downscaled to fit a square of this many pixels (as the API does for them)."""
@@ -231,3 +236,77 @@ def human_size(size: int) -> str:
     if size < 1024 * 1024:
         return f"{size / 1024:.0f} KB"
     return f"{size / (1024 * 1024):.1f} MB"
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+TEXT_EXTENSIONS: frozenset[str] = _words(
+    # Prose and data.
+    ".txt .text .md .markdown .rst .adoc .org .tex .csv .tsv .json .jsonl .ndjson .yaml .yml"
+    " .toml .ini .cfg .conf .env .properties .xml .html .htm .svg .log .srt .vtt .ics .vcf"
+    # Code.
+    " .py .pyi .js .mjs .cjs .ts .tsx .jsx .java .kt .kts .scala .go .rs .c .h .cc .cpp"
+    " .cxx .hpp .hh .cs .fs .swift .m .mm .rb .php .pl .pm .lua .r .jl .dart .ex .exs .erl"
+    " .hs .ml .clj .el .vim .sh .bash .zsh .fish .ps1 .bat .cmd .sql .graphql .proto .css"
+    " .scss .sass .less .vue .svelte .gradle .cmake .mk .dockerfile .tf .nix .patch .diff"
+)
+"""File name endings read into the turn as text (``MAX_FILE_CHARS``), whatever the MIME type."""
+
+TEXT_NAMES: frozenset[str] = _words(
+    "readme license licence changelog makefile dockerfile containerfile procfile gemfile"
+    " rakefile vagrantfile justfile .gitignore .dockerignore .editorconfig"
+)
+"""Whole file names (lower case) of text files that have no telling extension."""
+
+_TEXT_MIME_TYPES = _words(
+    "application/json application/ld+json application/x-ndjson application/xml"
+    " application/yaml application/x-yaml application/toml application/javascript"
+    " application/x-javascript application/typescript application/x-sh application/x-python"
+    " application/x-python-code application/sql application/x-tex application/x-subrip"
+    " image/svg+xml"
+)
+_IMAGE_EXTENSIONS = _words(".jpg .jpeg .jpe .png .gif .webp .bmp .tif .tiff .avif")
+_AUDIO_EXTENSIONS = _words(
+    ".ogg .oga .opus .mp3 .m4a .aac .wav .flac .webm .weba .amr .mpga .mpeg .3gp"
+)
+
+
+def _mime(mime_type: str | None) -> str:
+    return (mime_type or "").split(";", 1)[0].strip().lower()
+
+
+def is_text_file(name: str, mime_type: str | None) -> bool:
+    """Whether a file is text to read into the turn (by its name first, then its MIME type).
+
+    ``notes.md``, ``data.csv``, ``main.py``, ``Makefile``, or any ``text/*`` type. The
+    reader still checks the bytes: a "text" file that isn't is refused there.
+    """
+    path = PurePath(name.strip().lower())
+    if path.suffix in TEXT_EXTENSIONS or path.name in TEXT_NAMES:
+        return True
+    mime = _mime(mime_type)
+    return mime.startswith("text/") or mime in _TEXT_MIME_TYPES or mime.endswith(("+json", "+xml"))
+
+
+def classify(name: str, mime_type: str | None) -> AttachmentKind:
+    """What the bot does with a file a user sent: look at it, transcribe it, or read it.
+
+    ``image/*`` (or an image extension with no telling MIME type) is a
+    :attr:`~AttachmentKind.PHOTO`, ``audio/*`` (or an audio extension likewise) a
+    :attr:`~AttachmentKind.VOICE`, anything else a :attr:`~AttachmentKind.DOCUMENT` (see
+    :func:`is_text_file` for which documents are read). Platform voice notes are voice
+    whatever their name: adapters set that kind themselves. An SVG is a document (text):
+    vision models take raster images only.
+    """
+    mime = _mime(mime_type)
+    suffix = PurePath(name.strip().lower()).suffix
+    if mime == "image/svg+xml" or suffix == ".svg":
+        return AttachmentKind.DOCUMENT
+    unknown = mime in ("", "application/octet-stream")
+    if mime.startswith("image/") or (unknown and suffix in _IMAGE_EXTENSIONS):
+        return AttachmentKind.PHOTO
+    if mime.startswith("audio/") or (unknown and suffix in _AUDIO_EXTENSIONS):
+        return AttachmentKind.VOICE
+    return AttachmentKind.DOCUMENT

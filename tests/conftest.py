@@ -36,7 +36,16 @@ PG_VARIABLE = "CHINWAG_TEST_POSTGRES_URL"
 
 # --- a clean environment per test -------------------------------------------------------------
 
-_ENV_PREFIXES = ("OPENAI_", "LLM_", "TELEGRAM_", "DISCORD_", "LOCAL_", "CONSOLE_", "CHINWAG_")
+_ENV_PREFIXES = (
+    "OPENAI_",
+    "LLM_",
+    "TELEGRAM_",
+    "DISCORD_",
+    "LOCAL_",
+    "CONSOLE_",
+    "CHINWAG_",
+    "STT_",
+)
 _ENV_NAMES = {
     "DATABASE_URL",
     "DB_AUTO_MIGRATE",

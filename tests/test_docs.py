@@ -11,6 +11,7 @@ from adapters.discord.settings import DiscordSettings
 from adapters.homeassistant.settings import HomeAssistantSettings
 from adapters.llm.local import LocalSettings
 from adapters.llm.openai import OpenAISettings
+from adapters.llm.stt import STTSettings
 from adapters.memory.settings import MemorySettings
 from adapters.telegram.settings import TelegramSettings
 from bots.config import BotSettings
@@ -20,6 +21,7 @@ from core.settings import (
     CoreSettings,
     KbSettings,
     LLMSettings,
+    MediaSettings,
     ToolSettings,
 )
 
@@ -37,6 +39,8 @@ COMPONENTS: list[type[ChinwagSettings]] = [
     DiscordSettings,
     HomeAssistantSettings,
     KbSettings,
+    STTSettings,
+    MediaSettings,
 ]
 VARIABLES = sorted(
     f"{cls.model_config.get('env_prefix') or ''}{name}".upper()

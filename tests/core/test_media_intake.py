@@ -152,7 +152,7 @@ async def test_a_text_file_reaches_the_model_and_a_too_long_one_is_refused_with_
 
     big = out.attach("document", "big.txt", b"a" * 500, "text/plain")
     await engine.handle(dm("and this", attachments=(big,)), out)
-    assert out.notices[-1] == '"big.txt" is too long (500 characters; at most 200).'
+    assert out.notices[-1] == "big.txt is too long: I read at most 200 characters of a file."
     assert len(backend.calls) == 1
 
     pdf = out.attach("document", "report.pdf", b"%PDF", "application/pdf")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.errors import AdapterError, BackendUnavailable, MediaError
+from core.errors import AdapterError, BackendUnavailable, FileTooLong, MediaError
 from core.media import MediaBlob, content_hash
 from core.types import Attachment
 from tests.fakes.channel import RecordingChannel
@@ -44,9 +44,7 @@ class FakeReader:
         except UnicodeDecodeError as exc:
             raise MediaError(f'"{name}" is not a UTF-8 text file.') from exc
         if len(text) > max_chars:
-            raise MediaError(
-                f'"{name}" is too long ({len(text):,} characters; at most {max_chars:,}).'
-            )
+            raise FileTooLong(name, max_chars)
         return text
 
     async def audio_seconds(self, path: Path, mime_type: str | None) -> float | None:

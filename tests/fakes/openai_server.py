@@ -6,6 +6,9 @@ empty ``choices`` when ``stream_options.include_usage`` is set, or one ``chat.co
 object) and ``GET /v1/models``; errors come back with the real ``{"error": {...}}`` bodies
 and status codes. ``POST /v1/embeddings`` answers with deterministic word-hashing vectors
 (``tests/fakes/openai_embeddings.py``); 429 and 5xx faults apply to it too.
+``POST /v1/audio/transcriptions`` takes the real multipart upload (``file``, ``model``,
+``response_format`` ``json``, ``text`` or ``verbose_json``) and answers ``transcript`` (set
+per test), with the real 25 MB limit (413), file-format and missing-field errors.
 
 Replies are deterministic functions of the request. Faults are queued per test and consumed
 by the next chat requests in order: 429 with ``Retry-After``, 5xx, a hang before the first
@@ -38,7 +41,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from core.media import image_tokens
 from tests.fakes.openai_embeddings import EMBEDDING_MODELS, embeddings_answer
@@ -383,6 +386,27 @@ def _error(status: int, message: str, type_: str, code: str | None, **headers: s
     return web.json_response(body, status=status, headers=headers)
 
 
+TRANSCRIPTION_MAX_BYTES = 26_214_400  # the real API's 25 MB upload limit
+TRANSCRIPTION_FORMATS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
+
+
+def _invalid_transcription(form: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    """The real API's complaint about a transcription upload, and the field it names."""
+    if "file_bytes" not in form:
+        return "you must provide a file parameter", "file"
+    if not form.get("model"):
+        return "you must provide a model parameter", "model"
+    extension = str(form.get("file_name", "")).rsplit(".", 1)[-1].lower()
+    if extension not in TRANSCRIPTION_FORMATS:
+        return f"Invalid file format. Supported formats: {list(TRANSCRIPTION_FORMATS)}", "file"
+    if form.get("response_format", "json") not in ("json", "text", "verbose_json"):
+        # The real API also takes srt and vtt; nothing here asks for them.
+        return f"Invalid value: '{form['response_format']}'.", "response_format"
+    if not form["file_bytes"]:
+        return "Audio file is too short. Minimum audio length is 0.1 seconds.", "file"
+    return None
+
+
 def _images_refused(style: str, model: str) -> web.Response:
     """A text-only model's server refusing a request with an image, as ``style`` does."""
     if style == "vllm":  # vLLM's own error object, not wrapped in "error"
@@ -476,6 +500,9 @@ class FakeOpenAIServer:
         self.prompt_token_scale = prompt_token_scale
         self.reject_stream_options = reject_stream_options
         self.requests: list[RecordedRequest] = []
+        # What /v1/audio/transcriptions answers; its requests record the form fields, and the
+        # file as ``file_name``, ``file_type`` and ``file_bytes``.
+        self.transcript = "This is what was said."
         self.disconnects = 0
         self.streams_completed = 0
         self.disconnected = asyncio.Event()
@@ -492,6 +519,7 @@ class FakeOpenAIServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/props", self._props)
         app.router.add_post("/api/show", self._show)
@@ -530,6 +558,10 @@ class FakeOpenAIServer:
     @property
     def embedding_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/embeddings")]
+
+    @property
+    def transcription_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/audio/transcriptions")]
 
     @property
     def tools_offered(self) -> list[list[str]]:
@@ -689,6 +721,58 @@ class FakeOpenAIServer:
             return _error(fault.status, "The server had an error.", "server_error", None)
         status, answer = embeddings_answer(body, self.embedding_models, _count_tokens)
         return web.json_response(answer, status=status)
+
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        size = request.content_length or 0
+        if size > TRANSCRIPTION_MAX_BYTES:
+            # The real API reads the whole upload before refusing it.
+            while await request.content.read(1 << 20):
+                pass
+            self._record_form(request, {"refused_bytes": size})
+            return _error(
+                413,
+                f"Maximum content size limit ({TRANSCRIPTION_MAX_BYTES}) exceeded "
+                f"({size} bytes read)",
+                "server_error",
+                None,
+            )
+        form: dict[str, Any] = {}
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or part.name is None:
+                continue
+            if part.filename is not None:
+                form["file_name"] = part.filename
+                form["file_type"] = part.headers.get("Content-Type")
+                form["file_bytes"] = await part.read()
+            else:
+                form[part.name] = await part.text()
+        self._record_form(request, form)
+        if (refused := self._auth_error(request)) is not None:
+            return refused
+        if (problem := _invalid_transcription(form)) is not None:
+            error = {"message": problem[0], "type": "invalid_request_error", "param": problem[1]}
+            return web.json_response({"error": {**error, "code": None}}, status=400)
+        fault = self._next_fault()
+        if fault is not None and fault.kind == "429":
+            headers = {"retry-after": fault.retry_after} if fault.retry_after else {}
+            return _error(429, "Rate limit reached for requests", "requests", fault.code, **headers)
+        if fault is not None and fault.kind == "5xx":
+            return _error(fault.status, "The server had an error.", "server_error", None)
+        response_format = form.get("response_format", "json")
+        if response_format == "text":
+            return web.Response(text=self.transcript + "\n", content_type="text/plain")
+        if response_format == "verbose_json":
+            answer = {"task": "transcribe", "language": "english", "duration": 1.0}
+            return web.json_response({**answer, "text": self.transcript, "segments": []})
+        return web.json_response({"text": self.transcript})
+
+    def _record_form(self, request: web.Request, form: dict[str, Any]) -> None:
+        self.requests.append(
+            RecordedRequest(
+                request.method, request.path, dict(request.headers), form, time.monotonic()
+            )
+        )
 
     async def _overflow(
         self, request: web.Request, body: Mapping[str, Any], used: int, limit: int
