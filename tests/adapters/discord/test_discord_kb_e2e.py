@@ -20,13 +20,13 @@ import pytest
 
 from adapters.discord.adapter import DiscordAdapter
 from adapters.llm.openai import OpenAIBackend, OpenAISettings
-from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
 from core.engine import Engine
 from core.kb import KnowledgeBase
 from core.kb_chat import FILE_HINT
 from core.knowledge import DocumentInfo, KbScope
 from core.settings import AccessSettings, CoreSettings, LLMSettings
+from tests._db import UpgradeHead
 from tests.adapters.discord.conftest import discord_settings
 from tests.adapters.discord.helpers import idle
 from tests.adapters.kb.wiring import PAGE_2, QUESTION, router_pdf, system_prompt, wired_knowledge
@@ -102,9 +102,13 @@ class World:
 
 @pytest.fixture
 async def world(
-    fake: FakeDiscord, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDiscord,
+    sqlite_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    upgrade_head: UpgradeHead,
 ) -> AsyncIterator[World]:
-    await migrate.upgrade(sqlite_url)
+    await upgrade_head(sqlite_url)
     root, bob = fake.add_user("root"), fake.add_user("bob")
     channel = fake.add_channel(fake.add_guild())
     async with AsyncExitStack() as stack:

@@ -21,7 +21,6 @@ import pytest
 from adapters.discord.adapter import DiscordAdapter
 from adapters.homeassistant.tools import HomeAssistantTools
 from adapters.llm.openai import OpenAIBackend, OpenAISettings
-from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
 from core.engine import Engine
 from core.rounds import EXPIRED
@@ -29,6 +28,7 @@ from core.settings import AccessSettings, CoreSettings, LLMSettings, ToolSetting
 from core.tool_actions import ALREADY, EXPIRED_NOTICE, NOT_YOURS
 from core.tools import Toolbox
 from core.types import AuditEntry, ToolDecision
+from tests._db import UpgradeHead
 from tests.adapters.discord.conftest import discord_settings
 from tests.adapters.discord.helpers import idle
 from tests.adapters.homeassistant.helpers import make_settings
@@ -192,8 +192,10 @@ async def settled(fake: FakeDiscord, bot: Running) -> None:
 
 
 @pytest.fixture
-async def world(fake: FakeDiscord, sqlite_url: str, tmp_path: Path) -> AsyncIterator[World]:
-    await migrate.upgrade(sqlite_url)
+async def world(
+    fake: FakeDiscord, sqlite_url: str, tmp_path: Path, upgrade_head: UpgradeHead
+) -> AsyncIterator[World]:
+    await upgrade_head(sqlite_url)
     async with (
         FakeHomeAssistant() as ha,
         FakeOpenAIServer(reply=home_model) as openai,

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from adapters.memory import migrate
 from adapters.memory.in_memory import InMemoryStore
 from adapters.memory.store import SqlMemoryStore
 from core.ports import MemoryStore
+from tests._db import UpgradeHead
 
 
 class Clock:
@@ -51,7 +51,10 @@ MakeStore = Callable[..., Awaitable[MemoryStore]]
     params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"],
 )
 async def new_store(
-    request: pytest.FixtureRequest, empty_db: Callable[[str], str], clock: Clock
+    request: pytest.FixtureRequest,
+    empty_db: Callable[[str], str],
+    clock: Clock,
+    upgrade_head: UpgradeHead,
 ) -> AsyncIterator[NewStore]:
     """Unstarted stores of one implementation; all closed at teardown.
 
@@ -62,7 +65,7 @@ async def new_store(
         build = InMemoryStore
     else:
         url = empty_db(str(request.param))
-        await migrate.upgrade(url)
+        await upgrade_head(url)
 
         def build(**kwargs: Any) -> MemoryStore:
             return SqlMemoryStore(url, **kwargs)
@@ -104,9 +107,9 @@ MakeSqlStore = Callable[..., Awaitable[SqlMemoryStore]]
 
 
 @pytest.fixture
-async def migrated_url(db_url: str) -> str:
+async def migrated_url(db_url: str, upgrade_head: UpgradeHead) -> str:
     """``db_url`` (SQLite, PostgreSQL) upgraded to the newest schema."""
-    await migrate.upgrade(db_url)
+    await upgrade_head(db_url)
     return db_url
 
 

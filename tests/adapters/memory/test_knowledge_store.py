@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from adapters.memory import migrate
 from adapters.memory.in_memory_knowledge import InMemoryKnowledgeStore
 from adapters.memory.knowledge import SqlKnowledgeStore
 from adapters.memory.store import SqlMemoryStore
 from core.errors import KbError
 from core.knowledge import ChunkDraft, KbScope, KnowledgeStore, NewDocument
+from tests._db import UpgradeHead
 from tests.fakes.embedder import HashingEmbedder, hashed_vector
 
 BOT = KbScope.of_bot("b")
@@ -75,12 +75,12 @@ async def search(store: KnowledgeStore, scopes: list[KbScope], query: str, **kw:
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"])
 async def new_kb(
-    request: pytest.FixtureRequest, empty_db: Callable[[str], str]
+    request: pytest.FixtureRequest, empty_db: Callable[[str], str], upgrade_head: UpgradeHead
 ) -> AsyncIterator[Callable[[], Any]]:
     """``await new_kb()``: knowledge stores of one implementation (SQL ones share a database)."""
     url = None if request.param == "memory" else empty_db(str(request.param))
     if url is not None:
-        await migrate.upgrade(url)
+        await upgrade_head(url)
     memories: list[SqlMemoryStore] = []
     stores: list[KnowledgeStore] = []
 

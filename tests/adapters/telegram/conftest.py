@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
 from adapters.telegram import TelegramAdapter, TelegramSettings
 from core.engine import Engine
 from core.settings import AccessSettings, CoreSettings, LLMSettings
+from tests._db import UpgradeHead
 from tests.fakes.scripted import ScriptedBackend
 from tests.fakes.telegram_server import FakeChat, FakeMessage, FakeTelegram, FakeUser, FloodLimits
 
@@ -76,10 +76,10 @@ HarnessFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def harness_factory(tmp_path) -> AsyncIterator[HarnessFactory]:
+async def harness_factory(tmp_path, upgrade_head: UpgradeHead) -> AsyncIterator[HarnessFactory]:
     stacks: list[AsyncExitStack] = []
     url = f"sqlite+aiosqlite:///{tmp_path / 'memory.db'}"
-    await migrate.upgrade(url)
+    await upgrade_head(url)
 
     async def make(
         *,

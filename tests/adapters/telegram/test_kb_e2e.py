@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from adapters.llm.openai import OpenAIBackend, OpenAISettings
-from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
 from adapters.telegram import TelegramAdapter
 from core.engine import Engine
@@ -27,6 +26,7 @@ from core.kb import KnowledgeBase
 from core.kb_chat import FILE_HINT
 from core.knowledge import DocumentInfo, KbScope
 from core.settings import AccessSettings, CoreSettings, LLMSettings
+from tests._db import UpgradeHead
 from tests.adapters.kb.wiring import PAGE_2, QUESTION, router_pdf, system_prompt, wired_knowledge
 from tests.adapters.telegram.conftest import fast_settings
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -99,9 +99,9 @@ class World:
 
 @pytest.fixture
 async def world(
-    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, upgrade_head: UpgradeHead
 ) -> AsyncIterator[World]:
-    await migrate.upgrade(sqlite_url)
+    await upgrade_head(sqlite_url)
     async with AsyncExitStack() as stack:
         telegram = await stack.enter_async_context(FakeTelegram())
         openai = await stack.enter_async_context(FakeOpenAIServer(reply=model(ANSWER)))

@@ -21,7 +21,6 @@ import pytest
 
 from adapters.homeassistant.tools import HomeAssistantTools
 from adapters.llm.openai import OpenAIBackend, OpenAISettings
-from adapters.memory import migrate
 from adapters.memory.store import SqlMemoryStore
 from adapters.telegram import TelegramAdapter, TelegramSettings
 from core.engine import Engine
@@ -39,6 +38,7 @@ from core.tool_actions import (
 from core.tools import FunctionTools, Toolbox, tool
 from core.turns import ROUND_LIMIT_NOTICE
 from core.types import AuditEntry, ToolDecision
+from tests._db import UpgradeHead
 from tests.adapters.homeassistant.helpers import make_settings
 from tests.core.conftest import Clock
 from tests.fakes.homeassistant_server import FakeHomeAssistant, ServiceCall
@@ -177,9 +177,9 @@ def yes(message: FakeMessage) -> str:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
+async def world(tmp_path: Path, upgrade_head: UpgradeHead) -> AsyncIterator[World]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'memory.db'}"
-    await migrate.upgrade(url)
+    await upgrade_head(url)
     async with (
         FakeTelegram() as telegram,
         FakeOpenAIServer() as openai,
