@@ -1,6 +1,6 @@
 """``chinwag run`` in-process for the media end-to-end tests: the real wiring, loopback fakes.
 
-:func:`serving` runs :func:`bots.app.serve` itself (``running_engine``: the SQL store on a
+:func:`serving` runs what :func:`bots.app.serve` runs (``running_engine``: the SQL store on a
 SQLite file in the data directory, the real ``OpenAIBackend``, ``LocalMediaReader`` with
 Pillow, ``OpenAITranscriber``; ``platform_adapters``), configured as an operator would: the
 environment names the loopback OpenAI server for chat and speech to text. Files the bot
@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from adapters.discord.settings import DiscordSettings
 from adapters.memory.settings import MemorySettings
 from adapters.telegram.settings import TelegramSettings
-from bots.app import Settings, serve
+from bots.app import Settings, platform_adapters, run_adapters, running_engine
 from core.settings import AccessSettings, CoreSettings, LLMSettings, MediaSettings
 from tests._db import UpgradeHead
 from tests.fakes.openai_server import FakeOpenAIServer
@@ -102,7 +102,7 @@ class Deployment:
         """Every row of ``table`` in the bot's SQLite database."""
         assert table in MEDIA_TABLES
         with contextlib.closing(sqlite3.connect(self.database)) as db:
-            return db.execute(f"SELECT * FROM {table}").fetchall()  # noqa: S608 - fixed names
+            return db.execute(f"SELECT * FROM {table}").fetchall()
 
     def user_texts(self) -> list[str]:
         """The stored user messages' text, oldest first."""
@@ -151,11 +151,28 @@ async def deployment(
 
 @contextlib.asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[None]:
-    """``serve(settings)`` in a task, stopped as by SIGTERM and awaited at the end."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, console=False, stop=stop), name="media-serve")
+    """The bot serving as ``chinwag run`` does, from when every adapter started.
+
+    What :func:`bots.app.serve` runs without a terminal, signals or health endpoint:
+    :func:`~bots.app.running_engine`, :func:`~bots.app.platform_adapters` and
+    :func:`~bots.app.run_adapters`, stopped at the end as by SIGTERM and awaited.
+    """
+    stop, started = asyncio.Event(), asyncio.Event()
+
+    async def run() -> BaseException | None:
+        async with running_engine(settings) as engine:
+            adapters = platform_adapters(settings, engine)
+            return await run_adapters(engine, adapters, stop, grace=5, on_serving=started.set)
+
+    task = asyncio.create_task(run(), name="media-serve")
+    waiter = asyncio.create_task(started.wait())
     try:
+        await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if not started.is_set():
+            raise AssertionError(f"the bot did not start: {task}")
         yield
     finally:
+        waiter.cancel()
         stop.set()
-        await asyncio.wait_for(task, 30)
+        fatal = await asyncio.wait_for(task, 30)
+    assert fatal is None, fatal

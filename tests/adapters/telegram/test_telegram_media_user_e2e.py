@@ -202,7 +202,11 @@ async def test_a_text_files_content_reaches_the_model_fenced_under_its_name(
     notes = "# Watering\n\n- fern: twice a week\n- cactus: once a month\n"
     async with world.serving():
         world.telegram.send_document(
-            CHAT, ALICE, "plants.md", notes.encode(), caption="which needs most water?",
+            CHAT,
+            ALICE,
+            "plants.md",
+            notes.encode(),
+            caption="which needs most water?",
             mime_type="text/markdown",
         )
         [answer] = await world.replies(0, 1)
