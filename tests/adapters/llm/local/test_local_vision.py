@@ -24,6 +24,7 @@ from core.types import ChatMessage, CompletionRequest, ImagePart, Role, TextDelt
 from tests._require import require_or_skip
 from tests.adapters.llm.local.conftest import FIXTURES, TINY
 
+pytestmark = pytest.mark.llama
 MakeBackend = Callable[..., LocalBackend]
 MMPROJ = FIXTURES / "tiny-mmproj.gguf"
 
@@ -151,6 +152,21 @@ async def test_a_missing_projector_names_the_setting(
         await backend.start()
     assert caught.value.variable == "LOCAL_MMPROJ_PATH"
     assert "does not exist" in str(caught.value)
+
+
+async def test_a_build_without_mtmd_says_how_to_get_it(
+    make_backend: MakeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import adapters.llm.local as local
+
+    monkeypatch.setattr(
+        local, "mtmd_available", lambda: "built without mtmd; rebuild with scripts/install-llama.sh"
+    )
+    backend = make_backend(mmproj_path=MMPROJ)
+    with pytest.raises(ConfigError) as caught:
+        await backend.start()
+    assert caught.value.variable == "LOCAL_MMPROJ_PATH"
+    assert "install-llama.sh" in str(caught.value)
 
 
 @pytest.mark.slow
