@@ -26,7 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
-from adapters.llm.local_gguf import GGUFError, GGUFInfo, available_memory, read_gguf_info
+from adapters.llm.local_gguf import (
+    GGUFError,
+    GGUFInfo,
+    available_memory,
+    check_projector,
+    read_gguf_info,
+)
 from adapters.llm.local_model import (
     CHATML,
     END,
@@ -44,7 +50,14 @@ from adapters.llm.local_settings import (
     default_model_path,
     local_backend_available,
 )
-from adapters.llm.local_tools import ToolPrompt, chat_dicts, tool_dicts, tool_prompt
+from adapters.llm.local_tools import (
+    ToolPrompt,
+    chat_dicts,
+    prompt_images,
+    tool_dicts,
+    tool_prompt,
+)
+from adapters.llm.local_vision import ProjectorError, mtmd_available, new_marker
 from adapters.llm.tool_markup import ToolCallParser
 from core.errors import (
     BackendBusy,
@@ -95,6 +108,9 @@ class LocalBackend:
         self._running = False
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._jobs: set[Job] = set()
+        self._mmproj = settings.mmproj_path.expanduser() if settings.mmproj_path else None
+        self._mmproj_size = 0
+        self._marker = new_marker()  # where an image goes in a prompt (LOCAL_MMPROJ_PATH)
 
     # --- configuration ----------------------------------------------------------------
 
@@ -133,10 +149,13 @@ class LocalBackend:
         """Read and check ``name``'s file; raise ``GGUFError`` with one line if unusable."""
         path, variable = self._table[name]
         info = read_gguf_info(path)
-        return ModelSpec(name, path, variable, info, self._context_for(info))
+        mmproj = self._mmproj if name == self.default_model else None
+        return ModelSpec(name, path, variable, info, self._context_for(info), mmproj)
 
     def _check_memory(self, spec: ModelSpec) -> None:
         need = spec.info.memory_needed(spec.n_ctx, gpu_layers=self._settings.gpu_layers)
+        if spec.mmproj is not None:
+            need += self._mmproj_size
         have = available_memory()
         loaded = [s for n, s in self._specs.items() if n in self._loaded and n != spec.name]
         # Models we would unload to make room give their memory back.
@@ -247,8 +266,12 @@ class LocalBackend:
             return 8
 
     def supports_images(self, model: str) -> bool:
-        """Not yet: the multimodal projector (``LOCAL_MMPROJ_PATH``) comes with issue 14."""
-        return False
+        """Whether ``model`` sees images: the default model, when ``LOCAL_MMPROJ_PATH`` is set.
+
+        The projector belongs to one model (it is made for that model's embeddings); other
+        ``LOCAL_MODELS`` are text-only.
+        """
+        return self._mmproj is not None and self._known(model) == self.default_model
 
     def supports_tools(self, model: str) -> bool:
         """Whether ``model`` is offered tools: its chat template handles them (``LOCAL_TOOLS``).
@@ -307,6 +330,8 @@ class LocalBackend:
                 raise ConfigError(
                     "LLM_BACKEND", f"cannot use the local backend: {reason}", "openai"
                 )
+            if self._mmproj is not None:
+                await self._check_projector(self._mmproj)
             for name, (_, variable) in self._table.items():
                 try:
                     spec = await asyncio.to_thread(self._inspect, name)
@@ -325,7 +350,10 @@ class LocalBackend:
                 await self._vocab(default.name)
             except BackendError as exc:
                 await self._shutdown_executor()
-                raise ConfigError(default.variable, str(exc), _example(default.variable)) from exc
+                variable = default.variable
+                if isinstance(exc.__cause__, ProjectorError):
+                    variable = "LOCAL_MMPROJ_PATH"
+                raise ConfigError(variable, str(exc), _example(variable)) from exc
             _log.info(
                 "local model %s loaded from %s (context %d) in %.1fs",
                 default.name,
@@ -334,6 +362,16 @@ class LocalBackend:
                 time.perf_counter() - started,
             )
             self._state = Lifecycle.RUNNING
+
+    async def _check_projector(self, path: Path) -> None:
+        """Refuse a ``LOCAL_MMPROJ_PATH`` this build or file cannot serve, naming it."""
+        reason = mtmd_available()
+        if reason is not None:
+            raise ConfigError("LOCAL_MMPROJ_PATH", f"cannot show images: {reason}", "")
+        try:
+            self._mmproj_size = await asyncio.to_thread(check_projector, path)
+        except GGUFError as exc:
+            raise ConfigError("LOCAL_MMPROJ_PATH", str(exc), _example("LOCAL_MMPROJ_PATH")) from exc
 
     async def aclose(self) -> None:
         """Cancel waiting and running generations, unload every model. Idempotent."""
@@ -377,7 +415,7 @@ class LocalBackend:
             )
             old.close()
         try:
-            loaded = LoadedModel(spec, self._settings)
+            loaded = LoadedModel(spec, self._settings, marker=self._marker)
         except (ValueError, RuntimeError, OSError) as exc:
             raise BackendUnavailable(f"llama.cpp could not load {spec.path}: {exc}") from exc
         self._loaded[spec.name] = loaded
@@ -392,8 +430,20 @@ class LocalBackend:
         """Run one generation in the worker thread, emitting events; never raises."""
         try:
             loaded = self._acquire(job.spec)
-            tokens = loaded.render(job.messages, job.tools)
             n_ctx = job.spec.n_ctx
+            if job.images:
+                loaded.abort_on(job.cancel)
+                try:
+                    tokens = loaded.evaluate_with_images(job.messages, job.tools, job.images)
+                except RuntimeError:
+                    if not job.cancel.is_set():
+                        raise
+                    job.emit(END)  # cancelled while the images were evaluated
+                    return
+                finally:
+                    loaded.abort_on(None)
+            else:
+                tokens = loaded.render(job.messages, job.tools)
             if len(tokens) >= n_ctx:
                 raise ContextTooLong(
                     n_ctx, f"the prompt has {len(tokens)} tokens; the context holds {n_ctx}"
@@ -515,9 +565,11 @@ class LocalBackend:
             mode = self._tool_prompt(spec.name)
             offered = list(request.tools) if mode is not ToolPrompt.NONE else []
             parser = ToolCallParser({t.name: t.parameters for t in offered}) if offered else None
+            marker = self._marker if spec.mmproj is not None else None
             job = Job(
                 spec=spec,
-                messages=chat_dicts(request.messages, mode, offered),
+                messages=chat_dicts(request.messages, mode, offered, image_marker=marker),
+                images=prompt_images(request.messages) if marker is not None else (),
                 tools=tool_dicts(offered) if offered and mode is ToolPrompt.TEMPLATE else None,
                 temperature=(
                     DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
@@ -583,7 +635,7 @@ def _short(exc: GGUFError) -> str:
 
 
 def _example(variable: str) -> str:
-    key = "models" if variable == "LOCAL_MODELS" else "model_path"
+    key = {"LOCAL_MODELS": "models", "LOCAL_MMPROJ_PATH": "mmproj_path"}.get(variable, "model_path")
     return LocalSettings.EXAMPLES[key]
 
 

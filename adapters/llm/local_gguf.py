@@ -207,6 +207,43 @@ def read_gguf_info(path: Path) -> GGUFInfo:
     )
 
 
+def check_projector(path: Path) -> int:
+    """Check that ``path`` is a vision projector (``mmproj``) GGUF; return its size in bytes.
+
+    llama.cpp aborts the process on some malformed projector files, so this header check
+    runs before it sees one.
+
+    Raises:
+        GGUFError: missing, unreadable, not GGUF, or not a projector with a vision encoder.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            meta = _read_meta(f)
+    except FileNotFoundError as exc:
+        raise GGUFError(f"{path} does not exist", reason="its file does not exist") from exc
+    except IsADirectoryError as exc:
+        raise GGUFError(f"{path} is a directory, not a GGUF file", reason="a directory") from exc
+    except GGUFError as exc:
+        raise GGUFError(f"{path}: {exc}", reason=exc.reason) from exc
+    except OSError as exc:
+        raise GGUFError(
+            f"{path} cannot be read ({exc.strerror or exc})", reason="its file cannot be read"
+        ) from exc
+    if meta.get("general.architecture") != "clip":
+        raise GGUFError(
+            f"{path} is not a vision projector (general.architecture is "
+            f"{meta.get('general.architecture')!r}, not 'clip'; the mmproj file is)",
+            reason="not a vision projector",
+        )
+    if meta.get("clip.has_vision_encoder") is not True:
+        raise GGUFError(
+            f"{path} is a projector without a vision encoder (audio only?)",
+            reason="a projector without a vision encoder",
+        )
+    return size
+
+
 def _read_meta(f: IO[bytes]) -> dict[str, Any]:
     magic = f.read(4)
     if magic != GGUF_MAGIC:

@@ -15,6 +15,8 @@ from typing import Any, Final
 
 from adapters.llm.local_gguf import GGUFInfo
 from adapters.llm.local_settings import LocalSettings
+from adapters.llm.local_vision import Projector
+from core.types import ImagePart
 
 # ChatML, for a GGUF without a chat template (old conversions).
 CHATML: Final = (
@@ -34,6 +36,7 @@ class ModelSpec:
     variable: str  # LOCAL_MODEL_PATH / LOCAL_MODELS / (bundled)
     info: GGUFInfo
     n_ctx: int
+    mmproj: Path | None = None  # LOCAL_MMPROJ_PATH: this model sees images
 
 
 @dataclass(slots=True)
@@ -77,6 +80,7 @@ class Job:
     max_tokens: int | None  # None: at most half the context
     emit: Callable[[object], None]
     tools: list[dict[str, Any]] | None = None  # for the chat template's ``tools``
+    images: tuple[ImagePart, ...] = ()  # in prompt order, one marker each in ``messages``
     cancel: threading.Event = field(default_factory=threading.Event)
 
 
@@ -86,7 +90,7 @@ END: Final = object()
 class LoadedModel:
     """A loaded model: the ``Llama`` and how to render prompts for it (worker thread only)."""
 
-    def __init__(self, spec: ModelSpec, settings: LocalSettings) -> None:
+    def __init__(self, spec: ModelSpec, settings: LocalSettings, *, marker: str = "") -> None:
         import llama_cpp
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -126,11 +130,44 @@ class LoadedModel:
             bos_token=piece(meta.get("tokenizer.ggml.bos_token_id")),
             add_generation_prompt=True,
         )
+        self.projector: Projector | None = None
+        if spec.mmproj is not None:
+            try:
+                self.projector = Projector(
+                    spec.mmproj, self.llama, marker=marker, use_gpu=settings.gpu_layers != 0
+                )
+            except BaseException:
+                self.llama.close()
+                raise
 
     def render(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
     ) -> list[int]:
         """Render the chat template (with ``tools``) and tokenise it (special tokens parsed)."""
+        prompt = self.prompt(messages, tools)
+        return list(self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+
+    def evaluate_with_images(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        images: tuple[ImagePart, ...],
+    ) -> list[int]:
+        """Render and evaluate a prompt with images; the ids to pass to ``generate``.
+
+        Image positions hold -1 (see :meth:`Projector.evaluate`); the prompt is evaluated
+        already, so ``generate`` only samples.
+        """
+        if self.projector is None:
+            raise RuntimeError("this model has no projector")
+        prompt = self.prompt(messages, tools)
+        n = self.projector.evaluate(self.llama, prompt, images, self.llama.n_ctx())
+        return [int(token) for token in self.llama._input_ids[:n]]
+
+    def prompt(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        """The chat template rendered (with ``tools``), ready for the model's reply."""
         try:
             prompt = self.formatter(messages=messages, tools=tools).prompt  # type: ignore[arg-type]
         except Exception:
@@ -143,7 +180,7 @@ class LoadedModel:
             else:
                 rest.insert(0, {"role": "user", "content": system})
             prompt = self.formatter(messages=rest, tools=tools).prompt  # type: ignore[arg-type]
-        return list(self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+        return prompt
 
     def _should_abort(self, _data: object) -> bool:
         cancel = self.cancel
@@ -173,7 +210,9 @@ class LoadedModel:
         return data
 
     def close(self) -> None:
-        """Free the model and its context."""
+        """Free the projector, the model and its context."""
+        if self.projector is not None:
+            self.projector.close()
         self.llama.close()
 
 

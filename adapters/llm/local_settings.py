@@ -38,6 +38,8 @@ class LocalSettings(ChinwagSettings):
         tools: whether models are offered tools (``LOCAL_TOOLS``): ``auto`` when the
             model's chat template handles them, ``on`` for every model (tools described in
             the system prompt where the template has no place for them), ``off`` never.
+        mmproj_path: the vision projector (``mmproj``) GGUF made for the default model
+            (``LOCAL_MMPROJ_PATH``); with it that model sees the photos users send.
     """
 
     model_config = SettingsConfigDict(env_prefix="LOCAL_")
@@ -50,6 +52,7 @@ class LocalSettings(ChinwagSettings):
         "gpu_layers": "0",
         "queue_size": "32",
         "tools": "auto",
+        "mmproj_path": "/models/mmproj-gemma-3-4b-it-f16.gguf",
     }
 
     model_path: Path | None = None
@@ -60,6 +63,7 @@ class LocalSettings(ChinwagSettings):
     gpu_layers: int = Field(default=0, ge=-1, le=100_000)
     queue_size: int = Field(default=32, ge=1, le=100_000)
     tools: Literal["auto", "on", "off"] = "auto"
+    mmproj_path: Path | None = None
 
     def model_table(self) -> dict[str, Path]:
         """``LOCAL_MODELS`` parsed into ``{name: path}``, in the order given.

@@ -17,9 +17,10 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Final
 
-from core.types import ChatMessage, Role, ToolCall, ToolSpec
+from core.types import ChatMessage, ImagePart, Role, ToolCall, ToolSpec
 
 TOOLS_SETTING: Final = ("auto", "on", "off")
 
@@ -68,11 +69,18 @@ def chat_dicts(
     messages: Sequence[ChatMessage],
     mode: ToolPrompt = ToolPrompt.NONE,
     tools: Sequence[ToolSpec] = (),
+    *,
+    image_marker: str | None = None,
 ) -> list[dict[str, Any]]:
     """Our messages as chat-template dicts, tool traffic rendered as ``mode`` says.
 
     With :attr:`ToolPrompt.TEXT` and ``tools``, the tool list joins the system message.
+    With ``image_marker`` (a model with a vision projector), a user message's images are
+    marked where they go, one marker each before its text, in the order of
+    :func:`prompt_images`; without it images are left out.
     """
+    if image_marker is not None:
+        messages = [_with_markers(message, image_marker) for message in messages]
     if mode is ToolPrompt.TEMPLATE:
         return [_template_dict(message) for message in messages]
     out: list[dict[str, Any]] = []
@@ -90,6 +98,21 @@ def chat_dicts(
         else:
             out.insert(0, {"role": "system", "content": listing})
     return out
+
+
+def prompt_images(messages: Sequence[ChatMessage]) -> tuple[ImagePart, ...]:
+    """The images of ``messages``' user turns, in the order :func:`chat_dicts` marks them."""
+    return tuple(
+        image for message in messages if message.role is Role.USER for image in message.images
+    )
+
+
+def _with_markers(message: ChatMessage, marker: str) -> ChatMessage:
+    if message.role is not Role.USER or not message.images:
+        return message
+    marks = marker * len(message.images)
+    content = f"{marks}\n{message.content}" if message.content else marks
+    return replace(message, content=content)
 
 
 def hermes_tools(tools: Sequence[ToolSpec]) -> str:
@@ -154,6 +177,7 @@ __all__ = [
     "ToolPrompt",
     "chat_dicts",
     "hermes_tools",
+    "prompt_images",
     "template_handles_tools",
     "tool_dicts",
     "tool_prompt",

@@ -8,8 +8,8 @@ import pytest
 
 from adapters.llm.local_gguf import read_gguf_info
 from adapters.llm.local_settings import LocalSettings, default_model_path
-from adapters.llm.local_tools import ToolPrompt, chat_dicts, tool_prompt
-from core.types import ChatMessage, Role, ToolCall, ToolSpec
+from adapters.llm.local_tools import ToolPrompt, chat_dicts, prompt_images, tool_prompt
+from core.types import ChatMessage, ImagePart, Role, ToolCall, ToolSpec
 
 SPEC = ToolSpec("light_on", "Switch a light on.", {"type": "object", "properties": {}})
 HISTORY = [
@@ -114,3 +114,25 @@ def test_text_mode_writes_tools_calls_and_results_hermes_style() -> None:
     no_system = chat_dicts(HISTORY[1:2], ToolPrompt.TEXT, [SPEC])
     assert no_system[0]["role"] == "system"
     assert "<tools>" in no_system[0]["content"]
+
+
+@pytest.mark.parametrize("mode", list(ToolPrompt))
+def test_images_are_marked_before_their_text_in_order_or_left_out(mode: ToolPrompt) -> None:
+    red = ImagePart(b"red", "image/png", 1, 1)
+    blue = ImagePart(b"blue", "image/png", 1, 1)
+    history = [
+        ChatMessage(Role.SYSTEM, "Be brief."),
+        ChatMessage(Role.USER, "What is this?", images=(red, blue)),
+        ChatMessage(Role.ASSISTANT, "Two colours."),
+        ChatMessage(Role.USER, "", images=(blue,)),
+    ]
+    marked = chat_dicts(history, mode, image_marker="<img>")
+    assert [m["content"] for m in marked] == [
+        "Be brief.",
+        "<img><img>\nWhat is this?",
+        "Two colours.",
+        "<img>",
+    ]
+    assert prompt_images(history) == (red, blue, blue)  # one per marker, in prompt order
+    plain = chat_dicts(history, mode)  # a model without a projector never sees them
+    assert [m["content"] for m in plain] == ["Be brief.", "What is this?", "Two colours.", ""]
