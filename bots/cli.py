@@ -170,7 +170,14 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("platform", help="telegram, discord or console")
     export.add_argument("user_id", help="the user's id on that platform")
     export.add_argument("--format", choices=EXPORT_FORMATS, default="md")
-    export.add_argument("-o", "--output", type=Path, help="file to write (default: stdout)")
+    export.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="file to write (default: stdout); a name ending in .zip writes a ZIP file of "
+        "the document and the stored images it links to, any other the document alone "
+        "(without the images)",
+    )
     _audit_parser(sub, with_bot)
     add_kb_parser(sub, with_bot)
     discord = sub.add_parser("discord", help="Discord maintenance")
@@ -322,11 +329,11 @@ def _size(size: int) -> str:
 
 async def _export(settings: Settings, args: argparse.Namespace) -> None:
     from bots.app import open_store
-    from core.export import export_document
+    from core.export import export_of
 
     store = await open_store(settings.memory)
     try:
-        document = await export_document(
+        export = await export_of(
             store,
             bot=settings.core.bot_name,
             platform=args.platform,
@@ -336,10 +343,21 @@ async def _export(settings: Settings, args: argparse.Namespace) -> None:
         )
     finally:
         await store.aclose()
-    if args.output is None:
-        sys.stdout.write(document)
+    bundled = args.output is not None and args.output.suffix.lower() == ".zip"
+    if bundled:
+        write_private(args.output, export.zip())
+    elif args.output is None:
+        sys.stdout.write(export.document())
     else:
-        write_private(args.output, document.encode())
+        write_private(args.output, export.document().encode())
+    count = len(export.images)
+    if count and not bundled:
+        print(
+            f"chinwag: {count} stored image{'' if count == 1 else 's'} left out; "
+            "write them with the document with -o FILE.zip",
+            file=sys.stderr,
+        )
+    if args.output is not None:
         print(f"wrote {args.output}", file=sys.stderr)
 
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from core.admission import Admission
 from core.confirmations import Confirmations, Pending
 from core.export import FORMATS as EXPORT_FORMATS
-from core.export import export_document
+from core.export import UPLOAD_LIMITS, Export, export_of
 from core.knowledge import KnowledgeStore
 from core.media import describe
 from core.notices import notify
@@ -402,17 +402,30 @@ class BuiltinCommands:
         if fmt not in EXPORT_FORMATS:
             await notify(out, "Choose a format: /export md (the default) or /export json.")
             return
-        document = await self.export_document(msg.platform, msg.user_id, fmt)
-        stamp = self._clock().strftime("%Y%m%d-%H%M%S")
-        await out.send_file(
-            f"{self._bot_name}-history-{stamp}.{fmt}",
-            document.encode("utf-8"),
-            "Your history with me.",
-        )
+        export = await self.export_of(msg.platform, msg.user_id, fmt)
+        name = f"{self._bot_name}-history-{self._clock().strftime('%Y%m%d-%H%M%S')}"
+        caption = "Your history with me."
+        if export.images:
+            count = len(export.images)
+            images = f"{count} image{'' if count == 1 else 's'}"
+            bundle = export.zip()
+            limit = UPLOAD_LIMITS.get(msg.platform)
+            if limit is None or len(bundle) <= limit:
+                await out.send_file(f"{name}.zip", bundle, f"Your history with me and its {images}.")
+                return
+            # One file or none: a split export's document would link to files in other
+            # archives. The operator's `chinwag export -o FILE.zip` has no limit.
+            _log.info("export with %d images is %d bytes: sent without them", count, len(bundle))
+            caption = (
+                f"Your history with me, without its {images}: together they are too large to "
+                f"attach here ({len(bundle) / 1e6:.1f} MB, the limit is {limit / 1e6:.0f} MB), "
+                "but the operator can export them with `chinwag export ... -o FILE.zip`."
+            )
+        await out.send_file(f"{name}.{fmt}", export.document().encode("utf-8"), caption)
 
-    async def export_document(self, platform: str, user_id: str, fmt: str) -> str:
-        """The user's stored history as a Markdown or JSON document."""
-        return await export_document(
+    async def export_of(self, platform: str, user_id: str, fmt: str) -> Export:
+        """Everything stored for the user (``/export``), images included."""
+        return await export_of(
             self._store,
             bot=self._bot_name,
             platform=platform,
@@ -421,6 +434,10 @@ class BuiltinCommands:
             now=self._clock(),
             knowledge=self.knowledge,
         )
+
+    async def export_document(self, platform: str, user_id: str, fmt: str) -> str:
+        """The user's stored history as a Markdown or JSON document (without images)."""
+        return (await self.export_of(platform, user_id, fmt)).document()
 
     async def stats(
         self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, arg: str

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 
 import pytest
 
@@ -226,11 +228,13 @@ async def test_history_and_export_list_attachments(
     assert out.notices[-1].endswith(
         "Attachments:\n- file notes.txt (5 bytes)\n- photo plant.jpg (1024x768, 269 bytes)"
     )
-    await engine.handle(dm("/export"), out)
-    markdown = out.files[-1][1].decode()
+    await engine.handle(dm("/export"), out)  # with a stored photo: a ZIP file
+    with zipfile.ZipFile(io.BytesIO(out.files[-1][1])) as bundle:
+        markdown = bundle.read("chinwag-export.md").decode()
     assert "Attached: file notes.txt (5 bytes); photo plant.jpg (1024x768, 269 bytes)" in markdown
     await engine.handle(dm("/export json"), out)
-    exported = json.loads(out.files[-1][1])
+    with zipfile.ZipFile(io.BytesIO(out.files[-1][1])) as bundle:
+        exported = json.loads(bundle.read("chinwag-export.json"))
     first = exported["conversations"][0]["messages"][0]
     assert [a["name"] for a in first["attachments"]] == ["notes.txt", "plant.jpg"]
 
