@@ -354,7 +354,7 @@ async def _export(settings: Settings, args: argparse.Namespace) -> None:
     if count and not bundled:
         print(
             f"chinwag: {count} stored image{'' if count == 1 else 's'} left out; "
-            "write them with the document with -o FILE.zip",
+            "use -o FILE.zip to write them with the document",
             file=sys.stderr,
         )
     if args.output is not None:

@@ -411,7 +411,9 @@ class BuiltinCommands:
             bundle = export.zip()
             limit = UPLOAD_LIMITS.get(msg.platform)
             if limit is None or len(bundle) <= limit:
-                await out.send_file(f"{name}.zip", bundle, f"Your history with me and its {images}.")
+                await out.send_file(
+                    f"{name}.zip", bundle, f"Your history with me and its {images}."
+                )
                 return
             # One file or none: a split export's document would link to files in other
             # archives. The operator's `chinwag export -o FILE.zip` has no limit.
