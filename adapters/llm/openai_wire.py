@@ -37,6 +37,21 @@ PLACEHOLDER_API_KEY: Final = "sk-no-key-required"
 """Sent to servers that need no key (Ollama, llama.cpp, LM Studio) when none is set."""
 
 
+def http_base_url(value: str | None, example: str) -> str | None:
+    """A server's base URL setting, checked: http(s) with a host, no trailing slash.
+
+    Raises:
+        ValueError: naming ``example`` (pydantic turns it into the setting's error).
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL such as {example}")
+    return value.rstrip("/")
+
+
 class OpenAISettings(ChinwagSettings):
     """How to reach an OpenAI-compatible server (``OPENAI_*``).
 
@@ -66,13 +81,7 @@ class OpenAISettings(ChinwagSettings):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL such as http://localhost:11434/v1")
-        return value.rstrip("/")
+        return http_base_url(value, "http://localhost:11434/v1")
 
     @field_validator("model")
     @classmethod

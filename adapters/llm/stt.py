@@ -22,6 +22,7 @@ from adapters.llm.openai_wire import (
     PLACEHOLDER_API_KEY,
     OpenAISettings,
     describe_error,
+    http_base_url,
     parse_retry_after,
 )
 from core.errors import (
@@ -75,13 +76,7 @@ class STTSettings(ChinwagSettings):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL such as http://localhost:8000/v1")
-        return value.rstrip("/")
+        return http_base_url(value, "http://localhost:8000/v1")
 
     @field_validator("model")
     @classmethod
