@@ -3,8 +3,10 @@
 Checks, in order: the configuration (every settings group loads; variables that look like
 chinwag's but are not, with a "did you mean"), the database (reachable, migrations current),
 the LLM (an OpenAI-compatible server answers ``/v1/models`` and lists the model; or the local
-GGUF model loads), Telegram (``getMe``, webhook state) and Discord (the bot user, the Message
-Content intent), the network checks side by side. Each line starts with ``ok``, ``warn``,
+GGUF model loads, and its vision projector with it), speech to text (the server answers
+``/v1/models``, takes the key and lists ``STT_MODEL`` when it lists models), Telegram
+(``getMe``, webhook state) and Discord (the bot user, the Message Content intent), the network
+checks side by side. Each line starts with ``ok``, ``warn``,
 ``FAIL`` or ``skip`` (not configured); anything not ok says what to do. The exit status is 0
 only when every line is ``ok`` or ``skip``: a warning fails doctor too, because what it warns
 about (a misspelled variable above all) is a setting chinwag silently ignores.
@@ -106,6 +108,11 @@ CONTAINER_HINT: Final = (
     "container itself, so reach the host's server "
     "(Ollama) at http://host.containers.internal:11434/v1 (podman) or "
     "http://host.docker.internal:11434/v1 (Docker)"
+)
+STT_CONTAINER_HINT: Final = (
+    "start the speech-to-text server; if it runs on the host: inside a container, localhost "
+    "is the container itself, so put host.containers.internal (podman) or "
+    "host.docker.internal (Docker) in STT_BASE_URL"
 )
 
 
@@ -346,17 +353,30 @@ def _listed(models: list[str], limit: int = 5) -> str:
     return f"{shown} (and {more} more)" if more > 0 else shown or "none"
 
 
-async def _check_llm(llm: LLMSettings, openai: Any, local: LocalSettings, limit: float) -> Check:
+async def _check_llm(
+    llm: LLMSettings, openai: Any, local: LocalSettings, limit: float
+) -> list[Check]:
     choice = llm.backend
+    unused = []
+    if local.mmproj_path is not None:
+        unused.append(
+            Check(
+                "skip",
+                PROJECTOR,
+                "LOCAL_MMPROJ_PATH is set, but the LLM is the OpenAI-compatible server: "
+                "the local backend and its projector are not used",
+            )
+        )
     if choice == "openai" and not _openai_configured(openai):
-        return Check(
+        fail = Check(
             "FAIL",
             "LLM",
             "LLM_BACKEND=openai but neither OPENAI_API_KEY nor OPENAI_BASE_URL is set",
             "set OPENAI_API_KEY=sk-... or OPENAI_BASE_URL=http://localhost:11434/v1",
         )
+        return [fail, *unused]
     if choice == "openai" or (choice is None and _openai_configured(openai)):
-        return await _check_openai(openai, limit)
+        return [await _check_openai(openai, limit), *unused]
     return await _check_local(local)
 
 
@@ -420,7 +440,7 @@ async def _check_openai(openai: Any, limit: float) -> Check:
     return Check("ok", "LLM", f"{listing.url} answers in {took:.2f}s and has {model}")
 
 
-async def _check_local(local: LocalSettings) -> Check:
+async def _check_local(local: LocalSettings) -> list[Check]:
     from adapters.llm.probe import load_local_model
     from core.errors import BackendUnavailable
 
@@ -428,7 +448,7 @@ async def _check_local(local: LocalSettings) -> Check:
     try:
         table = local.model_table()
     except ConfigError as exc:
-        return Check("FAIL", "LLM", str(exc), f"correct {exc.variable}")
+        return [Check("FAIL", "LLM", str(exc), f"correct {exc.variable}")]
     models: list[tuple[str, Path]] = []
     if local.model_path is not None:
         models.append(("LOCAL_MODEL_PATH", local.model_path.expanduser()))
@@ -436,29 +456,165 @@ async def _check_local(local: LocalSettings) -> Check:
     if not models:
         bundled = default_model_path()
         if bundled is None:
-            return Check(
+            fail = Check(
                 "FAIL",
                 "LLM",
                 "no language model is configured (no OpenAI-compatible server, no local model)",
                 "set OPENAI_BASE_URL (or OPENAI_API_KEY), or LOCAL_MODEL_PATH to a .gguf file",
             )
+            return [fail, *_projector_unloaded(local)]
         models.append(("the bundled model", bundled))
+    variable, path = models[0]  # the default model: the projector is made for it
+    projector = _check_projector_file(local, path)
     if reason is not None:
-        return Check(
+        fail = Check(
             "FAIL",
             "LLM",
             f"the local backend cannot run: {reason}",
             "install it, or configure an OpenAI-compatible server (OPENAI_BASE_URL)",
         )
-    for variable, path in models:
-        if not path.is_file():
-            return Check("FAIL", "LLM", f"{variable}: no file at {path}", f"correct {variable}")
-    variable, path = models[0]
+        return [fail, *_projector_unloaded(local, projector)]
+    for other, other_path in models:
+        if not other_path.is_file():
+            fail = Check("FAIL", "LLM", f"{other}: no file at {other_path}", f"correct {other}")
+            return [fail, *_projector_unloaded(local, projector)]
+    mmproj = local.mmproj_path.expanduser() if local.mmproj_path and not projector else None
     try:
-        took = await load_local_model(path, gpu_layers=local.gpu_layers)
+        loaded = await load_local_model(path, gpu_layers=local.gpu_layers, mmproj=mmproj)
     except BackendUnavailable as exc:
-        return Check("FAIL", "LLM", str(exc), f"point {variable} at a GGUF model file")
-    return Check("ok", "LLM", f"local model {path.name} loads ({took:.1f}s)")
+        fail = Check("FAIL", "LLM", str(exc), f"point {variable} at a GGUF model file")
+        return [fail, *_projector_unloaded(local, projector)]
+    checks = [Check("ok", "LLM", f"local model {path.name} loads ({loaded.seconds:.1f}s)")]
+    if projector is not None:
+        return [*checks, projector]
+    if mmproj is None:
+        return [*checks, *_projector_unloaded(local)]
+    if loaded.projector_problem is not None:
+        fix = (
+            f"point LOCAL_MMPROJ_PATH at the mmproj file made for {path.name}, or {variable} "
+            "at the model this projector was made for"
+        )
+        return [*checks, Check("FAIL", PROJECTOR, loaded.projector_problem, fix)]
+    took = loaded.projector_seconds or 0.0
+    return [
+        *checks,
+        Check(
+            "ok",
+            PROJECTOR,
+            f"LOCAL_MMPROJ_PATH {mmproj.name} loads with {path.name} ({took:.1f}s): the local "
+            "model sees photos",
+        ),
+    ]
+
+
+PROJECTOR: Final = "projector"
+"""The name of the local backend's vision projector check (``LOCAL_MMPROJ_PATH``)."""
+
+
+def _check_projector_file(local: LocalSettings, model: Path) -> Check | None:
+    """The FAIL line of a ``LOCAL_MMPROJ_PATH`` that cannot serve, else ``None``.
+
+    It cannot when this build lacks mtmd or the file is not a vision projector; ``None`` when
+    it is unset or passes (loading it with the model comes next).
+    """
+    if local.mmproj_path is None:
+        return None
+    from adapters.llm.local_gguf import GGUFError, check_projector
+    from adapters.llm.local_vision import mtmd_available
+
+    reason = mtmd_available()
+    if reason is not None:
+        cause = reason.split(";", 1)[0]
+        return Check(
+            "FAIL",
+            PROJECTOR,
+            f"LOCAL_MMPROJ_PATH is set, but photos cannot be shown to the model: {cause}",
+            "rebuild llama-cpp-python with its multimodal library (`make install-local`), "
+            "or unset LOCAL_MMPROJ_PATH",
+        )
+    try:
+        check_projector(local.mmproj_path.expanduser())
+    except GGUFError as exc:
+        _log.debug("projector check failed", exc_info=True)
+        return Check(
+            "FAIL",
+            PROJECTOR,
+            f"LOCAL_MMPROJ_PATH: {exc}",
+            f"point LOCAL_MMPROJ_PATH at the mmproj GGUF made for {model.name}",
+        )
+    return None
+
+
+def _projector_unloaded(local: LocalSettings, failed: Check | None = None) -> list[Check]:
+    """The projector's line when the model was not loaded (or has no projector)."""
+    if failed is not None:
+        return [failed]
+    if local.mmproj_path is None:
+        return [
+            Check(
+                "skip",
+                PROJECTOR,
+                "not configured (LOCAL_MMPROJ_PATH is unset): the local model does not see photos",
+            )
+        ]
+    return [
+        Check(
+            "skip",
+            PROJECTOR,
+            f"LOCAL_MMPROJ_PATH {local.mmproj_path.name} is a vision projector; not loaded: fix "
+            "the LLM line first",
+        )
+    ]
+
+
+# --- speech to text -----------------------------------------------------------------------
+
+
+async def _check_stt(stt: Any, openai: Any, limit: float) -> Check:
+    from adapters.llm.probe import has_model, is_loopback_url, list_stt_models
+    from adapters.llm.stt import stt_configured
+    from core.errors import BackendUnavailable
+
+    what = "speech to text"
+    if not stt_configured(stt, openai):
+        return Check(
+            "skip",
+            what,
+            "not configured: voice notes get a sentence saying so; set STT_BASE_URL to a "
+            "whisper server (or OPENAI_API_KEY, for OpenAI's) to transcribe them",
+        )
+    started = time.perf_counter()
+    try:
+        listing = await list_stt_models(stt, openai, limit=limit)
+    except ConfigError as exc:
+        fix = "set STT_API_KEY to a key the speech-to-text server accepts"
+        if stt.api_key is None and openai.api_key is not None:
+            fix += " (STT_API_KEY is unset, so OPENAI_API_KEY was sent)"
+        return Check("FAIL", what, str(exc), fix)
+    except BackendUnavailable as exc:
+        fix = "start the speech-to-text server, or correct STT_BASE_URL"
+        if stt.base_url and is_loopback_url(stt.base_url) and in_container():
+            fix = STT_CONTAINER_HINT
+        return Check("FAIL", what, str(exc), fix)
+    except ChinwagError as exc:
+        return Check("FAIL", what, str(exc), "check STT_BASE_URL and the server's log")
+    took = time.perf_counter() - started
+    if not listing.models:
+        return Check(
+            "ok",
+            what,
+            f"{listing.url} reachable in {took:.2f}s; model list not offered, so STT_MODEL "
+            f"{stt.model} is tried with the first voice note",
+        )
+    if not has_model(listing.models, stt.model):
+        return Check(
+            "FAIL",
+            what,
+            f"{listing.url} has no model {stt.model!r} (STT_MODEL); it has "
+            f"{_listed(listing.models)}",
+            "set STT_MODEL to its speech-to-text model (or install that model on the server)",
+        )
+    return Check("ok", what, f"{listing.url} answers in {took:.2f}s and has {stt.model}")
 
 
 # --- chat platforms -----------------------------------------------------------------------
@@ -572,6 +728,7 @@ def _single(check: Awaitable[Check]) -> Awaitable[list[Check]]:
 async def diagnose(env_file: Path | None, *, limit: float = DEFAULT_TIMEOUT) -> list[Check]:
     """Every check, in report order; the network checks run side by side."""
     from adapters.llm.openai_wire import OpenAISettings
+    from adapters.llm.stt import STTSettings
 
     loaded = _load_all(env_file)
     checks = list(loaded.checks)
@@ -582,13 +739,11 @@ async def diagnose(env_file: Path | None, *, limit: float = DEFAULT_TIMEOUT) -> 
         loaded.get(LocalSettings),
     )
     telegram, discord = loaded.get(TelegramSettings), loaded.get(DiscordSettings)
+    stt = loaded.get(STTSettings)
     jobs: list[Awaitable[list[Check]]] = [
         _single(_check_database(memory, limit)) if memory else _blocked("database"),
-        (
-            _single(_check_llm(llm, openai, local, limit))
-            if llm and openai and local
-            else _blocked("LLM")
-        ),
+        _check_llm(llm, openai, local, limit) if llm and openai and local else _blocked("LLM"),
+        (_single(_check_stt(stt, openai, limit)) if stt and openai else _blocked("speech to text")),
         _check_telegram(telegram, limit) if telegram else _blocked("Telegram"),
         _check_discord(discord, limit) if discord else _blocked("Discord"),
     ]
@@ -629,10 +784,11 @@ def run_doctor(env_file: Path | None, *, limit: float = DEFAULT_TIMEOUT) -> int:
 DOCTOR_HELP: Final = (
     "Check the configuration (and variables that look like chinwag's but are not, e.g. "
     "TELEGRAM_TOKEN), the database (reachable, migrations current), the LLM (server reachable "
-    "and the model listed at /v1/models, or the local model loads), Telegram (token, webhook "
-    "state) and Discord (token, Message Content intent). One line per check: ok, warn, FAIL "
-    "or skip (not configured), with what to do. Exit status 0 only when every check is ok or "
-    "skipped; a warning counts as a failure."
+    "and the model listed at /v1/models, or the local model loads, with its vision projector "
+    "LOCAL_MMPROJ_PATH), speech to text (the STT server answers, takes the key and lists "
+    "STT_MODEL), Telegram (token, webhook state) and Discord (token, Message Content "
+    "intent). One line per check: ok, warn, FAIL or skip (not configured), with what to "
+    "do. Exit status 0 only when every check is ok or skipped; a warning counts as a failure."
 )
 
 

@@ -2,7 +2,8 @@
 
 Used by ``chinwag doctor`` and by the checks ``chinwag run`` makes at start:
 :func:`list_models` asks an OpenAI-compatible server ``GET /v1/models`` through the openai
-client; :func:`load_local_model` loads a GGUF file with llama-cpp-python on a thread.
+client (:func:`list_stt_models` the speech-to-text server); :func:`load_local_model` loads a
+GGUF file, and its vision projector, with llama-cpp-python on a thread.
 Vendor errors become chinwag's: a refused key is a :class:`~core.errors.ConfigError`, a
 server that cannot be reached :class:`~core.errors.BackendUnavailable`, another answer
 :class:`~core.errors.BackendError`.
@@ -17,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import openai
+from pydantic import SecretStr
 
 from adapters.llm.openai_server import masked_url
 from adapters.llm.openai_wire import (
@@ -26,13 +28,16 @@ from adapters.llm.openai_wire import (
     OpenAISettings,
     describe_error,
 )
+from adapters.llm.stt import STTSettings
 from core.errors import BackendError, BackendUnavailable, ConfigError
 
 __all__ = [
+    "LocalLoad",
     "ModelListing",
     "has_model",
     "is_loopback_url",
     "list_models",
+    "list_stt_models",
     "load_local_model",
     "wanted_model",
 ]
@@ -81,9 +86,41 @@ async def list_models(settings: OpenAISettings, *, limit: float) -> ModelListing
         BackendUnavailable: the server cannot be reached, or did not answer in time.
         BackendError: the server answered the listing with another error.
     """
-    base_url = settings.base_url or OPENAI_BASE_URL
+    return await _list_models(
+        settings.base_url or OPENAI_BASE_URL,
+        settings.api_key,
+        limit=limit,
+        variable="OPENAI_API_KEY",
+        example=OpenAISettings.EXAMPLES["api_key"],
+    )
+
+
+async def list_stt_models(
+    stt: STTSettings, openai_settings: OpenAISettings, *, limit: float
+) -> ModelListing:
+    """The models the speech-to-text server lists (``STT_BASE_URL``, else api.openai.com).
+
+    The key sent is the transcriber's: ``STT_API_KEY``, else ``OPENAI_API_KEY``.
+
+    Raises:
+        ConfigError: naming ``STT_API_KEY`` when the server refused the key.
+        BackendUnavailable: the server cannot be reached, or did not answer in time.
+        BackendError: the server answered the listing with another error.
+    """
+    return await _list_models(
+        stt.base_url or OPENAI_BASE_URL,
+        stt.api_key or openai_settings.api_key,
+        limit=limit,
+        variable="STT_API_KEY",
+        example=STTSettings.EXAMPLES["api_key"],
+    )
+
+
+async def _list_models(
+    base_url: str, api_key: SecretStr | None, *, limit: float, variable: str, example: str
+) -> ModelListing:
     shown = masked_url(base_url)
-    key = settings.api_key.get_secret_value() if settings.api_key else None
+    key = api_key.get_secret_value() if api_key else None
     client = openai.AsyncOpenAI(
         api_key=key or PLACEHOLDER_API_KEY, base_url=base_url, timeout=limit, max_retries=0
     )
@@ -93,15 +130,11 @@ async def list_models(settings: OpenAISettings, *, limit: float) -> ModelListing
         return ModelListing(shown, [model.id for model in page.data])
     except openai.AuthenticationError as exc:
         raise ConfigError(
-            "OPENAI_API_KEY",
-            f"was refused by {shown} ({describe_error(exc)})",
-            OpenAISettings.EXAMPLES["api_key"],
+            variable, f"was refused by {shown} ({describe_error(exc)})", example
         ) from exc
     except openai.PermissionDeniedError as exc:
         raise ConfigError(
-            "OPENAI_API_KEY",
-            f"may not list models at {shown} ({describe_error(exc)})",
-            OpenAISettings.EXAMPLES["api_key"],
+            variable, f"may not list models at {shown} ({describe_error(exc)})", example
         ) from exc
     except openai.NotFoundError:
         return ModelListing(shown, None)
@@ -124,24 +157,60 @@ def _root_cause(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _load(path: Path, gpu_layers: int) -> None:
+@dataclass(frozen=True, slots=True)
+class LocalLoad:
+    """How loading a local model (and its vision projector) went.
+
+    Attributes:
+        seconds: the model's load time.
+        projector_seconds: the projector's load time; ``None`` when none was asked for or it
+            did not load.
+        projector_problem: why llama.cpp could not load the projector with this model (one
+            made for another model, most often); ``None`` when it loaded or none was asked.
+    """
+
+    seconds: float
+    projector_seconds: float | None = None
+    projector_problem: str | None = None
+
+
+def _load(path: Path, gpu_layers: int, mmproj: Path | None) -> LocalLoad:
     import llama_cpp
 
+    started = time.perf_counter()
     model = llama_cpp.Llama(str(path), n_ctx=256, n_gpu_layers=gpu_layers, verbose=False)
-    model.close()
+    try:
+        took = time.perf_counter() - started
+        if mmproj is None:
+            return LocalLoad(took)
+        from adapters.llm.local_vision import Projector, ProjectorError, new_marker
+
+        started = time.perf_counter()
+        try:
+            projector = Projector(mmproj, model, marker=new_marker(), use_gpu=gpu_layers != 0)
+        except ProjectorError as exc:
+            return LocalLoad(took, projector_problem=str(exc))
+        projector.close()
+        return LocalLoad(took, projector_seconds=time.perf_counter() - started)
+    finally:
+        model.close()
 
 
-async def load_local_model(path: Path, *, gpu_layers: int = 0) -> float:
-    """Load the GGUF model at ``path`` on a thread and free it again; the seconds it took.
+async def load_local_model(
+    path: Path, *, gpu_layers: int = 0, mmproj: Path | None = None
+) -> LocalLoad:
+    """Load the GGUF model at ``path`` on a thread, and ``mmproj`` with it; free them again.
+
+    Check ``mmproj`` with :func:`adapters.llm.local_gguf.check_projector` and
+    :func:`adapters.llm.local_vision.mtmd_available` first: llama.cpp aborts the process on
+    some malformed projector files.
 
     Raises:
-        BackendUnavailable: llama-cpp-python is missing, or it cannot load the file.
+        BackendUnavailable: llama-cpp-python is missing, or it cannot load the model file.
     """
-    started = time.perf_counter()
     try:
-        await asyncio.to_thread(_load, path, gpu_layers)
+        return await asyncio.to_thread(_load, path, gpu_layers, mmproj)
     except ImportError as exc:
         raise BackendUnavailable("llama-cpp-python is not installed") from exc
     except (ValueError, RuntimeError, OSError) as exc:
         raise BackendUnavailable(f"llama.cpp cannot load {path}: {exc}") from exc
-    return time.perf_counter() - started
