@@ -9,24 +9,23 @@ arrives). At shutdown :meth:`TelegramAdapter.stop_intake` stops fetching updates
 engine drains; the bot keeps sending until :meth:`TelegramAdapter.aclose`.
 
 Pacing and flood control live in :mod:`adapters.telegram.transport`, answering in
-:mod:`adapters.telegram.channel`.
+:mod:`adapters.telegram.channel`; a message's files become attachments in
+:mod:`adapters.telegram.media`, and albums are gathered into one turn in
+:mod:`adapters.telegram.albums`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
-import mimetypes
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
-from telegram import BotCommand, CallbackQuery, Message, MessageEntity, PhotoSize, Update
+from telegram import BotCommand, CallbackQuery, Message, MessageEntity, Update
 from telegram.constants import ChatType
 from telegram.error import (
     BadRequest,
@@ -45,6 +44,8 @@ from telegram.ext import (
 )
 from telegram.request import HTTPXRequest
 
+from adapters.telegram import media
+from adapters.telegram.albums import Albums
 from adapters.telegram.channel import BOT_API_DOWNLOAD_LIMIT, TelegramReplyChannel
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.transport import AnyApplication, Transport, is_not_modified
@@ -52,30 +53,14 @@ from core.errors import AdapterError, ConfigError
 from core.lifecycle import Lifecycle
 from core.ports import ConversationEngine
 from core.telemetry import NO_TELEMETRY, Telemetry
-from core.types import Attachment, AttachmentKind, IncomingAction, IncomingMessage
+from core.types import IncomingAction, IncomingMessage
 
 __all__ = ["TelegramAdapter", "TelegramReplyChannel"]
 
 _log = logging.getLogger(__name__)
 
 PLATFORM: Final = "telegram"
-# Telegram sends an album (several photos or files sent at once) as one message per file,
-# back to back, with a shared media_group_id: they are gathered into one turn this long.
-ALBUM_WAIT: Final = 0.5
 _ALLOWED_UPDATES: Final = ["message", "callback_query"]
-_UNSUPPORTED_KINDS: Final = (
-    "sticker",
-    "video",
-    "video_note",
-    "animation",
-    "location",
-    "venue",
-    "contact",
-    "poll",
-    "dice",
-    "game",
-    "story",
-)
 
 
 class TelegramAdapter:
@@ -122,8 +107,7 @@ class TelegramAdapter:
         self._commands: frozenset[str] = frozenset()
         self._requests: tuple[HTTPXRequest, ...] = ()
         self._conflict_told = False
-        self._albums: dict[tuple[int, str], _Album] = {}  # (chat id, media group) -> gathering
-        self._in_flight: set[asyncio.Future[None]] = set()  # albums handed to the engine
+        self._albums = Albums(engine)
 
     @property
     def name(self) -> str:
@@ -289,7 +273,7 @@ class TelegramAdapter:
         self._intake_stopped = True
         if app.updater.running:
             await app.updater.stop()
-        self._flush_albums()
+        self._albums.flush()  # an album still gathering is handed over, not lost
         _log.info("Telegram: stopped taking updates")
 
     async def aclose(self) -> None:
@@ -301,9 +285,8 @@ class TelegramAdapter:
         self._state = Lifecycle.CLOSED
         if self._app is not None:
             await self._shutdown(self._app)
-        self._flush_albums()
-        if self._in_flight:
-            await asyncio.wait(set(self._in_flight), timeout=self._settings.request_timeout)
+        self._albums.flush()
+        await self._albums.wait(self._settings.request_timeout)
         self._stopped.set()
 
     def resume(
@@ -399,19 +382,17 @@ class TelegramAdapter:
         is_private = chat.type == ChatType.PRIVATE
         text = message.text
         unsupported = None
-        attachments = _attachments(message, self._photo_limit)
+        attachments = media.attachments(message, self._photo_limit)
         group = message.media_group_id
-        album = self._albums.get((chat.id, group)) if group is not None else None
-        if album is not None:  # a further file of an album whose first one was taken
-            album.add(attachments, _strip_mention(message.caption or "", self._username))
-            return
+        if group is not None and self._albums.join(
+            (chat.id, group), attachments, _strip_mention(message.caption or "", self._username)
+        ):
+            return  # a further file of an album whose first one was taken
         if text is None:
             if attachments:
                 text = message.caption or ""  # the caption is the text ("/kb add" too)
             else:
-                unsupported = next(
-                    (k for k in _UNSUPPORTED_KINDS if getattr(message, k, None)), None
-                )
+                unsupported = media.unsupported_kind(message)
                 if unsupported is None:
                     return  # a service message: joins, pins, topic changes
         if not is_private:
@@ -443,7 +424,7 @@ class TelegramAdapter:
             reply_to_message_id=str(reply_to.message_id) if reply_to is not None else None,
             attachments=attachments,
             reply_attachments=(
-                _attachments(reply_to, self._photo_limit) if reply_to and own_reply else ()
+                media.attachments(reply_to, self._photo_limit) if reply_to and own_reply else ()
             ),
         )
         out = TelegramReplyChannel(
@@ -457,41 +438,12 @@ class TelegramAdapter:
         )
         self._transport.saw(chat.id, message.message_id)
         _log.debug("Telegram update %s from chat %s", update.update_id, chat.id)
-        self._flush_albums(chat.id)  # an album gathering in this chat came first
+        self._albums.flush(chat.id)  # an album gathering in this chat came first
         if group is not None and attachments:
-            self._gather_album((chat.id, group), incoming, out)
+            self._albums.gather((chat.id, group), incoming, out)
             return
         # submit() is synchronous: arrival order is kept per conversation.
         await self._engine.submit(incoming, out)
-
-    # --- albums ---
-
-    def _gather_album(
-        self, key: tuple[int, str], incoming: IncomingMessage, out: TelegramReplyChannel
-    ) -> None:
-        """Hold the first file of an album while the others arrive (``ALBUM_WAIT``)."""
-        timer = asyncio.get_running_loop().call_later(ALBUM_WAIT, self._flush_album, key)
-        self._albums[key] = _Album(incoming, out, timer)
-
-    def _flush_album(self, key: tuple[int, str]) -> None:
-        """Hand a gathered album to the engine as one message (its files in order)."""
-        album = self._albums.pop(key, None)
-        if album is None:
-            return
-        album.timer.cancel()
-        future = self._engine.submit(album.incoming, album.out)
-        self._in_flight.add(future)
-        future.add_done_callback(self._settled)
-
-    def _flush_albums(self, chat_id: int | None = None) -> None:
-        """Hand over the albums gathering in ``chat_id`` (all chats: ``None``) now."""
-        for key in [key for key in self._albums if chat_id is None or key[0] == chat_id]:
-            self._flush_album(key)
-
-    def _settled(self, future: asyncio.Future[None]) -> None:
-        self._in_flight.discard(future)
-        if not future.cancelled() and future.exception() is not None:
-            _log.error("the engine refused a Telegram album", exc_info=future.exception())
 
     async def _on_callback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query: CallbackQuery | None = update.callback_query
@@ -574,103 +526,6 @@ class TelegramAdapter:
             _log.warning("Telegram polling: network error (%s); retrying", exc)
         else:
             _log.warning("Telegram polling error: %s", exc)
-
-
-@dataclass(slots=True)
-class _Album:
-    """An album being gathered: its first message, with the files of the others added."""
-
-    incoming: IncomingMessage
-    out: TelegramReplyChannel
-    timer: asyncio.TimerHandle
-
-    def add(self, attachments: tuple[Attachment, ...], caption: str) -> None:
-        """Add a further message's files; its caption is the text if the first had none."""
-        first = self.incoming
-        self.incoming = dataclasses.replace(
-            first,
-            text=first.text or caption,
-            attachments=first.attachments + attachments,
-        )
-
-
-def _attachments(message: Message, photo_limit: int) -> tuple[Attachment, ...]:
-    """The files of a message the engine can fetch; nothing is downloaded here.
-
-    Photos (the largest size within ``photo_limit`` bytes) and image documents are photos;
-    voice notes and audio files are voice, with their duration; other documents are
-    documents. Stickers, videos, video notes and animations carry none (GIFs come with a
-    ``document`` too: they stay unsupported).
-    """
-    if message.photo:
-        size = _largest_photo(message.photo, photo_limit)
-        return (
-            Attachment(
-                AttachmentKind.PHOTO.value,
-                f"photo_{size.file_unique_id}.jpg",
-                size.file_size,
-                "image/jpeg",  # Telegram re-encodes every photo as JPEG
-                size.file_id,
-            ),
-        )
-    if message.voice:
-        voice = message.voice
-        return (
-            Attachment(
-                AttachmentKind.VOICE.value,
-                f"voice_{voice.file_unique_id}.ogg",
-                voice.file_size,
-                voice.mime_type or "audio/ogg",  # OGG/Opus, as Telegram records them
-                voice.file_id,
-                duration=_seconds(voice.duration),
-            ),
-        )
-    if message.audio:
-        audio = message.audio
-        mime = audio.mime_type or "audio/mpeg"
-        return (
-            Attachment(
-                AttachmentKind.VOICE.value,
-                audio.file_name or f"audio_{audio.file_unique_id}{_extension(mime)}",
-                audio.file_size,
-                mime,
-                audio.file_id,
-                duration=_seconds(audio.duration),
-            ),
-        )
-    document = message.document
-    if document is None or message.animation is not None:
-        return ()
-    image = (document.mime_type or "").lower().startswith("image/")
-    return (
-        Attachment(
-            (AttachmentKind.PHOTO if image else AttachmentKind.DOCUMENT).value,
-            document.file_name or "",
-            document.file_size,
-            document.mime_type,
-            document.file_id,
-        ),
-    )
-
-
-def _largest_photo(sizes: Sequence[PhotoSize], limit: int) -> PhotoSize:
-    """The largest of a photo's sizes within ``limit`` bytes.
-
-    A size whose byte count Telegram does not say counts as fitting. When none fits, the
-    smallest: its download is then refused by name and size.
-    """
-    by_area = sorted(sizes, key=lambda size: size.width * size.height)
-    fitting = [size for size in by_area if size.file_size is None or size.file_size <= limit]
-    return fitting[-1] if fitting else by_area[0]
-
-
-def _seconds(duration: int | timedelta) -> float:
-    """A Bot API duration in seconds (python-telegram-bot 22 gives int or timedelta)."""
-    return duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
-
-
-def _extension(mime: str) -> str:
-    return mimetypes.guess_extension(mime) or ""
 
 
 def _command_description(description: str, argument: str | None) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from adapters.telegram import TelegramAdapter
+from adapters.telegram import TelegramAdapter, albums
 from core.types import Attachment
 from tests.adapters.telegram.conftest import fast_settings
 from tests.fakes.file_engine import MediaEngine
@@ -32,6 +32,7 @@ OPUS = b"OggS\x00\x02" + b"\x00" * 20 + b"OpusHead\x01\x01" + bytes(range(256)) 
 class Bot:
     fake: FakeTelegram
     engine: MediaEngine
+    adapter: TelegramAdapter
 
     async def answers(self, chat: FakeChat, count: int) -> list[str]:
         await self.fake.wait_for(lambda: len(self.fake.bot_messages(chat.id)) >= count)
@@ -49,7 +50,7 @@ async def make_bot(tmp_path: Path) -> AsyncIterator[Any]:
         adapter = TelegramAdapter(fast_settings(fake), engine, **kwargs)
         opened.append((fake, adapter))
         await adapter.start()
-        return Bot(fake, engine)
+        return Bot(fake, engine, adapter)
 
     yield make
     for fake, adapter in opened:
@@ -239,3 +240,26 @@ async def test_an_album_in_a_group_joins_the_files_after_the_addressed_one(make_
     await bot.answers(group, 2)
     [album] = bot.engine.messages
     assert album.text == "compare" and len(album.attachments) == 2
+
+
+async def test_an_album_still_gathering_is_handed_over_when_intake_stops(
+    make_bot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The album's own wait would outlast the test: only stop_intake can hand it over.
+    monkeypatch.setattr(albums, "ALBUM_WAIT", 3600.0)
+    bot = await make_bot()
+    chat = _private()
+    bob = FakeUser(602, "Bob", "bob")
+    bot.fake.send_photo(chat, ALICE, [THUMB], caption="which is ripe?", media_group_id="g3")
+    bot.fake.send_photo(chat, ALICE, [MEDIUM], media_group_id="g3")
+    bot.fake.send_text(FakeChat(bob.id, "private"), bob, "hello")  # taken after the album
+    await bot.fake.wait_for(lambda: len(bot.fake.bot_messages(bob.id)) == 1)
+    assert [m.user_id for m in bot.engine.messages] == [str(bob.id)]  # the album is waiting
+
+    await bot.adapter.stop_intake()
+
+    answers = await bot.answers(chat, 2)  # the bot still answers until aclose()
+    _, album = bot.engine.messages
+    assert album.text == "which is ripe?"
+    assert [a.size for a in album.attachments] == [len(THUMB.data), len(MEDIUM.data)]
+    assert answers == [f"saved {a.name}: {a.size} bytes" for a in album.attachments]
