@@ -258,11 +258,12 @@ class Intake:
     def _blind(self, model: str, answered: bool) -> str:
         models = self._backend.models()
         seeing = [m for m in models if self._backend.supports_images(m)]
-        switch = (
-            f"switch with /model to one that can ({', '.join(seeing[:4])})"
-            if seeing
-            else "none of this bot's models can"
-        )
+        if not seeing:
+            nor = "nor can this bot's other models"
+            if answered:
+                return f"{model} can't see images ({nor}), so I'll answer your text only."
+            return f"{model} can't see images, {nor}: please describe it in words."
+        switch = f"switch with /model to one that can ({', '.join(seeing[:4])})"
         if answered:
             return f"{model} can't see images, so I'll answer your text only: {switch}."
         return f"{model} can't see images: {switch}, then send the photo again."

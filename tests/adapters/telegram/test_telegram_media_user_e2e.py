@@ -133,8 +133,8 @@ async def test_a_photo_to_a_text_only_model_gets_the_sentence_and_the_caption_an
     world = await make_world(model="gpt-3.5-turbo")
     async with world.serving():
         assert await world.send_photo(CAPTION, count=2) == [
-            "gpt-3.5-turbo can't see images, so I'll answer your text only: "
-            "none of this bot's models can.",
+            "gpt-3.5-turbo can't see images (nor can this bot's other models), "
+            "so I'll answer your text only.",
             f"Seeing 0 image(s). You said: {CAPTION}",
         ]
     assert world.openai.images_sent == [[]]
@@ -155,7 +155,7 @@ async def test_a_server_refusing_images_is_answered_without_them_and_told_once(
         # From then on the model counts as text-only: no image is offered to it again.
         again = await world.send_photo("and this one?", count=2)
     assert again == [
-        "gpt-4o can't see images, so I'll answer your text only: none of this bot's models can.",
+        "gpt-4o can't see images (nor can this bot's other models), so I'll answer your text only.",
         "Seeing 0 image(s). You said: and this one?",
     ]
     assert [len(images) for images in world.openai.images_sent] == [1, 0, 0]
