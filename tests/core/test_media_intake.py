@@ -79,7 +79,9 @@ async def test_a_text_only_model_is_told_once_and_answers_the_caption_without_th
     bare = out.attach("photo", "", PLANT, "image/jpeg")
     await engine.handle(dm("", attachments=(bare,)), out)
     assert len(backend.calls) == 1
-    assert "send the photo again" in out.notices[-1]
+    assert out.notices[-1] == (
+        "scripted can't see images, nor can this bot's other models: please describe it in words."
+    )
 
     # The captioned photo was kept: a vision model sees it after /model.
     backend.vision = True
