@@ -58,13 +58,25 @@ class Turn:
     objects keeps a busy bot from allocating (and garbage-collecting) hundreds per reply.
     """
 
-    __slots__ = ("_named", "_plain", "attachments", "message", "tokenizer", "tokens")
+    __slots__ = (
+        "_named",
+        "_plain",
+        "attachments",
+        "message",
+        "photo_tokens",
+        "photos",
+        "tokenizer",
+        "tokens",
+    )
 
     def __init__(self, message: StoredMessage) -> None:
         self.message = message
         self.tokenizer = message.tokenizer  # what ``tokens`` was counted with
         self.tokens = message.token_count
         self.attachments = attachments_of(message.extra) if message.role is Role.USER else ()
+        # The stored photos this (user) turn shows, and what they cost a vision model.
+        self.photos = tuple(a for a in self.attachments if a.kind == "photo" and a.sha256)
+        self.photo_tokens = sum(p.tokens or 0 for p in self.photos)
         self._plain: tuple[ChatMessage, ...] | None = None
         self._named: tuple[tuple[ChatMessage, ...], int] | None = None
 
@@ -92,10 +104,6 @@ class Turn:
         if message.status is MessageStatus.INTERRUPTED:
             return self._plain, _LABEL_TOKENS
         return self._plain, 0
-
-    def photos(self) -> tuple[StoredAttachment, ...]:
-        """The stored photos this (user) turn shows."""
-        return tuple(a for a in self.attachments if a.kind == "photo" and a.sha256)
 
 
 @dataclass(slots=True)
@@ -298,8 +306,8 @@ class PromptBuilder:
                     turn.tokenizer, turn.tokens = tokenizer, tokens
                 chat, named = turn.chat(shared)
                 cost = tokens + overhead * len(chat) + named
-                if vision and turn.attachments:
-                    cost += sum(p.tokens or 0 for p in turn.photos())
+                if vision:
+                    cost += turn.photo_tokens
                 if used + cost > budget:
                     complete = False
                     return False
@@ -349,8 +357,7 @@ class PromptBuilder:
         """Put the stored photos of the picked user turns into their chat messages."""
         if not vision:
             return
-        wanted = [(i, turn.photos()) for i, turn in enumerate(taken) if turn.attachments]
-        wanted = [(i, photos) for i, photos in wanted if photos]
+        wanted = [(i, turn.photos) for i, turn in enumerate(taken) if turn.photos]
         if not wanted:
             return
         images = await self._media.get(self._store, (p.sha256 or "" for _, w in wanted for p in w))
