@@ -123,7 +123,11 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     add_doctor_parser(sub)
-    db = sub.add_parser("db", help="manage the database schema", description="Alembic migrations.")
+    db = sub.add_parser(
+        "db",
+        help="migrations and backups of the database",
+        description="The database's schema (Alembic migrations) and backups.",
+    )
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     up = db_sub.add_parser("upgrade", help="apply migrations (default: to head)")
     up.add_argument("revision", nargs="?", default="head")
