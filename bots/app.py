@@ -29,11 +29,13 @@ from adapters.telegram.settings import TelegramSettings
 from bots.loading import load_bot, persona_of
 from bots.toolbox import PackUnavailable, build_toolbox, log_toolbox
 from core.bot import Bot
+from core.chat_ports import ChatAdapter
 from core.engine import Engine
 from core.errors import ConfigError
 from core.kb import KnowledgeBase
 from core.knowledge import AddReport, KbScope
-from core.ports import ChatAdapter, LLMBackend, Transcriber
+from core.media import Transcriber
+from core.ports import LLMBackend
 from core.settings import (
     AccessSettings,
     CoreSettings,

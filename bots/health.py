@@ -16,8 +16,8 @@ from typing import Final
 
 from adapters.memory.store import SqlMemoryStore
 from adapters.observability import HealthServer, PrometheusTelemetry
+from core.chat_ports import ChatAdapter
 from core.errors import ConfigError
-from core.ports import ChatAdapter
 
 __all__ = ["DB_PING_TIMEOUT", "Health", "version"]
 

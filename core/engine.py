@@ -39,8 +39,9 @@ from core.kb import KnowledgeBase
 from core.kb_chat import KbChat
 from core.lanes import Lanes
 from core.lifecycle import Lifecycle
+from core.media import MediaReader, Transcriber
 from core.notices import EMPTY_REPLY, GENERIC_ERROR, UNSUPPORTED_REPLY, notify
-from core.ports import LLMBackend, MediaReader, MemoryStore, ReplyChannel, Transcriber
+from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
 from core.recovery import Recovery
 from core.reply import Replier

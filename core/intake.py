@@ -42,9 +42,16 @@ from typing import Any, Final
 from core.admission import Admission
 from core.errors import AdapterError, BackendError, FileTooLong, MediaError
 from core.kb_chat import FILE_HINT, upload_name
-from core.media import StoredAttachment, human_size, image_tokens, is_text_file
+from core.media import (
+    MediaReader,
+    StoredAttachment,
+    Transcriber,
+    human_size,
+    image_tokens,
+    is_text_file,
+)
 from core.notices import notify
-from core.ports import FileSource, LLMBackend, MediaReader, MemoryStore, ReplyChannel, Transcriber
+from core.ports import FileSource, LLMBackend, MemoryStore, ReplyChannel
 from core.sessions import Sessions
 from core.settings import MediaSettings
 from core.types import (

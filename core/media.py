@@ -1,8 +1,9 @@
 """Photos, voice notes and text files in a conversation: what core knows of them.
 
 The vendor work (decoding and downscaling images with Pillow, reading text files, asking a
-speech-to-text server) happens behind :class:`core.ports.MediaReader` and
-:class:`core.ports.Transcriber`; this module holds the neutral parts every side agrees on:
+speech-to-text server) happens in adapters behind this module's two ports,
+:class:`MediaReader` and :class:`Transcriber`; this module also holds the neutral parts every
+side agrees on:
 
 - :class:`MediaBlob`, an image as the store keeps it (once per content hash);
 - :func:`image_tokens`, what an image costs in a prompt, counted as OpenAI's API counts it;
@@ -20,8 +21,8 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import PurePath
-from typing import Any
+from pathlib import Path, PurePath
+from typing import Any, Protocol
 
 from core.types import AttachmentKind
 
@@ -310,3 +311,47 @@ def classify(name: str, mime_type: str | None) -> AttachmentKind:
     if mime.startswith("audio/") or (unknown and suffix in _AUDIO_EXTENSIONS):
         return AttachmentKind.VOICE
     return AttachmentKind.DOCUMENT
+
+
+class MediaReader(Protocol):
+    """Turns the files users send into what a prompt holds (Pillow and friends, in adapters).
+
+    Every method raises ``core.errors.MediaError`` with a sentence naming the file and the
+    problem (corrupt, unsupported format, too large) when it can't.
+    """
+
+    async def prepare_image(self, path: Path, name: str) -> MediaBlob:
+        """Decode the image at ``path``, turn it upright and downscale it for vision models.
+
+        The result is re-encoded (JPEG, or PNG when it has transparency) at most
+        :func:`core.media.fit_size` of the original, with no metadata (no GPS position).
+        """
+        ...
+
+    async def read_text(self, path: Path, name: str, max_chars: int) -> str:
+        """The text of the file at ``path``: UTF-8 (other encodings detected or refused).
+
+        Raises ``MediaError`` when it is longer than ``max_chars`` characters (naming the
+        limit) or is not text.
+        """
+        ...
+
+    async def audio_seconds(self, path: Path, mime_type: str | None) -> float | None:
+        """The length of the audio file at ``path`` in seconds, ``None`` when unknown."""
+        ...
+
+
+class Transcriber(Protocol):
+    """Speech to text (an OpenAI-compatible ``/v1/audio/transcriptions`` endpoint)."""
+
+    async def transcribe(self, path: Path, name: str, mime_type: str | None) -> str:
+        """The words spoken in the audio file at ``path``.
+
+        Raises ``core.errors.BackendError`` subclasses when the server fails, and
+        ``MediaError`` when it refuses the file.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; idempotent."""
+        ...

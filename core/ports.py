@@ -1,4 +1,10 @@
-"""The ports (Protocols) the core talks through: LLM backends, memory stores, chat adapters.
+"""The ports (Protocols) the core talks through: LLM backends and memory stores.
+
+The chat-side ports (``ReplyChannel``, ``FileSource``, ``ConversationEngine``, ``ChatAdapter``,
+``ResumableAdapter``) live in :mod:`core.chat_ports`; this module re-exports the first three
+for their many callers. The media ports (``MediaReader``, ``Transcriber``) live in
+:mod:`core.media`, the knowledge base's (``Embedder``, ``KnowledgeStore``) in
+:mod:`core.knowledge`.
 
 Implementations live in ``adapters/`` and are named ``<Vendor><Role>``: ``OpenAIBackend``,
 ``LocalBackend``, ``SqlMemoryStore``, ``TelegramAdapter``, ``DiscordAdapter``,
@@ -9,25 +15,20 @@ Implementations live in ``adapters/`` and are named ``<Vendor><Role>``: ``OpenAI
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from core.chat_ports import ConversationEngine, FileSource, ReplyChannel
 from core.media import MediaBlob
 from core.types import (
-    Attachment,
     AuditEntry,
     BackendEvent,
     ChatMessage,
-    CommandInfo,
     CompletionRequest,
     Conversation,
     ConversationKey,
     ExportedConversation,
-    IncomingAction,
-    IncomingMessage,
     InstanceInfo,
     MessageStatus,
     NewMessage,
@@ -36,7 +37,6 @@ from core.types import (
     PendingToolCall,
     PlatformStats,
     Preferences,
-    ReplyEvent,
     ReplyInProgress,
     StoredMessage,
     ToolDecision,
@@ -421,218 +421,11 @@ class MemoryStore(Protocol):
         ...
 
 
-class ReplyChannel(Protocol):
-    """Where the engine sends the answer to one incoming message; built by the adapter.
-
-    Methods raise ``core.errors.AdapterError`` when the platform refuses; the engine logs it
-    and goes on serving.
-    """
-
-    async def send_text(self, text: str) -> Sequence[str]:
-        """Send a short plain-text notice (command output, error); return platform ids."""
-        ...
-
-    async def stream_reply(
-        self,
-        events: AsyncIterator[ReplyEvent],
-        on_posted: Callable[[Sequence[str]], None] | None = None,
-    ) -> Sequence[str]:
-        """Show the reply while ``events`` yields text, until it ends; return platform ids.
-
-        ``on_posted`` (when given) is called with the ids of every message the reply has on
-        screen each time one is posted while the reply streams (not in the final update), so
-        the engine can store them before the reply ends. A channel built by
-        :meth:`ResumableAdapter.resume` edits the messages it was given instead of posting.
-
-        ``events`` yields text deltas, and a ``QueuePosition`` while the reply waits for a
-        busy model: the adapter shows its ``notice`` in place of the reply until text arrives
-        (the notice is never part of the reply's text). The iterator ends normally on
-        completion, on ``/stop`` and on backend errors (the engine sends the error notice
-        afterwards), so the adapter always finalises what it showed. Must deliver the
-        complete text it received.
-        """
-        ...
-
-    async def ask_confirmation(self, prompt: str, action_id: str) -> None:
-        """Ask yes/no; the answer comes back as ``Engine.handle_action(IncomingAction)``."""
-        ...
-
-    async def send_file(self, filename: str, data: bytes, caption: str = "") -> None:
-        """Deliver a document (``/export``)."""
-        ...
-
-
-@runtime_checkable
-class FileSource(Protocol):
-    """A reply channel whose platform can hand over the files users send (Telegram, Discord).
-
-    The engine checks ``isinstance(out, FileSource)``: a channel without files (the console)
-    simply is not one.
-    """
-
-    async def download(
-        self, attachment: Attachment, destination: Path, *, max_bytes: int | None = None
-    ) -> int:
-        """Fetch ``attachment`` into the file ``destination`` in pieces; return its size.
-
-        ``max_bytes`` is the caller's own limit (``KB_MAX_FILE_MB`` for ``/kb add``); by
-        default the adapter's (``MAX_FILE_MB``). The platform's own limit (Telegram's 20 MB
-        for bots) applies in any case. A size over the limit is refused before anything is
-        fetched whenever the platform says it.
-
-        Raises ``AdapterError`` with a clear ``user_message`` when the platform refuses it or
-        it is over the limit; nothing is left at ``destination`` then.
-        """
-        ...
-
-
-class MediaReader(Protocol):
-    """Turns the files users send into what a prompt holds (Pillow and friends, in adapters).
-
-    Every method raises ``core.errors.MediaError`` with a sentence naming the file and the
-    problem (corrupt, unsupported format, too large) when it can't.
-    """
-
-    async def prepare_image(self, path: Path, name: str) -> MediaBlob:
-        """Decode the image at ``path``, turn it upright and downscale it for vision models.
-
-        The result is re-encoded (JPEG, or PNG when it has transparency) at most
-        :func:`core.media.fit_size` of the original, with no metadata (no GPS position).
-        """
-        ...
-
-    async def read_text(self, path: Path, name: str, max_chars: int) -> str:
-        """The text of the file at ``path``: UTF-8 (other encodings detected or refused).
-
-        Raises ``MediaError`` when it is longer than ``max_chars`` characters (naming the
-        limit) or is not text.
-        """
-        ...
-
-    async def audio_seconds(self, path: Path, mime_type: str | None) -> float | None:
-        """The length of the audio file at ``path`` in seconds, ``None`` when unknown."""
-        ...
-
-
-class Transcriber(Protocol):
-    """Speech to text (an OpenAI-compatible ``/v1/audio/transcriptions`` endpoint)."""
-
-    async def transcribe(self, path: Path, name: str, mime_type: str | None) -> str:
-        """The words spoken in the audio file at ``path``.
-
-        Raises ``core.errors.BackendError`` subclasses when the server fails, and
-        ``MediaError`` when it refuses the file.
-        """
-        ...
-
-    async def aclose(self) -> None:
-        """Release connections; idempotent."""
-        ...
-
-
-@runtime_checkable
-class ResumableAdapter(Protocol):
-    """A chat adapter that can reopen a reply in a stored chat (crash recovery)."""
-
-    @property
-    def name(self) -> str:
-        """The platform name, e.g. ``"telegram"``."""
-        ...
-
-    def resume(
-        self, chat_id: str, thread_id: str | None, message_ids: Sequence[str]
-    ) -> ReplyChannel:
-        """A channel into ``chat_id`` (and thread) that takes over ``message_ids``.
-
-        Its streamed reply edits those messages (already on screen, in order) into the
-        answer, extra parts posted after them, spare ones deleted. A platform that cannot
-        edit shows the answer anew.
-        """
-        ...
-
-
-class ConversationEngine(Protocol):
-    """The inbound port: what a chat adapter calls. ``core.engine.Engine`` implements it.
-
-    Adapters depend on this Protocol, never on the concrete engine, so each can be tested in
-    front of a stub and the engine can change shape behind it.
-    """
-
-    @property
-    def bot_name(self) -> str:
-        """The ``BOT_NAME`` memories are stored under."""
-        ...
-
-    @property
-    def default_model(self) -> str:
-        """The model a conversation that chose none is answered by (for banners)."""
-        ...
-
-    def commands(self) -> Sequence[CommandInfo]:
-        """The commands the engine answers, for adapters to register."""
-        ...
-
-    def submit(self, msg: IncomingMessage, out: ReplyChannel) -> asyncio.Future[None]:
-        """Queue ``msg`` behind earlier messages of its conversation (call in arrival order).
-
-        The future resolves once the answer was sent and recorded; it never fails for the
-        user's mistakes or the backend's.
-        """
-        ...
-
-    async def handle(self, msg: IncomingMessage, out: ReplyChannel) -> None:
-        """Submit ``msg`` and wait until it is answered."""
-        ...
-
-    async def handle_action(self, action: IncomingAction, out: ReplyChannel) -> None:
-        """Answer a button press (or console yes/no) for a confirmation the engine asked."""
-        ...
-
-
-class ChatAdapter(Protocol):
-    """A chat platform connection feeding the engine."""
-
-    @property
-    def name(self) -> str:
-        """The platform name, e.g. ``"telegram"``."""
-        ...
-
-    @property
-    def connected(self) -> bool:
-        """Whether the platform connection is up and taking messages (for ``/readyz``).
-
-        ``False`` before ``start()`` finished, after ``stop_intake()``, and while the
-        platform cannot be reached (Discord's gateway is reconnecting, say).
-        """
-        ...
-
-    async def start(self) -> None:
-        """Connect and begin serving; returns once serving. Idempotent."""
-        ...
-
-    async def wait_closed(self) -> None:
-        """Return once the adapter stopped by itself (console end of input); raise if fatal."""
-        ...
-
-    async def stop_intake(self) -> None:
-        """Stop taking new messages; replies in flight can still be delivered. Idempotent.
-
-        Called at shutdown before the engine drains, so no message meets a closed engine.
-        """
-        ...
-
-    async def aclose(self) -> None:
-        """Stop taking messages, let replies in flight finish, disconnect. Idempotent."""
-        ...
-
-
 __all__ = [
-    "ChatAdapter",
     "ChatMessage",
     "ConversationEngine",
     "FileSource",
     "LLMBackend",
     "MemoryStore",
     "ReplyChannel",
-    "ResumableAdapter",
 ]

@@ -25,9 +25,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Final
 
+from core.chat_ports import ResumableAdapter
 from core.errors import AdapterError, StoreError
 from core.instance import Instance
-from core.ports import MemoryStore, ReplyChannel, ResumableAdapter
+from core.ports import MemoryStore, ReplyChannel
 from core.types import (
     ConversationKey,
     IncomingMessage,

@@ -547,7 +547,7 @@ class DiscordAdapter:
     ) -> DiscordReplyChannel:
         """A channel into a stored channel (or thread) whose reply edits ``message_ids``.
 
-        Used by crash recovery (``core.ports.ResumableAdapter``); works for DMs and threads
+        Used by crash recovery (``core.chat_ports.ResumableAdapter``); works for DMs and threads
         not in discord.py's cache (a partial messageable needs no fetch).
 
         Raises:

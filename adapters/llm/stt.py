@@ -2,7 +2,7 @@
 
 api.openai.com (``whisper-1``, ``gpt-4o-transcribe``...), or a self-hosted server that speaks
 the same API (faster-whisper-server / Speaches, LocalAI, whisper.cpp's server, vLLM) at
-``STT_BASE_URL``. :class:`OpenAITranscriber` is the :class:`core.ports.Transcriber`;
+``STT_BASE_URL``. :class:`OpenAITranscriber` is the :class:`core.media.Transcriber`;
 :class:`STTSettings` and :func:`stt_configured` say whether there is one to build.
 """
 
@@ -105,7 +105,7 @@ def stt_configured(stt: STTSettings, openai_settings: OpenAISettings) -> bool:
 
 
 class OpenAITranscriber:
-    """A :class:`~core.ports.Transcriber` over ``/v1/audio/transcriptions``.
+    """A :class:`~core.media.Transcriber` over ``/v1/audio/transcriptions``.
 
     Args:
         model: ``STT_MODEL`` (``whisper-1``, ``gpt-4o-mini-transcribe``, or the name a

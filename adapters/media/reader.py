@@ -1,6 +1,6 @@
 """The files users send, made ready for a prompt: images (Pillow), text files, audio length.
 
-:class:`LocalMediaReader` is the :class:`core.ports.MediaReader` the engine uses. All the
+:class:`LocalMediaReader` is the :class:`core.media.MediaReader` the engine uses. All the
 work is blocking (decoding a 12 MP photo, sniffing an encoding, parsing an audio container),
 so each call runs on a worker thread; what a user did wrong comes back as a
 :class:`core.errors.MediaError` whose sentence names the file.

@@ -64,7 +64,7 @@ _ALLOWED_UPDATES: Final = ["message", "callback_query"]
 
 
 class TelegramAdapter:
-    """Serves the engine on Telegram (``core.ports.ChatAdapter``).
+    """Serves the engine on Telegram (``core.chat_ports.ChatAdapter``).
 
     Args:
         settings: ``TELEGRAM_*`` settings; ``bot_token`` must be set.
@@ -294,7 +294,7 @@ class TelegramAdapter:
     ) -> TelegramReplyChannel:
         """A channel into a stored chat whose streamed reply edits ``message_ids``.
 
-        Used by crash recovery (``core.ports.ResumableAdapter``) once the adapter started.
+        Used by crash recovery (``core.chat_ports.ResumableAdapter``) once the adapter started.
 
         Raises:
             RuntimeError: before ``start()``.
