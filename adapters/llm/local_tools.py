@@ -9,7 +9,8 @@ and render ``tool_calls`` and ``tool`` messages themselves. ``LOCAL_TOOLS`` over
   list into the system prompt and the history's calls and results as Hermes-style text;
 * ``off``: no model gets tools; tool traffic in the history is left out of prompts.
 
-Imports no ``llama_cpp``.
+The calls a model writes in its reply are parsed out of the streamed text
+(:func:`parsed_events`, with :mod:`adapters.llm.tool_markup`). Imports no ``llama_cpp``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,18 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Final
 
-from core.types import ChatMessage, ImagePart, Role, ToolCall, ToolSpec
+from adapters.llm.tool_markup import ToolCallParser
+from core.types import (
+    BackendEvent,
+    ChatMessage,
+    Finish,
+    ImagePart,
+    Role,
+    TextDelta,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
 
 TOOLS_SETTING: Final = ("auto", "on", "off")
 
@@ -172,11 +184,23 @@ def _text_dict(message: ChatMessage) -> dict[str, Any]:
     return {"role": "assistant", "content": content}
 
 
+def parsed_events(parser: ToolCallParser, item: TextDelta | Finish | Usage) -> list[BackendEvent]:
+    """The events of ``item`` once tool-call markup is parsed out of the reply's text."""
+    if isinstance(item, TextDelta):
+        return list(parser.feed(item.text))
+    if isinstance(item, Finish):
+        events: list[BackendEvent] = list(parser.close())
+        reason = "tool_calls" if parser.calls and item.reason == "stop" else item.reason
+        return [*events, Finish(reason)]
+    return [item]
+
+
 __all__ = [
     "TOOLS_SETTING",
     "ToolPrompt",
     "chat_dicts",
     "hermes_tools",
+    "parsed_events",
     "prompt_images",
     "template_handles_tools",
     "tool_dicts",

@@ -1,8 +1,11 @@
 """The OpenAI-compatible LLM backend: OpenAI, Ollama, vLLM, llama.cpp server, LM Studio...
 
 Built on the official ``openai.AsyncOpenAI`` client with its own retries turned off: this
-module owns the one retry loop (exponential backoff with full jitter, ``Retry-After``
-honoured) and the one place where ``openai`` exceptions become ``core.errors``.
+module owns the one retry loop and what the backend learns from a failure (a context window,
+a model that takes no images). Beside it: :mod:`adapters.llm.openai_wire` (settings, the
+request and chunk formats), :mod:`adapters.llm.openai_server` (what a server says about its
+models and context) and :mod:`adapters.llm.openai_errors` (which failures are retried after
+how long, and the one place where ``openai`` exceptions become ``core.errors``).
 """
 
 from __future__ import annotations
@@ -10,18 +13,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Final, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import openai
-from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionChunk
 
+from adapters.llm.openai_errors import has_images, retry_delay, translate
 from adapters.llm.openai_server import (
     DEFAULT_CONTEXT_WINDOW,
     KNOWN_CONTEXT_WINDOWS,
-    discover,
+    ask_server,
     is_context_overflow,
     masked_url,
     table_window,
@@ -33,13 +36,14 @@ from adapters.llm.openai_wire import (
     PLACEHOLDER_API_KEY,
     OpenAISettings,
     TextToolCalls,
+    completion_events,
     delta_events,
     describe_error,
     loggable,
     message_param,
     parse_retry_after,
-    refuses_images,
     rejects_stream_options,
+    request_args,
     tool_param,
 )
 from adapters.llm.tokens import TokenCounter, prompt_texts
@@ -50,7 +54,6 @@ from core.errors import (
     ConfigError,
     ContextTooLong,
     ImagesRefused,
-    RateLimited,
 )
 from core.lifecycle import Lifecycle
 from core.media import is_vision_model
@@ -58,15 +61,10 @@ from core.types import (
     BackendEvent,
     CompletionRequest,
     Finish,
-    Role,
-    TextDelta,
-    ToolCallDelta,
     Usage,
 )
 
 _log = logging.getLogger(__name__)
-
-_RETRYABLE_STATUS: Final = frozenset({408, 429})
 
 
 class OpenAIBackend:
@@ -232,48 +230,20 @@ class OpenAIBackend:
         )
         if self._settings.base_url is not None:
             try:
-                await self._ask_server(self._client)
+                self._model, windows = await ask_server(
+                    self._client,
+                    self.base_url,
+                    self._model,
+                    self._settings.allowed_models,
+                    per_request=min(self._timeout, 10),
+                    redact=self._redact,
+                )
+                self._learned.update(windows)
             except BaseException:
                 await self.aclose()
                 raise
         self._state = Lifecycle.RUNNING
         _log.info("OpenAI backend ready: %s, model %s", self._shown_url, self.default_model)
-
-    async def _ask_server(self, client: openai.AsyncOpenAI) -> None:
-        """Learn the server's models and windows; pick the default model if the server decides.
-
-        Raises:
-            ConfigError: ``OPENAI_MODEL`` is unset and the server lists no model, or cannot
-                be reached to ask.
-        """
-        wanted = [m for m in (self._model, *self._settings.allowed_models) if m]
-        try:
-            info = await discover(client, self.base_url, wanted, per_request=min(self._timeout, 10))
-        except openai.APIConnectionError as exc:
-            if self._model is None:
-                raise ConfigError(
-                    "OPENAI_MODEL",
-                    f"is not set, and the server at {self._shown_url} could not be asked for "
-                    f"its models ({self._redact(describe_error(exc))})",
-                    "llama3.1:8b",
-                ) from exc
-            _log.warning(
-                "could not reach %s to learn its context size; assuming the table's",
-                self._shown_url,
-            )
-            return
-        if self._model is None:
-            if not info.models:
-                raise ConfigError(
-                    "OPENAI_MODEL",
-                    f"is not set, and the server at {self._shown_url} lists no models",
-                    "llama3.1:8b",
-                )
-            self._model = info.models[0]
-            _log.info("OPENAI_MODEL is unset: using %s, the server's first model", self._model)
-        for model, window in info.windows.items():
-            self._learned[model] = window
-            _log.info("%s: context window %d tokens (from the server)", model, window)
 
     async def aclose(self) -> None:
         """Close the HTTP client; streams in flight fail. Idempotent."""
@@ -409,29 +379,9 @@ class OpenAIBackend:
         stream: openai.AsyncStream[ChatCompletionChunk] = await client.chat.completions.create(
             stream=True,
             stream_options={"include_usage": True} if include_usage else openai.omit,
-            **self._request_args(request, messages, tools),
+            **request_args(request, messages, tools, official=self._settings.base_url is None),
         )
         return stream
-
-    def _request_args(
-        self,
-        request: CompletionRequest,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]],
-    ) -> dict[str, Any]:
-        """What a chat-completions request carries besides the streaming switches."""
-        # api.openai.com wants max_completion_tokens (o-series refuse max_tokens); most
-        # compatible servers only know max_tokens.
-        limit = request.max_tokens if request.max_tokens is not None else openai.omit
-        official = self._settings.base_url is None
-        return {
-            "model": request.model,
-            "messages": cast("list[ChatCompletionMessageParam]", messages),
-            "temperature": request.temperature if request.temperature is not None else openai.omit,
-            "max_completion_tokens": limit if official else openai.omit,
-            "max_tokens": openai.omit if official else limit,
-            "tools": cast(Any, tools) if tools else openai.omit,
-        }
 
     async def _unstreamed(
         self,
@@ -458,7 +408,10 @@ class OpenAIBackend:
             try:
                 async with asyncio.timeout(self._timeout * 4):
                     completion = await client.chat.completions.create(
-                        stream=False, **self._request_args(request, messages, tools)
+                        stream=False,
+                        **request_args(
+                            request, messages, tools, official=self._settings.base_url is None
+                        ),
                     )
                 break
             except TimeoutError as exc:
@@ -471,32 +424,13 @@ class OpenAIBackend:
                 await asyncio.sleep(delay)
         if not completion.choices:
             raise BackendUnavailable("the server answered with no choices")
-        choice = completion.choices[0]
-        message = choice.message
-        text_calls = TextToolCalls(() if message.tool_calls else request.tools)
-        events = text_calls.events([TextDelta(message.content)] if message.content else [])
-        for index, call in enumerate(message.tool_calls or ()):
-            function = getattr(call, "function", None)
-            if function is not None:
-                events.append(
-                    ToolCallDelta(
-                        index=index, id=call.id, name=function.name, arguments=function.arguments
-                    )
-                )
-        rest, reason = text_calls.finish(choice.finish_reason or "stop")
-        for event in [*events, *rest]:
+        for event in completion_events(completion, request.tools):
             yield event
-        yield Finish(reason)
-        if completion.usage is not None:
-            yield Usage(
-                prompt_tokens=completion.usage.prompt_tokens,
-                completion_tokens=completion.usage.completion_tokens,
-            )
 
     async def _calibrate(self, request: CompletionRequest, usage: Usage) -> None:
         if request.tools or not self._tokens.is_estimate(request.model):
             return
-        if _has_images(request):  # the images' tokens are in the count, not in the texts
+        if has_images(request):  # the images' tokens are in the count, not in the texts
             return
         # Tool calls in the history cost their names and arguments; counting only the
         # contents would teach the estimate that every word costs more than it does.
@@ -508,96 +442,38 @@ class OpenAIBackend:
             reported=usage.prompt_tokens,
         )
 
-    # --- retries and the one translation boundary -----------------------------------------
+    # --- retries and translation (decided in openai_errors) --------------------------------
 
     def _retry_delay(
         self, exc: Exception, attempt: int, request: CompletionRequest
     ) -> float | None:
         """Seconds to wait before retrying ``exc``, or ``None`` when it is not retried."""
-        if isinstance(exc, openai.APITimeoutError):
-            return None
-        if _has_images(request) and refuses_images(exc):
-            return None  # some servers refuse images with a 500: asking again won't help
-        retry_after: float | None = None
-        if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            if status not in _RETRYABLE_STATUS and status < 500:
-                return None
-            if exc.code == "insufficient_quota":
-                return None
-            retry_after = parse_retry_after(exc.response.headers)
-        elif not isinstance(exc, openai.APIConnectionError):
-            return None
-        if attempt >= self._max_retries:
-            return None
-        ceiling = min(self._backoff_max, self._backoff_base * 2**attempt)
-        jitter = random.uniform(0.0, ceiling)
-        if retry_after is None:
-            return jitter
-        if retry_after > self._max_retry_after:
-            return None
-        return max(retry_after, jitter)
+        return retry_delay(
+            exc,
+            attempt,
+            images=has_images(request),
+            max_retries=self._max_retries,
+            backoff_base=self._backoff_base,
+            backoff_max=self._backoff_max,
+            max_retry_after=self._max_retry_after,
+        )
 
     def _translate(self, exc: Exception, request: CompletionRequest) -> BackendError:
-        """The one place where ``openai`` exceptions become ``core.errors``."""
+        """``exc`` as a ``core.errors`` exception; a model that refused images is remembered."""
         model = request.model
         detail = self._redact(describe_error(exc))
-        if _has_images(request) and refuses_images(exc):
+        err = translate(
+            exc,
+            model,
+            images=has_images(request),
+            where=self._shown_url,
+            timeout=self._timeout,
+            detail=detail,
+            overflow=lambda said: self._overflow(model, said, detail),
+        )
+        if isinstance(err, ImagesRefused):
             self._text_only.add(model)
-            _log.warning(
-                "%s refused images for %s (%s); sending it none from now on",
-                self._shown_url,
-                model,
-                detail,
-            )
-            return ImagesRefused(model, f"images refused: {detail}")
-        if isinstance(exc, openai.APITimeoutError):
-            return BackendTimeout(self._timeout)
-        if isinstance(exc, openai.APIConnectionError):
-            return BackendUnavailable(f"connection to {self._shown_url} failed: {detail}")
-        if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            if status in (401, 403):
-                _log.error(
-                    "the server at %s refused the API key (HTTP %d); check OPENAI_API_KEY",
-                    self._shown_url,
-                    status,
-                )
-                err: BackendError = BackendUnavailable(
-                    f"API key refused by {self._shown_url} (HTTP {status})"
-                )
-                err.user_message = (
-                    "The language model server refused this bot's API key. "
-                    "The bot's operator needs to fix its configuration."
-                )
-                return err
-            if status == 429 and exc.code == "insufficient_quota":
-                err = BackendUnavailable(f"quota exhausted: {detail}")
-                err.user_message = (
-                    "The bot's language model account has run out of quota. "
-                    "The bot's operator needs to top it up."
-                )
-                return err
-            if status == 429:
-                retry_after = parse_retry_after(exc.response.headers)
-                return RateLimited(retry_after, f"rate limited by {self._shown_url}: {detail}")
-            said = f"{exc.code} {exc.message} {exc.body}"
-            if status == 413 or is_context_overflow(said):
-                return self._overflow(model, said, detail)
-            if status == 404:
-                err = BackendError(f"model {model!r} not found: {detail}")
-                err.user_message = f"The model {model!r} is not available on the server."
-                return err
-            if status >= 500:
-                return BackendUnavailable(f"server error: {detail}")
-            return BackendError(f"request refused: {detail}")
-        if isinstance(exc, openai.APIError):
-            said = f"{exc.code} {exc.message} {exc.body}"
-            if is_context_overflow(said):
-                return self._overflow(model, said, detail)
-        if isinstance(exc, json.JSONDecodeError):
-            return BackendError(f"malformed stream from {self._shown_url}: {detail}")
-        return BackendError(detail)
+        return err
 
     def _overflow(self, model: str, said: str, detail: str) -> ContextTooLong:
         """``ContextTooLong``, remembering the window the server named for later prompts."""
@@ -612,10 +488,6 @@ class OpenAIBackend:
             if secret:
                 text = text.replace(secret, "[redacted]")
         return text
-
-
-def _has_images(request: CompletionRequest) -> bool:
-    return any(m.images for m in request.messages if m.role is Role.USER)
 
 
 __all__ = [

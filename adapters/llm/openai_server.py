@@ -16,6 +16,8 @@ window whichever server it talks to:
   ``max_model_len``, OpenRouter's and LM Studio's ``context_length``...), llama.cpp's
   ``/props`` (``n_ctx``), Ollama's ``/api/show`` (``num_ctx``, else the model's own length
   capped at Ollama's default context).
+* **The default model** (:func:`ask_server`, at start): ``OPENAI_MODEL``, else the server's
+  first listed model.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
+
+from adapters.llm.openai_wire import describe_error
+from core.errors import ConfigError
 
 _log = logging.getLogger(__name__)
 
@@ -217,6 +222,61 @@ async def discover(
     return info
 
 
+async def ask_server(
+    client: openai.AsyncOpenAI,
+    base_url: str,
+    model: str | None,
+    allowed: Sequence[str],
+    *,
+    per_request: float,
+    redact: Callable[[str], str],
+) -> tuple[str, dict[str, int]]:
+    """At start: the default model and the windows the server publishes (see :func:`discover`).
+
+    Args:
+        client: an open client on ``base_url``.
+        base_url: the API root (``OPENAI_BASE_URL``).
+        model: ``OPENAI_MODEL``; ``None`` lets the server's first listed model be the default.
+        allowed: ``OPENAI_ALLOWED_MODELS``, whose windows matter too.
+        per_request: the longest wait for each request, in seconds.
+        redact: hides secrets in what the error says.
+
+    Returns:
+        ``model``, else the server's first model, and the windows learned (none when the
+        server could not be reached).
+
+    Raises:
+        ConfigError: ``model`` is ``None`` and the server lists no model, or cannot be
+            reached to ask.
+    """
+    shown = masked_url(base_url)
+    wanted = [m for m in (model, *allowed) if m]
+    try:
+        info = await discover(client, base_url, wanted, per_request=per_request)
+    except openai.APIConnectionError as exc:
+        if model is None:
+            raise ConfigError(
+                "OPENAI_MODEL",
+                f"is not set, and the server at {shown} could not be asked for "
+                f"its models ({redact(describe_error(exc))})",
+                "llama3.1:8b",
+            ) from exc
+        _log.warning("could not reach %s to learn its context size; assuming the table's", shown)
+        return model, {}
+    if model is None:
+        if not info.models:
+            raise ConfigError(
+                "OPENAI_MODEL",
+                f"is not set, and the server at {shown} lists no models",
+                "llama3.1:8b",
+            )
+        model = info.models[0]
+        _log.info("OPENAI_MODEL is unset: using %s, the server's first model", model)
+    for name, window in info.windows.items():
+        _log.info("%s: context window %d tokens (from the server)", name, window)
+    return model, info.windows
+
+
 async def _quiet_get(client: openai.AsyncOpenAI, url: str, per_request: float) -> Any:
     try:
         async with asyncio.timeout(per_request):
@@ -274,6 +334,7 @@ __all__ = [
     "KNOWN_CONTEXT_WINDOWS",
     "OLLAMA_DEFAULT_CONTEXT",
     "ServerInfo",
+    "ask_server",
     "discover",
     "is_context_overflow",
     "masked_url",

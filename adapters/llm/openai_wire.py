@@ -11,10 +11,11 @@ import email.utils
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, cast
 from urllib.parse import urlsplit
 
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -23,11 +24,14 @@ from core.settings import ChinwagSettings, CsvList
 from core.types import (
     BackendEvent,
     ChatMessage,
+    CompletionRequest,
+    Finish,
     ImagePart,
     Role,
     TextDelta,
     ToolCallDelta,
     ToolSpec,
+    Usage,
 )
 
 OPENAI_BASE_URL: Final = "https://api.openai.com/v1"
@@ -303,12 +307,65 @@ def tool_param(tool: ToolSpec) -> dict[str, Any]:
     }
 
 
+def request_args(
+    request: CompletionRequest,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]],
+    *,
+    official: bool,
+) -> dict[str, Any]:
+    """What a chat-completions request carries besides the streaming switches.
+
+    ``official``: the server is api.openai.com, which wants ``max_completion_tokens``
+    (o-series models refuse ``max_tokens``); most compatible servers only know ``max_tokens``.
+    """
+    limit = request.max_tokens if request.max_tokens is not None else openai.omit
+    return {
+        "model": request.model,
+        "messages": cast("list[ChatCompletionMessageParam]", messages),
+        "temperature": request.temperature if request.temperature is not None else openai.omit,
+        "max_completion_tokens": limit if official else openai.omit,
+        "max_tokens": openai.omit if official else limit,
+        "tools": cast(Any, tools) if tools else openai.omit,
+    }
+
+
+def completion_events(completion: ChatCompletion, tools: Sequence[ToolSpec]) -> list[BackendEvent]:
+    """An unstreamed reply as the events a stream would have carried, ``Finish`` included.
+
+    ``Usage`` comes last when the server reports it. ``completion`` has at least one choice.
+    """
+    choice = completion.choices[0]
+    message = choice.message
+    text_calls = TextToolCalls(() if message.tool_calls else tools)
+    events = text_calls.events([TextDelta(message.content)] if message.content else [])
+    for index, call in enumerate(message.tool_calls or ()):
+        function = getattr(call, "function", None)
+        if function is not None:
+            events.append(
+                ToolCallDelta(
+                    index=index, id=call.id, name=function.name, arguments=function.arguments
+                )
+            )
+    rest, reason = text_calls.finish(choice.finish_reason or "stop")
+    out: list[BackendEvent] = [*events, *rest, Finish(reason)]
+    if completion.usage is not None:
+        out.append(
+            Usage(
+                prompt_tokens=completion.usage.prompt_tokens,
+                completion_tokens=completion.usage.completion_tokens,
+            )
+        )
+    return out
+
+
 __all__ = [
     "OPENAI_BASE_URL",
     "OPENAI_DEFAULT_MODEL",
     "PLACEHOLDER_API_KEY",
     "OpenAISettings",
     "TextToolCalls",
+    "completion_events",
     "delta_events",
     "describe_error",
     "image_url",
@@ -317,6 +374,7 @@ __all__ = [
     "parse_retry_after",
     "refuses_images",
     "rejects_stream_options",
+    "request_args",
     "tool_param",
     "user_content",
 ]
