@@ -108,6 +108,39 @@ class ResumableAdapter(Protocol):
         ...
 
 
+@runtime_checkable
+class OutboundAdapter(Protocol):
+    """A chat adapter a queue worker answers through: the platform's REST API only.
+
+    ``start_outbound()`` connects for sending (Telegram's ``getMe``, Discord's login over
+    HTTP): no polling, no webhook server, no gateway connection, no commands registered.
+    """
+
+    @property
+    def name(self) -> str:
+        """The platform name, e.g. ``"telegram"``."""
+        ...
+
+    async def start_outbound(self) -> None:
+        """Connect for sending only. Idempotent; ``aclose()`` disconnects."""
+        ...
+
+    def channel_for(self, msg: IncomingMessage) -> ReplyChannel:
+        """The channel answering ``msg`` as a live update's would (a ``FileSource`` where
+        the platform has files: ``msg.attachments`` are fetched by their ``ref``)."""
+        ...
+
+    def resume(
+        self, chat_id: str, thread_id: str | None, message_ids: Sequence[str]
+    ) -> ReplyChannel:
+        """As :meth:`ResumableAdapter.resume` (crash recovery edits in place)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Disconnect. Idempotent."""
+        ...
+
+
 class ConversationEngine(Protocol):
     """The inbound port: what a chat adapter calls. ``core.engine.Engine`` implements it.
 
@@ -187,6 +220,7 @@ __all__ = [
     "ChatAdapter",
     "ConversationEngine",
     "FileSource",
+    "OutboundAdapter",
     "ReplyChannel",
     "ResumableAdapter",
 ]

@@ -109,6 +109,9 @@ class Engine:
         media: the limits on files users send (``MAX_FILE_MB``...; the defaults if omitted).
         reader: decodes photos and reads text files (without one, both are declined).
         transcriber: speech to text (without one, voice notes are declined in a sentence).
+        shared: other processes serve the same conversations (queue workers): nothing a
+            peer may change is cached across messages, and a redelivered message whose
+            reply a live peer is writing waits for it (see :meth:`settle`).
     """
 
     def __init__(
@@ -130,17 +133,19 @@ class Engine:
         media: MediaSettings | None = None,
         reader: MediaReader | None = None,
         transcriber: Transcriber | None = None,
+        shared: bool = False,
     ) -> None:
+        self._shared = shared
         self._telemetry = telemetry
         self._backend = backend
         self._store = store
         self._core = core
         access = access or AccessSettings(_env_file=None)
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._history = HistoryCache()
+        self._history = HistoryCache(contiguous=shared)
         self._prompts = PromptBuilder(backend, store, self._history)
         self._admission = Admission(access, store, core.bot_name, self._clock)
-        self._sessions = Sessions(backend, store, llm)
+        self._sessions = Sessions(backend, store, llm, cached=not shared)
         self._replier = Replier(
             backend=backend,
             store=store,
@@ -396,6 +401,15 @@ class Engine:
         """Submit ``msg`` and wait until it is answered."""
         await self.submit(msg, out)
 
+    async def settle(self, platform: str, chat_id: str, user_id: str, thread_id: str | None = None, is_private: bool = True) -> None:
+        """Return once the conversation slot has nothing queued or running in this process.
+
+        A queue worker calls it before it lets the conversation's job go: work the job set
+        off in the lane (a tool round continued after a press, a reply taken over) is done
+        before the next job of the conversation starts anywhere.
+        """
+        await self._lanes.idle(self.key_for(platform, chat_id, user_id, thread_id, is_private))
+
     async def handle_action(self, action: IncomingAction, out: ReplyChannel) -> None:
         """Answer a button press (or console yes/no) for a confirmation the engine asked."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -544,7 +558,7 @@ class Engine:
         if reply is not None and reply.status is MessageStatus.IN_PROGRESS:
             # Its writer may be alive (still streaming) or dead (its messages are on screen):
             # taken over, and edited in place, only in the second case.
-            await self._recovery.redelivered(reply, out)
+            await self._recovery.redelivered(reply, out, wait=self._shared)
             return
         if reply is not None:
             await self._store.finish_message(

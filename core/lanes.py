@@ -65,6 +65,16 @@ class Lanes(Generic[K, T]):
         """How many keys have work queued or running."""
         return len(self._lanes)
 
+    async def idle(self, key: K) -> None:
+        """Return once ``key`` has no work queued or running (at once if it has none).
+
+        A queue worker holds a conversation's job until its lane ran dry: work the job set
+        off in the lane (a recovered reply, a tool round continued after a press) finishes
+        before the conversation's next job may start on any process.
+        """
+        while (lane := self._lanes.get(key)) is not None and lane.task is not None:
+            await asyncio.wait([lane.task])
+
     def tasks(self) -> list[asyncio.Task[None]]:
         """The tasks draining lanes now (to wait on at shutdown)."""
         return [lane.task for lane in self._lanes.values() if lane.task is not None]

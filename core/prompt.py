@@ -158,8 +158,13 @@ class HistoryCache:
 
     Bounded: at most ``max_turns`` messages per conversation and ``max_conversations``
     conversations (least recently used dropped).
+
+    With ``contiguous``, a message whose sequence number does not follow the newest cached
+    one drops its conversation instead (to be read again): where several processes write
+    the same conversations (queue workers), a gap means another process wrote in between.
     """
 
+    contiguous: bool = False
     max_conversations: int = 2048
     max_turns: int = 512
     _entries: OrderedDict[int, _Entry] = field(default_factory=OrderedDict)
@@ -178,6 +183,9 @@ class HistoryCache:
         """Record a message just written (only if its conversation is cached and it is usable)."""
         entry = self._entries.get(message.conversation_id)
         if entry is None or not usable(message):
+            return
+        if self.contiguous and entry.turns and message.seq != entry.turns[-1].message.seq + 1:
+            del self._entries[message.conversation_id]
             return
         if len(entry.turns) == entry.turns.maxlen:
             entry.from_start = False

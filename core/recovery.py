@@ -160,16 +160,32 @@ class Recovery:
             )
         return len(claimed)
 
-    async def redelivered(self, reply: StoredMessage, out: ReplyChannel) -> None:
-        """A message came again whose ``reply`` is in progress: take it over if orphaned."""
-        live = await self._instance.live()
-        claimed = await self._store.claim_replies(
-            self._bot, self._instance.id, live, message_id=reply.id
-        )
-        if not claimed:
-            _log.info("a redelivered message's reply is being written by a live process")
-            return
-        await self.take_over(claimed[0], fallback=out)
+    async def redelivered(
+        self, reply: StoredMessage, out: ReplyChannel, *, wait: bool = False
+    ) -> None:
+        """A message came again whose ``reply`` is in progress: take it over if orphaned.
+
+        With ``wait`` (a queue worker retrying a job), a reply a live process is writing is
+        waited for, and taken over if that process dies meanwhile: the job holds its
+        conversation until the reply is finished, so the next message cannot overtake it.
+        """
+        while True:
+            live = await self._instance.live()
+            claimed = await self._store.claim_replies(
+                self._bot, self._instance.id, live, message_id=reply.id
+            )
+            if claimed:
+                await self.take_over(claimed[0], fallback=out)
+                return
+            if not wait:
+                _log.info("a redelivered message's reply is being written by a live process")
+                return
+            await asyncio.sleep(self._instance.interval)
+            rows = await self._store.recent_messages(
+                reply.conversation_id, limit=1, before_seq=reply.seq + 1
+            )
+            if not rows or rows[0].id != reply.id or rows[0].status is not MessageStatus.IN_PROGRESS:
+                return  # finished (or gone with /forget) meanwhile
 
     async def take_over(self, reply: ReplyInProgress, fallback: ReplyChannel | None = None) -> None:
         """Queue a claimed reply in its conversation's lane (see :meth:`finish`)."""

@@ -58,10 +58,12 @@ class Budget:
 V = TypeVar("V")
 
 
-def _remember(cache: OrderedDict[ConversationKey, V], key: ConversationKey, value: V) -> None:
+def _remember(
+    cache: OrderedDict[ConversationKey, V], key: ConversationKey, value: V, size: int
+) -> None:
     cache[key] = value
     cache.move_to_end(key)
-    if len(cache) > _CACHE_SIZE:
+    while len(cache) > size:
         cache.popitem(last=False)
 
 
@@ -72,9 +74,15 @@ class Sessions:
         backend: the LLM backend (its models and context windows).
         store: where conversations and preferences are stored.
         llm: ``LLM_CONTEXT_WINDOW`` and ``LLM_MAX_REPLY_TOKENS``.
+        cached: keep ids and preferences in memory. Off where several processes serve the
+            same conversations (queue workers): another one may change them (``/model``,
+            ``/reset``, ``/forget``) at any time, so each message reads them.
     """
 
-    def __init__(self, backend: LLMBackend, store: MemoryStore, llm: LLMSettings) -> None:
+    def __init__(
+        self, backend: LLMBackend, store: MemoryStore, llm: LLMSettings, *, cached: bool = True
+    ) -> None:
+        self._size = _CACHE_SIZE if cached else 0
         self._backend = backend
         self._store = store
         self._llm = llm
@@ -88,13 +96,13 @@ class Sessions:
             self._conversations.move_to_end(key)
             return cached
         conversation = await self._store.current_conversation(key)
-        _remember(self._conversations, key, conversation.id)
+        _remember(self._conversations, key, conversation.id, self._size)
         return conversation.id
 
     async def new_conversation(self, key: ConversationKey) -> int:
         """Start a new conversation for ``key`` (``/reset``) and return its id."""
         conversation = await self._store.new_conversation(key)
-        _remember(self._conversations, key, conversation.id)
+        _remember(self._conversations, key, conversation.id, self._size)
         return conversation.id
 
     async def preferences(self, key: ConversationKey) -> Preferences:
@@ -102,13 +110,13 @@ class Sessions:
         cached = self._preferences.get(key)
         if cached is None:
             cached = await self._store.get_preferences(key)
-            _remember(self._preferences, key, cached)
+            _remember(self._preferences, key, cached, self._size)
         return cached
 
     async def save_preferences(self, key: ConversationKey, prefs: Preferences) -> None:
         """Store ``prefs`` for ``key``; they apply from the next message."""
         await self._store.save_preferences(key, prefs)
-        _remember(self._preferences, key, prefs)
+        _remember(self._preferences, key, prefs, self._size)
 
     def clear(self) -> None:
         """Forget every cached id and preference (after ``/forget``)."""

@@ -1,0 +1,98 @@
+"""The turn queue's port and its jobs: what ingress hands to queue workers.
+
+In the scaled deployment (``chinwag ingress`` and ``chinwag worker`` on PostgreSQL) an
+ingress process takes platform events and enqueues one job per turn; workers take the
+jobs, answer through the platforms' REST APIs and record the replies. A job carries the
+event as plain JSON (:func:`message_payload`, :func:`action_payload`) and is locked by its
+conversation slot (:func:`conversation_lock`): jobs of one conversation run one at a time,
+oldest first, on whichever worker; different conversations run in parallel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from enum import StrEnum
+from typing import Any, Protocol
+
+from core.types import Attachment, ConversationKey, IncomingAction, IncomingMessage
+
+
+class JobKind(StrEnum):
+    """What a queued turn is."""
+
+    MESSAGE = "message"  # a message to answer (text, a command, files)
+    ACTION = "action"  # a button press answering a confirmation
+
+
+def conversation_lock(key: ConversationKey) -> str:
+    """The queue lock of ``key``'s jobs: one conversation slot, one job at a time."""
+    parts = (key.bot, key.platform, key.chat_id, key.thread_id or "", key.user_id or "")
+    return "chinwag:" + "\x1f".join(parts)
+
+
+def message_payload(msg: IncomingMessage) -> dict[str, Any]:
+    """``msg`` as JSON-able data (attachments as their platform handles)."""
+    return asdict(msg)
+
+
+def message_from(payload: Mapping[str, Any]) -> IncomingMessage:
+    """The message :func:`message_payload` made.
+
+    Raises:
+        ValueError: the payload is not one (a job written by another version, say).
+    """
+    try:
+        data = dict(payload)
+        data["attachments"] = tuple(Attachment(**a) for a in data.get("attachments") or ())
+        data["reply_attachments"] = tuple(
+            Attachment(**a) for a in data.get("reply_attachments") or ()
+        )
+        return IncomingMessage(**data)
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"not a queued message: {exc}") from exc
+
+
+def action_payload(action: IncomingAction) -> dict[str, Any]:
+    """``action`` as JSON-able data."""
+    return asdict(action)
+
+
+def action_from(payload: Mapping[str, Any]) -> IncomingAction:
+    """The button press :func:`action_payload` made.
+
+    Raises:
+        ValueError: the payload is not one.
+    """
+    try:
+        return IncomingAction(**payload)
+    except TypeError as exc:
+        raise ValueError(f"not a queued button press: {exc}") from exc
+
+
+class TurnQueue(Protocol):
+    """Where ingress puts turns for workers (``adapters.queue`` implements it)."""
+
+    async def enqueue(
+        self, kind: JobKind, key: ConversationKey, payload: Mapping[str, Any]
+    ) -> None:
+        """Queue one turn behind the earlier ones of ``key``'s conversation.
+
+        Returns once the job is stored (durable): the platform event may be acknowledged.
+
+        Raises:
+            StoreError: the queue's database cannot be reached (the event is not
+                acknowledged, so the platform delivers it again).
+        """
+        ...
+
+
+__all__ = [
+    "JobKind",
+    "TurnQueue",
+    "action_from",
+    "action_payload",
+    "conversation_lock",
+    "message_from",
+    "message_payload",
+]
