@@ -10,7 +10,7 @@ oldest first, on whichever worker; different conversations run in parallel.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from enum import StrEnum
 from typing import Any, Protocol
@@ -87,8 +87,24 @@ class TurnQueue(Protocol):
         ...
 
 
+class StopSignal(Protocol):
+    """``/stop`` across processes: ingress publishes, the worker holding the reply stops it.
+
+    ``adapters.shared`` implements it on Redis (pub/sub).
+    """
+
+    async def publish(self, key: ConversationKey) -> None:
+        """Ask whichever process writes ``key``'s reply to stop it."""
+        ...
+
+    async def listen(self, on_stop: Callable[[ConversationKey], object]) -> None:
+        """Call ``on_stop`` for every stop published (by any process) until cancelled."""
+        ...
+
+
 __all__ = [
     "JobKind",
+    "StopSignal",
     "TurnQueue",
     "action_from",
     "action_payload",

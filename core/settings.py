@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core.types import MemoryScope
@@ -205,3 +205,39 @@ class MediaSettings(ChinwagSettings):
     max_file_chars: int = Field(default=50_000, ge=1, le=2_000_000)
     # The longest voice note or audio file transcribed, in seconds.
     stt_max_seconds: float = Field(default=600.0, gt=0, le=86_400)
+
+
+class ScaleSettings(ChinwagSettings):
+    """Many processes, one bot: ingress and queue workers on PostgreSQL, limits in Redis."""
+
+    EXAMPLES: ClassVar[dict[str, str]] = {
+        "chinwag_mode": "worker",
+        "redis_url": "redis://127.0.0.1:6379/0",
+        "worker_heartbeat_timeout_seconds": "10",
+        "worker_concurrency": "8",
+    }
+
+    # What `chinwag run` does: run (one process does everything), ingress (take platform
+    # events and queue them) or worker (answer queued turns); the last two need PostgreSQL.
+    chinwag_mode: str = Field(default="run", pattern=r"(?i)^(run|ingress|worker)$")
+    # Redis for what all processes share: flood control, rate limits, /stop. Required by
+    # ingress and workers; `chinwag run` uses it when set, else keeps it all in memory.
+    redis_url: SecretStr | None = Field(default=None)
+    # A worker silent this long is dead: its turns are retried by another worker.
+    worker_heartbeat_timeout_seconds: float = Field(default=10.0, ge=2, le=600)
+    # How many turns (different conversations) one worker answers at once.
+    worker_concurrency: int = Field(default=8, ge=1, le=256)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @property
+    def mode(self) -> str:
+        """``CHINWAG_MODE`` in lower case."""
+        return self.chinwag_mode.lower()
