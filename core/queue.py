@@ -93,12 +93,20 @@ class StopSignal(Protocol):
     ``adapters.shared`` implements it on Redis (pub/sub).
     """
 
-    async def publish(self, key: ConversationKey) -> None:
-        """Ask whichever process writes ``key``'s reply to stop it."""
+    async def publish(self, key: ConversationKey) -> bool:
+        """Ask whichever process writes ``key``'s reply to stop it.
+
+        Returns whether one did (it answers within about a second), so ``/stop`` can say
+        "there's no reply in progress" otherwise.
+        """
         ...
 
-    async def listen(self, on_stop: Callable[[ConversationKey], object]) -> None:
-        """Call ``on_stop`` for every stop published (by any process) until cancelled."""
+    async def listen(self, on_stop: Callable[[ConversationKey], bool]) -> None:
+        """Call ``on_stop`` for every stop published (by any process) until cancelled.
+
+        ``on_stop`` returns whether this process stopped a reply (``Replier.stop``); a
+        ``True`` is what makes :meth:`publish` return ``True``.
+        """
         ...
 
 
