@@ -126,8 +126,11 @@ class OutboundAdapter(Protocol):
         ...
 
     def channel_for(self, msg: IncomingMessage) -> ReplyChannel:
-        """The channel answering ``msg`` as a live update's would (a ``FileSource`` where
-        the platform has files: ``msg.attachments`` are fetched by their ``ref``)."""
+        """The channel answering ``msg`` as a live update's would.
+
+        A ``FileSource`` where the platform has files: ``msg.attachments`` are fetched by
+        their ``ref``.
+        """
         ...
 
     def resume(

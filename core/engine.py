@@ -401,7 +401,14 @@ class Engine:
         """Submit ``msg`` and wait until it is answered."""
         await self.submit(msg, out)
 
-    async def settle(self, platform: str, chat_id: str, user_id: str, thread_id: str | None = None, is_private: bool = True) -> None:
+    async def settle(
+        self,
+        platform: str,
+        chat_id: str,
+        user_id: str,
+        thread_id: str | None = None,
+        is_private: bool = True,
+    ) -> None:
         """Return once the conversation slot has nothing queued or running in this process.
 
         A queue worker calls it before it lets the conversation's job go: work the job set

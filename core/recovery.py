@@ -184,7 +184,11 @@ class Recovery:
             rows = await self._store.recent_messages(
                 reply.conversation_id, limit=1, before_seq=reply.seq + 1
             )
-            if not rows or rows[0].id != reply.id or rows[0].status is not MessageStatus.IN_PROGRESS:
+            if (
+                not rows
+                or rows[0].id != reply.id
+                or rows[0].status is not MessageStatus.IN_PROGRESS
+            ):
                 return  # finished (or gone with /forget) meanwhile
 
     async def take_over(self, reply: ReplyInProgress, fallback: ReplyChannel | None = None) -> None:

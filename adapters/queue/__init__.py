@@ -1,0 +1,1 @@
+"""The PostgreSQL turn queue (procrastinate): ingress enqueues turns, workers answer them."""

@@ -1,0 +1,1 @@
+"""What every process of one bot shares through Redis: flood control, rate limits, /stop."""
