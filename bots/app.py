@@ -42,6 +42,7 @@ from core.settings import (
     KbSettings,
     LLMSettings,
     MediaSettings,
+    ScaleSettings,
     ToolSettings,
 )
 from core.telemetry import NO_TELEMETRY, Telemetry
@@ -49,6 +50,7 @@ from core.tools import Toolbox
 
 if TYPE_CHECKING:
     from adapters.homeassistant.settings import HomeAssistantSettings
+    from adapters.shared import RedisShared
     from bots.health import Health
 
 _log = logging.getLogger(__name__)
@@ -103,6 +105,8 @@ class Settings:
     media: MediaSettings = field(default_factory=lambda: MediaSettings(_env_file=None))
     # CHINWAG_HTTP_LISTEN as (host, port): where health and metrics are served; None = off.
     http_listen: tuple[str, int] | None = None
+    # CHINWAG_MODE, REDIS_URL and the queue workers' settings.
+    scale: ScaleSettings = field(default_factory=lambda: ScaleSettings(_env_file=None))
 
     @property
     def data_dir(self) -> Path:
@@ -213,11 +217,15 @@ def build_tools(settings: Settings) -> Toolbox:
 
 
 @contextlib.asynccontextmanager
-async def running_engine(settings: Settings, health: Health | None = None) -> AsyncIterator[Engine]:
+async def running_engine(
+    settings: Settings, health: Health | None = None, shared: RedisShared | None = None
+) -> AsyncIterator[Engine]:
     """Backend, store, the bot's tools and the engine, started, and closed in reverse order.
 
     The tools close after the engine drained (a reply in flight may still call one). With
-    ``health``, the engine counts into its telemetry and readiness probes the store.
+    ``health``, the engine counts into its telemetry and readiness probes the store. With
+    ``shared`` (``REDIS_URL``), rate limits, confirmations and ``/stop`` are the bot's
+    processes' shared ones.
     """
     toolbox = build_tools(settings)
     backend = build_backend(settings)
@@ -250,6 +258,9 @@ async def running_engine(settings: Settings, health: Health | None = None) -> As
                 media=settings.media,
                 reader=LocalMediaReader(),
                 transcriber=transcriber,
+                rate_limits=shared.rate_limits if shared is not None else None,
+                pending=shared.pending if shared is not None else None,
+                stop_signal=shared.stop_signal if shared is not None else None,
             )
             await engine.start()
             try:
@@ -306,9 +317,16 @@ def tune_gc() -> None:
 
 
 def platform_adapters(
-    settings: Settings, engine: Engine, telemetry: Telemetry = NO_TELEMETRY
+    settings: Settings,
+    engine: Engine,
+    telemetry: Telemetry = NO_TELEMETRY,
+    shared: RedisShared | None = None,
 ) -> list[ChatAdapter]:
-    """The chat adapters whose tokens are configured, counting into ``telemetry``."""
+    """The chat adapters whose tokens are configured, counting into ``telemetry``.
+
+    With ``shared``, Telegram's flood gates and pacing are shared with the bot's other
+    processes. Discord's are not (discord.py paces each process on its own).
+    """
     adapters: list[ChatAdapter] = []
     if settings.telegram.bot_token is not None:
         from adapters.telegram.adapter import TelegramAdapter
@@ -319,6 +337,7 @@ def platform_adapters(
                 engine,
                 max_file_mb=settings.media.max_file_mb,  # /kb add passes KB_MAX_FILE_MB
                 telemetry=telemetry,
+                limits=shared.limits if shared is not None else None,
             )
         )
     if settings.discord.bot_token is not None:
@@ -364,7 +383,12 @@ async def serve(settings: Settings, *, console: bool, stop: asyncio.Event | None
 async def _serve(
     settings: Settings, *, console: bool, health: Health | None, stop: asyncio.Event
 ) -> None:
-    async with running_engine(settings, health) as engine:
+    from bots.shared import shared_state
+
+    async with (
+        shared_state(settings.scale, settings.core.bot_name) as shared,
+        running_engine(settings, health, shared) as engine,
+    ):
         terminal = None
         if console:
             from adapters.console import ConsoleAdapter
@@ -373,7 +397,7 @@ async def _serve(
             adapters: list[ChatAdapter] = [terminal]
         else:
             adapters = platform_adapters(
-                settings, engine, health.telemetry if health is not None else NO_TELEMETRY
+                settings, engine, health.telemetry if health is not None else NO_TELEMETRY, shared
             )
         if health is not None:
             health.adapters = adapters

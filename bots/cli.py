@@ -49,6 +49,7 @@ from core.settings import (
     KbSettings,
     LLMSettings,
     MediaSettings,
+    ScaleSettings,
     ToolSettings,
 )
 
@@ -247,6 +248,7 @@ def _load(env_file: Path | None, bot: Bot, bot_settings: BotSettings, command: s
         kb=load(KbSettings, env_file),
         media=load(MediaSettings, env_file),
         http_listen=bot_settings.http_listen(),
+        scale=load(ScaleSettings, env_file),
     )
 
 
@@ -471,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.memory,
             settings.telegram,
             settings.discord,
+            settings.scale,  # REDIS_URL may hold a password
         ]
         if settings.homeassistant is not None:
             components.append(settings.homeassistant)

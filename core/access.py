@@ -2,12 +2,17 @@
 
 Pure policy over :class:`core.settings.AccessSettings`; the engine asks it before storing or
 answering anything. Time comes from the engine's clock so tests fake it instead of sleeping.
+
+The rate window is a port (:class:`RateLimits`): :class:`RateLimiter` keeps it in memory for
+one process; ``adapters.shared`` keeps it in Redis so a user's limit holds across all the
+processes of one bot.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from core.settings import AccessSettings
 
@@ -48,6 +53,18 @@ class AccessPolicy:
         )
 
 
+class RateLimits(Protocol):
+    """A sliding one-minute window of message times per subject (``"telegram:42"``)."""
+
+    async def admit(self, subject: str, now: float, per_minute: int) -> float:
+        """Record a message at ``now`` (seconds) and return 0, or the seconds to wait.
+
+        At most ``per_minute`` messages are recorded in any 60 seconds; a refused message is
+        not recorded, so waiting the returned time always works.
+        """
+        ...
+
+
 class RateLimiter:
     """A sliding one-minute window of message times per user (in memory)."""
 
@@ -69,6 +86,11 @@ class RateLimiter:
         if len(self._seen) > 100_000:  # forget idle users so memory stays bounded
             self._prune(now)
         return 0.0
+
+    async def admit(self, subject: str, now: float, per_minute: int) -> float:
+        """:class:`RateLimits`: :meth:`check` at ``per_minute``."""
+        self._per_minute = per_minute
+        return self.check(subject, now)
 
     def _prune(self, now: float) -> None:
         idle = [s for s, t in self._seen.items() if not t or now - t[-1] >= _WINDOW_SECONDS]

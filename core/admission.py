@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from core.access import AccessPolicy, RateLimiter, format_wait, until_next_utc_day
+from core.access import AccessPolicy, RateLimiter, RateLimits, format_wait, until_next_utc_day
 from core.notices import REFUSAL, notify
 from core.ports import MemoryStore, ReplyChannel
 from core.settings import AccessSettings
@@ -30,6 +30,8 @@ class Admission:
         store: where the daily token usage is read from (for the quota).
         bot_name: the bot whose usage counts.
         clock: the engine's clock (current UTC time).
+        rate: the rate windows (shared by the bot's processes); ``None``: this process's
+            own, in memory.
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class Admission:
         store: MemoryStore,
         bot_name: str,
         clock: Callable[[], datetime],
+        rate: RateLimits | None = None,
     ) -> None:
         self._settings = settings
         self._policy = AccessPolicy(settings)
@@ -45,7 +48,10 @@ class Admission:
         self._bot_name = bot_name
         self._clock = clock
         per_minute = settings.rate_limit_per_minute
-        self._rate = RateLimiter(per_minute) if per_minute else None
+        self._per_minute = per_minute or 0
+        self._rate: RateLimits | None = None
+        if per_minute:
+            self._rate = rate or RateLimiter(per_minute)
         self._rate_noticed: dict[str, float] = {}
         self._refused: dict[str, datetime] = {}
 
@@ -90,7 +96,7 @@ class Admission:
             return True
         now = self._clock()
         if self._rate is not None:
-            refusal = self._rate_refusal(self._rate, msg, now)
+            refusal = await self._rate_refusal(self._rate, msg, now)
             if refusal is not None:
                 if refusal:
                     await notify(out, refusal)
@@ -109,10 +115,12 @@ class Admission:
                 return False
         return True
 
-    def _rate_refusal(self, rate: RateLimiter, msg: IncomingMessage, now: datetime) -> str | None:
+    async def _rate_refusal(
+        self, rate: RateLimits, msg: IncomingMessage, now: datetime
+    ) -> str | None:
         """``None`` if within the rate; else the notice to send, or ``""`` to stay silent."""
         subject = f"{msg.platform}:{msg.user_id}"
-        wait = rate.check(subject, now.timestamp())
+        wait = await rate.admit(subject, now.timestamp(), self._per_minute)
         if wait <= 0:
             return None
         noticed = self._rate_noticed.get(subject, 0.0)

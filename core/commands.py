@@ -24,6 +24,7 @@ from core.media import describe
 from core.notices import notify
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
+from core.queue import StopSignal
 from core.reply import Replier
 from core.sessions import Sessions
 from core.settings import DEFAULT_SYSTEM_PROMPT, AccessSettings, CoreSettings
@@ -175,6 +176,9 @@ class BuiltinCommands:
         # too (returns how many).
         self.on_forget: Callable[[str, str, str], Awaitable[int]] | None = None
         self.knowledge: KnowledgeStore | None = None  # the user's documents, for /export
+        # Set by the engine when the bot runs as several processes: /stop reaches the
+        # process that writes the reply.
+        self.stop_signal: StopSignal | None = None
         self._store = store
         self._core = core
         self._access = access
@@ -260,8 +264,15 @@ class BuiltinCommands:
     async def stop(
         self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, arg: str
     ) -> None:
-        """``/stop``: end the conversation's reply in progress (bypasses the lane)."""
-        if not self._replier.stop(key):
+        """``/stop``: end the conversation's reply in progress (bypasses the lane).
+
+        A reply this process is not writing may be another process's: the stop is then
+        published to all of them, and the user told whether one stopped.
+        """
+        stopped = self._replier.stop(key)
+        if not stopped and self.stop_signal is not None:
+            stopped = await self.stop_signal.publish(key)
+        if not stopped:
             await notify(out, "There's no reply in progress to stop.")
             return
         await notify(out, "Stopped.")

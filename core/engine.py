@@ -28,10 +28,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
+from core.access import RateLimits
 from core.admission import Admission
 from core.bot import BotCommand
 from core.commands import BuiltinCommands, CommandRegistry, parse_command
-from core.confirmations import Confirmations
+from core.confirmations import Confirmations, PendingStore
 from core.errors import ChinwagError, DuplicateMessage
 from core.instance import HEARTBEAT_SECONDS, Instance
 from core.intake import Intake, TurnInput
@@ -43,6 +44,7 @@ from core.media import MediaReader, Transcriber
 from core.notices import EMPTY_REPLY, GENERIC_ERROR, UNSUPPORTED_REPLY, notify
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
+from core.queue import StopSignal
 from core.recovery import Recovery
 from core.reply import Replier
 from core.rounds import ROUND_STATUSES, calls_of
@@ -112,6 +114,12 @@ class Engine:
         shared: other processes serve the same conversations (queue workers): nothing a
             peer may change is cached across messages, and a redelivered message whose
             reply a live peer is writing waits for it (see :meth:`settle`).
+        rate_limits: the per-user rate windows shared by the bot's processes (Redis); this
+            process's own if omitted.
+        pending: where ``/forget``'s confirmations wait, shared by the bot's processes so
+            the press may reach any of them; this process's memory if omitted.
+        stop_signal: ``/stop`` across processes: a stop for a reply this process is not
+            writing is published, and stops published by peers are honoured here.
     """
 
     def __init__(
@@ -134,8 +142,13 @@ class Engine:
         reader: MediaReader | None = None,
         transcriber: Transcriber | None = None,
         shared: bool = False,
+        rate_limits: RateLimits | None = None,
+        pending: PendingStore | None = None,
+        stop_signal: StopSignal | None = None,
     ) -> None:
         self._shared = shared
+        self._stop_signal = stop_signal
+        self._stop_listener: asyncio.Task[None] | None = None
         self._telemetry = telemetry
         self._backend = backend
         self._store = store
@@ -144,7 +157,7 @@ class Engine:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._history = HistoryCache(contiguous=shared)
         self._prompts = PromptBuilder(backend, store, self._history)
-        self._admission = Admission(access, store, core.bot_name, self._clock)
+        self._admission = Admission(access, store, core.bot_name, self._clock, rate_limits)
         self._sessions = Sessions(backend, store, llm, cached=not shared)
         self._replier = Replier(
             backend=backend,
@@ -157,7 +170,7 @@ class Engine:
             clock=self._clock,
             telemetry=telemetry,
         )
-        self._confirmations = Confirmations(self._clock)
+        self._confirmations = Confirmations(self._clock, pending)
         self._default_prompt = core.system_prompt or persona or DEFAULT_SYSTEM_PROMPT
         self._builtins = BuiltinCommands(
             backend=backend,
@@ -173,6 +186,7 @@ class Engine:
             clock=self._clock,
             default_prompt=self._default_prompt,
         )
+        self._builtins.stop_signal = stop_signal
         self._commands = CommandRegistry()
         self._builtins.register(self._commands)
         self._lanes: Lanes[ConversationKey, _Job] = Lanes(self._run_in_lane, _lane_name)
@@ -267,6 +281,10 @@ class Engine:
             return
         self._state = Lifecycle.STARTING
         await self._instance.start()
+        if self._stop_signal is not None:
+            self._stop_listener = asyncio.create_task(
+                self._stop_signal.listen(self._replier.stop), name="chinwag-stop-listener"
+            )
         self._state = Lifecycle.RUNNING
 
     def use_adapters(self, adapters: Sequence[object]) -> None:
@@ -326,6 +344,9 @@ class Engine:
                 await asyncio.gather(*pending, return_exceptions=True)
         finally:
             self._state = Lifecycle.CLOSED
+            if self._stop_listener is not None:
+                self._stop_listener.cancel()
+                await asyncio.gather(self._stop_listener, return_exceptions=True)
             await self._instance.aclose()
 
     # --- the inbound port ------------------------------------------------------------------

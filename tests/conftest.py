@@ -10,6 +10,9 @@
   it off. PostgreSQL tests need ``CHINWAG_TEST_POSTGRES_URL`` (e.g.
   ``postgresql://postgres@127.0.0.1:5432/postgres``) and skip without it, unless
   ``CHINWAG_TEST_REQUIRE`` names ``postgres``.
+* ``redis_url`` and ``redis_prefix`` (a key prefix of the test's own, its keys deleted
+  after): Redis tests need ``CHINWAG_TEST_REDIS_URL`` (e.g. ``redis://127.0.0.1:6379/0``)
+  and skip without it, unless ``CHINWAG_TEST_REQUIRE`` names ``redis``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from tests._require import REQUIRE_VARIABLE, NetworkBlocked, require_or_skip
 from tests.fakes.tcp_proxy import TcpProxy
 
 PG_VARIABLE = "CHINWAG_TEST_POSTGRES_URL"
+REDIS_VARIABLE = "CHINWAG_TEST_REDIS_URL"
 
 # --- a clean environment per test -------------------------------------------------------------
 
@@ -65,7 +69,17 @@ _ENV_NAMES = {
     "LOG_LEVEL",
 }
 # never removed, whatever a settings field is called
-_KEEP = {PG_VARIABLE, REQUIRE_VARIABLE, "PATH", "HOME", "USER", "SHELL", "PWD", "LANG"}
+_KEEP = {
+    PG_VARIABLE,
+    REDIS_VARIABLE,
+    REQUIRE_VARIABLE,
+    "PATH",
+    "HOME",
+    "USER",
+    "SHELL",
+    "PWD",
+    "LANG",
+}
 _KEEP |= {"TMPDIR", "TMP", "TEMP", "PYTHONPATH", "VIRTUAL_ENV", "XDG_DATA_HOME"}
 
 
@@ -315,6 +329,38 @@ def empty_database(request: pytest.FixtureRequest, kind: str, tmp_path: Path) ->
     url: str = request.getfixturevalue("pg_url")
     reset_postgres(url)
     return url
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """``CHINWAG_TEST_REDIS_URL``: a Redis the test may write keys to (under its prefix)."""
+    url = os.environ.get(REDIS_VARIABLE, "").strip()
+    if not url:
+        require_or_skip("redis", f"Redis tests need {REDIS_VARIABLE}")
+    return url
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own (``chinwag-test:<random>:``); its keys go after."""
+    prefix = f"chinwag-test:{secrets.token_hex(6)}:"
+    yield prefix
+    _run_in_thread(_delete_keys(redis_url, prefix))
+
+
+async def _delete_keys(url: str, prefix: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
 
 
 # --- llama-cpp-python's real server -----------------------------------------------------------

@@ -51,6 +51,7 @@ from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.transport import AnyApplication, Transport, is_not_modified
 from core.errors import AdapterError, ConfigError
 from core.lifecycle import Lifecycle
+from core.limits import SharedLimits
 from core.ports import ConversationEngine
 from core.telemetry import NO_TELEMETRY, Telemetry
 from core.types import IncomingAction, IncomingMessage
@@ -73,6 +74,8 @@ class TelegramAdapter:
             picks the largest photo size that fits. ``/kb add`` passes its own
             ``KB_MAX_FILE_MB``; the Bot API's 20 MB download limit applies in any case.
         telemetry: counts the flood-control waits Telegram asks for (429).
+        limits: flood gates and per-chat pacing shared with the bot's other processes
+            (Redis); ``None`` keeps them in this process.
 
     ``start()`` connects (``getMe``), registers the engine's commands, and starts polling
     or the webhook server; ``aclose()`` stops taking updates, lets replies in flight finish
@@ -88,8 +91,10 @@ class TelegramAdapter:
         *,
         max_file_mb: float | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
+        limits: SharedLimits | None = None,
     ) -> None:
         self._telemetry = telemetry
+        self._limits = limits
         self._engine = engine
         self._max_file_bytes = int(max_file_mb * 1024 * 1024) if max_file_mb else None
         self._photo_limit = min(
@@ -202,7 +207,7 @@ class TelegramAdapter:
             self._state = Lifecycle.CLOSED
             raise
         self._app = app
-        self._transport = Transport(app, self._settings, self._telemetry)
+        self._transport = Transport(app, self._settings, self._telemetry, self._limits)
         me = app.bot.bot
         self._username = (me.username or "").lower()
         self._bot_id = me.id

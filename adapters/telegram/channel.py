@@ -118,6 +118,7 @@ class TelegramReplyChannel:
                     text=text,
                     parse_mode=parse_mode,
                     markup=markup,
+                    pace=self._interval,
                 )
             finally:
                 self._t.note_edit(self._chat_id)
@@ -156,6 +157,7 @@ class TelegramReplyChannel:
                 ),
                 wait_flood=final,
                 repeat_on_timeout=2 if final else 0,  # an edit is idempotent
+                pace=self._interval,
             )
 
         try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import warnings
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -32,6 +33,7 @@ from telegram.warnings import PTBDeprecationWarning
 
 from adapters.live import LivePacing
 from adapters.telegram.settings import TelegramSettings
+from core.limits import SharedLimits
 from core.telemetry import NO_TELEMETRY, Telemetry
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _FLOOD_MARGIN: Final = 0.05
+_BOT_GATE: Final = "telegram:bot"
 _PROBES: Final = 3  # ids after the last one seen where a timed-out send's message may be
 _TYPING_REPEAT: Final = 4.5  # Telegram shows "typing" for 5 seconds
 
@@ -83,16 +86,30 @@ class Throttled(Exception):
     """A call skipped because its chat's flood gate is closed (``retry_after`` pending)."""
 
 
+def _chat_gate(chat_id: int) -> str:
+    return f"telegram:chat:{chat_id}"
+
+
 class Transport:
-    """What reply channels share: the bot, per-chat pacing and the flood gates."""
+    """What reply channels share: the bot, per-chat pacing and the flood gates.
+
+    Args:
+        app: the PTB application whose bot makes the calls.
+        settings: the adapter's settings (edit intervals, pacing delays).
+        telemetry: where flood waits are counted.
+        limits: flood gates and pacing shared with the bot's other processes; ``None``
+            keeps them in this process only.
+    """
 
     def __init__(
         self,
         app: AnyApplication,
         settings: TelegramSettings,
         telemetry: Telemetry = NO_TELEMETRY,
+        limits: SharedLimits | None = None,
     ) -> None:
         self.app = app
+        self.limits = limits
         self.telemetry = telemetry
         self.settings = settings
         self._flood_until: dict[int, float] = {}
@@ -137,6 +154,7 @@ class Transport:
         text: str,
         parse_mode: str | None,
         markup: InlineKeyboardMarkup | None = None,
+        pace: float | None = None,
     ) -> int:
         """Send a message with ``make`` (its ``text`` and ``parse_mode``); return its id.
 
@@ -147,7 +165,7 @@ class Transport:
         """
         for attempt in (1, 2):
             try:
-                message = await self.call(chat_id, make)
+                message = await self.call(chat_id, make, pace=pace)
             except TimedOut:
                 found = await self._find_sent(chat_id, text, parse_mode, markup)
                 if found is not None:
@@ -202,20 +220,37 @@ class Transport:
         *,
         wait_flood: bool = True,
         repeat_on_timeout: int = 0,
+        pace: float | None = None,
     ) -> _T:
         """Run one Bot API call for ``chat_id``, honouring its flood gate.
 
         With ``wait_flood`` a 429 closes the gate for ``retry_after`` and the call is retried
         after it; without, the ``RetryAfter`` propagates (after closing the gate). An
         idempotent call (an edit) that timed out is made again up to ``repeat_on_timeout``
-        times.
+        times. With shared ``limits`` the shared gates are honoured too, and a call with
+        ``pace`` (a send or an edit) first takes the chat's next slot, ``pace`` seconds after
+        the previous one of any process.
         """
+        paced = pace is None or self.limits is None
         while True:
             # Re-read after each sleep: a 429 elsewhere may have pushed the gate further.
             while (wait := self.gate(chat_id) - self.now()) > 0:
                 if not wait_flood:
                     raise Throttled(wait)
                 await asyncio.sleep(wait)
+            if self.limits is not None:
+                until = await self.limits.closed_until((_BOT_GATE, _chat_gate(chat_id)))
+                if (wait := until - time.time()) > 0:
+                    if not wait_flood:
+                        raise Throttled(wait)
+                    await asyncio.sleep(wait)
+                    continue
+                if not paced:
+                    paced = True
+                    slot = await self.limits.reserve(_chat_gate(chat_id), pace or 0.0)
+                    if (wait := slot - time.time()) > 0:
+                        await asyncio.sleep(wait)
+                        continue  # a peer's 429 may have come meanwhile
             try:
                 return await make()
             except TimedOut:
@@ -228,6 +263,10 @@ class Transport:
                 until = self.now() + seconds + _FLOOD_MARGIN
                 self._flood_until[chat_id] = max(self.gate(chat_id), until)
                 self._bot_flood_until = max(self._bot_flood_until, until)
+                if self.limits is not None:
+                    wall = time.time() + seconds + _FLOOD_MARGIN
+                    await self.limits.close(_chat_gate(chat_id), wall)
+                    await self.limits.close(_BOT_GATE, wall)
                 self.telemetry.flood_wait("telegram")
                 _log.info("flood control in chat %s: waiting %.1fs", chat_id, seconds)
                 if not wait_flood:

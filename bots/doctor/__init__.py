@@ -5,7 +5,8 @@ chinwag's but are not, with a "did you mean"), the database (reachable, migratio
 the LLM (an OpenAI-compatible server answers ``/v1/models`` and lists the model; or the local
 GGUF model loads, and its vision projector with it), speech to text (the server answers
 ``/v1/models``, takes the key and lists ``STT_MODEL`` when it lists models), Telegram
-(``getMe``, webhook state) and Discord (the bot user, the Message Content intent), the network
+(``getMe``, webhook state), Discord (the bot user, the Message Content intent) and Redis
+(``REDIS_URL`` answers, its version), the network
 checks side by side. Each line starts with ``ok``, ``warn``,
 ``FAIL`` or ``skip`` (not configured); anything not ok says what to do. The exit status is 0
 only when every line is ``ok`` or ``skip``: a warning fails doctor too, because what it warns
@@ -24,6 +25,7 @@ Where each part lives:
 - :mod:`bots.doctor.database`: the database check.
 - :mod:`bots.doctor.llm`: the LLM (server or local model), the vision projector, speech to text.
 - :mod:`bots.doctor.platforms`: Telegram and Discord.
+- :mod:`bots.doctor.shared_state`: Redis (``REDIS_URL``).
 - :mod:`bots.doctor.report`: running the checks, printing the report, the CLI registration.
 - :mod:`bots.doctor.startup`: :func:`startup_checks` for ``chinwag run``.
 """

@@ -23,8 +23,9 @@ from bots.doctor.configuration import load_all, settings_classes
 from bots.doctor.database import check_database
 from bots.doctor.llm import check_llm, check_stt
 from bots.doctor.platforms import check_discord, check_telegram
+from bots.doctor.shared_state import check_redis
 from core.errors import ConfigError
-from core.settings import LLMSettings
+from core.settings import LLMSettings, ScaleSettings
 
 DEFAULT_TIMEOUT: Final = 10.0
 
@@ -51,12 +52,14 @@ async def diagnose(env_file: Path | None, *, limit: float = DEFAULT_TIMEOUT) -> 
     )
     telegram, discord = loaded.get(TelegramSettings), loaded.get(DiscordSettings)
     stt = loaded.get(STTSettings)
+    scale = loaded.get(ScaleSettings)
     jobs: list[Awaitable[list[Check]]] = [
         _single(check_database(memory, limit)) if memory else _blocked("database"),
         check_llm(llm, openai, local, limit) if llm and openai and local else _blocked("LLM"),
         (_single(check_stt(stt, openai, limit)) if stt and openai else _blocked("speech to text")),
         check_telegram(telegram, limit) if telegram else _blocked("Telegram"),
         check_discord(discord, limit) if discord else _blocked("Discord"),
+        check_redis(scale, limit) if scale else _blocked("Redis"),
     ]
     for result in await asyncio.gather(*jobs):
         checks.extend(result)
