@@ -191,7 +191,8 @@ async def test_stop_sent_to_one_engine_stops_the_reply_the_other_writes(engines)
     await front.handle(_msg("/stop"), told)
     assert told.notices == ["Stopped."]
     await asyncio.wait_for(reply, 10)
-    assert out.replies and len(out.replies[-1]) < len(words)  # cut short, not finished
+    assert out.replies
+    assert len(out.replies[-1]) < len(words)  # cut short, not finished
     await front.handle(_msg("/stop"), told)
     assert told.notices[-1] == "There's no reply in progress to stop."
 
@@ -218,19 +219,21 @@ async def test_start_fails_in_one_line_without_the_password() -> None:
         await shared.start()
     await shared.aclose()
     text = str(caught.value)
-    assert "s3cret" not in text and "\n" not in text
+    assert "s3cret" not in text
+    assert "\n" not in text
     assert text.startswith("REDIS_URL: cannot reach Redis at redis://127.0.0.1:1/0")
 
 
 async def test_redis_gone_at_run_time_falls_back_to_this_process(
-    caplog: pytest.LogCaptureFixture, redis_prefix: str
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    shared = RedisShared("redis://127.0.0.1:1/0", "testbot", prefix=redis_prefix)
+    shared = RedisShared("redis://127.0.0.1:1/0", "testbot")
     caplog.set_level(logging.WARNING)
     try:
         t = 1_000_000.0
         waits = [await shared.rate_limits.admit("test:a", t + i, 2) for i in range(3)]
-        assert waits[:2] == [0.0, 0.0] and waits[2] > 0  # the limit still holds here
+        assert waits[:2] == [0.0, 0.0]
+        assert waits[2] > 0  # the limit still holds here
         await shared.limits.close("telegram:bot", time.time() + 5)
         assert await shared.limits.closed_until(["telegram:bot"]) > time.time()
         assert await shared.stop_signal.publish(_key()) is False
