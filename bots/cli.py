@@ -110,7 +110,9 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Start the Telegram adapter if TELEGRAM_BOT_TOKEN is set and the Discord adapter if "
             "DISCORD_BOT_TOKEN is set, in one process, until SIGINT/SIGTERM. With neither set, "
-            "open the console chat when standard input is a terminal, else exit 2."
+            "open the console chat when standard input is a terminal, else exit 2. With "
+            "REDIS_URL set, flood control, rate limits, /stop and confirmations are shared "
+            "with the bot's other processes through Redis."
         ),
     )
     sub.add_parser(

@@ -6,7 +6,7 @@ the LLM (an OpenAI-compatible server answers ``/v1/models`` and lists the model;
 GGUF model loads, and its vision projector with it), speech to text (the server answers
 ``/v1/models``, takes the key and lists ``STT_MODEL`` when it lists models), Telegram
 (``getMe``, webhook state), Discord (the bot user, the Message Content intent) and Redis
-(``REDIS_URL`` answers, its version), the network
+(``REDIS_URL`` answers, its version; no line when unset), the network
 checks side by side. Each line starts with ``ok``, ``warn``,
 ``FAIL`` or ``skip`` (not configured); anything not ok says what to do. The exit status is 0
 only when every line is ``ok`` or ``skip``: a warning fails doctor too, because what it warns

@@ -57,6 +57,7 @@ NOT_SETTINGS: Final = frozenset(
         "CHINWAG_HTTP_PORT",
         # the test suite's and scripts/container-test.sh's
         "CHINWAG_TEST_POSTGRES_URL",
+        "CHINWAG_TEST_REDIS_URL",
         "CHINWAG_TEST_REQUIRE",
         "CHINWAG_TEST_PYTHON",
         "CHINWAG_CONTAINER_CACHE",

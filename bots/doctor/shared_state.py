@@ -11,16 +11,12 @@ _MIN_VERSION = (6, 2)  # PXAT (gates expiring with their time) and float BLPOP t
 
 
 async def check_redis(scale: ScaleSettings, limit: float) -> list[Check]:
-    """Redis's line: reachable within ``limit`` seconds, and recent enough."""
+    """Redis's line: reachable within ``limit`` seconds, and recent enough.
+
+    No line without ``REDIS_URL``: a single process needs no Redis, and nothing is missing.
+    """
     if scale.redis_url is None:
-        return [
-            Check(
-                "skip",
-                "Redis",
-                "not configured (REDIS_URL is unset: limits, /stop and confirmations stay "
-                "in the process)",
-            )
-        ]
+        return []
     from adapters.shared import RedisShared, RedisUnavailable
 
     shared = RedisShared(scale.redis_url.get_secret_value(), "doctor")
@@ -49,4 +45,4 @@ async def check_redis(scale: ScaleSettings, limit: float) -> list[Check]:
                 "use Redis 6.2 or later",
             )
         ]
-    return [Check("ok", "Redis", f"Redis {shared.version} answers at {shared.where}")]
+    return [Check("ok", "Redis", f"REDIS_URL answers: Redis {shared.version}")]
