@@ -83,9 +83,16 @@ class Outage:
     async def run(
         self, call: Callable[[], Awaitable[_T]], fallback: Callable[[], Awaitable[_T]]
     ) -> _T:
-        """``call()``; on a Redis error ``fallback()`` (this process's own state) instead."""
+        """``call()``; on a Redis error ``fallback()`` (this process's own state) instead.
+
+        A failed call is made once more first: after Redis restarted, the first command on
+        each pooled connection fails (redis-py 8 does not retry that one).
+        """
         try:
-            result = await call()
+            try:
+                result = await call()
+            except (RedisError, OSError):
+                result = await call()
         except (RedisError, OSError) as exc:
             if not self._down:
                 self._down = True

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -26,6 +26,8 @@ from core.types import ConversationKey
 __all__ = ["ACK_SECONDS", "RedisStopSignal"]
 
 _log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 ACK_SECONDS: Final = 1.0
 _RECONNECT_MAX: Final = 10.0
@@ -51,7 +53,7 @@ class RedisStopSignal:
         message = json.dumps({"id": request, "key": asdict(key)})
         acks = self._acks + request
         try:
-            listeners = int(await self._client.publish(self._channel, message))
+            listeners = int(await _again(lambda: self._client.publish(self._channel, message)))
             deadline = time.monotonic() + ACK_SECONDS
             while listeners > 0 and (left := deadline - time.monotonic()) > 0:
                 answer = await self._client.blpop([acks], timeout=max(left, 0.01))
@@ -83,6 +85,7 @@ class RedisStopSignal:
                     if message is not None and message.get("type") == "message":
                         await self._answer(message["data"], on_stop)
             except (RedisError, OSError) as exc:
+                _log.debug("the /stop subscription failed", exc_info=True)
                 self.listening.clear()
                 if delay == 0.5:
                     _log.warning(
@@ -105,10 +108,26 @@ class RedisStopSignal:
             _log.warning("ignored a /stop in Redis that this version cannot read")
             return
         stopped = on_stop(key)
-        pipe = self._client.pipeline(transaction=True)
-        pipe.rpush(acks, "1" if stopped else "0")
-        pipe.pexpire(acks, int(ACK_SECONDS * 5000))
-        await pipe.execute()
+
+        async def ack() -> None:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.rpush(acks, "1" if stopped else "0")
+            pipe.pexpire(acks, int(ACK_SECONDS * 5000))
+            await pipe.execute()
+
+        await _again(ack)
+
+
+async def _again(call: Callable[[], Awaitable[_T]]) -> _T:
+    """``call()``, made a second time if the first fails.
+
+    After Redis restarted, the first command on each pooled connection fails (redis-py 8
+    does not retry that one).
+    """
+    try:
+        return await call()
+    except (RedisError, OSError):
+        return await call()
 
 
 async def _quietly(call: Awaitable[Any]) -> None:

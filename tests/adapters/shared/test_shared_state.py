@@ -248,3 +248,64 @@ def _key() -> Any:
     from core.types import ConversationKey
 
     return ConversationKey("testbot", "test", "alice", None, "alice")
+
+
+async def _redis_server(port: int) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly",
+        "no", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(100):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return process
+    raise AssertionError("redis-server did not start")
+
+
+@pytest.mark.slow
+async def test_stop_reaches_a_listener_again_after_redis_restarts(redis_url: str) -> None:
+    import shutil
+    import socket
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs the redis-server program to restart a Redis of its own")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = await _redis_server(port)
+    url = f"redis://127.0.0.1:{port}/0"
+    listener, publisher = RedisShared(url, "testbot"), RedisShared(url, "testbot")
+    await listener.start()
+    await publisher.start()
+    stops: list[Any] = []
+
+    def on_stop(key: Any) -> bool:
+        stops.append(key)
+        return True
+
+    task = asyncio.create_task(listener.stop_signal.listen(on_stop))
+    try:
+        await asyncio.wait_for(listener.stop_signal.listening.wait(), 5)
+        assert await publisher.stop_signal.publish(_key()) is True
+        server.kill()
+        await server.wait()
+        assert await publisher.stop_signal.publish(_key()) is False  # Redis away: no one
+        server = await _redis_server(port)
+        for _ in range(200):  # the listener reconnects by itself (backoff up to a few s)
+            if listener.stop_signal.listening.is_set():
+                break
+            await asyncio.sleep(0.05)
+        assert await publisher.stop_signal.publish(_key()) is True
+        assert len(stops) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await listener.aclose()
+        await publisher.aclose()
+        server.kill()
+        await server.wait()
