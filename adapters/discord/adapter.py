@@ -131,20 +131,23 @@ def _own_replied_files(message: discord.Message) -> tuple[Attachment, ...]:
     return _attachments(replied)
 
 
-class _Client(discord.Client):
-    """discord.py's client, forwarding events to the adapter."""
+def _options(adapter: DiscordAdapter) -> dict[str, Any]:
+    """The discord.py client options chinwag uses (no member cache, no chunking)."""
+    quiet_voice()
+    return {
+        "intents": intents(),
+        "guild_ready_timeout": adapter.settings.guild_ready_timeout,
+        "allowed_mentions": NO_MENTIONS,
+        "chunk_guilds_at_startup": False,
+        "member_cache_flags": discord.MemberCacheFlags.none(),
+        "max_messages": 1000,
+    }
 
-    def __init__(self, adapter: DiscordAdapter) -> None:
-        quiet_voice()
-        super().__init__(
-            intents=intents(),
-            guild_ready_timeout=adapter.settings.guild_ready_timeout,
-            allowed_mentions=NO_MENTIONS,
-            chunk_guilds_at_startup=False,
-            member_cache_flags=discord.MemberCacheFlags.none(),
-            max_messages=1000,
-        )
-        self._adapter = adapter
+
+class _Forwarding:
+    """The event handlers of chinwag's clients: everything goes to the adapter."""
+
+    _adapter: DiscordAdapter
 
     async def on_message(self, message: discord.Message) -> None:
         self._adapter.on_message(message)
@@ -154,6 +157,40 @@ class _Client(discord.Client):
 
     async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
         _log.exception("error in the Discord %s handler", event_method)
+
+
+class _Client(_Forwarding, discord.Client):
+    """discord.py's client (one gateway connection), forwarding events to the adapter."""
+
+    def __init__(self, adapter: DiscordAdapter) -> None:
+        super().__init__(**_options(adapter))
+        self._adapter = adapter
+
+
+class _ShardedClient(_Forwarding, discord.AutoShardedClient):
+    """discord.py's sharded client holding ``DISCORD_SHARD_IDS`` of ``DISCORD_SHARD_COUNT``.
+
+    Discord sends a server's events only to the shard ``(guild_id >> 22) % shard_count``
+    (direct messages to shard 0), so processes holding different shards never see the same
+    message.
+    """
+
+    def __init__(self, adapter: DiscordAdapter) -> None:
+        settings = adapter.settings
+        super().__init__(
+            shard_ids=settings.shard_numbers,
+            shard_count=settings.shard_count,
+            **_options(adapter),
+        )
+        self._adapter = adapter
+
+
+def _gateway_open(client: discord.Client) -> bool:
+    """Whether every gateway connection of ``client`` (each shard's) is open."""
+    if isinstance(client, discord.AutoShardedClient):
+        shards = client.shards
+        return bool(shards) and not any(shard.is_closed() for shard in shards.values())
+    return client.ws is not None and client.ws.open
 
 
 class _RateLimitCounter(logging.Filter):
@@ -210,7 +247,7 @@ class DiscordAdapter:
         self._data_dir = data_dir
         self._state = Lifecycle.NEW
         self._intake_open = True
-        self._client: _Client | None = None
+        self._client: _Client | _ShardedClient | None = None
         self._tree: app_commands.CommandTree[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Future[None]] = set()
@@ -227,8 +264,7 @@ class DiscordAdapter:
             and client is not None
             and client.is_ready()
             and not client.is_closed()
-            and client.ws is not None
-            and client.ws.open
+            and _gateway_open(client)
         )
 
     @property
@@ -252,7 +288,7 @@ class DiscordAdapter:
         self._state = Lifecycle.STARTING
         configure_endpoints(self.settings)
         logging.getLogger("discord.http").addFilter(self._rate_limits)
-        client = self._client = _Client(self)
+        client = self._client = _ShardedClient(self) if self.settings.shard_ids else _Client(self)
         try:
             await login(client, self.settings)
             self._tree = build_tree(client, self._engine.commands(), self._on_slash)
@@ -289,6 +325,12 @@ class DiscordAdapter:
         self._state = Lifecycle.RUNNING
         user = client.user
         _log.info("connected to Discord as %s (id %s)", user, user.id if user else "?")
+        if self.settings.shard_ids:
+            _log.info(
+                "holding Discord shards %s of %d",
+                ",".join(self.settings.shard_ids),
+                self.settings.shard_count,
+            )
 
     async def _run(self, client: discord.Client) -> None:
         try:
