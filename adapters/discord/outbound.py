@@ -24,6 +24,7 @@ from adapters.discord.connection import (
     Forbidden,
     bounded,
     configure_endpoints,
+    intents,
     login,
     quiet_voice,
 )
@@ -90,9 +91,7 @@ class DiscordOutbound:
             raise RuntimeError("DiscordOutbound.start_outbound() after aclose()")
         configure_endpoints(self.settings)
         quiet_voice()
-        client = self._client = discord.Client(
-            intents=discord.Intents.none(), allowed_mentions=NO_MENTIONS
-        )
+        client = self._client = discord.Client(intents=intents(), allowed_mentions=NO_MENTIONS)
         try:
             await login(client, self.settings)
         except BaseException:

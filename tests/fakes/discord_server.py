@@ -1347,12 +1347,16 @@ class FakeDiscord:
         elif kind == 5:
             loading = True
             record.deferred = True
-        elif kind == 7:
+        elif kind in (6, 7):
+            # A component's response edits the message the button is on, now (7) or later
+            # through the webhook's "@original" (6, a deferred update).
             pressed = self._message_of_component(record)
             if pressed is not None:
-                self._edit(pressed, data)
-                resource["message"] = pressed.payload
-        elif kind != 6:
+                record.original_message_id = pressed.id
+                if kind == 7:
+                    self._edit(pressed, data)
+                    resource["message"] = pressed.payload
+        else:
             return _error(400, 50035, "Invalid Form Body", {"type": "unsupported"})
         record.acked_at = time.monotonic()
         reply = {
@@ -1416,7 +1420,9 @@ class FakeDiscord:
                 record.original_message_id = created.id
             mid = record.original_message_id or ""
         message = self.messages.get(mid)
-        if message is None or message.interaction_token != record.token:
+        if message is None:
+            return None
+        if message.interaction_token != record.token and message.id != record.original_message_id:
             return None
         return message
 

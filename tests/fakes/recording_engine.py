@@ -57,6 +57,8 @@ class RecordingEngine:
         await self.submit(msg, out)
 
     async def handle_action(self, action: IncomingAction, out: ReplyChannel) -> None:
+        if self.fail:
+            raise StoreError("the queue's database cannot be reached")
         self.actions.append(action)
         if self.answer:
             await out.send_text(f"pressed {'yes' if action.accepted else 'no'}")
