@@ -40,6 +40,7 @@ _log = logging.getLogger(__name__)
 
 _SECRET_HEADER: Final = "X-Telegram-Bot-Api-Secret-Token"
 _MAX_BODY: Final = 1024 * 1024  # an update is a few kilobytes; Telegram sends no files here
+_DRAIN_SECONDS: Final = 1.0  # deliveries in flight at stop; later ones Telegram sends again
 
 _refusals: ContextVar[list[BaseException] | None] = ContextVar("chinwag_tg_refusals", default=None)
 
@@ -97,11 +98,13 @@ class QueuedWebhook:
         """Listen, then register the webhook URL with Telegram."""
         server = web.Application(client_max_size=_MAX_BODY)
         server.router.add_post("/" + self._settings.webhook_path(), self._post)
-        runner = web.AppRunner(server, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            server, access_log=None, handle_signals=False, shutdown_timeout=_DRAIN_SECONDS
+        )
         await runner.setup()
         host, port = self._settings.listen_address()
         try:
-            await web.TCPSite(runner, host or None, port, shutdown_timeout=1.0).start()
+            await web.TCPSite(runner, host or None, port).start()
         except OSError as exc:
             await runner.cleanup()
             raise ConfigError(

@@ -3,7 +3,8 @@
 Every message and button press is recorded with the adapter it came through (``tag``) and
 answered with a short notice (``got <text>``), in order per conversation. ``block`` holds
 every ``submit`` future unresolved until set (a queue that has not stored the turn yet);
-``fail`` makes the future fail (the queue's database is down). ``served`` counts
+``fail`` makes the future fail (the queue's database is down); ``hold`` (when given)
+holds it after the turn was recorded (queued, not yet acknowledged). ``served`` counts
 ``wait_to_serve`` calls and ``serve_gate`` (when given) is what they wait for: the election
 an ingress poller goes through.
 """
@@ -31,6 +32,7 @@ class RecordingEngine:
         self.messages: list[IncomingMessage] = []
         self.actions: list[IncomingAction] = []
         self.block: asyncio.Event | None = None
+        self.hold: asyncio.Event | None = None
         self.fail = False
         self.answer = True
         self.served = 0
@@ -49,6 +51,8 @@ class RecordingEngine:
         if self.fail:
             raise StoreError("the queue's database cannot be reached")
         self.messages.append(msg)
+        if self.hold is not None:
+            await self.hold.wait()
         if self.answer:
             async with self._lane:
                 await out.send_text(f"got {msg.text}")
