@@ -40,7 +40,7 @@ from adapters.discord.connection import (
     login,
     reap,
 )
-from adapters.discord.ingress import queue_press, queue_slash
+from adapters.discord.ingress import queue_message, queue_press, queue_slash
 from adapters.discord.settings import DiscordSettings
 from adapters.discord.split import DISCORD_LIMIT
 from core.errors import AdapterError
@@ -444,7 +444,10 @@ class DiscordAdapter:
             incoming.user_id,
             max_file_bytes=self._max_file_bytes,
         )
-        future = self._engine.submit(incoming, reply)
+        future = self._engine.submit(incoming, reply)  # now: gateway order is kept
+        if self.ingress:
+            self.track(queue_message(future, reply))
+            return
         self._in_flight.add(future)
         future.add_done_callback(self._settled)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Final
 
 import discord
@@ -25,12 +26,13 @@ import discord
 from adapters.discord.channel import DiscordReplyChannel, InteractionSink, where
 from adapters.discord.split import DISCORD_LIMIT
 from core.errors import AdapterError
+from core.ports import ReplyChannel
 from core.types import IncomingAction, IncomingMessage
 
 if TYPE_CHECKING:
     from adapters.discord.adapter import DiscordAdapter
 
-__all__ = ["queue_press", "queue_slash", "slash_message"]
+__all__ = ["queue_message", "queue_press", "queue_slash", "slash_message"]
 
 _log = logging.getLogger(__name__)
 
@@ -52,6 +54,22 @@ def slash_message(
         user_name=interaction.user.display_name,
         reply_via=via,
     )
+
+
+async def queue_message(queued: Awaitable[None], out: ReplyChannel) -> None:
+    """Await the engine queueing a message; when it could not, ask the user to send it again.
+
+    The gateway delivers a message once and wants no acknowledgement, so a message that
+    could not be queued (the database is down) would otherwise be lost without a word.
+    """
+    try:
+        await queued
+    except Exception:
+        _log.exception("could not queue a Discord message")
+        with contextlib.suppress(AdapterError):
+            await out.send_text(
+                "I couldn't take that message just now. Please send it again in a moment."
+            )
 
 
 async def queue_slash(

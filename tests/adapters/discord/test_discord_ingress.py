@@ -154,6 +154,20 @@ async def test_a_slash_command_is_acknowledged_at_once_and_answered_by_the_worke
     assert fake.bot_texts(channel) == ["Commands: /help"]  # one message: the answer
 
 
+async def test_a_message_that_could_not_be_queued_is_answered_send_again(
+    fake: FakeDiscord, channel: str, ingress: tuple[DiscordAdapter, RecordingEngine]
+) -> None:
+    _, engine = ingress
+    engine.fail = True  # the queue's database is down: the gateway will not send it again
+    user = fake.add_user("ivy")
+    asked = await fake.user_message(channel, user, "hello", mention_bot=True)
+    await fake.wait_for(lambda: bool(fake.bot_texts(channel)), what="a notice")
+    assert fake.bot_texts(channel) == [
+        "I couldn't take that message just now. Please send it again in a moment."
+    ]
+    assert fake.sends[0].reply_to == asked.id
+
+
 async def test_a_command_that_could_not_be_queued_is_answered_try_again(
     fake: FakeDiscord, channel: str, ingress: tuple[DiscordAdapter, RecordingEngine]
 ) -> None:
