@@ -495,9 +495,12 @@ async def _wait_to_serve(engine: Engine, adapter: ChatAdapter, stop: asyncio.Eve
     """
     if adapter.name == "console":
         return True
-    waiting = asyncio.create_task(
-        engine.wait_to_serve(adapter.name), name=f"chinwag-lease-{adapter.name}"
-    )
+    # An adapter names what it must hold alone (``leases``): Telegram's poller, each Discord
+    # shard; webhook ingress replicas hold nothing and start at once.
+    leases: tuple[str, ...] = getattr(adapter, "leases", (adapter.name,))
+    if not leases:
+        return True
+    waiting = asyncio.create_task(_hold_all(engine, leases), name=f"chinwag-lease-{adapter.name}")
     stopper = asyncio.create_task(stop.wait(), name="chinwag-lease-signal")
     done, pending = await asyncio.wait({waiting, stopper}, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
@@ -507,6 +510,11 @@ async def _wait_to_serve(engine: Engine, adapter: ChatAdapter, stop: asyncio.Eve
         waiting.result()
         return True
     return False
+
+
+async def _hold_all(engine: Engine, leases: Sequence[str]) -> None:
+    for lease in leases:
+        await engine.wait_to_serve(lease)
 
 
 async def shut_down(engine: Engine, adapters: Sequence[ChatAdapter], *, grace: float) -> None:

@@ -120,6 +120,10 @@ class IncomingMessage:
             adapter's channel downloads them (``ReplyChannel.download``).
         reply_attachments: files of the message this one replies to, when the user replied
             to one of their own messages (``/kb add`` as a reply to a file).
+        reply_via: an opaque handle the platform answers through from another process: a
+            Discord slash command's interaction token (valid 15 minutes), carried from
+            ingress to the queue worker. A credential: never shown in ``repr`` or logs, never
+            stored with the message.
     """
 
     platform: str
@@ -134,6 +138,7 @@ class IncomingMessage:
     reply_to_message_id: str | None = None
     attachments: tuple[Attachment, ...] = ()
     reply_attachments: tuple[Attachment, ...] = ()
+    reply_via: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # The one place a user's text enters the core: the prompt, the store and any echo
@@ -150,6 +155,8 @@ class IncomingAction:
     Attributes:
         action_id: the id the engine passed to ``ReplyChannel.ask_confirmation``.
         accepted: whether the user confirmed.
+        reply_via: as :attr:`IncomingMessage.reply_via` (the press's interaction token when
+            its answer is private to the presser); never shown in ``repr`` or logs.
     """
 
     platform: str
@@ -159,6 +166,7 @@ class IncomingAction:
     accepted: bool
     thread_id: str | None = None
     is_private: bool = True
+    reply_via: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,18 +29,18 @@ from adapters.discord.channel import (
     ChannelSink,
     DiscordReplyChannel,
     InteractionSink,
+    where,
 )
+from adapters.discord.clients import ChinwagClient, ShardedClient, gateway_open
 from adapters.discord.commands import build_tree, sync_commands, sync_tree
 from adapters.discord.connection import (
-    NO_MENTIONS,
     Forbidden,
     bounded,
     configure_endpoints,
-    intents,
     login,
-    quiet_voice,
     reap,
 )
+from adapters.discord.ingress import queue_message, queue_press, queue_slash
 from adapters.discord.settings import DiscordSettings
 from adapters.discord.split import DISCORD_LIMIT
 from core.errors import AdapterError
@@ -61,19 +61,6 @@ INTENT_HELP: Final = (
 )
 
 T = TypeVar("T")
-
-
-def _where(channel: Any, fallback_id: int | None = None) -> tuple[str, str | None, bool]:
-    """(chat id, thread id, private) of a channel; a thread belongs to its parent channel."""
-    if channel is None:
-        return str(fallback_id), None, False  # callers decide privacy from the guild id
-    if isinstance(channel, discord.Thread):
-        return str(channel.parent_id), str(channel.id), False
-    private = isinstance(channel, discord.DMChannel | discord.GroupChannel) or (
-        getattr(channel, "guild", None) is None
-        and getattr(channel, "type", None) == discord.ChannelType.private
-    )
-    return str(channel.id), None, private
 
 
 def _unsupported(message: discord.Message) -> str | None:
@@ -131,31 +118,6 @@ def _own_replied_files(message: discord.Message) -> tuple[Attachment, ...]:
     return _attachments(replied)
 
 
-class _Client(discord.Client):
-    """discord.py's client, forwarding events to the adapter."""
-
-    def __init__(self, adapter: DiscordAdapter) -> None:
-        quiet_voice()
-        super().__init__(
-            intents=intents(),
-            guild_ready_timeout=adapter.settings.guild_ready_timeout,
-            allowed_mentions=NO_MENTIONS,
-            chunk_guilds_at_startup=False,
-            member_cache_flags=discord.MemberCacheFlags.none(),
-            max_messages=1000,
-        )
-        self._adapter = adapter
-
-    async def on_message(self, message: discord.Message) -> None:
-        self._adapter.on_message(message)
-
-    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
-        await self._adapter.on_interaction(interaction)
-
-    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
-        _log.exception("error in the Discord %s handler", event_method)
-
-
 class _RateLimitCounter(logging.Filter):
     """Counts the 429s discord.py waits out, from its own log line (it offers no hook).
 
@@ -184,6 +146,9 @@ class DiscordAdapter:
         max_file_mb: the largest attachment downloaded for a chat turn (``MAX_FILE_MB``);
             ``/kb add`` passes its own ``KB_MAX_FILE_MB``.
         telemetry: counts the rate limits discord.py waits out.
+        ingress: ``chinwag ingress`` (the engine queues turns for workers): slash commands
+            and button presses are acknowledged at once and answered by a worker through
+            the interaction's token (``IncomingMessage.reply_via``).
 
     ``start()`` logs in, registers slash commands if their set changed, connects the gateway
     and returns once the bot is ready; it raises :class:`ConfigError` for a missing or
@@ -202,7 +167,9 @@ class DiscordAdapter:
         data_dir: Path,
         max_file_mb: float | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
+        ingress: bool = False,
     ) -> None:
+        self.ingress = ingress
         self._rate_limits = _RateLimitCounter(telemetry)
         self.settings = settings
         self._max_file_bytes = int(max_file_mb * 1024 * 1024) if max_file_mb else None
@@ -210,7 +177,7 @@ class DiscordAdapter:
         self._data_dir = data_dir
         self._state = Lifecycle.NEW
         self._intake_open = True
-        self._client: _Client | None = None
+        self._client: ChinwagClient | ShardedClient | None = None
         self._tree: app_commands.CommandTree[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Future[None]] = set()
@@ -227,14 +194,37 @@ class DiscordAdapter:
             and client is not None
             and client.is_ready()
             and not client.is_closed()
-            and client.ws is not None
-            and client.ws.open
+            and gateway_open(client)
         )
+
+    @property
+    def leases(self) -> tuple[str, ...]:
+        """What this process must hold alone before connecting (``Engine.wait_to_serve``).
+
+        Unsharded, the bot (two gateway connections would both get every event); sharded,
+        each shard it holds, so processes with different ``DISCORD_SHARD_IDS`` run side by
+        side while a second process on the same shard waits.
+        """
+        if not self.settings.shard_ids:
+            return (PLATFORM,)
+        return tuple(f"{PLATFORM}:shard:{i}" for i in self.settings.shard_ids)
 
     @property
     def pending(self) -> int:
         """Messages and commands taken but not answered yet."""
         return len(self._in_flight)
+
+    @property
+    def engine(self) -> ConversationEngine:
+        """The engine messages go to."""
+        return self._engine
+
+    def track(self, awaitable: Awaitable[None]) -> asyncio.Future[None]:
+        """Count ``awaitable`` as in flight (``aclose`` lets it finish) until it ends."""
+        future = asyncio.ensure_future(awaitable)
+        self._in_flight.add(future)
+        future.add_done_callback(self._in_flight.discard)
+        return future
 
     @property
     def client(self) -> discord.Client:
@@ -252,7 +242,9 @@ class DiscordAdapter:
         self._state = Lifecycle.STARTING
         configure_endpoints(self.settings)
         logging.getLogger("discord.http").addFilter(self._rate_limits)
-        client = self._client = _Client(self)
+        client = self._client = (
+            ShardedClient(self) if self.settings.shard_ids else ChinwagClient(self)
+        )
         try:
             await login(client, self.settings)
             self._tree = build_tree(client, self._engine.commands(), self._on_slash)
@@ -289,6 +281,12 @@ class DiscordAdapter:
         self._state = Lifecycle.RUNNING
         user = client.user
         _log.info("connected to Discord as %s (id %s)", user, user.id if user else "?")
+        if self.settings.shard_ids:
+            _log.info(
+                "holding Discord shards %s of %d",
+                ",".join(self.settings.shard_ids),
+                self.settings.shard_count,
+            )
 
     async def _run(self, client: discord.Client) -> None:
         try:
@@ -417,7 +415,7 @@ class DiscordAdapter:
         if not self._can_answer(message):
             return
         text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
-        chat_id, thread_id, private = _where(message.channel)
+        chat_id, thread_id, private = where(message.channel)
         unsupported = None if text else _unsupported(message)
         incoming = IncomingMessage(
             platform=PLATFORM,
@@ -446,7 +444,10 @@ class DiscordAdapter:
             incoming.user_id,
             max_file_bytes=self._max_file_bytes,
         )
-        future = self._engine.submit(incoming, reply)
+        future = self._engine.submit(incoming, reply)  # now: gateway order is kept
+        if self.ingress:
+            self.track(queue_message(future, reply))
+            return
         self._in_flight.add(future)
         future.add_done_callback(self._settled)
 
@@ -455,9 +456,12 @@ class DiscordAdapter:
     ) -> None:
         if not self._accepting():
             return
+        if self.ingress:
+            await queue_slash(self, interaction, name, argument)
+            return
         sink = InteractionSink(self, interaction)
         sink.start_timer(self.settings.ack_after)
-        chat_id, thread_id, private = _where(interaction.channel, interaction.channel_id)
+        chat_id, thread_id, private = where(interaction.channel, interaction.channel_id)
         text = f"/{name} {argument}".strip()
         incoming = IncomingMessage(
             platform=PLATFORM,
@@ -503,6 +507,9 @@ class DiscordAdapter:
         _, owner, answer, action_id = parts
         presser = str(interaction.user.id)
         accepted = answer == "y"
+        if self.ingress:
+            await queue_press(self, interaction, owner, presser, accepted, action_id)
+            return
         sink = InteractionSink(self, interaction)
         channel = interaction.channel or self.client.get_partial_messageable(
             int(interaction.channel_id or 0)
@@ -522,7 +529,7 @@ class DiscordAdapter:
         else:
             sink.start_timer(self.settings.ack_after)
             out = DiscordReplyChannel(self, sink, channel, presser, replies=public)
-        chat_id, thread_id, private = _where(interaction.channel, interaction.channel_id)
+        chat_id, thread_id, private = where(interaction.channel, interaction.channel_id)
         action = IncomingAction(
             platform=PLATFORM,
             chat_id=chat_id,

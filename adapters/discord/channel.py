@@ -31,7 +31,14 @@ from adapters.live import LiveMessage, LivePacing
 from core.errors import AdapterError
 from core.types import Attachment, ReplyEvent
 
-__all__ = ["BUTTON_PREFIX", "ChannelSink", "DiscordReplyChannel", "InteractionSink"]
+__all__ = [
+    "BUTTON_PREFIX",
+    "ChannelSink",
+    "DiscordReplyChannel",
+    "FollowupSink",
+    "InteractionSink",
+    "where",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -42,6 +49,19 @@ _CHUNK: Final = 64 * 1024
 _TYPING_REFRESH: Final = 8.0  # Discord shows "typing..." for about 10 s per request
 
 T = TypeVar("T")
+
+
+def where(channel: Any, fallback_id: int | None = None) -> tuple[str, str | None, bool]:
+    """(chat id, thread id, private) of a channel; a thread belongs to its parent channel."""
+    if channel is None:
+        return str(fallback_id), None, False  # callers decide privacy from the guild id
+    if isinstance(channel, discord.Thread):
+        return str(channel.parent_id), str(channel.id), False
+    private = isinstance(channel, discord.DMChannel | discord.GroupChannel) or (
+        getattr(channel, "guild", None) is None
+        and getattr(channel, "type", None) == discord.ChannelType.private
+    )
+    return str(channel.id), None, private
 
 
 class Caller(Protocol):
@@ -75,6 +95,22 @@ class ChannelSink:
         sink.channel_id = str(channel.id)
         sink._reply = False
         sink.asker_in_guild = None
+        return sink
+
+    @classmethod
+    def replying(
+        cls, adapter: Caller, channel: Any, message_id: str | None, asker: Any | None
+    ) -> ChannelSink:
+        """Messages in ``channel`` (a partial one: REST only) replying to ``message_id``.
+
+        ``asker`` is the author in a server (``None`` in a DM): an object whose ``send``
+        delivers a direct message (history files go there).
+        """
+        sink = cls.resumed(adapter, channel)
+        if message_id is not None:
+            sink._message = channel.get_partial_message(int(message_id))
+        sink._reply = asker is not None
+        sink.asker_in_guild = asker
         return sink
 
     async def post(self, content: str, first: bool) -> Any:
@@ -149,6 +185,28 @@ class InteractionSink:
                 except AdapterError:
                     _log.warning("could not defer a Discord interaction", exc_info=True)
 
+    async def defer_now(self, *, update: bool = False) -> None:
+        """Acknowledge now; a failure is logged.
+
+        "thinking..." (private in servers), or no visible change for a button press whose
+        message is edited later (``update``).
+        """
+        async with self._lock:
+            response = self._interaction.response
+            if response.is_done():
+                return
+            acknowledged = (
+                response.defer()
+                if update
+                else response.defer(thinking=True, ephemeral=self._ephemeral)
+            )
+            try:
+                await self._adapter.call(
+                    acknowledged, "acknowledge an interaction", self.channel_id
+                )
+            except AdapterError:
+                _log.warning("could not acknowledge a Discord interaction", exc_info=True)
+
     async def finish(self) -> None:
         """Stop the timer; make sure Discord saw an answer (else it shows an error)."""
         if self._timer is not None:
@@ -214,6 +272,61 @@ class InteractionSink:
         raise AdapterError("an interaction's messages cannot be taken over by id")
 
 
+class FollowupSink:
+    """Answers through an interaction's webhook, from a process that never saw it.
+
+    Ingress acknowledged the interaction (deferred: "thinking...") and queued it with its
+    token; the worker's first answer replaces the "thinking..." message, later ones are
+    follow-ups, ephemeral in servers as :class:`InteractionSink`'s are. The token is valid
+    15 minutes after the command.
+    """
+
+    def __init__(
+        self, adapter: Caller, webhook: discord.Webhook, channel_id: str, *, ephemeral: bool
+    ):
+        self._adapter = adapter
+        self._webhook = webhook
+        self.channel_id = channel_id
+        self._ephemeral = ephemeral
+
+    async def post(self, content: str, first: bool, **extra: Any) -> Any:
+        """Send a follow-up (the first replaces the deferred "thinking...")."""
+        return await self._adapter.call(
+            self._webhook.send(
+                content,
+                wait=True,
+                allowed_mentions=NO_MENTIONS,
+                ephemeral=self._ephemeral,
+                **extra,
+            ),
+            "answer a command",
+            self.channel_id,
+        )
+
+    async def edit(self, handle: Any, content: str) -> None:
+        """Edit a posted message to ``content``."""
+        await self._adapter.call(
+            handle.edit(content=content, allowed_mentions=NO_MENTIONS),
+            "edit an answer",
+            self.channel_id,
+        )
+
+    async def remove(self, handle: Any) -> None:
+        """Delete a posted message."""
+        await self._adapter.call(handle.delete(), "delete an answer", self.channel_id)
+
+    async def typing(self) -> None:
+        """Nothing: the deferred "thinking..." shows activity."""
+        return None
+
+    def partial(self, message_id: str) -> Any:
+        """Refused: an interaction's answers are reached through its token, not by id."""
+        raise AdapterError("an interaction's messages cannot be taken over by id")
+
+
+Sink = ChannelSink | InteractionSink | FollowupSink
+
+
 class DiscordReplyChannel:
     """The :class:`core.ports.ReplyChannel` for one incoming message, command or press.
 
@@ -226,11 +339,11 @@ class DiscordReplyChannel:
     def __init__(
         self,
         adapter: Caller,
-        sink: ChannelSink | InteractionSink,
+        sink: Sink,
         channel: Any,
         user_id: str,
         adopt: Sequence[str] = (),
-        replies: ChannelSink | InteractionSink | None = None,
+        replies: Sink | None = None,
         max_file_bytes: int | None = None,
     ) -> None:
         self._adapter = adapter
@@ -329,7 +442,7 @@ class DiscordReplyChannel:
         # restart is understood) in on_interaction, not through discord.py's view store, so
         # the view is stopped.
         view.stop()
-        if isinstance(self._replies, InteractionSink):
+        if isinstance(self._replies, InteractionSink | FollowupSink):
             await self._replies.post(prompt, first=True, view=view)
             return
         await self._adapter.call(
@@ -347,7 +460,7 @@ class DiscordReplyChannel:
             )
             return
         file = discord.File(io.BytesIO(data), filename=filename)
-        if isinstance(self._sink, InteractionSink):
+        if isinstance(self._sink, InteractionSink | FollowupSink):
             await self._sink.post(caption[:DISCORD_LIMIT], first=True, file=file)
             return
         asker = self._sink.asker_in_guild
@@ -389,7 +502,7 @@ class _Surface:
 
     __slots__ = ("_interval", "_last_write", "_loop", "_sink")
 
-    def __init__(self, sink: ChannelSink | InteractionSink, settings: DiscordSettings) -> None:
+    def __init__(self, sink: Sink, settings: DiscordSettings) -> None:
         self._sink = sink
         self._interval = settings.edit_interval
         self._loop = asyncio.get_running_loop()

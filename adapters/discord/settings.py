@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from core.settings import ChinwagSettings, CsvList
@@ -31,6 +31,10 @@ class DiscordSettings(ChinwagSettings):
         sync_commands: register slash commands at start when their set changed.
         guild_ready_timeout: seconds to wait for the servers' data after connecting before
             the bot counts as ready (discord.py's ``guild_ready_timeout``).
+        shard_ids: the gateway shards this process holds, e.g. ``0,1`` (with
+            ``shard_count``); unset: one connection for every server. Spread a big bot's
+            shards over several ``chinwag ingress`` processes, each its own ids.
+        shard_count: how many shards the bot has in all (every process the same number).
     """
 
     model_config = SettingsConfigDict(env_prefix="DISCORD_")
@@ -45,6 +49,8 @@ class DiscordSettings(ChinwagSettings):
         "ack_after": "2.0",
         "sync_commands": "true",
         "guild_ready_timeout": "2.0",
+        "shard_ids": "0,1",
+        "shard_count": "4",
     }
 
     bot_token: SecretStr | None = None
@@ -57,6 +63,8 @@ class DiscordSettings(ChinwagSettings):
     ack_after: float = Field(default=2.0, gt=0.0, le=2.9)
     sync_commands: bool = True
     guild_ready_timeout: float = Field(default=2.0, gt=0.0, le=60.0)
+    shard_ids: CsvList = Field(default_factory=list)
+    shard_count: int | None = Field(default=None, ge=1, le=100_000)
 
     @field_validator("answer_all_channels")
     @classmethod
@@ -65,3 +73,33 @@ class DiscordSettings(ChinwagSettings):
             if not item.isdigit():
                 raise ValueError(f"{item!r} is not a Discord channel id (digits only)")
         return value
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shard_numbers(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item.isdigit():
+                raise ValueError(f"{item!r} is not a shard id (a number from 0)")
+        if len(set(map(int, value))) != len(value):
+            raise ValueError("a shard id is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _shards_fit(self) -> DiscordSettings:
+        if bool(self.shard_ids) != (self.shard_count is not None):
+            raise ValueError(
+                "set DISCORD_SHARD_IDS and DISCORD_SHARD_COUNT together "
+                "(e.g. DISCORD_SHARD_IDS=0,1 DISCORD_SHARD_COUNT=4), or neither"
+            )
+        too_big = [i for i in self.shard_numbers if i >= (self.shard_count or 0)]
+        if too_big:
+            raise ValueError(
+                f"DISCORD_SHARD_IDS {too_big} must be below DISCORD_SHARD_COUNT "
+                f"({self.shard_count}): shards are numbered from 0"
+            )
+        return self
+
+    @property
+    def shard_numbers(self) -> list[int]:
+        """``shard_ids`` as numbers (empty when unsharded)."""
+        return [int(item) for item in self.shard_ids]

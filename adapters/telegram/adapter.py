@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import Any, Final
 
@@ -49,6 +49,7 @@ from adapters.telegram.albums import Albums
 from adapters.telegram.channel import BOT_API_DOWNLOAD_LIMIT, TelegramReplyChannel
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.transport import AnyApplication, Transport, is_not_modified
+from adapters.telegram.webhook import QueuedWebhook, queued
 from core.errors import AdapterError, ConfigError
 from core.lifecycle import Lifecycle
 from core.limits import SharedLimits
@@ -76,6 +77,10 @@ class TelegramAdapter:
         telemetry: counts the flood-control waits Telegram asks for (429).
         limits: flood gates and per-chat pacing shared with the bot's other processes
             (Redis); ``None`` keeps them in this process.
+        ingress: ``chinwag ingress`` (the engine queues turns for workers). Webhook mode then
+            answers Telegram 200 only once the turn is queued
+            (:class:`~adapters.telegram.webhook.QueuedWebhook`), so replicas can share one
+            webhook behind a load balancer; see :attr:`leases` for polling.
 
     ``start()`` connects (``getMe``), registers the engine's commands, and starts polling
     or the webhook server; ``aclose()`` stops taking updates, lets replies in flight finish
@@ -92,7 +97,10 @@ class TelegramAdapter:
         max_file_mb: float | None = None,
         telemetry: Telemetry = NO_TELEMETRY,
         limits: SharedLimits | None = None,
+        ingress: bool = False,
     ) -> None:
+        self._ingress = ingress
+        self._webhook: QueuedWebhook | None = None
         self._telemetry = telemetry
         self._limits = limits
         self._engine = engine
@@ -120,16 +128,27 @@ class TelegramAdapter:
         return PLATFORM
 
     @property
+    def leases(self) -> tuple[str, ...]:
+        """What this process must hold alone before it starts (``Engine.wait_to_serve``).
+
+        Polling: the bot's Telegram lease, so exactly one process per token polls and a
+        second waits for it instead of fighting over ``getUpdates`` (409). The webhook of
+        ``chinwag run`` too (one process answers). Ingress webhook replicas hold none: any
+        number of them serve one webhook behind a load balancer.
+        """
+        if self._ingress and self._settings.webhook_mode:
+            return ()
+        return (PLATFORM,)
+
+    @property
     def connected(self) -> bool:
         """Whether updates are being fetched (polling or the webhook server is running)."""
         app = self._app
-        return (
-            self._state is Lifecycle.RUNNING
-            and not self._intake_stopped
-            and app is not None
-            and app.updater is not None
-            and app.updater.running
-        )
+        if self._webhook is not None:
+            fetching = self._webhook.running
+        else:
+            fetching = app is not None and app.updater is not None and app.updater.running
+        return self._state is Lifecycle.RUNNING and not self._intake_stopped and fetching
 
     @property
     def application(self) -> AnyApplication:
@@ -234,7 +253,10 @@ class TelegramAdapter:
         """Start the webhook server (``TELEGRAM_WEBHOOK_URL`` set) or long polling."""
         updater = app.updater
         assert updater is not None
-        if self._settings.webhook_mode:
+        if self._ingress and self._settings.webhook_mode:
+            self._webhook = QueuedWebhook(app, self._settings, _ALLOWED_UPDATES)
+            await self._webhook.start()
+        elif self._settings.webhook_mode:
             host, port = self._settings.listen_address()
             secret = self._settings.webhook_secret
             try:
@@ -276,6 +298,8 @@ class TelegramAdapter:
         if self._intake_stopped or app is None or app.updater is None:
             return
         self._intake_stopped = True
+        if self._webhook is not None:
+            await self._webhook.stop()
         if app.updater.running:
             await app.updater.stop()
         self._albums.flush()  # an album still gathering is handed over, not lost
@@ -315,8 +339,9 @@ class TelegramAdapter:
             adopt=message_ids,
         )
 
-    @staticmethod
-    async def _shutdown(app: AnyApplication) -> None:
+    async def _shutdown(self, app: AnyApplication) -> None:
+        if self._webhook is not None:
+            await self._webhook.stop()
         if app.updater is not None and app.updater.running:
             await app.updater.stop()
         if app.running:
@@ -448,7 +473,7 @@ class TelegramAdapter:
             self._albums.gather((chat.id, group), incoming, out)
             return
         # submit() is synchronous: arrival order is kept per conversation.
-        await self._engine.submit(incoming, out)
+        await self._hand_over(self._engine.submit(incoming, out), out, "message")
 
     async def _on_callback(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query: CallbackQuery | None = update.callback_query
@@ -489,18 +514,28 @@ class TelegramAdapter:
             is_private=is_private,
             asker=user_id,
         )
-        await self._engine.handle_action(
-            IncomingAction(
-                platform=PLATFORM,
-                chat_id=str(chat.id),
-                user_id=user_id,
-                action_id=action_id,
-                accepted=answer == "y",
-                thread_id=str(thread_id) if thread_id is not None else None,
-                is_private=is_private,
+        await self._hand_over(
+            self._engine.handle_action(
+                IncomingAction(
+                    platform=PLATFORM,
+                    chat_id=str(chat.id),
+                    user_id=user_id,
+                    action_id=action_id,
+                    accepted=answer == "y",
+                    thread_id=str(thread_id) if thread_id is not None else None,
+                    is_private=is_private,
+                ),
+                out,
             ),
             out,
+            "button press",
         )
+
+    async def _hand_over(
+        self, taken: Awaitable[None], out: TelegramReplyChannel, what: str
+    ) -> None:
+        """Await the engine taking a turn; in ingress, until it is queued (see ``queued``)."""
+        await (queued(taken, out, what) if self._ingress else taken)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         error = context.error

@@ -12,6 +12,10 @@ test), the bot token on every REST call (401) and the privileged message-content
 (close code 4014 when the application is not allowed it). Gateway: HELLO, IDENTIFY, READY,
 GUILD_CREATE, heartbeats and their ACKs, RESUME (replaying missed events), MESSAGE_CREATE and
 INTERACTION_CREATE; outbound frames are ``zlib-stream`` compressed when the client asks.
+Sharding as Discord does it: ``shard_count`` is what ``GET /gateway/bot`` recommends, an
+IDENTIFY's ``shard`` [id, count] is honoured (4010 when the id is not below the count), and
+a server's events go only to sessions of the shard ``(guild_id >> 22) % count``, direct
+messages to shard 0; :meth:`FakeDiscord.add_guild` takes the shard a new server lands on.
 
 Users' files (:class:`FakeFile`: images with their width and height, audio, voice messages
 with the ``IS_VOICE_MESSAGE`` flag, ``duration_secs`` and a waveform) are served from a
@@ -248,6 +252,14 @@ class _Session:
         self.events: list[tuple[int, str, Any]] = []
         self.ws: web.WebSocketResponse | None = None
         self.compressor: Any = None
+        self.shard: tuple[int, int] = (0, 1)  # (id, count) from IDENTIFY
+
+    def receives(self, guild_id: str | None) -> bool:
+        """Whether this session's shard gets events of ``guild_id`` (``None``: a DM)."""
+        shard_id, count = self.shard
+        if guild_id is None:
+            return shard_id == 0
+        return (int(guild_id) >> 22) % count == shard_id
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -293,6 +305,7 @@ class FakeDiscord:
         interaction_window: seconds within which an interaction must be acknowledged.
         allow_message_content: ``False`` closes IDENTIFYs asking for the privileged intent
             with code 4014, as Discord does when the portal switch is off.
+        shard_count: the shard count ``GET /gateway/bot`` recommends.
     """
 
     def __init__(
@@ -303,7 +316,9 @@ class FakeDiscord:
         interaction_window: float = 3.0,
         allow_message_content: bool = True,
         heartbeat_interval_ms: int = 41250,
+        shard_count: int = 1,
     ) -> None:
+        self.shard_count = shard_count
         self.token = token
         self.interaction_window = interaction_window
         self.allow_message_content = allow_message_content
@@ -395,8 +410,11 @@ class FakeDiscord:
         self.users[user.id] = user
         return user
 
-    def add_guild(self, name: str = "guild") -> str:
+    def add_guild(self, name: str = "guild", *, shard: int | None = None) -> str:
+        """Add a server; ``shard`` picks an id that lands on that shard of ``shard_count``."""
         gid = self._ids.next()
+        while shard is not None and (int(gid) >> 22) % self.shard_count != shard:
+            gid = str(int(gid) + (1 << 22))  # one millisecond later
         self.guilds[gid] = {"id": gid, "name": name, "channels": [], "members": [self.bot]}
         return gid
 
@@ -790,9 +808,20 @@ class FakeDiscord:
 
     # --- gateway ---------------------------------------------------------------------------
 
+    def _guild_of(self, data: Any) -> str | None:
+        if not isinstance(data, dict):
+            return None
+        guild_id = data.get("guild_id")
+        if guild_id is None and data.get("channel_id") in self.channels:
+            guild_id = self.channels[data["channel_id"]].guild_id
+        return str(guild_id) if guild_id is not None else None
+
     async def dispatch(self, event: str, data: Any) -> None:
-        """Send a DISPATCH to every connected session (kept for RESUME)."""
+        """Send a DISPATCH to every connected session of the event's shard (kept for RESUME)."""
+        guild_id = self._guild_of(data)
         for session in list(self._sessions.values()):
+            if not session.receives(guild_id):
+                continue
             session.seq += 1
             session.events.append((session.seq, event, data))
             if session.ws is not None and not session.ws.closed:
@@ -876,23 +905,29 @@ class FakeDiscord:
         if intents & MESSAGE_CONTENT_INTENT and not self.allow_message_content:
             await ws.close(code=4014, message=b"Disallowed intent(s).")
             return None
+        shard_id, count = data.get("shard") or (0, 1)
+        if not 0 <= int(shard_id) < int(count):
+            await ws.close(code=4010, message=b"Invalid shard.")
+            return None
         session = _Session(self._ids.next())
         session.ws = ws
+        session.shard = (int(shard_id), int(count))
         self._sessions[session.id] = session
+        guilds = [gid for gid in self.guilds if session.receives(gid)]
         ready = {
             "v": 10,
             "user": self.bot.payload(),
-            "guilds": [{"id": gid, "unavailable": True} for gid in self.guilds],
+            "guilds": [{"id": gid, "unavailable": True} for gid in guilds],
             "session_id": session.id,
             "resume_gateway_url": self.gateway_url,
-            "shard": [0, 1],
+            "shard": [session.shard[0], session.shard[1]],
             "application": {"id": self.application_id, "flags": self.application_flags},
             "private_channels": [],
             "relationships": [],
         }
         session.seq += 1
         await self._send(session, {"op": 0, "t": "READY", "s": session.seq, "d": ready})
-        for gid in self.guilds:
+        for gid in guilds:
             session.seq += 1
             payload = self._guild_payload(gid)
             await self._send(
@@ -1079,7 +1114,7 @@ class FakeDiscord:
         return _json(
             {
                 "url": self.gateway_url,
-                "shards": 1,
+                "shards": self.shard_count,
                 "session_start_limit": {
                     "total": 1000,
                     "remaining": 1000,
@@ -1312,12 +1347,16 @@ class FakeDiscord:
         elif kind == 5:
             loading = True
             record.deferred = True
-        elif kind == 7:
+        elif kind in (6, 7):
+            # A component's response edits the message the button is on, now (7) or later
+            # through the webhook's "@original" (6, a deferred update).
             pressed = self._message_of_component(record)
             if pressed is not None:
-                self._edit(pressed, data)
-                resource["message"] = pressed.payload
-        elif kind != 6:
+                record.original_message_id = pressed.id
+                if kind == 7:
+                    self._edit(pressed, data)
+                    resource["message"] = pressed.payload
+        else:
             return _error(400, 50035, "Invalid Form Body", {"type": "unsupported"})
         record.acked_at = time.monotonic()
         reply = {
@@ -1381,7 +1420,9 @@ class FakeDiscord:
                 record.original_message_id = created.id
             mid = record.original_message_id or ""
         message = self.messages.get(mid)
-        if message is None or message.interaction_token != record.token:
+        if message is None:
+            return None
+        if message.interaction_token != record.token and message.id != record.original_message_id:
             return None
         return message
 

@@ -1230,6 +1230,7 @@ class FakeTelegram:
                     f"Wrong response from the webhook: {status}" if status else "Connection refused"
                 )
                 self.webhook_last_error = (int(time.time()), why)
+                self._notify()
                 await asyncio.sleep(0.1)
 
     async def _api_sendMessage(self, params: dict[str, Any], now: float) -> Any:
