@@ -81,8 +81,9 @@ async def test_a_duplicate_in_a_shared_transaction_fails_only_its_own_call(
 
     # it was committed together with others: their group was replayed, each in a savepoint
     assert any("replaying the group isolated" in r.getMessage() for r in caplog.records)
-    assert isinstance(results[12], DuplicateMessage)
-    assert results[12].existing.content == "first"
+    duplicate = results[12]
+    assert isinstance(duplicate, DuplicateMessage)
+    assert duplicate.existing == await store.find_by_platform_message(BOT, "telegram", "dup", "p1")
     assert sum(isinstance(r, BaseException) for r in results) == 1
     stored = await rows(
         direct_url, "SELECT content FROM messages WHERE content LIKE 'm%' ORDER BY content"
