@@ -6,8 +6,11 @@ hands it to its executor, which decides where it runs:
 
 * :class:`adapters.memory.sqlite.SqliteExecutor`: one writer thread that commits the writes
   queued meanwhile as one transaction (group commit), and a few reader threads;
-* :class:`adapters.memory.postgres.PostgresExecutor`: an asyncpg pool, one transaction per
-  write, retried on deadlock or serialization failure.
+* :class:`adapters.memory.postgres.PostgresExecutor`: an asyncpg pool, and a few writer
+  lanes that each commit the writes queued meanwhile as one transaction (group commit).
+
+Both group-commit the same way (:func:`run_group`, then :func:`run_group_isolated` when one
+operation of a group fails, so that the failure reaches only its own caller).
 
 The store owns the lifecycle and the error boundary (:data:`DATABASE_ERRORS` becomes
 ``StoreError`` there, described by :func:`describe`); an executor only runs operations.
@@ -18,7 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -30,6 +33,59 @@ Op = Callable[[Connection], Any]
 
 DATABASE_ERRORS: Final = (SQLAlchemyError, sqlite3.Error, OSError, TimeoutError)
 """What an executor may raise for a database failure (the store makes it a ``StoreError``)."""
+
+
+class OpFailed(Exception):
+    """Operation ``index`` of a group raised ``error`` (not the transaction around it)."""
+
+    def __init__(self, index: int, error: BaseException) -> None:
+        super().__init__(f"operation {index} of the group failed")
+        self.index = index
+        self.error = error
+
+
+Outcome = tuple[bool, Any]
+"""What one operation of a group came to: ``(True, result)`` or ``(False, exception)``."""
+
+
+def run_group(
+    conn: Connection, ops: Sequence[Op], fatal: Callable[[BaseException], bool]
+) -> list[Outcome]:
+    """Run ``ops`` in order in one transaction of ``conn`` (group commit's fast path).
+
+    The caller commits. An exception for which ``fatal`` is true (the database locked, the
+    connection lost) propagates as it is: the whole group is to be retried. Any other
+    failure of an operation raises :class:`OpFailed`, and the group is to be replayed with
+    :func:`run_group_isolated`.
+    """
+    outcomes: list[Outcome] = []
+    for index, op in enumerate(ops):
+        try:
+            outcomes.append((True, op(conn)))
+        except Exception as exc:
+            if fatal(exc):
+                raise
+            raise OpFailed(index, exc) from exc
+    return outcomes
+
+
+def run_group_isolated(
+    conn: Connection, ops: Sequence[Op], fatal: Callable[[BaseException], bool]
+) -> list[Outcome]:
+    """Run each of ``ops`` in its own SAVEPOINT: a failure undoes only its own operation.
+
+    The caller commits. An exception for which ``fatal`` is true propagates.
+    """
+    outcomes: list[Outcome] = []
+    for op in ops:
+        try:
+            with conn.begin_nested():
+                outcomes.append((True, op(conn)))
+        except Exception as exc:
+            if fatal(exc):
+                raise
+            outcomes.append((False, exc))
+    return outcomes
 
 
 class Executor(Protocol):

@@ -26,7 +26,7 @@ from adapters.memory.statements import (
     CONVERSATION_PLACE,
     CONVERSATIONS,
     FIND_PLATFORM,
-    FINISH,
+    FINISH_PLACE,
     INSERT_MESSAGE,
     INSERT_MESSAGES,
     INSERT_PLATFORM,
@@ -250,35 +250,36 @@ def finish(
     """
     if usage_row is not None:
         add_usage(conn, usage_row)
+    values = {
+        "mid": message_id,
+        "content": content,
+        "status": status,
+        "token_count": token_count,
+        "tokenizer": tokenizer,
+    }
     raw = sqlite_raw(conn)
-    if raw is not None:
+    if raw is None:  # PostgreSQL: the update returns the conversation's place as well
+        place = conn.execute(FINISH_PLACE, values).one_or_none()
+        if place is None:
+            _log.info("message %s no longer exists; its final state is dropped", message_id)
+            return
+    else:
         found = raw.execute(
             RAW_FINISH, (content, status, token_count, tokenizer, message_id)
         ).fetchone()
-        conversation_id = found[0] if found is not None else None
-    else:
-        conversation_id = conn.execute(
-            FINISH,
-            {
-                "mid": message_id,
-                "content": content,
-                "status": status,
-                "token_count": token_count,
-                "tokenizer": tokenizer,
-            },
-        ).scalar_one_or_none()
-    if conversation_id is None:
-        _log.info("message %s no longer exists; its final state is dropped", message_id)
-        return
+        if found is None:
+            _log.info("message %s no longer exists; its final state is dropped", message_id)
+            return
+        place = conn.execute(CONVERSATION_PLACE, {"cid": found[0]}).one() if pids else None
     if pids:
-        conv = conn.execute(CONVERSATION_PLACE, {"cid": conversation_id}).one()
-        chat_id = platform_chat_id if platform_chat_id is not None else conv.chat_id
+        assert place is not None
+        chat_id = platform_chat_id if platform_chat_id is not None else place.chat_id
         insert_platform_ids(
             conn,
             [
                 {
-                    "bot": conv.bot,
-                    "platform": conv.platform,
+                    "bot": place.bot,
+                    "platform": place.platform,
                     "chat_id": chat_id,
                     "platform_message_id": pid,
                     "message_id": message_id,

@@ -40,7 +40,14 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool, QueuePool
 
 from adapters.files import private_sqlite
-from adapters.memory.executor import Op, describe_open_failure
+from adapters.memory.executor import (
+    Op,
+    OpFailed,
+    Outcome,
+    describe_open_failure,
+    run_group,
+    run_group_isolated,
+)
 from core.errors import StoreError
 
 _log = logging.getLogger(__name__)
@@ -53,15 +60,6 @@ _BUSY_TIMEOUT_MS: Final = 10_000
 _LOCKED_RETRY_FOR_S: Final = 60.0
 """How long a group keeps retrying while another process holds the SQLite write lock."""
 _CONNECT_ERRORS: Final = (SQLAlchemyError, OSError, sqlite3.Error)
-
-
-class _OpFailed(Exception):
-    """An operation of a group raised ``error`` (not the transaction around it)."""
-
-    def __init__(self, index: int, error: BaseException) -> None:
-        super().__init__(f"operation {index} of the group failed")
-        self.index = index
-        self.error = error
 
 
 @dataclass(slots=True)
@@ -257,12 +255,8 @@ class SqliteExecutor:
                 return
             conn = self._writer_conn
             try:
-                if isolated:
-                    outcomes = await self._in_writer_thread(_run_group_isolated, conn, ops)
-                else:
-                    results = await self._in_writer_thread(_run_group, conn, ops)
-                    outcomes = [(True, result) for result in results]
-            except _OpFailed as failed:
+                outcomes = await self._in_writer_thread(_run_group, conn, ops, isolated)
+            except OpFailed as failed:
                 if len(group) == 1:
                     _settle(group[0].future, error=failed.error)
                     return
@@ -313,33 +307,12 @@ class SqliteExecutor:
 # --- run in the writer thread -----------------------------------------------------------------
 
 
-def _run_group(conn: Connection, ops: Sequence[Op]) -> list[Any]:
-    """Run ``ops`` in one transaction; the first failing op raises ``_OpFailed``."""
-    results: list[Any] = []
+def _run_group(conn: Connection, ops: Sequence[Op], isolated: bool) -> list[Outcome]:
+    """Run ``ops`` in one transaction (each in a SAVEPOINT if ``isolated``) and commit."""
     with conn.begin():
-        for index, op in enumerate(ops):
-            try:
-                results.append(op(conn))
-            except Exception as exc:
-                if _is_locked(exc):
-                    raise
-                raise _OpFailed(index, exc) from exc
-    return results
-
-
-def _run_group_isolated(conn: Connection, ops: Sequence[Op]) -> list[tuple[bool, Any]]:
-    """Run each op in its own SAVEPOINT of one transaction; a failure undoes only its op."""
-    outcomes: list[tuple[bool, Any]] = []
-    with conn.begin():
-        for op in ops:
-            try:
-                with conn.begin_nested():
-                    outcomes.append((True, op(conn)))
-            except Exception as exc:
-                if _is_locked(exc):
-                    raise
-                outcomes.append((False, exc))
-    return outcomes
+        if isolated:
+            return run_group_isolated(conn, ops, _is_locked)
+        return run_group(conn, ops, _is_locked)
 
 
 def _configure(engine: Engine, *, writer: bool) -> None:

@@ -220,17 +220,23 @@ BUMP_SEQ: Final = (
 INSERT_MESSAGE: Final = insert(MESSAGES).returning(MESSAGES.c.id)
 INSERT_MESSAGES: Final = insert(MESSAGES).returning(MESSAGES.c.id, sort_by_parameter_order=True)
 INSERT_PLATFORM: Final = insert(PLATFORM_MESSAGES)
-FINISH: Final = (
+FINISH_PLACE: Final = (
     update(MESSAGES)
-    .where(MESSAGES.c.id == bindparam("mid"))
+    .where(MESSAGES.c.id == bindparam("mid"), CONVERSATIONS.c.id == MESSAGES.c.conversation_id)
     .values(
         content=bindparam("content"),
         status=bindparam("status"),
         token_count=bindparam("token_count"),
         tokenizer=bindparam("tokenizer"),
     )
-    .returning(MESSAGES.c.conversation_id)
+    .returning(
+        MESSAGES.c.conversation_id,
+        CONVERSATIONS.c.bot,
+        CONVERSATIONS.c.platform,
+        CONVERSATIONS.c.chat_id,
+    )
 )
+"""Finish a message and say where its conversation is, in one round trip (PostgreSQL)."""
 CONVERSATION_PLACE: Final = select(
     CONVERSATIONS.c.bot, CONVERSATIONS.c.platform, CONVERSATIONS.c.chat_id
 ).where(CONVERSATIONS.c.id == bindparam("cid"))

@@ -8,10 +8,10 @@ hands it to the executor of the URL's runtime (:mod:`adapters.memory.executor`):
   thread that commits the writes queued meanwhile as one transaction (group commit); reads
   run on a small pool of reader threads, each in one thread hop. sqlite3 is driven directly
   (the ``sqlite+aiosqlite`` URL only names the file): aiosqlite is not used at run time.
-* PostgreSQL (:class:`adapters.memory.postgres.PostgresExecutor`): an asyncpg pool, each write
-  its own transaction, retried on deadlock or serialization failure, and every call retried
-  through a brief outage (``outage_grace`` seconds) while the pool reconnects; a write whose
-  ``COMMIT`` was cut off is applied exactly once.
+* PostgreSQL (:class:`adapters.memory.postgres.PostgresExecutor`): an asyncpg pool; writes
+  group-committed by a few writer lanes (one at a time again after a deadlock), every call
+  retried through a brief outage (``outage_grace`` seconds) while the pool reconnects; a
+  write whose ``COMMIT`` was cut off is applied exactly once.
 
 Every vendor exception is translated into :class:`core.errors.StoreError` in
 :meth:`SqlMemoryStore._call`, the one boundary, ``from`` the original.
@@ -81,9 +81,9 @@ class SqlMemoryStore(SqlToolMethods):
 
     The schema must exist (``adapters.memory.migrate.upgrade(url)``) before ``start()``.
     On SQLite, writes are group-committed by one writer thread and reads run on reader
-    threads (see :mod:`adapters.memory.sqlite`); on PostgreSQL every call uses the asyncpg
-    pool of SQLAlchemy's async engine (see :mod:`adapters.memory.postgres`). Either way a
-    write returns only once its transaction is committed.
+    threads (see :mod:`adapters.memory.sqlite`); on PostgreSQL writes are group-committed
+    too, on the asyncpg pool of SQLAlchemy's async engine (see
+    :mod:`adapters.memory.postgres`). Either way a write returns only once it is committed.
 
     Args:
         url: the database URL; plain ``sqlite:///…`` / ``postgresql://…`` are accepted and

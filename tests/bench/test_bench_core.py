@@ -33,5 +33,13 @@ def test_bench_core_smoke_prints_all_figures():
     if os.environ.get("CHINWAG_TEST_POSTGRES_URL"):
         assert re.search(r"postgresql\s+1 user\(s\) x\s+50 msgs:\s+\d+ msg/s", out), out
         assert re.search(r"postgresql prompt build: 100 stored", out), out
+        # both databases side by side, and PostgreSQL's target met or missed, in figures
+        assert re.search(r"1,000 msg/s sent, p99 ms +[\d.]+ +[\d.]+\n", out), out
+        assert re.search(
+            r"postgresql target (met|MISSED): serve 1,000 msg/s at p99 overhead < 20 ms.*"
+            r"served [\d,]+.*p99 [\d.]+ ms",
+            out,
+        ), out
     else:
         assert "postgresql skipped: set CHINWAG_TEST_POSTGRES_URL" in out
+        assert re.search(r"1,000 msg/s sent, p99 ms +[\d.]+ +-\n", out), out
