@@ -75,10 +75,13 @@ class TurnQueue(Protocol):
 
     async def enqueue(
         self, kind: JobKind, key: ConversationKey, payload: Mapping[str, Any]
-    ) -> None:
+    ) -> bool:
         """Queue one turn behind the earlier ones of ``key``'s conversation.
 
         Returns once the job is stored (durable): the platform event may be acknowledged.
+        A message whose platform id (``payload["message_id"]``, in its chat) was queued
+        before is not queued again: a platform delivering an event twice, to one ingress
+        or to two, makes one turn. Returns whether a job was made.
 
         Raises:
             StoreError: the queue's database cannot be reached (the event is not

@@ -5,10 +5,12 @@ the bot's own PostgreSQL database. This revision installs the schema procrastina
 with the installed version (its ``procrastinate_*`` tables, types, functions and triggers)
 and ``queue_inbound``: one row per platform event ingress queued (bot, platform, chat and
 platform message id, unique), written in the same transaction as its job, so that a
-platform delivering an event again never queues a second turn.
+platform delivering an event again never queues a second turn; and ``queue_failures``, why
+a turn's job failed (its error's class and message, never the user's text), for ``chinwag
+queue``.
 
 On SQLite it does nothing: the queue needs PostgreSQL (a one-process ``chinwag run`` does
-not use it). The downgrade drops every ``procrastinate_*`` object and ``queue_inbound``.
+not use it). The downgrade drops every ``procrastinate_*`` and ``queue_*`` object.
 
 The migration-vs-models comparison leaves these objects out by name: they are the queue's,
 not the memory store's.
@@ -41,10 +43,17 @@ CREATE TABLE queue_inbound (
     CONSTRAINT pk_queue_inbound PRIMARY KEY (bot, platform, chat_id, message_id)
 );
 CREATE INDEX ix_queue_inbound_received_at ON queue_inbound (received_at);
+CREATE TABLE queue_failures (
+    job_id bigint NOT NULL,
+    error text NOT NULL,
+    failed_at timestamp with time zone NOT NULL DEFAULT now(),
+    CONSTRAINT pk_queue_failures PRIMARY KEY (job_id)
+);
 """
 
 _DROP_ALL = """
 DROP TABLE IF EXISTS queue_inbound;
+DROP TABLE IF EXISTS queue_failures;
 DO $$
 DECLARE
     item record;
