@@ -29,9 +29,10 @@ from adapters.telegram.settings import TelegramSettings
 from bots.loading import load_bot, persona_of
 from bots.toolbox import PackUnavailable, build_toolbox, log_toolbox
 from core.bot import Bot
-from core.chat_ports import ChatAdapter
+from core.chat_ports import ChatAdapter, ConversationEngine
 from core.engine import Engine
 from core.errors import ConfigError
+from core.instance import HEARTBEAT_SECONDS
 from core.kb import KnowledgeBase
 from core.knowledge import AddReport, KbScope
 from core.media import Transcriber
@@ -42,6 +43,7 @@ from core.settings import (
     KbSettings,
     LLMSettings,
     MediaSettings,
+    ScaleSettings,
     ToolSettings,
 )
 from core.telemetry import NO_TELEMETRY, Telemetry
@@ -103,6 +105,7 @@ class Settings:
     media: MediaSettings = field(default_factory=lambda: MediaSettings(_env_file=None))
     # CHINWAG_HTTP_LISTEN as (host, port): where health and metrics are served; None = off.
     http_listen: tuple[str, int] | None = None
+    scale: ScaleSettings = field(default_factory=lambda: ScaleSettings(_env_file=None))
 
     @property
     def data_dir(self) -> Path:
@@ -213,11 +216,18 @@ def build_tools(settings: Settings) -> Toolbox:
 
 
 @contextlib.asynccontextmanager
-async def running_engine(settings: Settings, health: Health | None = None) -> AsyncIterator[Engine]:
+async def running_engine(
+    settings: Settings,
+    health: Health | None = None,
+    *,
+    shared: bool = False,
+    heartbeat: float | None = None,
+) -> AsyncIterator[Engine]:
     """Backend, store, the bot's tools and the engine, started, and closed in reverse order.
 
     The tools close after the engine drained (a reply in flight may still call one). With
     ``health``, the engine counts into its telemetry and readiness probes the store.
+    ``shared`` and ``heartbeat`` are a queue worker's (see ``Engine``).
     """
     toolbox = build_tools(settings)
     backend = build_backend(settings)
@@ -250,6 +260,8 @@ async def running_engine(settings: Settings, health: Health | None = None) -> As
                 media=settings.media,
                 reader=LocalMediaReader(),
                 transcriber=transcriber,
+                shared=shared,
+                heartbeat=HEARTBEAT_SECONDS if heartbeat is None else heartbeat,
             )
             await engine.start()
             try:
@@ -306,7 +318,7 @@ def tune_gc() -> None:
 
 
 def platform_adapters(
-    settings: Settings, engine: Engine, telemetry: Telemetry = NO_TELEMETRY
+    settings: Settings, engine: ConversationEngine, telemetry: Telemetry = NO_TELEMETRY
 ) -> list[ChatAdapter]:
     """The chat adapters whose tokens are configured, counting into ``telemetry``."""
     adapters: list[ChatAdapter] = []

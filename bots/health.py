@@ -10,7 +10,7 @@ them; until then readiness says what is missing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import metadata
 from typing import Final
 
@@ -47,6 +47,9 @@ class Health:
         self.telemetry = PrometheusTelemetry(version=version())
         self.store: SqlMemoryStore | None = None
         self.adapters: Sequence[ChatAdapter] = ()
+        # Further readiness probes (a queue worker's queue and outbound adapters): each
+        # returns what is not ready, or None.
+        self.checks: list[Callable[[], Awaitable[str | None]]] = []
         self._server = HealthServer(
             host, port, readiness=self.problems, metrics=self.telemetry.exposition
         )
@@ -91,4 +94,8 @@ class Health:
         found.extend(
             f"{adapter.name} connection down" for adapter in self.adapters if not adapter.connected
         )
+        for check in self.checks:
+            problem = await check()
+            if problem is not None:
+                found.append(problem)
         return found

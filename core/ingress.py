@@ -43,12 +43,18 @@ class Commands(Protocol):
     """What ingress takes from the bot's engine (``core.engine.Engine`` has it all)."""
 
     @property
-    def bot_name(self) -> str: ...
+    def bot_name(self) -> str:
+        """The ``BOT_NAME`` memories are stored under."""
+        ...
 
     @property
-    def default_model(self) -> str: ...
+    def default_model(self) -> str:
+        """The model a conversation that chose none is answered by."""
+        ...
 
-    def commands(self) -> Sequence[CommandInfo]: ...
+    def commands(self) -> Sequence[CommandInfo]:
+        """The commands the engine answers."""
+        ...
 
     def key_for(
         self,
@@ -57,11 +63,17 @@ class Commands(Protocol):
         user_id: str,
         thread_id: str | None = None,
         is_private: bool = True,
-    ) -> ConversationKey: ...
+    ) -> ConversationKey:
+        """The conversation slot a message belongs to (``MEMORY_SCOPE_GROUPS``)."""
+        ...
 
-    def bypasses_lane(self, text: str) -> bool: ...
+    def bypasses_lane(self, text: str) -> bool:
+        """Whether ``text`` is a command answered at once (``/stop``)."""
+        ...
 
-    async def admits(self, msg: IncomingMessage, out: ReplyChannel) -> bool: ...
+    async def admits(self, msg: IncomingMessage, out: ReplyChannel) -> bool:
+        """The allowlist check of ``msg``'s author."""
+        ...
 
 
 class IngressEngine:

@@ -37,7 +37,7 @@ def libpq_url(database_url: str) -> str:
             the message never contains the password.
     """
     parts = urlsplit(database_url.strip())
-    if parts.scheme.lower() not in _SCHEMES or not parts.netloc and not parts.path:
+    if parts.scheme.lower() not in _SCHEMES or (not parts.netloc and not parts.path):
         raise ConfigError(
             "DATABASE_URL",
             f"the turn queue needs PostgreSQL, not {safe_url(database_url)}",

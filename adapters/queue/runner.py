@@ -9,7 +9,10 @@ at their place (their job id keeps them first in their conversation), and anothe
 takes them; several workers doing it at once is harmless (the database retries each turn
 once, the others' attempts are refused and ignored).
 
-A turn whose handler raised is kept as failed (with its error in ``queue_failures``) for
+At shutdown (SIGTERM, a deploy) the worker takes no new turn and gives those in progress
+``grace`` seconds; one still running then is cut off and queued again at its place, for
+another worker to finish (the reply already on screen is completed in place). A turn whose
+handler raised is kept as failed (with its error in ``queue_failures``) for
 ``chinwag queue`` and ``chinwag queue retry``; turns that succeeded are deleted. If the
 queue's database goes away, the procrastinate worker stops; this loop says so in one line and
 starts a new one every few seconds until it answers again.
@@ -26,8 +29,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import psycopg
-from procrastinate import App, JobContext
-from procrastinate.exceptions import ConnectorException
+from procrastinate import App, BaseRetryStrategy, JobContext, RetryDecision
+from procrastinate.exceptions import ConnectorException, JobAborted
+from procrastinate.jobs import Job
 from procrastinate.worker import Worker
 
 from adapters.queue.app import QUEUE_NAME, TURN_TASK
@@ -51,6 +55,15 @@ ON CONFLICT (job_id) DO UPDATE SET error = EXCLUDED.error, failed_at = now()
 _PRUNE: Final = """
 DELETE FROM queue_inbound WHERE received_at < now() - make_interval(hours => %(hours)s)
 """
+
+
+class _RetryAtShutdown(BaseRetryStrategy):
+    """Queue again a turn cut off by this worker's shutdown (a deploy); keep others failed."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        if isinstance(exception, (asyncio.CancelledError, JobAborted)):
+            return RetryDecision(retry_in={"seconds": 0})
+        return None
 
 
 def _worker_name() -> str:
@@ -90,14 +103,18 @@ class QueueWorker:
         self._stopping = asyncio.Event()
         self._ready = False
         if TURN_TASK not in app.tasks:
-            app.task(name=TURN_TASK, queue=QUEUE_NAME, pass_context=True)(self._turn)
+            app.task(name=TURN_TASK, queue=QUEUE_NAME, pass_context=True, retry=_RetryAtShutdown())(
+                self._turn
+            )
 
     @property
     def ready(self) -> bool:
         """Whether the worker is registered and its database answered lately (``/readyz``)."""
         return self._ready
 
-    async def _turn(self, context: JobContext, kind: str, bot: str, payload: dict[str, Any]) -> None:
+    async def _turn(
+        self, context: JobContext, kind: str, bot: str, payload: dict[str, Any]
+    ) -> None:
         job = context.job
         if job.attempts:
             _log.info("answering turn %s again (attempt %d)", job.id, job.attempts + 1)
@@ -108,7 +125,7 @@ class QueueWorker:
         except Exception as exc:
             _log.exception("queued turn %s of bot %s failed: %s", job.id, bot, type(exc).__name__)
             with contextlib.suppress(*_DB_ERRORS):
-                await self._app.connector.execute_query_async(  # type: ignore[attr-defined]
+                await self._app.connector.execute_query_async(
                     _FAILED, job_id=job.id, error=f"{type(exc).__name__}: {exc}"[:1000]
                 )
             raise
@@ -132,7 +149,7 @@ class QueueWorker:
                 )
                 self._ready = True
                 try:
-                    await self._worker.run()
+                    await self._worker.run()  # type: ignore[no-untyped-call]
                 except _DB_ERRORS as exc:
                     _log.error(
                         "the turn queue's database failed (%s: %s); trying again in %.0f s",
@@ -154,7 +171,7 @@ class QueueWorker:
         """Take no new turns; :meth:`run` returns once the turns in progress finished."""
         self._stopping.set()
         if self._worker is not None:
-            self._worker.stop()
+            self._worker.stop()  # type: ignore[no-untyped-call]
 
     async def retry_stalled(self) -> int:
         """Put back in the queue the turns of workers silent past the timeout; how many."""
@@ -179,9 +196,7 @@ class QueueWorker:
 
     async def prune(self) -> None:
         """Forget the events ingress queued more than :data:`INBOUND_KEEP_HOURS` ago."""
-        await self._app.connector.execute_query_async(  # type: ignore[attr-defined]
-            _PRUNE, hours=INBOUND_KEEP_HOURS
-        )
+        await self._app.connector.execute_query_async(_PRUNE, hours=INBOUND_KEEP_HOURS)
 
     async def _maintain(self) -> None:
         since_prune = _PRUNE_EVERY_S

@@ -70,26 +70,26 @@ class ProcrastinateTurnQueue:
             "message_id": str(message_id),
         }
         try:
-            async with self._app.connector.pool.connection() as connection:  # type: ignore[attr-defined]
-                async with connection.transaction():
-                    if message_id is not None:
-                        cursor = await connection.execute(_RECORD, record)
-                        if cursor.rowcount == 0:
-                            _log.info(
-                                "not queueing %s message %s again: it was queued before",
-                                key.platform,
-                                message_id,
-                            )
-                            return False
-                    deferrer = self._app.configure_task(
-                        TURN_TASK,
-                        lock=conversation_lock(key),
-                        queue=QUEUE_NAME,
-                        connection=connection,
-                    )
-                    job_id = await deferrer.defer_async(**job_args(kind, key, payload))
-                    if message_id is not None:
-                        await connection.execute(_LINK, {**record, "job_id": job_id})
+            pool = self._app.connector.pool  # type: ignore[attr-defined]
+            async with pool.connection() as connection, connection.transaction():
+                if message_id is not None:
+                    cursor = await connection.execute(_RECORD, record)
+                    if cursor.rowcount == 0:
+                        _log.info(
+                            "not queueing %s message %s again: it was queued before",
+                            key.platform,
+                            message_id,
+                        )
+                        return False
+                deferrer = self._app.configure_task(
+                    TURN_TASK,
+                    lock=conversation_lock(key),
+                    queue=QUEUE_NAME,
+                    connection=connection,
+                )
+                job_id = await deferrer.defer_async(**job_args(kind, key, payload))
+                if message_id is not None:
+                    await connection.execute(_LINK, {**record, "job_id": job_id})
         except (psycopg.Error, ConnectorException, OSError) as exc:
             raise StoreError(
                 f"could not queue a {key.platform} turn: {type(exc).__name__}: {exc}"

@@ -91,6 +91,7 @@ def _script(sql: str) -> None:
     SQLAlchemy would prepare it as one statement and parse its colons as parameters.
     """
     driver = op.get_bind().connection.driver_connection
+    assert driver is not None
     await_only(driver.execute(sql))
 
 

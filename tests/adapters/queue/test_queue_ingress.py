@@ -60,7 +60,7 @@ async def test_a_redelivered_message_makes_one_job(
     stats = await queue_stats(first, heartbeat_timeout=6)
     assert stats.depth == 3, "hello once, /model, the button press"
     assert out.texts == [], "ingress answers nothing itself"
-    rows: Any = await first.connector.execute_query_all_async(  # type: ignore[attr-defined]
+    rows: Any = await first.connector.execute_query_all_async(
         "SELECT args, lock FROM procrastinate_jobs ORDER BY id"
     )
     assert [r["args"]["kind"] for r in rows] == ["message", "message", "action"]
