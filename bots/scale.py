@@ -189,13 +189,17 @@ async def serve_ingress(settings: Settings, *, stop: asyncio.Event | None = None
     async with _health(settings) as health:
         telemetry: Telemetry = health.telemetry if health is not None else NO_TELEMETRY
         store = await open_store(settings.memory)  # migrates, under the migration lock
-        backend = build_backend(settings)  # for the model names of commands: never started
+        # For the model names /model offers: an API backend reads its server's list; a
+        # local one knows them without loading any (ingress calls no model).
+        backend = build_backend(settings)
         knowledge = build_knowledge(settings, store)
         app = _queue_app(settings, connections=10)
         adapters: list[ChatAdapter] = []
         side: list[asyncio.Task[None]] = []
         try:
             await app.open_async()
+            if backend.name != "local":
+                await backend.start()
             engine = Engine(
                 backend=backend,
                 store=store,
@@ -251,6 +255,7 @@ async def serve_ingress(settings: Settings, *, stop: asyncio.Event | None = None
                 except Exception:
                     _log.exception("closing the %s adapter failed", adapter.name)
             await app.close_async()
+            await backend.aclose()
             await knowledge.store.aclose()
             await store.aclose()
 

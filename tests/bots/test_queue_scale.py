@@ -1,0 +1,77 @@
+"""Real processes: ``chinwag ingress`` and two ``chinwag worker`` on PostgreSQL; one worker
+is SIGKILLed mid-reply, and every message still gets exactly one complete reply, in order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.openai_server import FakeOpenAIServer, default_reply
+from tests.fakes.telegram_server import FakeChat, FakeTelegram, FakeUser
+from tests.scale_harness import cluster, scale_env, start
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(240)]
+
+CONVERSATIONS = 4
+MESSAGES = 3
+TAIL = " ".join(["la"] * 12) + " END"
+
+
+def _reply(body: Mapping[str, Any]) -> str:
+    """The default reply, made long enough to stream for a few seconds, marked complete."""
+    return f"{default_reply(body)} {TAIL}"
+
+
+async def test_a_killed_workers_turns_are_answered_once_in_order(
+    tmp_path: Path, direct_url: str
+) -> None:
+    async with FakeTelegram() as telegram, FakeOpenAIServer(reply=_reply, chunk_delay=0.2) as llm:
+        env = scale_env(
+            telegram_token=telegram.token,
+            telegram_url=telegram.base_url,
+            llm_url=llm.base_url,
+            database_url=direct_url,
+            redis_url="redis://127.0.0.1:6379/15",
+            data_dir=tmp_path / "data",
+        )
+        async with cluster(env, tmp_path, ingress=1, workers=1) as bot:
+            users = [FakeUser(8100 + n, f"User {n}", f"user{n}") for n in range(CONVERSATIONS)]
+            chats = [FakeChat(user.id, "private") for user in users]
+            for n in range(MESSAGES):
+                for user, chat in zip(users, chats, strict=True):
+                    telegram.send_text(chat, user, f"c{user.id}-m{n}")
+            # The only worker starts writing replies; it dies with them on screen.
+            await telegram.wait_for(
+                lambda: any(telegram.bot_messages(chat.id) for chat in chats), timeout=60
+            )
+            second = asyncio.create_task(start("worker", "worker-2", bot.env, tmp_path))
+            await asyncio.sleep(0.5)
+            doomed = bot.workers[0]
+            doomed.kill()
+            await doomed.process.wait()
+            bot.workers.append(await second)
+
+            def answered() -> bool:
+                return all(
+                    len(telegram.bot_messages(chat.id)) == MESSAGES
+                    and all(m.text.endswith("END") for m in telegram.bot_messages(chat.id))
+                    for chat in chats
+                )
+
+            try:
+                await telegram.wait_for(answered, timeout=120)
+                await telegram.wait_idle(quiet=2.0, timeout=30)
+            except TimeoutError:
+                texts = {c.id: [m.text for m in telegram.bot_messages(c.id)] for c in chats}
+                raise AssertionError(f"{texts}\n{bot.logs()}") from None
+            for user, chat in zip(users, chats, strict=True):
+                texts = [m.text for m in telegram.bot_messages(chat.id)]
+                assert len(texts) == MESSAGES, (texts, bot.logs())
+                for n, text in enumerate(texts):
+                    assert text.startswith(f"You said: c{user.id}-m{n}."), (texts, bot.logs())
+                    assert text.endswith(TAIL), f"cut off: {text!r}"
+            assert "Traceback" not in bot.logs(), bot.logs()
