@@ -94,6 +94,19 @@ def _queue_app(settings: Settings, connections: int) -> App:
     return queue_app(settings.memory.async_url(), max_connections=connections)
 
 
+async def _open(app: App, settings: Settings) -> None:
+    """Open the queue's connection pool; ``StoreError`` in one line if it cannot."""
+    from adapters.queue.app import check_database
+
+    await check_database(settings.memory.async_url())
+    try:
+        await app.open_async()
+    except Exception as exc:
+        raise StoreError(
+            f"cannot reach the turn queue's database: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 @contextlib.asynccontextmanager
 async def _signals(stop: asyncio.Event) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
@@ -197,7 +210,7 @@ async def serve_ingress(settings: Settings, *, stop: asyncio.Event | None = None
         adapters: list[ChatAdapter] = []
         side: list[asyncio.Task[None]] = []
         try:
-            await app.open_async()
+            await _open(app, settings)
             if backend.name != "local":
                 await backend.start()
             engine = Engine(
@@ -346,7 +359,7 @@ async def serve_worker(settings: Settings, *, stop: asyncio.Event | None = None)
         if not outbound:
             raise Exit("chinwag worker needs TELEGRAM_BOT_TOKEN or DISCORD_BOT_TOKEN")
         engine.use_adapters(outbound)
-        await app.open_async()
+        await _open(app, settings)
         for adapter in outbound:
             await adapter.start_outbound()
             _log.info("%s adapter started (worker: sending only)", adapter.name)
@@ -400,10 +413,7 @@ async def queue_command(
     if not settings.memory.async_url().startswith("postgresql"):
         raise Exit(f"chinwag queue needs PostgreSQL in DATABASE_URL ({_PG_EXAMPLE})")
     app = _queue_app(settings, connections=2)
-    try:
-        await app.open_async()
-    except Exception as exc:
-        raise StoreError(f"cannot reach the queue's database: {type(exc).__name__}") from exc
+    await _open(app, settings)
     try:
         if action == "retry":
             assert job_id is not None

@@ -11,9 +11,11 @@ import logging
 from typing import Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import psycopg
 from procrastinate import App, PsycopgConnector
+from psycopg_pool import AsyncConnectionPool
 
-from core.errors import ConfigError
+from core.errors import ConfigError, StoreError
 
 TURN_TASK: Final = "chinwag.turn"
 """The task name of every queued turn (messages and button presses)."""
@@ -25,6 +27,18 @@ _EXAMPLE: Final = "postgresql://chinwag:secret@db:5432/chinwag"
 _ASYNCPG_SSL: Final = {"ssl": "sslmode"}
 
 _log = logging.getLogger(__name__)
+
+OPEN_TIMEOUT_S: Final = 10.0
+"""Seconds the queue's database has to answer when a process opens it."""
+
+
+class _Pool(AsyncConnectionPool):
+    """psycopg's pool, whose ``open(wait=True)`` (procrastinate's) gives up sooner than 30 s."""
+
+    async def open(  # noqa: ASYNC109 - psycopg's own signature
+        self, wait: bool = False, timeout: float = OPEN_TIMEOUT_S
+    ) -> None:
+        await super().open(wait=wait, timeout=min(timeout, OPEN_TIMEOUT_S))
 
 
 def libpq_url(database_url: str) -> str:
@@ -59,6 +73,24 @@ def safe_url(url: str) -> str:
         return "<unparseable URL>"
 
 
+async def check_database(database_url: str) -> None:
+    """Connect once, to say in one line why the queue's database cannot be reached.
+
+    Raises:
+        StoreError: with libpq's first line (it never contains the password).
+    """
+    try:
+        connection = await psycopg.AsyncConnection.connect(
+            libpq_url(database_url), connect_timeout=int(OPEN_TIMEOUT_S)
+        )
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(
+            f"cannot reach the turn queue's database {safe_url(database_url)}: {first}"
+        ) from exc
+    await connection.close()
+
+
 def queue_app(database_url: str, *, max_connections: int = 10) -> App:
     """The procrastinate ``App`` on ``database_url`` (open it with ``open_async()``).
 
@@ -66,6 +98,7 @@ def queue_app(database_url: str, *, max_connections: int = 10) -> App:
         ConfigError: ``database_url`` is not PostgreSQL.
     """
     connector = PsycopgConnector(
+        pool_factory=_Pool,
         conninfo=libpq_url(database_url),
         min_size=1,
         max_size=max(2, max_connections),
@@ -74,4 +107,12 @@ def queue_app(database_url: str, *, max_connections: int = 10) -> App:
     return App(connector=connector)
 
 
-__all__ = ["QUEUE_NAME", "TURN_TASK", "libpq_url", "queue_app", "safe_url"]
+__all__ = [
+    "OPEN_TIMEOUT_S",
+    "QUEUE_NAME",
+    "TURN_TASK",
+    "check_database",
+    "libpq_url",
+    "queue_app",
+    "safe_url",
+]

@@ -66,8 +66,8 @@ async def test_a_killed_workers_turns_are_answered_once_in_order(
                 await telegram.wait_for(answered, timeout=120)
                 await telegram.wait_idle(quiet=2.0, timeout=30)
             except TimeoutError:
-                texts = {c.id: [m.text for m in telegram.bot_messages(c.id)] for c in chats}
-                raise AssertionError(f"{texts}\n{bot.logs()}") from None
+                shown = {c.id: [m.text for m in telegram.bot_messages(c.id)] for c in chats}
+                raise AssertionError(f"{shown}\n{bot.logs()}") from None
             for user, chat in zip(users, chats, strict=True):
                 texts = [m.text for m in telegram.bot_messages(chat.id)]
                 assert len(texts) == MESSAGES, (texts, bot.logs())
