@@ -35,8 +35,10 @@ OPEN_TIMEOUT_S: Final = 10.0
 class _Pool(AsyncConnectionPool):
     """psycopg's pool, whose ``open(wait=True)`` (procrastinate's) gives up sooner than 30 s."""
 
-    async def open(  # noqa: ASYNC109 - psycopg's own signature
-        self, wait: bool = False, timeout: float = OPEN_TIMEOUT_S
+    async def open(
+        self,
+        wait: bool = False,
+        timeout: float = OPEN_TIMEOUT_S,  # noqa: ASYNC109 - psycopg's own signature
     ) -> None:
         await super().open(wait=wait, timeout=min(timeout, OPEN_TIMEOUT_S))
 
