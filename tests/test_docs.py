@@ -22,6 +22,7 @@ from core.settings import (
     KbSettings,
     LLMSettings,
     MediaSettings,
+    ScaleSettings,
     ToolSettings,
 )
 
@@ -41,6 +42,7 @@ COMPONENTS: list[type[ChinwagSettings]] = [
     KbSettings,
     STTSettings,
     MediaSettings,
+    ScaleSettings,
 ]
 VARIABLES = sorted(
     f"{cls.model_config.get('env_prefix') or ''}{name}".upper()
