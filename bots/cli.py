@@ -5,7 +5,8 @@ console chat; ``chinwag doctor`` checks the setup; ``chinwag db`` manages the sc
 ``chinwag export`` writes a user's history,
 ``chinwag audit`` prints the tool calls bots proposed and ``chinwag discord sync``
 re-registers Discord's slash commands. ``chinwag ingress`` and ``chinwag worker`` split a bot
-over processes (:mod:`bots.scale`); ``chinwag queue`` shows their turn queue. ``--bot`` (or ``CHINWAG_BOT``) picks the bot.
+over processes (:mod:`bots.scale`); ``chinwag queue`` shows their turn queue. ``--bot``
+(or ``CHINWAG_BOT``) picks the bot.
 """
 
 from __future__ import annotations
