@@ -50,6 +50,8 @@ class Health:
         # Further readiness probes (a queue worker's queue and outbound adapters): each
         # returns what is not ready, or None.
         self.checks: list[Callable[[], Awaitable[str | None]]] = []
+        # A queue worker connects no platform intake: its checks say what it needs instead.
+        self.needs_platforms = True
         self._server = HealthServer(
             host, port, readiness=self.problems, metrics=self.telemetry.exposition
         )
@@ -89,7 +91,7 @@ class Health:
         llm = self.telemetry.llm_problem()
         if llm is not None:
             found.append(llm)
-        if not self.adapters:
+        if self.needs_platforms and not self.adapters:
             found.append("chat platforms not started yet")
         found.extend(
             f"{adapter.name} connection down" for adapter in self.adapters if not adapter.connected

@@ -269,6 +269,7 @@ async def serve_ingress(settings: Settings, *, stop: asyncio.Event | None = None
                     _log.exception("closing the %s adapter failed", adapter.name)
             await app.close_async()
             await backend.aclose()
+            await knowledge.embedder.aclose()
             await knowledge.store.aclose()
             await store.aclose()
 
@@ -378,10 +379,10 @@ async def serve_worker(settings: Settings, *, stop: asyncio.Event | None = None)
         )
         side = [_spawn(stop_signal(settings).listen(engine.stop_reply), "chinwag-stop-signal")]
         if health is not None:
+            health.needs_platforms = False
             health.checks.append(_queue_probe(app))
-            health.checks.append(_worker_probe(worker))
+            health.checks.append(_worker_probe(worker, outbound))
             side.append(_spawn(_report_queue(app, settings, health), "chinwag-queue-metrics"))
-            health.adapters = ()
         running = asyncio.create_task(worker.run(), name="chinwag-queue-worker")
         try:
             async with _signals(stop):
@@ -394,8 +395,15 @@ async def serve_worker(settings: Settings, *, stop: asyncio.Event | None = None)
             await asyncio.gather(*side, return_exceptions=True)
 
 
-def _worker_probe(worker: Any) -> Callable[[], Awaitable[str | None]]:
+def _worker_probe(
+    worker: Any, outbound: list[OutboundAdapter]
+) -> Callable[[], Awaitable[str | None]]:
+    """Ready: the worker takes turns and every platform it answers on is connected."""
+
     async def probe() -> str | None:
+        down = [a.name for a in outbound if not getattr(a, "outbound_ready", True)]
+        if down:
+            return f"{', '.join(down)} not connected for sending"
         return None if worker.ready else "queue worker not running"
 
     return probe

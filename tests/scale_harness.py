@@ -108,15 +108,16 @@ async def _read(proc: Process) -> None:
         proc.lines.append(line.decode(errors="replace"))
 
 
-async def start(role: str, name: str, env: Mapping[str, str], cwd: Path) -> Process:
-    """Start ``chinwag ROLE`` and return once it serves (its READY line is logged)."""
+async def start(role: str, name: str, env: Mapping[str, str], cwd: Path, **extra: str) -> Process:
+    """Start ``chinwag ROLE`` (``extra``: this process's own settings, e.g. its
+    ``CHINWAG_HTTP_LISTEN``) and return once it serves (its READY line is logged)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bots.cli",
         role,
         cwd=cwd,
-        env=dict(env),
+        env={**env, **extra},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -141,9 +142,10 @@ class Cluster:
     ingress: list[Process] = field(default_factory=list)
     workers: list[Process] = field(default_factory=list)
 
-    async def add_worker(self) -> Process:
+    async def add_worker(self, **extra: str) -> Process:
         """Start one more worker (a deploy, a scale-up)."""
-        worker = await start("worker", f"worker-{len(self.workers) + 1}", self.env, self.cwd)
+        name = f"worker-{len(self.workers) + 1}"
+        worker = await start("worker", name, self.env, self.cwd, **extra)
         self.workers.append(worker)
         return worker
 

@@ -4,10 +4,13 @@ is SIGKILLed mid-reply, and every message still gets exactly one complete reply,
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAIServer, default_reply
@@ -19,6 +22,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(240)]
 CONVERSATIONS = 4
 MESSAGES = 3
 TAIL = " ".join(["la"] * 12) + " END"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _reply(body: Mapping[str, Any]) -> str:
@@ -48,7 +57,10 @@ async def test_a_killed_workers_turns_are_answered_once_in_order(
             await telegram.wait_for(
                 lambda: any(telegram.bot_messages(chat.id) for chat in chats), timeout=60
             )
-            second = asyncio.create_task(start("worker", "worker-2", bot.env, tmp_path))
+            listen = f"127.0.0.1:{_free_port()}"
+            second = asyncio.create_task(
+                start("worker", "worker-2", bot.env, tmp_path, CHINWAG_HTTP_LISTEN=listen)
+            )
             await asyncio.sleep(0.5)
             doomed = bot.workers[0]
             doomed.kill()
@@ -75,3 +87,18 @@ async def test_a_killed_workers_turns_are_answered_once_in_order(
                     assert text.startswith(f"You said: c{user.id}-m{n}."), (texts, bot.logs())
                     assert text.endswith(TAIL), f"cut off: {text!r}"
             assert "Traceback" not in bot.logs(), bot.logs()
+            assert "queued again" in bot.workers[1].log, "the dead worker's turns were retried"
+            # The surviving worker is ready and shows the queue drained.
+            async with httpx.AsyncClient(base_url=f"http://{listen}") as http:
+                ready = await http.get("/readyz")
+                assert (ready.status_code, ready.text.strip()) == (200, "ready")
+                drained = ("chinwag_queue_depth 0.0", "chinwag_queue_doing 0.0")
+                async with asyncio.timeout(15):  # the gauges are read every 5 s
+                    metrics = (await http.get("/metrics")).text
+                    while not all(line in metrics for line in drained):
+                        await asyncio.sleep(0.5)
+                        metrics = (await http.get("/metrics")).text
+            assert "chinwag_queue_stalled 0.0" in metrics
+            retried = re.search(r"^chinwag_queue_retries_total (\S+)$", metrics, re.MULTILINE)
+            assert retried is not None
+            assert float(retried.group(1)) >= 1, "it put the dead worker's turns back"
