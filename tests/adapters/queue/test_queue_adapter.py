@@ -164,3 +164,38 @@ async def test_a_failed_turn_is_listed_and_retried(open_app: Callable[[], App]) 
         await task
     stats = await queue_stats(app, heartbeat_timeout=6)
     assert (stats.depth, stats.failed, stats.failed_turns) == (0, 0, [])
+
+
+async def test_a_turn_cut_off_by_a_deploy_is_answered_by_the_next_worker(
+    open_app: Callable[[], App],
+) -> None:
+    app = open_app()
+    await app.open_async()
+    assert await ProcrastinateTurnQueue(app).enqueue(JobKind.MESSAGE, *_message("c1", 1))
+    started = asyncio.Event()
+
+    async def stuck(kind: JobKind, payload: Mapping[str, Any]) -> None:
+        started.set()
+        await asyncio.Event().wait()  # a reply longer than the shutdown grace
+
+    old = QueueWorker(app, stuck, concurrency=2, heartbeat_timeout=6, grace=0.3)
+    task = asyncio.create_task(old.run())
+    await asyncio.wait_for(started.wait(), 20)
+    old.stop()  # SIGTERM
+    await asyncio.wait_for(task, 20)
+    stats = await queue_stats(app, heartbeat_timeout=6)
+    assert (stats.depth, stats.doing, stats.failed) == (1, 0, 0), "queued again, not lost"
+    answered: list[str] = []
+
+    async def handle(kind: JobKind, payload: Mapping[str, Any]) -> None:
+        answered.append(payload["text"])
+
+    new_app = open_app()
+    await new_app.open_async()
+    new = QueueWorker(new_app, handle, concurrency=2, heartbeat_timeout=6)
+    task = asyncio.create_task(new.run())
+    try:
+        await _until(lambda: answered == ["message 1"])
+    finally:
+        new.stop()
+        await task
