@@ -29,9 +29,10 @@ from adapters.telegram.settings import TelegramSettings
 from bots.loading import load_bot, persona_of
 from bots.toolbox import PackUnavailable, build_toolbox, log_toolbox
 from core.bot import Bot
-from core.chat_ports import ChatAdapter
+from core.chat_ports import ChatAdapter, ConversationEngine
 from core.engine import Engine
 from core.errors import ConfigError
+from core.instance import HEARTBEAT_SECONDS
 from core.kb import KnowledgeBase
 from core.knowledge import AddReport, KbScope
 from core.media import Transcriber
@@ -218,7 +219,12 @@ def build_tools(settings: Settings) -> Toolbox:
 
 @contextlib.asynccontextmanager
 async def running_engine(
-    settings: Settings, health: Health | None = None, shared: RedisShared | None = None
+    settings: Settings,
+    health: Health | None = None,
+    shared: RedisShared | None = None,
+    *,
+    worker: bool = False,
+    heartbeat: float | None = None,
 ) -> AsyncIterator[Engine]:
     """Backend, store, the bot's tools and the engine, started, and closed in reverse order.
 
@@ -226,6 +232,8 @@ async def running_engine(
     ``health``, the engine counts into its telemetry and readiness probes the store. With
     ``shared`` (``REDIS_URL``), rate limits, confirmations and ``/stop`` are the bot's
     processes' shared ones.
+    With ``worker``, the engine is a queue worker's (``Engine(shared=True)``) and beats every
+    ``heartbeat`` seconds.
     """
     toolbox = build_tools(settings)
     backend = build_backend(settings)
@@ -261,6 +269,8 @@ async def running_engine(
                 rate_limits=shared.rate_limits if shared is not None else None,
                 pending=shared.pending if shared is not None else None,
                 stop_signal=shared.stop_signal if shared is not None else None,
+                shared=worker,
+                heartbeat=HEARTBEAT_SECONDS if heartbeat is None else heartbeat,
             )
             await engine.start()
             try:
@@ -318,14 +328,17 @@ def tune_gc() -> None:
 
 def platform_adapters(
     settings: Settings,
-    engine: Engine,
+    engine: ConversationEngine,
     telemetry: Telemetry = NO_TELEMETRY,
     shared: RedisShared | None = None,
+    *,
+    ingress: bool = False,
 ) -> list[ChatAdapter]:
     """The chat adapters whose tokens are configured, counting into ``telemetry``.
 
     With ``shared``, Telegram's flood gates and pacing are shared with the bot's other
-    processes. Discord's are not (discord.py paces each process on its own).
+    processes. Discord's are not (discord.py paces each process on its own). ``ingress``:
+    the adapters of ``chinwag ingress`` (events queued for workers, see ``bots.scale``).
     """
     adapters: list[ChatAdapter] = []
     if settings.telegram.bot_token is not None:
@@ -338,6 +351,7 @@ def platform_adapters(
                 max_file_mb=settings.media.max_file_mb,  # /kb add passes KB_MAX_FILE_MB
                 telemetry=telemetry,
                 limits=shared.limits if shared is not None else None,
+                ingress=ingress,
             )
         )
     if settings.discord.bot_token is not None:
@@ -350,6 +364,7 @@ def platform_adapters(
                 data_dir=settings.data_dir,
                 max_file_mb=settings.media.max_file_mb,  # /kb add passes KB_MAX_FILE_MB
                 telemetry=telemetry,
+                ingress=ingress,
             )
         )
     return adapters

@@ -4,7 +4,9 @@
 console chat; ``chinwag doctor`` checks the setup; ``chinwag db`` manages the schema,
 ``chinwag export`` writes a user's history,
 ``chinwag audit`` prints the tool calls bots proposed and ``chinwag discord sync``
-re-registers Discord's slash commands. ``--bot`` (or ``CHINWAG_BOT``) picks the bot.
+re-registers Discord's slash commands. ``chinwag ingress`` and ``chinwag worker`` split a bot
+over processes (:mod:`bots.scale`); ``chinwag queue`` shows their turn queue. ``--bot``
+(or ``CHINWAG_BOT``) picks the bot.
 """
 
 from __future__ import annotations
@@ -185,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
         "the document and the stored images it links to, any other the document alone "
         "(without the images)",
     )
+    _scale_parsers(sub, with_bot)
     _audit_parser(sub, with_bot)
     add_kb_parser(sub, with_bot)
     discord = sub.add_parser("discord", help="Discord maintenance")
@@ -193,6 +196,45 @@ def _parser() -> argparse.ArgumentParser:
         "sync", parents=[with_bot], help="register the slash commands with Discord now"
     )
     return parser
+
+
+def _scale_parsers(sub: Any, with_bot: argparse.ArgumentParser) -> None:
+    needs = "Needs PostgreSQL (DATABASE_URL) and Redis (REDIS_URL)."
+    sub.add_parser(
+        "ingress",
+        parents=[with_bot],
+        help="take the platforms' events and queue them for workers",
+        description=(
+            "Connect the configured chat platforms (Telegram polling or webhook, Discord "
+            "gateway and slash commands) and queue every message and button press as a turn "
+            f"in the PostgreSQL queue; `chinwag worker` processes answer them. {needs} Same "
+            "as `chinwag run` with CHINWAG_MODE=ingress."
+        ),
+    )
+    sub.add_parser(
+        "worker",
+        parents=[with_bot],
+        help="answer queued turns (run as many as you like)",
+        description=(
+            "Take turns from the PostgreSQL queue, WORKER_CONCURRENCY at once, and answer "
+            "them through the platforms' REST APIs; a worker silent for "
+            "WORKER_HEARTBEAT_TIMEOUT_SECONDS counts as dead and its turns are answered by "
+            f"another. {needs} Same as `chinwag run` with CHINWAG_MODE=worker."
+        ),
+    )
+    queue = sub.add_parser(
+        "queue",
+        help="show the turn queue; retry a failed turn",
+        description=(
+            "Show the turn queue of `chinwag ingress`/`chinwag worker`: turns waiting (and "
+            "the oldest one's age), being answered, stalled (their worker died), failed (id, "
+            "age, error). `chinwag queue retry ID` queues a failed turn again."
+        ),
+    )
+    queue.add_argument("--json", action="store_true", help="print the figures as JSON")
+    queue_sub = queue.add_subparsers(dest="queue_command", metavar="ACTION")
+    retry = queue_sub.add_parser("retry", help="queue a failed turn again")
+    retry.add_argument("job_id", type=int, metavar="ID", help="the failed turn's id")
 
 
 def _audit_parser(sub: Any, with_bot: argparse.ArgumentParser) -> None:
@@ -221,7 +263,7 @@ def _audit_parser(sub: Any, with_bot: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=audit.FORMATS, default="text")
 
 
-SERVING = ("run", "chat", "discord")
+SERVING = ("run", "chat", "discord", "ingress", "worker")
 """The commands that start the bot, its tools with it."""
 
 
@@ -420,6 +462,13 @@ async def _kb(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
+def _mode(command: str, settings: Settings) -> str:
+    """``ingress``/``worker`` for those commands and for ``run`` with ``CHINWAG_MODE`` set."""
+    if command in ("ingress", "worker"):
+        return command
+    return settings.scale.mode if command == "run" else command
+
+
 def with_cause(exc: BaseException) -> str:
     """``exc``'s message, and the error at the bottom of its chain when it does not say it.
 
@@ -483,7 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             components.extend(_model_settings(env_file))
         secrets = secrets_of(*components)
         console = args.command == "chat" or (
-            args.command == "run" and not has_platform_token(settings)
+            args.command == "run"
+            and settings.scale.mode == "run"
+            and not has_platform_token(settings)
         )
         if args.command == "run" and console and not stdin_is_terminal():
             raise Exit(
@@ -498,7 +549,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if log_file is not None and stdin_is_terminal():
             print(f"chinwag: logging to {log_file}", file=sys.stderr)
-        if args.command == "run":
+        mode = _mode(args.command, settings)
+        if mode == "ingress":
+            from bots.scale import serve_ingress
+
+            asyncio.run(serve_ingress(settings))
+        elif mode == "worker":
+            from bots.scale import serve_worker
+
+            asyncio.run(startup_checks(env_file, settings.llm))
+            asyncio.run(serve_worker(settings))
+        elif args.command == "queue":
+            from bots.scale import queue_command
+
+            asyncio.run(
+                queue_command(
+                    settings, args.queue_command, getattr(args, "job_id", None), args.json
+                )
+            )
+        elif args.command == "run":
             asyncio.run(startup_checks(env_file, settings.llm))
             asyncio.run(serve(settings, console=console))
         elif args.command == "chat":

@@ -10,7 +10,7 @@ them; until then readiness says what is missing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import metadata
 from typing import Final
 
@@ -47,6 +47,11 @@ class Health:
         self.telemetry = PrometheusTelemetry(version=version())
         self.store: SqlMemoryStore | None = None
         self.adapters: Sequence[ChatAdapter] = ()
+        # Further readiness probes (a queue worker's queue and outbound adapters): each
+        # returns what is not ready, or None.
+        self.checks: list[Callable[[], Awaitable[str | None]]] = []
+        # A queue worker connects no platform intake: its checks say what it needs instead.
+        self.needs_platforms = True
         self._server = HealthServer(
             host, port, readiness=self.problems, metrics=self.telemetry.exposition
         )
@@ -86,9 +91,13 @@ class Health:
         llm = self.telemetry.llm_problem()
         if llm is not None:
             found.append(llm)
-        if not self.adapters:
+        if self.needs_platforms and not self.adapters:
             found.append("chat platforms not started yet")
         found.extend(
             f"{adapter.name} connection down" for adapter in self.adapters if not adapter.connected
         )
+        for check in self.checks:
+            problem = await check()
+            if problem is not None:
+                found.append(problem)
         return found

@@ -369,6 +369,23 @@ class Engine:
             self.bot_name, platform, chat_id, thread_id, None if shared else user_id
         )
 
+    def bypasses_lane(self, text: str) -> bool:
+        """Whether ``text`` is a command answered at once, not after queued messages (``/stop``)."""
+        parsed = parse_command(text) if text else None
+        command = self._commands.get(parsed[0]) if parsed is not None else None
+        return command is not None and command.bypasses_lane
+
+    async def admits(self, msg: IncomingMessage, out: ReplyChannel) -> bool:
+        """The allowlist check of ``msg``'s author (one short refusal per stranger a day)."""
+        return await self._admission.allowed(msg, out)
+
+    def stop_reply(self, key: ConversationKey) -> bool:
+        """Stop ``key``'s reply in progress in this process; ``False`` if there is none.
+
+        A queue worker calls it for every ``/stop`` published (``core.queue.StopSignal``).
+        """
+        return self._replier.stop(key)
+
     def _key(self, msg: IncomingMessage) -> ConversationKey:
         return self.key_for(msg.platform, msg.chat_id, msg.user_id, msg.thread_id, msg.is_private)
 

@@ -10,6 +10,7 @@ oldest first, on whichever worker; different conversations run in parallel.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from enum import StrEnum
@@ -75,10 +76,13 @@ class TurnQueue(Protocol):
 
     async def enqueue(
         self, kind: JobKind, key: ConversationKey, payload: Mapping[str, Any]
-    ) -> None:
+    ) -> bool:
         """Queue one turn behind the earlier ones of ``key``'s conversation.
 
         Returns once the job is stored (durable): the platform event may be acknowledged.
+        A message whose platform id (``payload["message_id"]``, in its chat) was queued
+        before is not queued again: a platform delivering an event twice, to one ingress
+        or to two, makes one turn. Returns whether a job was made.
 
         Raises:
             StoreError: the queue's database cannot be reached (the event is not
@@ -110,8 +114,31 @@ class StopSignal(Protocol):
         ...
 
 
+class LocalStopSignal:
+    """``/stop`` inside one process: :meth:`publish` calls this process's listeners.
+
+    For ``chinwag run`` and tests; ingress and workers share Redis's (``adapters.shared``).
+    """
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[ConversationKey], bool]] = []
+
+    async def publish(self, key: ConversationKey) -> bool:
+        """Ask this process's listeners to stop ``key``'s reply; whether one did."""
+        return any([on_stop(key) for on_stop in list(self._listeners)])
+
+    async def listen(self, on_stop: Callable[[ConversationKey], bool]) -> None:
+        """Call ``on_stop`` for every stop published until cancelled."""
+        self._listeners.append(on_stop)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._listeners.remove(on_stop)
+
+
 __all__ = [
     "JobKind",
+    "LocalStopSignal",
     "StopSignal",
     "TurnQueue",
     "action_from",

@@ -110,6 +110,30 @@ class PrometheusTelemetry:
         self._kb_searches = Counter(
             "chinwag_kb_searches", "Knowledge-base searches for questions.", registry=reg
         )
+        self._queue_depth = Gauge(
+            "chinwag_queue_depth", "Turns waiting in the queue (ingress and workers).", registry=reg
+        )
+        self._queue_doing = Gauge(
+            "chinwag_queue_doing", "Turns being answered by a worker now.", registry=reg
+        )
+        self._queue_oldest = Gauge(
+            "chinwag_queue_oldest_seconds",
+            "Age of the oldest turn waiting in the queue (0 when none waits).",
+            registry=reg,
+        )
+        self._queue_stalled = Gauge(
+            "chinwag_queue_stalled",
+            "Turns held by a worker whose heartbeat stopped (about to be retried).",
+            registry=reg,
+        )
+        self._queue_failed = Gauge(
+            "chinwag_queue_failed", "Turns whose job failed (`chinwag queue`).", registry=reg
+        )
+        self._queue_retries = Counter(
+            "chinwag_queue_retries",
+            "Turns of dead workers this process put back in the queue.",
+            registry=reg,
+        )
         self._version = version
         self._build = Info("chinwag_build", "chinwag's version and LLM backend.", registry=reg)
         self.describe(backend=backend)
@@ -170,6 +194,20 @@ class PrometheusTelemetry:
         self._kb_searches.inc()
 
     # --- readiness and exposition --------------------------------------------------------
+
+    def queue_figures(
+        self, *, depth: int, doing: int, stalled: int, failed: int, oldest_seconds: float | None
+    ) -> None:
+        """Set the turn queue's gauges (read from the queue's database every few seconds)."""
+        self._queue_depth.set(depth)
+        self._queue_doing.set(doing)
+        self._queue_stalled.set(stalled)
+        self._queue_failed.set(failed)
+        self._queue_oldest.set(oldest_seconds or 0.0)
+
+    def queue_retried(self, count: int) -> None:
+        """This process put ``count`` turns of dead workers back in the queue."""
+        self._queue_retries.inc(count)
 
     def llm_problem(self) -> str | None:
         """``"LLM backend not reachable recently"`` while the last model call failed.

@@ -121,6 +121,7 @@ class TelegramAdapter:
         self._requests: tuple[HTTPXRequest, ...] = ()
         self._conflict_told = False
         self._albums = Albums(engine)
+        self._outbound = False
 
     @property
     def name(self) -> str:
@@ -199,13 +200,72 @@ class TelegramAdapter:
         if not self._state.require_startable("TelegramAdapter"):
             return
         self._state = Lifecycle.STARTING
+        app = await self._connect()
+        self._commands = frozenset(command.name for command in self._engine.commands())
+        app.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self._on_message))
+        app.add_handler(CallbackQueryHandler(self._on_callback))
+        app.add_error_handler(self._on_error)
+        try:
+            await self._sync_commands()
+            await app.start()
+            await self._start_updates(app)
+        except BaseException:
+            await self._shutdown(app)
+            self._state = Lifecycle.CLOSED
+            raise
+        self._state = Lifecycle.RUNNING
+        _log.info(
+            "Telegram: serving @%s by %s",
+            self._username,
+            "webhook" if self._settings.webhook_mode else "polling",
+        )
+
+    async def start_outbound(self) -> None:
+        """Connect for sending only (a queue worker): ``getMe``, no polling, no webhook.
+
+        No commands are registered (ingress does that) and no update is fetched; the
+        worker answers through :meth:`channel_for`. Idempotent; ``aclose()`` disconnects.
+        """
+        if not self._state.require_startable("TelegramAdapter"):
+            return
+        self._state = Lifecycle.STARTING
+        await self._connect()
+        self._outbound = True
+        self._state = Lifecycle.RUNNING
+        _log.info("Telegram: sending as @%s (queue worker)", self._username)
+
+    @property
+    def outbound_ready(self) -> bool:
+        """Whether :meth:`start_outbound` connected and the adapter is not closed."""
+        return self._outbound and self._state is Lifecycle.RUNNING
+
+    def channel_for(self, msg: IncomingMessage) -> TelegramReplyChannel:
+        """The channel answering ``msg`` as a live update's would (files fetched by ``ref``).
+
+        Raises ``RuntimeError`` before ``start_outbound()`` (or ``start()``).
+        """
+        if self._transport is None:
+            raise RuntimeError("TelegramAdapter.channel_for() before start_outbound()")
+        chat = int(msg.chat_id)
+        reply_to = int(msg.message_id) if msg.message_id and not msg.is_private else None
+        return TelegramReplyChannel(
+            self._transport,
+            chat_id=chat,
+            thread_id=int(msg.thread_id) if msg.thread_id else None,
+            reply_to=reply_to,
+            is_private=msg.is_private,
+            asker=msg.user_id,
+            max_file_bytes=self._max_file_bytes,
+        )
+
+    async def _connect(self) -> AnyApplication:
+        """Build the application and ``getMe``; the transport is ready to send after it."""
         # httpx logs request URLs, which carry the bot token, at INFO.
         for noisy in ("httpx", "httpcore"):
             logger = logging.getLogger(noisy)
             if logger.getEffectiveLevel() < logging.WARNING:
                 logger.setLevel(logging.WARNING)
-        # Opt in to PTB 22's future behaviour (durations as timedelta) so that it does not
-        # warn on every flood-control error; the adapter reads both shapes.
+        # PTB 22's future durations (timedelta): no warning per flood error; both are read.
         os.environ.setdefault("PTB_TIMEDELTA", "true")
         app = self._build()
         try:
@@ -230,24 +290,7 @@ class TelegramAdapter:
         me = app.bot.bot
         self._username = (me.username or "").lower()
         self._bot_id = me.id
-        self._commands = frozenset(command.name for command in self._engine.commands())
-        app.add_handler(MessageHandler(filters.UpdateType.MESSAGE, self._on_message))
-        app.add_handler(CallbackQueryHandler(self._on_callback))
-        app.add_error_handler(self._on_error)
-        try:
-            await self._sync_commands()
-            await app.start()
-            await self._start_updates(app)
-        except BaseException:
-            await self._shutdown(app)
-            self._state = Lifecycle.CLOSED
-            raise
-        self._state = Lifecycle.RUNNING
-        _log.info(
-            "Telegram: serving @%s by %s",
-            self._username,
-            "webhook" if self._settings.webhook_mode else "polling",
-        )
+        return app
 
     async def _start_updates(self, app: AnyApplication) -> None:
         """Start the webhook server (``TELEGRAM_WEBHOOK_URL`` set) or long polling."""

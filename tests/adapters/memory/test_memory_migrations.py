@@ -40,9 +40,18 @@ KB_TABLES = {"kb_documents", "kb_chunks"}
 MEDIA_TABLES = {"media", "message_media"}
 
 
+QUEUE_PREFIXES = ("procrastinate_", "queue_")
+"""The turn queue's objects (revision 0008, PostgreSQL only): not the memory store's models."""
+
+
 def modelled(name: str | None) -> bool:
-    """Whether the models describe a schema object (not the knowledge base's keyword search)."""
-    return not name or not (name in KB_UNMODELLED or name.startswith("kb_chunks_fts_"))
+    """Whether the models describe a schema object (not the knowledge base's keyword search,
+    not the turn queue's)."""
+    return not name or not (
+        name in KB_UNMODELLED
+        or name.startswith("kb_chunks_fts_")
+        or name.startswith(QUEUE_PREFIXES)
+    )
 
 
 def include_object(
@@ -156,7 +165,7 @@ async def test_revision_0006_lacks_only_the_media_tables(db_url: str) -> None:
     assert {entry[0] for entry in diff} == {"add_table", "add_index"}
     assert {entry[-1].name for entry in diff if entry[0] == "add_table"} == MEDIA_TABLES
     await migrate.upgrade(db_url)
-    assert await migrate.current(db_url) == "0007"
+    assert await migrate.current(db_url) == migrate.head_revision()
     assert await schema_diff(db_url) == []
 
 
@@ -181,6 +190,9 @@ async def test_0005_down_and_up_keeps_the_history(db_url: str) -> None:
 
 async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
     await migrate.upgrade(db_url)
+    await migrate.downgrade(db_url)
+    assert await migrate.current(db_url) == "0007"
+    assert await table_names(db_url) == TABLES
     await migrate.downgrade(db_url)
     assert await migrate.current(db_url) == "0006"
     assert await table_names(db_url) == TABLES - MEDIA_TABLES
