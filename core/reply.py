@@ -291,6 +291,12 @@ class ReplyRun:
         queue = self.queue
         parts = self.parts
         while True:
+            saver = self.saver
+            if saver is not None and any(i not in self.saved_ids for i in self.shown_ids):
+                # What is on screen is recorded before more is shown: a process dying now
+                # leaves at most a reply's first words unrecorded, never a whole reply that
+                # recovery could not find to edit.
+                await asyncio.wait([saver])
             event = await queue.get()
             if isinstance(event, TextDelta):
                 parts.append(event.text)
