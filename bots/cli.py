@@ -5,8 +5,8 @@ console chat; ``chinwag doctor`` checks the setup; ``chinwag db`` manages the sc
 ``chinwag export`` writes a user's history,
 ``chinwag audit`` prints the tool calls bots proposed and ``chinwag discord sync``
 re-registers Discord's slash commands. ``chinwag ingress`` and ``chinwag worker`` split a bot
-over processes (:mod:`bots.scale`); ``chinwag queue`` shows their turn queue. ``--bot``
-(or ``CHINWAG_BOT``) picks the bot.
+over processes (:mod:`bots.scale`, their options in :mod:`bots.scale_cli`); ``chinwag queue``
+shows their turn queue. ``--bot`` (or ``CHINWAG_BOT``) picks the bot.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from bots.config import (
 from bots.doctor import add_doctor_parser, doctor_command, startup_checks
 from bots.kb import BadInput, add_kb_parser
 from bots.loading import BUNDLED, BotLoadError, load_bot, with_memory_key
+from bots.scale_cli import add_scale_parsers
 from core.bot import Bot
 from core.errors import ChinwagError, ConfigError
 from core.export import FORMATS as EXPORT_FORMATS
@@ -187,7 +188,7 @@ def _parser() -> argparse.ArgumentParser:
         "the document and the stored images it links to, any other the document alone "
         "(without the images)",
     )
-    _scale_parsers(sub, with_bot)
+    add_scale_parsers(sub, with_bot)
     _audit_parser(sub, with_bot)
     add_kb_parser(sub, with_bot)
     discord = sub.add_parser("discord", help="Discord maintenance")
@@ -196,45 +197,6 @@ def _parser() -> argparse.ArgumentParser:
         "sync", parents=[with_bot], help="register the slash commands with Discord now"
     )
     return parser
-
-
-def _scale_parsers(sub: Any, with_bot: argparse.ArgumentParser) -> None:
-    needs = "Needs PostgreSQL (DATABASE_URL) and Redis (REDIS_URL)."
-    sub.add_parser(
-        "ingress",
-        parents=[with_bot],
-        help="take the platforms' events and queue them for workers",
-        description=(
-            "Connect the configured chat platforms (Telegram polling or webhook, Discord "
-            "gateway and slash commands) and queue every message and button press as a turn "
-            f"in the PostgreSQL queue; `chinwag worker` processes answer them. {needs} Same "
-            "as `chinwag run` with CHINWAG_MODE=ingress."
-        ),
-    )
-    sub.add_parser(
-        "worker",
-        parents=[with_bot],
-        help="answer queued turns (run as many as you like)",
-        description=(
-            "Take turns from the PostgreSQL queue, WORKER_CONCURRENCY at once, and answer "
-            "them through the platforms' REST APIs; a worker silent for "
-            "WORKER_HEARTBEAT_TIMEOUT_SECONDS counts as dead and its turns are answered by "
-            f"another. {needs} Same as `chinwag run` with CHINWAG_MODE=worker."
-        ),
-    )
-    queue = sub.add_parser(
-        "queue",
-        help="show the turn queue; retry a failed turn",
-        description=(
-            "Show the turn queue of `chinwag ingress`/`chinwag worker`: turns waiting (and "
-            "the oldest one's age), being answered, stalled (their worker died), failed (id, "
-            "age, error). `chinwag queue retry ID` queues a failed turn again."
-        ),
-    )
-    queue.add_argument("--json", action="store_true", help="print the figures as JSON")
-    queue_sub = queue.add_subparsers(dest="queue_command", metavar="ACTION")
-    retry = queue_sub.add_parser("retry", help="queue a failed turn again")
-    retry.add_argument("job_id", type=int, metavar="ID", help="the failed turn's id")
 
 
 def _audit_parser(sub: Any, with_bot: argparse.ArgumentParser) -> None:

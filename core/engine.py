@@ -10,7 +10,9 @@ Every message goes through one error hook (:meth:`Engine._guarded`): no exceptio
 backend, store or adapter ends the process or an adapter's connection; the user gets a short
 message, the log the traceback.
 
-The engine wires the pieces and routes each message; every job lives in its own module:
+The engine wires the pieces and hands each message to :mod:`core.routing` (its command, its
+attachments or a reply; a redelivered message answered once; a reply taken over produced
+again); every job lives in its own module:
 :mod:`core.lanes` (the ordered queue per conversation), :mod:`core.admission` (allowlist,
 rate, quota, size), :mod:`core.commands` (the command registry and parser),
 :mod:`core.confirmations` (``/forget``'s yes/no), :mod:`core.sessions` (conversations,
@@ -33,21 +35,21 @@ from core.admission import Admission
 from core.bot import BotCommand
 from core.commands import BuiltinCommands, CommandRegistry, parse_command
 from core.confirmations import Confirmations, PendingStore
-from core.errors import ChinwagError, DuplicateMessage
+from core.errors import ChinwagError
 from core.instance import HEARTBEAT_SECONDS, Instance
-from core.intake import Intake, TurnInput
+from core.intake import Intake
 from core.kb import KnowledgeBase
 from core.kb_chat import KbChat
 from core.lanes import Lanes
 from core.lifecycle import Lifecycle
 from core.media import MediaReader, Transcriber
-from core.notices import EMPTY_REPLY, GENERIC_ERROR, UNSUPPORTED_REPLY, notify
+from core.notices import GENERIC_ERROR, notify
 from core.ports import LLMBackend, MemoryStore, ReplyChannel
 from core.prompt import HistoryCache, PromptBuilder
 from core.queue import StopSignal
 from core.recovery import Recovery
 from core.reply import Replier
-from core.rounds import ROUND_STATUSES, calls_of
+from core.routing import Router
 from core.sessions import Sessions
 from core.settings import (
     DEFAULT_SYSTEM_PROMPT,
@@ -67,11 +69,7 @@ from core.types import (
     IncomingAction,
     IncomingMessage,
     MemoryScope,
-    MessageStatus,
-    Preferences,
     ReplyInProgress,
-    Role,
-    StoredMessage,
 )
 
 _Job = tuple[IncomingMessage, ReplyChannel, ReplyInProgress | Continuation | None]
@@ -79,9 +77,6 @@ _Job = tuple[IncomingMessage, ReplyChannel, ReplyInProgress | Continuation | Non
 tool round whose confirmations were answered to continue."""
 
 _log = logging.getLogger(__name__)
-
-_ANSWERED = (MessageStatus.COMPLETE, MessageStatus.CUT, *ROUND_STATUSES)
-"""A redelivered message whose reply has one of these statuses is not answered again."""
 
 
 def _lane_name(key: ConversationKey) -> str:
@@ -245,6 +240,23 @@ class Engine:
             transcriber=transcriber,
             kb_on=lambda: self._kb is not None,
         )
+        self._router = Router(
+            backend=backend,
+            store=store,
+            admission=self._admission,
+            commands=self._commands,
+            builtins=self._builtins,
+            confirmations=self._confirmations,
+            sessions=self._sessions,
+            history=self._history,
+            intake=self._intake,
+            tools=self._tools,
+            recovery=self._recovery,
+            kb=self._kb,
+            shared=shared,
+            key_of=self._key,
+            owner=lambda: self._instance.id,
+        )
 
     # --- identity and lifecycle ------------------------------------------------------------
 
@@ -405,7 +417,7 @@ class Engine:
         if parsed is not None:
             command = self._commands.get(parsed[0])
             if command is not None and command.bypasses_lane:
-                work = self._guarded(msg, out, self._bypassing(msg, out, *parsed))
+                work = self._guarded(msg, out, self._router.bypassing(msg, out, *parsed))
                 self._spawn(work, future, parsed[0])
                 return future
         self._lanes.submit(self._key(msg), (msg, out, None), future)
@@ -466,14 +478,14 @@ class Engine:
             thread_id=action.thread_id,
             is_private=action.is_private,
         )
-        self._spawn(self._guarded(fake, out, self._action(action, out)), future, "action")
+        self._spawn(self._guarded(fake, out, self._router.action(action, out)), future, "action")
         await future
 
     async def export(self, platform: str, user_id: str, fmt: str = "md") -> str:
         """The user's stored history as a Markdown or JSON document (``chinwag export``)."""
         return await self._builtins.export_document(platform, user_id, fmt)
 
-    # --- routing -----------------------------------------------------------------------------
+    # --- lanes and the error hook -------------------------------------------------------------
 
     def _spawn(self, work: Awaitable[None], future: asyncio.Future[None], what: str) -> None:
         async def run() -> None:
@@ -511,145 +523,8 @@ class Engine:
         if isinstance(resumed, Continuation):
             return self._guarded(msg, out, self._tools.continue_round(key, msg, out, resumed))
         if resumed is not None:
-            return self._guarded(msg, out, self._resume(key, msg, out, resumed))
-        return self._guarded(msg, out, self._process(key, msg, out))
-
-    async def _bypassing(
-        self, msg: IncomingMessage, out: ReplyChannel, name: str, arg: str
-    ) -> None:
-        """A command that skips the lane (``/stop``): allowlist, then the command."""
-        if not await self._admission.allowed(msg, out):
-            return
-        admin = self._admission.is_admin(msg)
-        await self._commands.dispatch(self._key(msg), msg, out, name, arg, admin=admin)
-
-    async def _action(self, action: IncomingAction, out: ReplyChannel) -> None:
-        if action.action_id.startswith("t:"):
-            await self._tools.actions.on_action(action, out)
-            return
-        pending = await self._confirmations.resolve(action, out)
-        if pending is not None:
-            await self._builtins.confirmed(pending, out)
-
-    async def _process(self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel) -> None:
-        admission = self._admission
-        if not await admission.allowed(msg, out):
-            return
-        if msg.unsupported:
-            await notify(out, UNSUPPORTED_REPLY.format(kind=msg.unsupported))
-            return
-        text = msg.text.strip()
-        parsed = parse_command(text) if text else None
-        if msg.attachments and parsed is None:
-            turn = await self._intake.turn(key, msg, text, out)
-            if turn is not None:
-                await self._converse(key, msg, turn, out)
-            return
-        if not text:
-            await notify(out, EMPTY_REPLY)
-            return
-        if parsed is not None:
-            if await admission.within_limits(msg, out):
-                admin = admission.is_admin(msg)
-                await self._commands.dispatch(key, msg, out, *parsed, admin=admin)
-            return
-        too_long = admission.size_refusal(text)
-        if too_long is not None:
-            await notify(out, too_long)
-            return
-        if not await admission.within_limits(msg, out):
-            return
-        await self._converse(key, msg, TurnInput(text), out)
-
-    # --- conversing --------------------------------------------------------------------------
-
-    async def _converse(
-        self, key: ConversationKey, msg: IncomingMessage, turn: TurnInput, out: ReplyChannel
-    ) -> None:
-        sessions = self._sessions
-        prefs = await sessions.preferences(key)
-        model = sessions.model_for(prefs)
-        tokenizer = self._backend.tokenizer_name(model)
-        conversation_id = await sessions.conversation_id(key)
-        await self._tools.cancel(conversation_id, out, model)  # the conversation moved on
-        tokens = await self._backend.count_tokens(turn.text, model)
-        new = turn.messages(msg, tokens, tokenizer, self._instance.id)
-        try:
-            user_message, placeholder = await self._store.append_messages(conversation_id, new)
-        except DuplicateMessage as duplicate:
-            assert isinstance(duplicate.existing, StoredMessage)
-            await self._redelivered(key, msg, duplicate.existing, out, model, prefs)
-            return
-        self._history.add(user_message)
-        await self._reply(key, msg, out, placeholder, model, prefs)
-
-    async def _redelivered(
-        self,
-        key: ConversationKey,
-        msg: IncomingMessage,
-        seen: StoredMessage,
-        out: ReplyChannel,
-        model: str,
-        prefs: Preferences,
-    ) -> None:
-        """A message we stored before: answered once; re-answered if its reply broke off."""
-        self._history.drop(seen.conversation_id)
-        reply = await self._store.reply_to(seen) if seen.role is Role.USER else seen
-        if reply is not None and reply.status in _ANSWERED:
-            _log.info(
-                "ignoring redelivered %s message %s: already answered", msg.platform, msg.message_id
-            )
-            return
-        if reply is not None and reply.status is MessageStatus.IN_PROGRESS:
-            # Its writer may be alive (still streaming) or dead (its messages are on screen):
-            # taken over, and edited in place, only in the second case.
-            await self._recovery.redelivered(reply, out, wait=self._shared)
-            return
-        if reply is not None:
-            await self._store.finish_message(
-                reply.id, content=reply.content, status=MessageStatus.FAILED
-            )
-        _log.info("answering redelivered %s message %s again", msg.platform, msg.message_id)
-        placeholder = await self._tools.loop.next_placeholder(seen.conversation_id)
-        await self._reply(key, msg, out, placeholder, model, prefs)
-
-    async def _reply(
-        self,
-        key: ConversationKey,
-        msg: IncomingMessage,
-        out: ReplyChannel,
-        placeholder: StoredMessage,
-        model: str,
-        prefs: Preferences,
-        shown: Sequence[str] = (),
-        rounds: int = 0,
-    ) -> None:
-        turn = self._tools.turn(key, msg, out, model, prefs, rounds)
-        if self._kb is not None and not await self._kb.ground(turn, placeholder):
-            return  # KB_STRICT: nothing relevant in the documents, said without the model
-        await self._tools.loop.answer(turn, placeholder, shown)
-
-    async def _resume(
-        self, key: ConversationKey, msg: IncomingMessage, out: ReplyChannel, reply: ReplyInProgress
-    ) -> None:
-        """Produce a claimed reply again, from the same prompt, into its messages on screen.
-
-        One begun longer than ``RECOVER_WITHIN_SECONDS`` ago is marked interrupted instead.
-        """
-        message = reply.message
-        prefs = await self._sessions.preferences(key)
-        model = self._sessions.model_for(prefs)
-        self._history.drop(message.conversation_id)
-        if calls_of(message):
-            # A tool round: its stored results are replayed, never asked for or run again.
-            await self._tools.loop.replay(self._tools.turn(key, msg, out, model, prefs), message)
-            return
-        if self._recovery.too_old(reply):
-            await self._recovery.mark(reply, out)
-            return
-        _log.info("producing again a reply interrupted in %s chat %s", key.platform, msg.chat_id)
-        rounds = await self._tools.loop.rounds_before(message.conversation_id, message.seq)
-        await self._reply(key, msg, out, message, model, prefs, reply.platform_message_ids, rounds)
+            return self._guarded(msg, out, self._router.resume(key, msg, out, resumed))
+        return self._guarded(msg, out, self._router.process(key, msg, out))
 
 
 __all__ = ["Engine"]

@@ -9,7 +9,8 @@ arrives). At shutdown :meth:`TelegramAdapter.stop_intake` stops fetching updates
 engine drains; the bot keeps sending until :meth:`TelegramAdapter.aclose`.
 
 Pacing and flood control live in :mod:`adapters.telegram.transport`, answering in
-:mod:`adapters.telegram.channel`; a message's files become attachments in
+:mod:`adapters.telegram.channel`; whether a group message is for the bot is read in
+:mod:`adapters.telegram.addressing`, a message's files become attachments in
 :mod:`adapters.telegram.media`, and albums are gathered into one turn in
 :mod:`adapters.telegram.albums`.
 """
@@ -20,12 +21,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import Any, Final
 
-from telegram import BotCommand, CallbackQuery, Message, MessageEntity, Update
+from telegram import BotCommand, CallbackQuery, Message, Update
 from telegram.constants import ChatType
 from telegram.error import (
     BadRequest,
@@ -44,7 +44,7 @@ from telegram.ext import (
 )
 from telegram.request import HTTPXRequest
 
-from adapters.telegram import media
+from adapters.telegram import addressing, media
 from adapters.telegram.albums import Albums
 from adapters.telegram.channel import BOT_API_DOWNLOAD_LIMIT, TelegramReplyChannel
 from adapters.telegram.settings import TelegramSettings
@@ -396,7 +396,7 @@ class TelegramAdapter:
     async def _sync_commands(self) -> None:
         """Register the engine's commands with ``setMyCommands``, only when they changed."""
         wanted = [
-            BotCommand(info.name, _command_description(info.description, info.argument))
+            BotCommand(info.name, addressing.command_description(info.description, info.argument))
             for info in self._engine.commands()
             if not info.admin_only
         ]
@@ -413,37 +413,6 @@ class TelegramAdapter:
 
     # --- updates ---
 
-    def _addressed(self, message: Message, text: str) -> tuple[bool, str]:
-        """Whether a group message is for this bot, and its text without the bot's @mention."""
-        entities = message.parse_entities() if message.text else message.parse_caption_entities()
-        addressed = False
-        for entity, value in entities.items():
-            if entity.type == MessageEntity.BOT_COMMAND and entity.offset == 0:
-                name, _, target = value[1:].partition("@")
-                if target:
-                    if target.lower() != self._username:
-                        return False, text  # a command for another bot
-                    addressed = True
-                elif name.lower() in self._commands:
-                    addressed = True
-            elif (entity.type == MessageEntity.MENTION and value[1:].lower() == self._username) or (
-                entity.type == MessageEntity.TEXT_MENTION
-                and entity.user
-                and entity.user.id == self._bot_id
-            ):
-                addressed = True
-        replied = message.reply_to_message
-        if (
-            replied is not None
-            and replied.from_user is not None
-            and replied.from_user.id == self._bot_id
-            and not replied.forum_topic_created
-        ):
-            addressed = True
-        if self._settings.group_mode == "all":
-            addressed = True
-        return addressed, _strip_mention(text, self._username)
-
     async def _on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message
         if message is None or self._transport is None:
@@ -458,7 +427,9 @@ class TelegramAdapter:
         attachments = media.attachments(message, self._photo_limit)
         group = message.media_group_id
         if group is not None and self._albums.join(
-            (chat.id, group), attachments, _strip_mention(message.caption or "", self._username)
+            (chat.id, group),
+            attachments,
+            addressing.strip_mention(message.caption or "", self._username),
         ):
             return  # a further file of an album whose first one was taken
         if text is None:
@@ -469,7 +440,14 @@ class TelegramAdapter:
                 if unsupported is None:
                     return  # a service message: joins, pins, topic changes
         if not is_private:
-            addressed, cleaned = self._addressed(message, text or message.caption or "")
+            addressed, cleaned = addressing.addressed(
+                message,
+                text or message.caption or "",
+                username=self._username,
+                bot_id=self._bot_id,
+                commands=self._commands,
+                group_mode=self._settings.group_mode,
+            )
             if not addressed:
                 return
             if text is not None:
@@ -609,32 +587,3 @@ class TelegramAdapter:
             _log.warning("Telegram polling: network error (%s); retrying", exc)
         else:
             _log.warning("Telegram polling error: %s", exc)
-
-
-def _command_description(description: str, argument: str | None) -> str:
-    text = f"{description} <{argument}>" if argument else description
-    return text[:256] or "-"
-
-
-def _strip_mention(text: str, username: str) -> str:
-    """Remove ``@username`` (any case) from ``text`` and tidy the spaces it leaves."""
-    if not username:
-        return text
-    lowered = text.lower()
-    needle = f"@{username}"
-    out: list[str] = []
-    i = 0
-    while True:
-        found = lowered.find(needle, i)
-        end = found + len(needle)
-        if found < 0:
-            out.append(text[i:])
-            break
-        if end < len(text) and (text[end].isalnum() or text[end] == "_"):
-            out.append(text[i:end])
-            i = end
-            continue
-        out.append(text[i:found])
-        i = end
-    cleaned = re.sub(r"[ \t]{2,}", " ", "".join(out))
-    return cleaned.strip() if cleaned.strip() else text
