@@ -32,7 +32,7 @@ INSTALL_STAMPS := $(BASE_STAMP) $(LOCAL_STAMP)
 endif
 
 # Every benchmark `make bench` runs, in this order (python -m bench.NAME).
-BENCHES := core store telegram discord local tools kb media
+BENCHES := core store telegram discord local tools kb media scale
 
 .PHONY: install install-local install-dev run test test-fast lint bench clean help
 

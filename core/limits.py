@@ -29,10 +29,12 @@ class SharedLimits(Protocol):
         """Close gate ``name`` until wall time ``until``; a later closing is never shortened."""
         ...
 
-    async def reserve(self, name: str, interval: float) -> float:
+    async def reserve(self, name: str, interval: float, *, now: bool = False) -> float:
         """Take the next call slot of ``name``; return the wall time the call may be made.
 
-        Slots of one name are at least ``interval`` seconds apart, whoever takes them.
+        Slots of one name are at least ``interval`` seconds apart, whoever takes them. With
+        ``now`` (a new message, which Telegram does not ask to pace like edits), the call
+        is made at once and only the next slot is pushed ``interval`` past it.
         """
         ...
 
@@ -55,13 +57,14 @@ class LocalLimits:
         """See :meth:`SharedLimits.close`."""
         self._gates[name] = max(self._gates.get(name, 0.0), until)
 
-    async def reserve(self, name: str, interval: float) -> float:
+    async def reserve(self, name: str, interval: float, *, now: bool = False) -> float:
         """See :meth:`SharedLimits.reserve`."""
-        now = time.time()
+        wall = time.time()
         if len(self._slots) > 100_000:  # forget idle chats so memory stays bounded
-            self._slots = {k: v for k, v in self._slots.items() if v > now}
-        at = max(now, self._slots.get(name, 0.0))
-        self._slots[name] = at + interval
+            self._slots = {k: v for k, v in self._slots.items() if v > wall}
+        booked = self._slots.get(name, 0.0)
+        at = wall if now else max(wall, booked)
+        self._slots[name] = max(booked, at + interval)
         return at
 
 

@@ -48,8 +48,10 @@ return 1
 # KEYS[1]: the slot; ARGV[1]: now (ms), ARGV[2]: interval (ms). Returns the slot taken.
 _RESERVE = """
 local now = tonumber(ARGV[1])
-local at = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
-local nxt = at + tonumber(ARGV[2])
+local booked = tonumber(redis.call('GET', KEYS[1]) or '0')
+local at = now
+if ARGV[3] ~= '1' then at = math.max(now, booked) end
+local nxt = math.max(booked, at + tonumber(ARGV[2]))
 redis.call('SET', KEYS[1], tostring(nxt), 'PXAT', math.max(nxt, now + 1000))
 return at
 """
@@ -139,17 +141,17 @@ class RedisLimits:
 
         await self._outage.run(shared, _none)
 
-    async def reserve(self, name: str, interval: float) -> float:
+    async def reserve(self, name: str, interval: float, *, now: bool = False) -> float:
         """See ``SharedLimits.reserve``."""
 
         async def shared() -> float:
             at = await self._reserve(
                 keys=[self._prefix + "slot:" + name],
-                args=[int(time.time() * 1000), int(interval * 1000)],
+                args=[int(time.time() * 1000), int(interval * 1000), "1" if now else "0"],
             )
             return int(at) / 1000
 
-        return await self._outage.run(shared, lambda: self._local.reserve(name, interval))
+        return await self._outage.run(shared, lambda: self._local.reserve(name, interval, now=now))
 
 
 class RedisRateLimits:

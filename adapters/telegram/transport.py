@@ -165,7 +165,7 @@ class Transport:
         """
         for attempt in (1, 2):
             try:
-                message = await self.call(chat_id, make, pace=pace)
+                message = await self.call(chat_id, make, pace=pace, send=True)
             except TimedOut:
                 found = await self._find_sent(chat_id, text, parse_mode, markup)
                 if found is not None:
@@ -221,6 +221,7 @@ class Transport:
         wait_flood: bool = True,
         repeat_on_timeout: int = 0,
         pace: float | None = None,
+        send: bool = False,
     ) -> _T:
         """Run one Bot API call for ``chat_id``, honouring its flood gate.
 
@@ -229,7 +230,8 @@ class Transport:
         idempotent call (an edit) that timed out is made again up to ``repeat_on_timeout``
         times. With shared ``limits`` the shared gates are honoured too, and a call with
         ``pace`` (a send or an edit) first takes the chat's next slot, ``pace`` seconds after
-        the previous one of any process.
+        the previous one of any process; a ``send`` goes at once, as in one process, and
+        only pushes the chat's next slot (its edits wait ``pace`` after it).
         """
         paced = pace is None or self.limits is None
         while True:
@@ -247,7 +249,7 @@ class Transport:
                     continue
                 if not paced:
                     paced = True
-                    slot = await self.limits.reserve(_chat_gate(chat_id), pace or 0.0)
+                    slot = await self.limits.reserve(_chat_gate(chat_id), pace or 0.0, now=send)
                     if (wait := slot - time.time()) > 0:
                         await asyncio.sleep(wait)
                         continue  # a peer's 429 may have come meanwhile

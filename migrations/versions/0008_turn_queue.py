@@ -7,7 +7,8 @@ and ``queue_inbound``: one row per platform event ingress queued (bot, platform,
 platform message id, unique), written in the same transaction as its job, so that a
 platform delivering an event again never queues a second turn; and ``queue_failures``, why
 a turn's job failed (its error's class and message, never the user's text), for ``chinwag
-queue``.
+queue``; and a trigger that wakes the workers when a job holding a conversation's lock ends
+(procrastinate itself only wakes them for new jobs).
 
 On SQLite it does nothing: the queue needs PostgreSQL (a one-process ``chinwag run`` does
 not use it). The downgrade drops every ``procrastinate_*`` and ``queue_*`` object.
@@ -51,7 +52,37 @@ CREATE TABLE queue_failures (
 );
 """
 
+# procrastinate wakes its workers when a job is inserted, not when a job holding a lock
+# ends: the next turn of that conversation would wait for the next poll (a second). This
+# trigger says "a job is ready" as the holder ends (done, failed or deleted when done).
+_LOCK_RELEASED = """
+CREATE FUNCTION queue_notify_lock_released() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    waiting bigint;
+BEGIN
+    SELECT id INTO waiting FROM procrastinate_jobs
+        WHERE lock = OLD.lock AND status = 'todo' ORDER BY priority DESC, id LIMIT 1;
+    IF waiting IS NOT NULL THEN
+        PERFORM pg_notify(
+            'procrastinate_queue_v1#' || OLD.queue_name,
+            json_build_object('type', 'job_inserted', 'job_id', waiting)::text
+        );
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER queue_lock_released_on_delete
+    AFTER DELETE ON procrastinate_jobs FOR EACH ROW
+    WHEN (OLD.status = 'doing' AND OLD.lock IS NOT NULL)
+    EXECUTE FUNCTION queue_notify_lock_released();
+CREATE TRIGGER queue_lock_released_on_update
+    AFTER UPDATE OF status ON procrastinate_jobs FOR EACH ROW
+    WHEN (OLD.status = 'doing' AND NEW.status <> 'doing' AND OLD.lock IS NOT NULL)
+    EXECUTE FUNCTION queue_notify_lock_released();
+"""
+
 _DROP_ALL = """
+DROP FUNCTION IF EXISTS queue_notify_lock_released() CASCADE;
 DROP TABLE IF EXISTS queue_inbound;
 DROP TABLE IF EXISTS queue_failures;
 DO $$
@@ -106,6 +137,7 @@ def upgrade() -> None:
         return
     _script(_schema())
     _script(_INBOUND)
+    _script(_LOCK_RELEASED)
 
 
 def downgrade() -> None:

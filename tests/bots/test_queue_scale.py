@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +37,7 @@ def _reply(body: Mapping[str, Any]) -> str:
 
 
 async def test_a_killed_workers_turns_are_answered_once_in_order(
-    tmp_path: Path, direct_url: str
+    tmp_path: Path, direct_url: str, redis_url: str
 ) -> None:
     async with FakeTelegram() as telegram, FakeOpenAIServer(reply=_reply, chunk_delay=0.2) as llm:
         env = scale_env(
@@ -44,7 +45,8 @@ async def test_a_killed_workers_turns_are_answered_once_in_order(
             telegram_url=telegram.base_url,
             llm_url=llm.base_url,
             database_url=direct_url,
-            redis_url="redis://127.0.0.1:6379/15",
+            redis_url=redis_url,
+            BOT_NAME=f"scaled-{secrets.token_hex(4)}",  # its own keys in the shared Redis
             data_dir=tmp_path / "data",
         )
         async with cluster(env, tmp_path, ingress=1, workers=1) as bot:
