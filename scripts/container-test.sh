@@ -92,7 +92,8 @@ trap 'exit 130' INT TERM
 # --- tools --------------------------------------------------------------------------------
 phase "tools"
 APT_PACKAGES=(podman runc debootstrap uidmap slirp4netns fuse-overlayfs
-    containernetworking-plugins iptables conmon catatonit)
+    containernetworking-plugins golang-github-containernetworking-plugin-dnsname iptables conmon
+    catatonit)
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
