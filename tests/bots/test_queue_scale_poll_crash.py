@@ -48,6 +48,9 @@ async def test_a_killed_polling_ingress_loses_no_update(
             redis_url=redis_url,
             data_dir=tmp_path / "data",
             BOT_NAME=f"poll-{secrets.token_hex(4)}",  # its own keys in the shared Redis
+            # No worker dies here: the default timeout, so that a worker slowed by the load
+            # is not taken for dead (the harness's 3 s is for the worker-kill tests).
+            WORKER_HEARTBEAT_TIMEOUT_SECONDS="10",
         )
         async with cluster(env, tmp_path, ingress=1, workers=2) as bot:
             users = [FakeUser(9300 + n, f"User {n}", f"user{n}") for n in range(CONVERSATIONS)]
