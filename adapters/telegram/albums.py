@@ -50,7 +50,7 @@ class Albums:
         self._wait = ALBUM_WAIT
         self._gathering: dict[AlbumKey, _Album] = {}
         self._in_flight: set[asyncio.Future[None]] = set()
-        self._failed: list[int] = []  # marks of the albums the engine failed
+        self._failed: int | None = None  # the lowest mark of an album the engine failed
 
     def gather(
         self,
@@ -101,8 +101,8 @@ class Albums:
         self.flush()
         if self._in_flight:
             await asyncio.wait(set(self._in_flight))
-        failed, self._failed = self._failed, []
-        return min(failed, default=None)
+        failed, self._failed = self._failed, None
+        return failed
 
     def _flush_one(self, key: AlbumKey) -> None:
         """Hand a gathered album to the engine as one message (its files in order)."""
@@ -117,7 +117,7 @@ class Albums:
     def _settled(self, future: asyncio.Future[None], mark: int | None) -> None:
         self._in_flight.discard(future)
         if (future.cancelled() or future.exception() is not None) and mark is not None:
-            self._failed.append(mark)
+            self._failed = mark if self._failed is None else min(self._failed, mark)
         if not future.cancelled() and future.exception() is not None:
             _log.error("the engine refused a Telegram album", exc_info=future.exception())
 
