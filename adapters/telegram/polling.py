@@ -97,11 +97,11 @@ class QueuedPoller:
         if self._waiting:
             task.cancel()
         _, pending = await asyncio.wait({task}, timeout=_STOP_GRACE)
-        if pending:
+        if pending:  # cut short while queueing: confirm nothing more, Telegram sends it again
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        if self._offset > self._confirmed:
+        if self._offset > self._confirmed and not pending:
             try:  # limit=1, no wait: confirms what was queued and fetches nothing to keep
                 await self._app.bot.get_updates(offset=self._offset, limit=1, timeout=timedelta(0))
             except TelegramError as exc:
@@ -150,7 +150,7 @@ class QueuedPoller:
         """Hand each update to the handlers in order; ``False`` when one was not queued."""
         for update in updates:
             if self._stopping:
-                return True
+                break  # the rest stays with Telegram; an album begun is still settled
             with refusals() as refused:
                 await self._app.process_update(update)
             if refused:
