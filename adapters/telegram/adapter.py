@@ -47,6 +47,7 @@ from telegram.request import HTTPXRequest
 from adapters.telegram import addressing, media
 from adapters.telegram.albums import Albums
 from adapters.telegram.channel import BOT_API_DOWNLOAD_LIMIT, TelegramReplyChannel
+from adapters.telegram.polling import QueuedPoller
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.transport import AnyApplication, Transport, is_not_modified
 from adapters.telegram.webhook import QueuedWebhook, queued
@@ -80,7 +81,8 @@ class TelegramAdapter:
         ingress: ``chinwag ingress`` (the engine queues turns for workers). Webhook mode then
             answers Telegram 200 only once the turn is queued
             (:class:`~adapters.telegram.webhook.QueuedWebhook`), so replicas can share one
-            webhook behind a load balancer; see :attr:`leases` for polling.
+            webhook behind a load balancer; one elected poller (:attr:`leases`) confirms an
+            update only once queued (:class:`~adapters.telegram.polling.QueuedPoller`).
 
     ``start()`` connects (``getMe``), registers the engine's commands, and starts polling
     or the webhook server; ``aclose()`` stops taking updates, lets replies in flight finish
@@ -101,6 +103,7 @@ class TelegramAdapter:
     ) -> None:
         self._ingress = ingress
         self._webhook: QueuedWebhook | None = None
+        self._poller: QueuedPoller | None = None
         self._telemetry = telemetry
         self._limits = limits
         self._engine = engine
@@ -144,11 +147,8 @@ class TelegramAdapter:
     @property
     def connected(self) -> bool:
         """Whether updates are being fetched (polling or the webhook server is running)."""
-        app = self._app
-        if self._webhook is not None:
-            fetching = self._webhook.running
-        else:
-            fetching = app is not None and app.updater is not None and app.updater.running
+        intake = self._webhook or self._poller or (self._app.updater if self._app else None)
+        fetching = intake is not None and intake.running
         return self._state is Lifecycle.RUNNING and not self._intake_stopped and fetching
 
     @property
@@ -317,6 +317,15 @@ class TelegramAdapter:
                     f"cannot listen on {host}:{port} ({exc.strerror or exc})",
                     TelegramSettings.EXAMPLES["webhook_listen"],
                 ) from exc
+        elif self._ingress:
+            self._poller = QueuedPoller(
+                app,
+                timeout=self._settings.poll_timeout,
+                allowed_updates=_ALLOWED_UPDATES,
+                on_error=self._on_polling_error,
+                settle=self._albums.settle,
+            )
+            await self._poller.start()
         else:
             await updater.start_polling(
                 timeout=timedelta(seconds=self._settings.poll_timeout),
@@ -341,8 +350,9 @@ class TelegramAdapter:
         if self._intake_stopped or app is None or app.updater is None:
             return
         self._intake_stopped = True
-        if self._webhook is not None:
-            await self._webhook.stop()
+        for intake in (self._webhook, self._poller):
+            if intake is not None:
+                await intake.stop()
         if app.updater.running:
             await app.updater.stop()
         self._albums.flush()  # an album still gathering is handed over, not lost
@@ -383,8 +393,9 @@ class TelegramAdapter:
         )
 
     async def _shutdown(self, app: AnyApplication) -> None:
-        if self._webhook is not None:
-            await self._webhook.stop()
+        for intake in (self._webhook, self._poller):
+            if intake is not None:
+                await intake.stop()
         if app.updater is not None and app.updater.running:
             await app.updater.stop()
         if app.running:
@@ -491,7 +502,7 @@ class TelegramAdapter:
         _log.debug("Telegram update %s from chat %s", update.update_id, chat.id)
         self._albums.flush(chat.id)  # an album gathering in this chat came first
         if group is not None and attachments:
-            self._albums.gather((chat.id, group), incoming, out)
+            self._albums.gather((chat.id, group), incoming, out, update.update_id)
             return
         # submit() is synchronous: arrival order is kept per conversation.
         await self._hand_over(self._engine.submit(incoming, out), out, "message")
@@ -574,8 +585,7 @@ class TelegramAdapter:
         elif isinstance(exc, Conflict):
             # Another process polls with this token (one not sharing our database, or the
             # lease would have kept us waiting). Stopping would leave both down under a
-            # restart policy: keep polling with python-telegram-bot's backoff; each update
-            # is still fetched, and answered, once.
+            # restart policy: keep polling with a backoff; each update is answered once.
             if not self._conflict_told:
                 self._conflict_told = True
                 _log.warning(

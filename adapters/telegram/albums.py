@@ -6,6 +6,8 @@ to :meth:`Albums.gather` and each further one to :meth:`Albums.join`; the album 
 engine as one message, its files in order, :data:`ALBUM_WAIT` seconds after its first file,
 or earlier when :meth:`Albums.flush` is called: by the next message for the bot from that chat
 (the album came first), at ``stop_intake`` and at ``aclose`` (nothing gathered is lost).
+The ingress poller hands albums over at the end of each batch and awaits :meth:`Albums.settle`
+before it confirms the batch to Telegram (an album split over two batches is then two turns).
 
 Imports no vendor library: the adapter keys albums by ``(chat id, media group id)``.
 """
@@ -48,11 +50,21 @@ class Albums:
         self._wait = ALBUM_WAIT
         self._gathering: dict[AlbumKey, _Album] = {}
         self._in_flight: set[asyncio.Future[None]] = set()
+        self._failed: int | None = None  # the lowest mark of an album the engine failed
 
-    def gather(self, key: AlbumKey, incoming: IncomingMessage, out: ReplyChannel) -> None:
-        """Hold the first message of an album while the others arrive (``ALBUM_WAIT``)."""
+    def gather(
+        self,
+        key: AlbumKey,
+        incoming: IncomingMessage,
+        out: ReplyChannel,
+        mark: int | None = None,
+    ) -> None:
+        """Hold the first message of an album while the others arrive (``ALBUM_WAIT``).
+
+        ``mark`` (its Telegram update id) is what :meth:`settle` returns if the album fails.
+        """
         timer = asyncio.get_running_loop().call_later(self._wait, self._flush_one, key)
-        self._gathering[key] = _Album(incoming, out, timer)
+        self._gathering[key] = _Album(incoming, out, timer, mark)
 
     def join(self, key: AlbumKey, attachments: tuple[Attachment, ...], caption: str) -> bool:
         """Add a further message's files to the album ``key``, if it is being gathered.
@@ -80,6 +92,18 @@ class Albums:
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=grace)
 
+    async def settle(self) -> int | None:
+        """Hand over every album gathering and wait until each is taken or failed.
+
+        Returns the lowest ``mark`` of the albums the engine failed since the last call
+        (``None``: all taken).
+        """
+        self.flush()
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+        failed, self._failed = self._failed, None
+        return failed
+
     def _flush_one(self, key: AlbumKey) -> None:
         """Hand a gathered album to the engine as one message (its files in order)."""
         album = self._gathering.pop(key, None)
@@ -88,10 +112,12 @@ class Albums:
         album.timer.cancel()
         future = self._engine.submit(album.incoming, album.out)
         self._in_flight.add(future)
-        future.add_done_callback(self._settled)
+        future.add_done_callback(lambda done: self._settled(done, album.mark))
 
-    def _settled(self, future: asyncio.Future[None]) -> None:
+    def _settled(self, future: asyncio.Future[None], mark: int | None) -> None:
         self._in_flight.discard(future)
+        if (future.cancelled() or future.exception() is not None) and mark is not None:
+            self._failed = mark if self._failed is None else min(self._failed, mark)
         if not future.cancelled() and future.exception() is not None:
             _log.error("the engine refused a Telegram album", exc_info=future.exception())
 
@@ -103,6 +129,7 @@ class _Album:
     incoming: IncomingMessage
     out: ReplyChannel
     timer: asyncio.TimerHandle
+    mark: int | None = None
 
     def add(self, attachments: tuple[Attachment, ...], caption: str) -> None:
         """Add a further message's files; its caption is the text if the first had none."""

@@ -43,6 +43,7 @@ __all__ = [
     "is_gone",
     "is_not_modified",
     "is_parse_error",
+    "retry_seconds",
 ]
 
 _log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ _T = TypeVar("_T")
 AnyApplication = Application[Any, Any, Any, Any, Any, Any]
 
 
-def _retry_seconds(exc: RetryAfter) -> float:
+def retry_seconds(exc: RetryAfter) -> float:
+    """The seconds a 429 asks to wait (PTB 22 gives an int or a ``timedelta``)."""
     # PTB 22 warns when reading retry_after as int; accept both shapes quietly.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PTBDeprecationWarning)
@@ -261,7 +263,7 @@ class Transport:
                 repeat_on_timeout -= 1
                 _log.info("a call in chat %s timed out; making it again", chat_id)
             except RetryAfter as exc:
-                seconds = _retry_seconds(exc)
+                seconds = retry_seconds(exc)
                 until = self.now() + seconds + _FLOOD_MARGIN
                 self._flood_until[chat_id] = max(self.gate(chat_id), until)
                 self._bot_flood_until = max(self._bot_flood_until, until)

@@ -22,7 +22,7 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from contextvars import ContextVar
 from typing import Any, Final
 
@@ -34,7 +34,7 @@ from adapters.telegram.transport import AnyApplication
 from core.errors import AdapterError, ConfigError
 from core.ports import ReplyChannel
 
-__all__ = ["QueuedWebhook", "queued", "refused"]
+__all__ = ["QueuedWebhook", "queued", "refusals", "refused"]
 
 _log = logging.getLogger(__name__)
 
@@ -58,11 +58,27 @@ def refused(exc: BaseException) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def refusals() -> Iterator[list[BaseException]]:
+    """Collect what :func:`refused` records while one update is handed to the handlers.
+
+    The webhook answers non-2xx when the list is not empty; the ingress poller does not
+    confirm the update (:mod:`adapters.telegram.polling`).
+    """
+    found: list[BaseException] = []
+    token = _refusals.set(found)
+    try:
+        yield found
+    finally:
+        _refusals.reset(token)
+
+
 async def queued(taken: Awaitable[None], out: ReplyChannel, what: str) -> None:
     """Await the ingress engine queueing a turn; a failure does not lose it.
 
-    A webhook delivery is answered 503 (Telegram sends the update again); a polled update,
-    which polling has already acknowledged to Telegram, is answered "send it again".
+    A webhook delivery is answered 503 and a polled update is not confirmed (Telegram sends
+    either again); outside those (an album handed over later) the user is asked to send it
+    again.
     """
     try:
         await taken
@@ -147,12 +163,8 @@ class QueuedWebhook:
             return web.Response(status=400)
         if update is None:
             return web.Response(status=400)
-        found: list[BaseException] = []
-        token = _refusals.set(found)
-        try:
+        with refusals() as found:
             await self._app.process_update(update)
-        finally:
-            _refusals.reset(token)
         if found:
             _log.warning(
                 "Telegram update %s could not be queued (%s); answered 503 so Telegram sends "
