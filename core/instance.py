@@ -3,8 +3,10 @@
 Every reply in progress carries its writer's instance id (its owner). A process is alive
 while its heartbeat is fresh: newer than :data:`TTL_BEATS` heartbeat intervals. On the same
 host a process whose pid is gone is dead at once, so a restart after a crash recovers
-without waiting for the heartbeat to go stale. Recovery takes over only the replies of dead
-owners; a second instance, or a worker of the same bot, is never interfered with.
+without waiting for the heartbeat to go stale, and one whose pid runs is alive even with a
+late heartbeat (a busy process's replies are never taken over under it). Recovery takes
+over only the replies of dead owners; a second instance, or a worker of the same bot, is
+never interfered with.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ HEARTBEAT_SECONDS: Final = 5.0
 """How often a process says it is alive."""
 TTL_BEATS: Final = 3
 """A heartbeat older than this many intervals means the process is dead."""
+_SAME_HOST_GRACE: Final = 20
+"""On the same host, where a running pid proves life, a heartbeat may be this many TTLs old."""
 
 
 def _host() -> str:
@@ -128,8 +132,13 @@ class Instance:
         """Whether ``other`` counts as alive now."""
         if other.id == self.id:
             return True
-        if other.host == self.host and other.pid != self.pid and not pid_alive(other.pid):
-            return False
+        if other.host == self.host and other.pid != self.pid:
+            if not pid_alive(other.pid):
+                return False
+            # Running on this host: a late heartbeat is a busy process (a loaded machine, a
+            # slow database), not a dead one; only a far older one (its pid reused by now)
+            # is taken for dead.
+            return other.heartbeat_at >= self._clock() - self.ttl * _SAME_HOST_GRACE
         return other.heartbeat_at >= self._clock() - self.ttl
 
     async def live(self) -> list[str]:
