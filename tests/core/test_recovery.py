@@ -195,11 +195,19 @@ async def test_a_process_is_dead_when_its_heartbeat_is_stale_or_its_pid_gone(sto
             "elsewhere-stale": InstanceInfo(
                 "d", "testbot", "other", 1, fresh, fresh - timedelta(seconds=3.5)
             ),
+            # Running here with a late heartbeat (a loaded machine): busy, not dead.
+            "same-host-late": InstanceInfo(
+                "e", "testbot", host, os.getppid(), fresh, fresh - timedelta(seconds=30)
+            ),
+            # ... unless its heartbeat is so old that its pid must have been reused.
+            "same-host-ancient": InstanceInfo(
+                "f", "testbot", host, os.getppid(), fresh, fresh - timedelta(hours=1)
+            ),
         }
         for peer in peers.values():
             await store.register_instance(peer)
-        assert sorted(await me.live()) == sorted([me.id, "a", "c"])
-        assert {i.id for i in await me.dead()} == {"b", "d"}
+        assert sorted(await me.live()) == sorted([me.id, "a", "c", "e"])
+        assert {i.id for i in await me.dead()} == {"b", "d", "f"}
     finally:
         await me.aclose()
     assert me.id not in {i.id for i in await store.instances("testbot")}
