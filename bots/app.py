@@ -52,6 +52,7 @@ from core.tools import Toolbox
 if TYPE_CHECKING:
     from adapters.homeassistant.settings import HomeAssistantSettings
     from adapters.shared import RedisShared
+    from adapters.telegram.adapter import TelegramAdapter
     from bots.health import Health
 
 _log = logging.getLogger(__name__)
@@ -342,18 +343,7 @@ def platform_adapters(
     """
     adapters: list[ChatAdapter] = []
     if settings.telegram.bot_token is not None:
-        from adapters.telegram.adapter import TelegramAdapter
-
-        adapters.append(
-            TelegramAdapter(
-                settings.telegram,
-                engine,
-                max_file_mb=settings.media.max_file_mb,  # /kb add passes KB_MAX_FILE_MB
-                telemetry=telemetry,
-                limits=shared.limits if shared is not None else None,
-                ingress=ingress,
-            )
-        )
+        adapters.append(telegram_adapter(settings, engine, telemetry, shared, ingress=ingress))
     if settings.discord.bot_token is not None:
         from adapters.discord.adapter import DiscordAdapter
 
@@ -368,6 +358,27 @@ def platform_adapters(
             )
         )
     return adapters
+
+
+def telegram_adapter(
+    settings: Settings,
+    engine: ConversationEngine,
+    telemetry: Telemetry = NO_TELEMETRY,
+    shared: RedisShared | None = None,
+    *,
+    ingress: bool = False,
+) -> TelegramAdapter:
+    """The Telegram adapter (``TELEGRAM_BOT_TOKEN`` set): a live one, or a worker's sender."""
+    from adapters.telegram.adapter import TelegramAdapter
+
+    return TelegramAdapter(
+        settings.telegram,
+        engine,
+        max_file_mb=settings.media.max_file_mb,  # /kb add passes KB_MAX_FILE_MB
+        telemetry=telemetry,
+        limits=shared.limits if shared is not None else None,
+        ingress=ingress,
+    )
 
 
 def has_platform_token(settings: Settings) -> bool:

@@ -34,6 +34,7 @@ from bots.app import (
     open_store,
     platform_adapters,
     running_engine,
+    telegram_adapter,
 )
 from bots.loading import persona_of
 from bots.shared import connect_shared, shared_state
@@ -292,17 +293,7 @@ def outbound_adapters(
     """The platforms a worker answers on (REST only), those whose tokens are configured."""
     found: list[OutboundAdapter] = []
     if settings.telegram.bot_token is not None:
-        from adapters.telegram.adapter import TelegramAdapter
-
-        found.append(
-            TelegramAdapter(
-                settings.telegram,
-                engine,
-                max_file_mb=settings.media.max_file_mb,
-                telemetry=telemetry,
-                limits=shared.limits if shared is not None else None,
-            )
-        )
+        found.append(telegram_adapter(settings, engine, telemetry, shared))
     if settings.discord.bot_token is not None:
         from adapters.discord.outbound import DiscordOutbound
 

@@ -151,7 +151,34 @@ class ChannelSink:
         return get(int(message_id))
 
 
-class InteractionSink:
+class _InteractionAnswers:
+    """What answering an interaction's messages shares, once they are posted."""
+
+    _adapter: Caller
+    channel_id: str
+
+    async def edit(self, handle: Any, content: str) -> None:
+        """Edit a posted message to ``content``."""
+        await self._adapter.call(
+            handle.edit(content=content, allowed_mentions=NO_MENTIONS),
+            "edit an answer",
+            self.channel_id,
+        )
+
+    async def remove(self, handle: Any) -> None:
+        """Delete a posted message."""
+        await self._adapter.call(handle.delete(), "delete an answer", self.channel_id)
+
+    async def typing(self) -> None:
+        """Show the typing indicator (an interaction shows "thinking..." instead)."""
+        return None  # the deferred "thinking..." state shows activity
+
+    def partial(self, message_id: str) -> Any:
+        """Refused: an interaction's answers are reached through its token, not by id."""
+        raise AdapterError("an interaction's messages cannot be taken over by id")
+
+
+class InteractionSink(_InteractionAnswers):
     """Answers to an interaction: its response first, then follow-ups (15 minutes).
 
     In a server the answers are ephemeral (only the user who ran the command sees them):
@@ -251,28 +278,8 @@ class InteractionSink:
                 self.channel_id,
             )
 
-    async def edit(self, handle: Any, content: str) -> None:
-        """Edit a posted message to ``content``."""
-        await self._adapter.call(
-            handle.edit(content=content, allowed_mentions=NO_MENTIONS),
-            "edit an answer",
-            self.channel_id,
-        )
 
-    async def remove(self, handle: Any) -> None:
-        """Delete a posted message."""
-        await self._adapter.call(handle.delete(), "delete an answer", self.channel_id)
-
-    async def typing(self) -> None:
-        """Show the typing indicator (an interaction shows "thinking..." instead)."""
-        return None  # the deferred "thinking..." state shows activity
-
-    def partial(self, message_id: str) -> Any:
-        """Refused: an interaction's answers are reached through its token, not by id."""
-        raise AdapterError("an interaction's messages cannot be taken over by id")
-
-
-class FollowupSink:
+class FollowupSink(_InteractionAnswers):
     """Answers through an interaction's webhook, from a process that never saw it.
 
     Ingress acknowledged the interaction (deferred: "thinking...") and queued it with its
@@ -302,26 +309,6 @@ class FollowupSink:
             "answer a command",
             self.channel_id,
         )
-
-    async def edit(self, handle: Any, content: str) -> None:
-        """Edit a posted message to ``content``."""
-        await self._adapter.call(
-            handle.edit(content=content, allowed_mentions=NO_MENTIONS),
-            "edit an answer",
-            self.channel_id,
-        )
-
-    async def remove(self, handle: Any) -> None:
-        """Delete a posted message."""
-        await self._adapter.call(handle.delete(), "delete an answer", self.channel_id)
-
-    async def typing(self) -> None:
-        """Nothing: the deferred "thinking..." shows activity."""
-        return None
-
-    def partial(self, message_id: str) -> Any:
-        """Refused: an interaction's answers are reached through its token, not by id."""
-        raise AdapterError("an interaction's messages cannot be taken over by id")
 
 
 Sink = ChannelSink | InteractionSink | FollowupSink
