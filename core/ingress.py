@@ -99,6 +99,9 @@ class IngressEngine:
         self._stop = stop
         self._telemetry = telemetry
         self._tasks: set[asyncio.Task[None]] = set()
+        # The newest event being queued per conversation: the next one waits for it, so a
+        # conversation's jobs are made (and answered) in the order its events arrived.
+        self._tails: dict[ConversationKey, asyncio.Task[None]] = {}
         self._closed = False
 
     @property
@@ -133,13 +136,37 @@ class IngressEngine:
             return future
         if self._engine.bypasses_lane(msg.text):
             work: Awaitable[None] = self._stop_reply(msg, out)
-        else:
-            key = self._key(msg.platform, msg.chat_id, msg.user_id, msg.thread_id, msg.is_private)
-            work = self._enqueue(JobKind.MESSAGE, key, message_payload(msg), out)
-        task = asyncio.create_task(self._settle(work, future), name="chinwag-ingress")
+            self._spawn(self._settle(work, future))
+            return future
+        key = self._key(msg.platform, msg.chat_id, msg.user_id, msg.thread_id, msg.is_private)
+        self._in_order(key, self._enqueue(JobKind.MESSAGE, key, message_payload(msg), out), future)
+        return future
+
+    def _spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return future
+        return task
+
+    def _in_order(
+        self, key: ConversationKey, work: Awaitable[None], future: asyncio.Future[None]
+    ) -> None:
+        """Run ``work`` once the conversation's earlier events are queued (or failed)."""
+        before = self._tails.get(key)
+
+        async def run() -> None:
+            if before is not None:
+                await asyncio.wait([before])
+            await self._settle(work, future)
+
+        task = self._spawn(run())
+        self._tails[key] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._tails.get(key) is done:
+                del self._tails[key]
+
+        task.add_done_callback(forget)
 
     async def handle(self, msg: IncomingMessage, out: ReplyChannel) -> None:
         """Queue ``msg`` and return once it is stored."""
@@ -154,7 +181,9 @@ class IngressEngine:
         key = self._key(
             action.platform, action.chat_id, action.user_id, action.thread_id, action.is_private
         )
-        await self._enqueue(JobKind.ACTION, key, action_payload(action), out)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._in_order(key, self._enqueue(JobKind.ACTION, key, action_payload(action), out), future)
+        await future
 
     async def aclose(self) -> None:
         """Take no more events; wait for the ones being queued. Idempotent."""

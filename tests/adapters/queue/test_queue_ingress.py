@@ -100,6 +100,39 @@ async def test_a_queue_that_cannot_store_is_not_acknowledged(engine: Engine) -> 
     assert out.texts == [StoreError.user_message]
 
 
+async def test_a_conversations_events_are_queued_in_arrival_order(engine: Engine) -> None:
+    """The first event's queueing is slow: the second (same conversation) waits for it;
+    another conversation's does not."""
+    queue = _SlowFirst()
+    ingress = IngressEngine(engine, queue, LocalStopSignal())
+    out = RecordingChannel()
+    first = ingress.submit(_msg("one", "m1"), out)
+    second = ingress.submit(_msg("two", "m2"), out)
+    press = asyncio.ensure_future(
+        ingress.handle_action(IncomingAction("telegram", "c1", "u1", "confirm-1", True), out)
+    )
+    other = ingress.submit(_msg("elsewhere", "m3", user="u2"), out)
+    await other
+    assert queue.order == ["elsewhere"]  # not held behind another conversation
+    queue.release.set()
+    await asyncio.gather(first, second, press)
+    assert queue.order == ["elsewhere", "one", "two", "confirm-1"]
+
+
+class _SlowFirst:
+    """A queue whose first "one" waits for ``release``; records what it stored, in order."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.order: list[str] = []
+
+    async def enqueue(self, kind: JobKind, key: ConversationKey, payload: Any) -> bool:
+        if payload.get("text") == "one":
+            await self.release.wait()
+        self.order.append(payload.get("text") or payload.get("action_id"))
+        return True
+
+
 class _NoQueue:
     def __init__(self, *, fail: bool = False) -> None:
         self.fail = fail
