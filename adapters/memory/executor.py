@@ -18,6 +18,7 @@ The store owns the lifecycle and the error boundary (:data:`DATABASE_ERRORS` bec
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import sqlite3
@@ -231,3 +232,18 @@ def describe_open_failure(url: str, exc: BaseException) -> str:
         return f"cannot open SQLite file {path} ({_sqlite_cause(path, exc)})"
     where = f"{parsed.host or 'localhost'}:{parsed.port or 5432}"
     return f"DATABASE_URL: cannot connect to PostgreSQL at {where} ({_network_cause(exc)})"
+
+
+def settle(
+    future: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None
+) -> None:
+    """Resolve a caller's future with ``result`` or ``error`` (both runtimes' writers).
+
+    Nothing happens if it is done already: the caller was cancelled meanwhile.
+    """
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

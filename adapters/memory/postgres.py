@@ -51,6 +51,7 @@ from adapters.memory.executor import (
     describe_open_failure,
     run_group,
     run_group_isolated,
+    settle,
 )
 from core.errors import StoreError, StoreUnavailable
 
@@ -340,7 +341,7 @@ class PostgresExecutor:
     def _fail_queued(self, error: BaseException) -> None:
         for item in _drain(self._queue):
             if item is not None:
-                _settle(item.future, error=error)
+                settle(item.future, error=error)
 
     async def _commit(self, group: list[_Queued]) -> None:
         """Commit ``group`` in one transaction; settle each caller after the ``COMMIT``.
@@ -366,7 +367,7 @@ class PostgresExecutor:
                         outcomes = await self._group_once(group, isolated=isolated)
                 except OpFailed as failed:
                     if len(group) == 1:
-                        _settle(group[0].future, error=failed.error)
+                        settle(group[0].future, error=failed.error)
                         return
                     _log.debug("operation %d failed; replaying the group isolated", failed.index)
                     isolated = True
@@ -384,12 +385,12 @@ class PostgresExecutor:
                         return
                     elif not is_connection_failure(exc):
                         for w in group:
-                            _settle(w.future, error=exc)
+                            settle(w.future, error=exc)
                         return
                     self._log_outage(exc)
                 except Exception as exc:  # the store closed under it, say
                     for w in group:
-                        _settle(w.future, error=exc)
+                        settle(w.future, error=exc)
                     return
                 else:
                     self._reachable()
@@ -407,7 +408,7 @@ class PostgresExecutor:
                     await asyncio.wait_for(self._closed.wait(), delay)
         except asyncio.CancelledError:
             for w in group:
-                _settle(w.future, error=StoreError("the store was shut down mid-write"))
+                settle(w.future, error=StoreError("the store was shut down mid-write"))
             raise
 
     async def _group_once(self, group: list[_Queued], *, isolated: bool) -> list[Outcome]:
@@ -435,9 +436,9 @@ class PostgresExecutor:
                     _Single(self, w.op).attempt, until_closed=w.until_closed
                 )
             except Exception as exc:
-                _settle(w.future, error=exc)
+                settle(w.future, error=exc)
             else:
-                _settle(w.future, result=result)
+                settle(w.future, result=result)
 
     def _give_up_expired(
         self, group: list[_Queued], now: float
@@ -451,7 +452,7 @@ class PostgresExecutor:
         for w in group:
             waited = now - w.since
             if self._closed.is_set() or (not w.until_closed and waited >= self._grace):
-                _settle(w.future, error=StoreUnavailable(waited))
+                settle(w.future, error=StoreUnavailable(waited))
                 continue
             kept.append(w)
             if not w.until_closed:
@@ -533,21 +534,10 @@ def _drain(queue: asyncio.Queue[_Queued | None]) -> list[_Queued | None]:
     return items
 
 
-def _settle(
-    future: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None
-) -> None:
-    if future.done():  # the caller was cancelled meanwhile
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
 def _settle_outcome(future: asyncio.Future[Any], outcome: Outcome | None) -> None:
     if outcome is None:  # cannot happen: a committed group computed every outcome
-        _settle(future, error=StoreError("a write's result was lost"))
+        settle(future, error=StoreError("a write's result was lost"))
     elif outcome[0]:
-        _settle(future, result=outcome[1])
+        settle(future, result=outcome[1])
     else:
-        _settle(future, error=outcome[1])
+        settle(future, error=outcome[1])

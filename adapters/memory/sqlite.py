@@ -47,6 +47,7 @@ from adapters.memory.executor import (
     describe_open_failure,
     run_group,
     run_group_isolated,
+    settle,
 )
 from core.errors import StoreError
 
@@ -251,21 +252,21 @@ class SqliteExecutor:
         while True:
             if self._writer_conn is None and not await self._reconnect_writer():
                 for w in group:
-                    _settle(w.future, error=StoreError("cannot open the database for writing"))
+                    settle(w.future, error=StoreError("cannot open the database for writing"))
                 return
             conn = self._writer_conn
             try:
                 outcomes = await self._in_writer_thread(_run_group, conn, ops, isolated)
             except OpFailed as failed:
                 if len(group) == 1:
-                    _settle(group[0].future, error=failed.error)
+                    settle(group[0].future, error=failed.error)
                     return
                 _log.debug("operation %d failed; replaying the group isolated", failed.index)
                 isolated = True
                 continue
             except asyncio.CancelledError:
                 for w in group:
-                    _settle(w.future, error=StoreError("the store was shut down mid-write"))
+                    settle(w.future, error=StoreError("the store was shut down mid-write"))
                 raise
             except Exception as exc:
                 if _is_locked(exc) and asyncio.get_running_loop().time() < deadline:
@@ -274,14 +275,14 @@ class SqliteExecutor:
                     delay = min(delay * 2, 2.0)
                     continue
                 for w in group:
-                    _settle(w.future, error=exc)
+                    settle(w.future, error=exc)
                 await self._reconnect_writer()
                 return
             for w, (ok, value) in zip(group, outcomes, strict=True):
                 if ok:
-                    _settle(w.future, result=value)
+                    settle(w.future, result=value)
                 else:
-                    _settle(w.future, error=value)
+                    settle(w.future, error=value)
             return
 
     async def _reconnect_writer(self) -> bool:
@@ -346,14 +347,3 @@ def _is_locked(exc: BaseException) -> bool:
         return False
     text = str(orig).lower()
     return "database is locked" in text or "database is busy" in text
-
-
-def _settle(
-    future: asyncio.Future[Any], *, result: Any = None, error: BaseException | None = None
-) -> None:
-    if future.done():  # the caller was cancelled meanwhile
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
