@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,4 +183,36 @@ async def cluster(
         )
 
 
-__all__ = ["READY", "Cluster", "Process", "cluster", "scale_env", "start"]
+def free_port() -> int:
+    """A TCP port free on loopback now (for a process's webhook or health endpoint)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def until(
+    condition: Callable[[], bool],
+    what: str,
+    bot: Cluster,
+    timeout: float = 120,
+    every: float = 0.05,
+) -> None:
+    """Wait for ``condition`` (checked every ``every`` s); fail with the processes' logs."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(every)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}\n{bot.logs()[-20000:]}") from None
+
+
+__all__ = [
+    "READY",
+    "Cluster",
+    "Process",
+    "cluster",
+    "free_port",
+    "scale_env",
+    "start",
+    "until",
+]

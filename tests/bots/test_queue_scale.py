@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,13 @@ import pytest
 
 from tests.fakes.openai_server import FakeOpenAIServer, default_reply
 from tests.fakes.telegram_server import FakeChat, FakeTelegram, FakeUser
-from tests.scale_harness import cluster, scale_env, start
+from tests.scale_harness import cluster, free_port, scale_env, start
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(240)]
 
 CONVERSATIONS = 4
 MESSAGES = 3
 TAIL = " ".join(["la"] * 12) + " END"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _reply(body: Mapping[str, Any]) -> str:
@@ -59,7 +52,7 @@ async def test_a_killed_workers_turns_are_answered_once_in_order(
             await telegram.wait_for(
                 lambda: any(telegram.bot_messages(chat.id) for chat in chats), timeout=60
             )
-            listen = f"127.0.0.1:{_free_port()}"
+            listen = f"127.0.0.1:{free_port()}"
             second = asyncio.create_task(
                 start("worker", "worker-2", bot.env, tmp_path, CHINWAG_HTTP_LISTEN=listen)
             )

@@ -10,9 +10,7 @@ order within each conversation: no reply missing, doubled or left cut off.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +20,7 @@ import pytest
 
 from tests.fakes.openai_server import FakeOpenAIServer, default_reply
 from tests.fakes.telegram_server import FakeChat, FakeTelegram, FakeUser
-from tests.scale_harness import Cluster, cluster, scale_env, start
+from tests.scale_harness import cluster, free_port, scale_env, start, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(420)]
 
@@ -30,12 +28,6 @@ CONVERSATIONS = 50
 WAVES = ((0, 4), (4, 7), (7, 10))  # message numbers sent in each wave
 TAIL = " ".join(["la"] * 10) + " END"
 SECRET = "scale-test-secret_1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _reply(body: Mapping[str, Any]) -> str:
@@ -66,19 +58,10 @@ def _sends_quiet(telegram: FakeTelegram, seconds: float) -> bool:
     return not sends or time.monotonic() - sends[-1].at >= seconds
 
 
-async def _until(condition: Any, what: str, bot: Cluster, timeout: float = 120) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}\n{bot.logs()[-20000:]}") from None
-
-
 async def test_fifty_conversations_survive_a_killed_worker_a_killed_ingress_and_a_deploy(
     tmp_path: Path, direct_url: str, redis_url: str
 ) -> None:
-    port = _free_port()
+    port = free_port()
     async with (
         FakeTelegram() as telegram,
         FakeOpenAIServer(reply=_reply, chunk_delay=0.05) as llm,
@@ -106,7 +89,7 @@ async def test_fifty_conversations_survive_a_killed_worker_a_killed_ingress_and_
 
             # Wave 1; a worker dies (SIGKILL) while replies are being written.
             send(WAVES[0])
-            await _until(
+            await until(
                 lambda: (
                     _complete(telegram, chats) >= 30
                     and _partial(telegram, chats) >= 3
@@ -120,7 +103,7 @@ async def test_fifty_conversations_survive_a_killed_worker_a_killed_ingress_and_
             # Wave 2; the ingress dies while Telegram delivers it, and comes back.
             delivered = len(telegram.delivered_update_ids())
             send(WAVES[1])
-            await _until(
+            await until(
                 lambda: len(telegram.delivered_update_ids()) >= delivered + 40,
                 "wave 2 being delivered",
                 bot,
@@ -130,14 +113,14 @@ async def test_fifty_conversations_survive_a_killed_worker_a_killed_ingress_and_
             bot.ingress.append(await start("ingress", "ingress-2", bot.env, tmp_path))
 
             # A deploy: a worker is stopped (SIGTERM) with replies in flight and replaced.
-            await _until(lambda: _partial(telegram, chats) >= 3, "replies in progress", bot)
+            await until(lambda: _partial(telegram, chats) >= 3, "replies in progress", bot)
             assert await bot.workers[1].stop() == 0, bot.workers[1].log
             await bot.add_worker()
 
             # Wave 3, then everything must be answered.
             send(WAVES[2])
             total = CONVERSATIONS * WAVES[-1][1]
-            await _until(lambda: _complete(telegram, chats) >= total, "every reply", bot, 300)
+            await until(lambda: _complete(telegram, chats) >= total, "every reply", bot, 300)
             await telegram.wait_idle(quiet=2.0, timeout=60)
 
             problems = []

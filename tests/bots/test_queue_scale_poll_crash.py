@@ -9,31 +9,20 @@ the Telegram fake's records must show every message answered exactly once, in or
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.telegram_server import FakeChat, FakeTelegram, FakeUser
-from tests.scale_harness import Cluster, cluster, scale_env, start
+from tests.scale_harness import cluster, scale_env, start, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
 
 CONVERSATIONS = 20
 MESSAGES = 5  # per conversation: 100 updates, one getUpdates batch
-
-
-async def _until(condition: Any, what: str, bot: Cluster, timeout: float = 120) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}\n{bot.logs()[-20000:]}") from None
 
 
 async def test_a_killed_polling_ingress_loses_no_update(
@@ -59,18 +48,21 @@ async def test_a_killed_polling_ingress_loses_no_update(
                 for user, chat in zip(users, chats, strict=True):
                     telegram.send_text(chat, user, f"c{user.id}-m{n}")
             total = CONVERSATIONS * MESSAGES
-            await _until(lambda: len(telegram.delivered_update_ids()) >= total, "the batch", bot)
+            await until(
+                lambda: len(telegram.delivered_update_ids()) >= total, "the batch", bot, every=0.005
+            )
             handed = time.monotonic()
             # Killed as soon as it asks for more (an ingress that confirms a batch before
             # queueing it would lose it here) or while it still queues the batch (about
             # half a second for 100 turns on PostgreSQL), whichever comes first.
-            await _until(
+            await until(
                 lambda: (
                     time.monotonic() - handed > 0.15
                     or telegram.calls_to("getUpdates")[-1].at > handed
                 ),
                 "the next poll",
                 bot,
+                every=0.005,
             )
             bot.ingress[0].kill()
             killed_at = time.monotonic()
@@ -80,7 +72,7 @@ async def test_a_killed_polling_ingress_loses_no_update(
             def answered() -> int:
                 return sum(len(telegram.bot_messages(chat.id)) for chat in chats)
 
-            await _until(lambda: answered() >= total, "every reply", bot, 180)
+            await until(lambda: answered() >= total, "every reply", bot, 180, every=0.005)
             await telegram.wait_idle(quiet=2.0, timeout=60)
 
             problems = []
