@@ -26,9 +26,11 @@ from discord import app_commands
 
 from adapters.discord.channel import (
     BUTTON_PREFIX,
+    PLATFORM,
     ChannelSink,
     DiscordReplyChannel,
     InteractionSink,
+    press_of,
     where,
 )
 from adapters.discord.clients import ChinwagClient, ShardedClient, gateway_open
@@ -47,13 +49,12 @@ from core.errors import AdapterError
 from core.lifecycle import Lifecycle
 from core.ports import ConversationEngine
 from core.telemetry import NO_TELEMETRY, Telemetry
-from core.types import Attachment, AttachmentKind, IncomingAction, IncomingMessage
+from core.types import Attachment, AttachmentKind, IncomingMessage
 
 __all__ = ["INTENT_HELP", "DiscordAdapter", "configure_endpoints", "sync_commands"]
 
 _log = logging.getLogger(__name__)
 
-PLATFORM: Final = "discord"
 INTENT_HELP: Final = (
     "Discord refused the Message Content intent (gateway close code 4014). Enable it in the "
     "Developer Portal: your application > Bot > Privileged Gateway Intents > "
@@ -529,16 +530,7 @@ class DiscordAdapter:
         else:
             sink.start_timer(self.settings.ack_after)
             out = DiscordReplyChannel(self, sink, channel, presser, replies=public)
-        chat_id, thread_id, private = where(interaction.channel, interaction.channel_id)
-        action = IncomingAction(
-            platform=PLATFORM,
-            chat_id=chat_id,
-            user_id=presser,
-            action_id=action_id,
-            accepted=accepted,
-            thread_id=thread_id,
-            is_private=interaction.guild_id is None or private,
-        )
+        action = press_of(interaction, presser, action_id, accepted)
         try:
             await self._engine.handle_action(action, out)
         finally:

@@ -29,7 +29,7 @@ from adapters.discord.split import DISCORD_LIMIT, escape_markdown, shows_nothing
 from adapters.files import check_size, save_stream
 from adapters.live import LiveMessage, LivePacing
 from core.errors import AdapterError
-from core.types import Attachment, ReplyEvent
+from core.types import Attachment, IncomingAction, ReplyEvent
 
 __all__ = [
     "BUTTON_PREFIX",
@@ -51,6 +51,9 @@ _TYPING_REFRESH: Final = 8.0  # Discord shows "typing..." for about 10 s per req
 T = TypeVar("T")
 
 
+PLATFORM: Final = "discord"
+
+
 def where(channel: Any, fallback_id: int | None = None) -> tuple[str, str | None, bool]:
     """(chat id, thread id, private) of a channel; a thread belongs to its parent channel."""
     if channel is None:
@@ -62,6 +65,27 @@ def where(channel: Any, fallback_id: int | None = None) -> tuple[str, str | None
         and getattr(channel, "type", None) == discord.ChannelType.private
     )
     return str(channel.id), None, private
+
+
+def press_of(
+    interaction: discord.Interaction[Any],
+    presser: str,
+    action_id: str,
+    accepted: bool,
+    reply_via: str | None = None,
+) -> IncomingAction:
+    """The press of a confirmation button, where it was pressed."""
+    chat_id, thread_id, private = where(interaction.channel, interaction.channel_id)
+    return IncomingAction(
+        platform=PLATFORM,
+        chat_id=chat_id,
+        user_id=presser,
+        action_id=action_id,
+        accepted=accepted,
+        thread_id=thread_id,
+        is_private=interaction.guild_id is None or private,
+        reply_via=reply_via,
+    )
 
 
 class Caller(Protocol):

@@ -19,15 +19,21 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import discord
 
-from adapters.discord.channel import DiscordReplyChannel, InteractionSink, where
+from adapters.discord.channel import (
+    PLATFORM,
+    DiscordReplyChannel,
+    InteractionSink,
+    press_of,
+    where,
+)
 from adapters.discord.split import DISCORD_LIMIT
 from core.errors import AdapterError
 from core.ports import ReplyChannel
-from core.types import IncomingAction, IncomingMessage
+from core.types import IncomingMessage
 
 if TYPE_CHECKING:
     from adapters.discord.adapter import DiscordAdapter
@@ -35,8 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["queue_message", "queue_press", "queue_slash", "slash_message"]
 
 _log = logging.getLogger(__name__)
-
-PLATFORM: Final = "discord"
 
 
 def slash_message(
@@ -109,16 +113,8 @@ async def queue_press(
     sink = InteractionSink(adapter, interaction)
     mine = owner in ("", presser)
     await sink.defer_now(update=mine)
-    chat_id, thread_id, private = where(interaction.channel, interaction.channel_id)
-    action = IncomingAction(
-        platform=PLATFORM,
-        chat_id=chat_id,
-        user_id=presser,
-        action_id=action_id,
-        accepted=accepted,
-        thread_id=thread_id,
-        is_private=interaction.guild_id is None or private,
-        reply_via=None if mine else interaction.token,
+    action = press_of(
+        interaction, presser, action_id, accepted, None if mine else interaction.token
     )
     channel = interaction.channel or adapter.client.get_partial_messageable(
         int(interaction.channel_id or 0)

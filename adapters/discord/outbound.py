@@ -18,7 +18,7 @@ from typing import Any, Final, TypeVar
 
 import discord
 
-from adapters.discord.channel import ChannelSink, DiscordReplyChannel, FollowupSink
+from adapters.discord.channel import PLATFORM, ChannelSink, DiscordReplyChannel, FollowupSink
 from adapters.discord.connection import (
     NO_MENTIONS,
     Forbidden,
@@ -36,7 +36,6 @@ __all__ = ["DiscordOutbound"]
 
 _log = logging.getLogger(__name__)
 
-PLATFORM: Final = "discord"
 _APPLICATION_WEBHOOK: Final = 3  # the webhook type of an interaction's follow-ups
 
 T = TypeVar("T")
