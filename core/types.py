@@ -265,10 +265,15 @@ class Finish:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token usage for the whole request, as the backend counted it."""
+    """Token usage for the whole request, as the backend counted it.
+
+    ``cached_tokens``: how many of the prompt tokens the backend had cached from an earlier
+    request (not evaluated again); part of ``prompt_tokens``.
+    """
 
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,21 @@
 """The local LLM backend: a GGUF model run inside the bot's process with llama-cpp-python.
 
 One worker thread owns every loaded ``llama_cpp.Llama`` (an instance is not thread-safe) and
-runs one generation at a time; requests from all conversations wait first-come first-served
-in a bounded line (``LOCAL_QUEUE_SIZE``) and learn their place in it
-(:class:`~core.types.QueuePosition`). Tokens stream from the worker into the event loop as
-they are sampled; closing the stream stops the generation after the token being computed.
-Token counting uses a separate vocabulary-only model per file, so it never waits behind a
-generation.
+serves up to ``LOCAL_PARALLEL`` conversations at once, decoded together in one batch with a
+KV cache per conversation kept between turns (:mod:`~adapters.llm.local_batch`); further
+requests wait first-come first-served in a bounded line (``LOCAL_QUEUE_SIZE``) and learn
+their place in it (:class:`~core.types.QueuePosition`). Tokens stream from the worker into
+the event loop as they are sampled; closing the stream ends that conversation's sequence at
+the next step, the others go on. Token counting uses a separate vocabulary-only model per
+file, so it never waits behind a generation.
 
 This module holds the backend: start-up checks, the line and the streams. Beside it:
 :mod:`~adapters.llm.local_settings` (``LOCAL_*``, the configured models),
 :mod:`~adapters.llm.local_gguf` (reading and checking files), :mod:`~adapters.llm.local_model`
-(a loaded model, the vocabulary for counting), :mod:`~adapters.llm.local_worker` (what runs
-on the worker thread: loading, the generation loop, its events), :mod:`~adapters.llm.local_tools`
+(a loaded model, the vocabulary for counting), :mod:`~adapters.llm.local_context` (its
+batched context), :mod:`~adapters.llm.local_batch` (the serving loop on the worker thread),
+:mod:`~adapters.llm.local_worker` (loading models, the events' hand-off),
+:mod:`~adapters.llm.local_tools`
 (tools in prompts and replies) and :mod:`~adapters.llm.local_vision` (images).
 
 ``llama_cpp`` is imported lazily: this module imports (and :func:`local_backend_available`
@@ -26,11 +29,12 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
+from adapters.llm.local_batch import Batcher
 from adapters.llm.local_gguf import (
     GGUFError,
     GGUFInfo,
@@ -64,7 +68,7 @@ from adapters.llm.local_tools import (
     tool_prompt,
 )
 from adapters.llm.local_vision import ProjectorError, mtmd_available, new_marker
-from adapters.llm.local_worker import acquire, generate, unload_all, worker_events
+from adapters.llm.local_worker import acquire, unload_all, worker_events
 from adapters.llm.tool_markup import ToolCallParser
 from core.errors import (
     BackendBusy,
@@ -110,9 +114,11 @@ class LocalBackend:
         self._executor: ThreadPoolExecutor | None = None
         self._state = Lifecycle.NEW  # NEW -> RUNNING -> CLOSED; _start_lock orders starts
         self._start_lock = asyncio.Lock()
-        # The line: one generation runs; others wait in ``_waiters`` in arrival order.
-        self._running = False
+        # The line: up to LOCAL_PARALLEL generations run; others wait in ``_waiters`` in
+        # arrival order, each handed a place when a generation ends.
+        self._active = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._batcher: Batcher | None = None
         self._jobs: set[Job] = set()
         self._mmproj = settings.mmproj_path.expanduser() if settings.mmproj_path else None
         self._mmproj_size = 0
@@ -133,7 +139,8 @@ class LocalBackend:
         return ModelSpec(name, path, variable, info, self._context_for(info), mmproj)
 
     def _check_memory(self, spec: ModelSpec) -> None:
-        need = spec.info.memory_needed(spec.n_ctx, gpu_layers=self._settings.gpu_layers)
+        parallel = self._settings.parallel
+        need = spec.info.memory_needed(parallel * spec.n_ctx, gpu_layers=self._settings.gpu_layers)
         if spec.mmproj is not None:
             need += self._mmproj_size
         have = available_memory()
@@ -142,19 +149,23 @@ class LocalBackend:
         if len(loaded) >= self._settings.max_loaded:
             have = None if have is None else have + loaded[0].info.file_size
         if have is not None and need > have:
+            contexts = f"a {spec.n_ctx}-token context"
+            if parallel > 1:
+                contexts = f"{parallel} conversations of {spec.n_ctx} tokens (LOCAL_PARALLEL)"
             reason = (
-                f"it needs about {need / 2**30:.1f} GiB of memory with a {spec.n_ctx}-token "
-                f"context but only {have / 2**30:.1f} GiB is available"
+                f"it needs about {need / 2**30:.1f} GiB of memory with {contexts} "
+                f"but only {have / 2**30:.1f} GiB is available"
             )
+            lower = "LOCAL_PARALLEL or LOCAL_CONTEXT" if parallel > 1 else "LOCAL_CONTEXT"
             raise GGUFError(
-                f"{spec.path}: {reason} (set LOCAL_CONTEXT lower or use a smaller quantisation)",
+                f"{spec.path}: {reason} (set {lower} lower or use a smaller quantisation)",
                 reason=reason,
             )
 
     @property
     def busy(self) -> bool:
         """Whether a generation runs or waits now (for health checks and tests)."""
-        return self._running or bool(self._waiters)
+        return self._active > 0 or bool(self._waiters)
 
     # --- port: metadata -----------------------------------------------------------------
 
@@ -173,7 +184,7 @@ class LocalBackend:
         return list(self._table)
 
     def context_window(self, model: str) -> int:
-        """The context the model runs with (``LOCAL_CONTEXT`` or its own, capped at 8192)."""
+        """Each conversation's context (``LOCAL_CONTEXT`` or the model's own, at most 8192)."""
         spec = self._specs.get(model) or self._specs.get(self.default_model)
         if spec is None:
             return self._settings.context or DEFAULT_CONTEXT_CAP
@@ -288,7 +299,9 @@ class LocalBackend:
                 except GGUFError as exc:
                     raise ConfigError(variable, str(exc), _example(variable)) from exc
                 self._specs[name] = spec
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-llama")
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chinwag-llama")
+            self._executor = executor
+            self._batcher = Batcher(lambda task: executor.submit(task), self._acquire, self._loaded)
             default = self._specs[self.default_model]
             started = time.perf_counter()
             try:
@@ -303,9 +316,10 @@ class LocalBackend:
                     variable = "LOCAL_MMPROJ_PATH"
                 raise ConfigError(variable, str(exc), _example(variable)) from exc
             _log.info(
-                "local model %s loaded from %s (context %d) in %.1fs",
+                "local model %s loaded from %s (%d conversations of %d tokens) in %.1fs",
                 default.name,
                 default.path,
+                self._settings.parallel,
                 default.n_ctx,
                 time.perf_counter() - started,
             )
@@ -331,7 +345,8 @@ class LocalBackend:
             if not waiter.done():
                 waiter.set_exception(BackendUnavailable("the local backend is shutting down"))
         for job in self._jobs:
-            job.cancel.set()
+            job.cancel.set()  # the serving loop ends them at its next step, then stops
+        self._batcher = None
         await self._shutdown_executor()
         for vocab in self._vocabs.values():
             vocab.close()
@@ -341,7 +356,7 @@ class LocalBackend:
         executor, self._executor = self._executor, None
         if executor is None:
             return
-        # Runs after the job in progress (which stops at its next token): FIFO executor.
+        # Runs after the serving loop (which ends when its runs are cancelled): FIFO executor.
         await asyncio.get_running_loop().run_in_executor(executor, unload_all, self._loaded)
         await asyncio.to_thread(executor.shutdown, wait=True)
 
@@ -350,9 +365,14 @@ class LocalBackend:
 
     # --- worker thread (see local_worker) ------------------------------------------------
 
-    def _acquire(self, spec: ModelSpec) -> LoadedModel:
-        """The loaded model for ``spec``, loading it (LRU eviction) if needed. Worker only."""
-        return acquire(self._loaded, spec, self._settings, self._marker)
+    def _acquire(
+        self, spec: ModelSpec, busy: Callable[[LoadedModel], bool] = lambda _: False
+    ) -> LoadedModel | None:
+        """The loaded model for ``spec``, loading it (LRU eviction) if needed. Worker only.
+
+        ``None`` while every loaded model is ``busy`` and none may be unloaded for it.
+        """
+        return acquire(self._loaded, spec, self._settings, self._marker, busy)
 
     # --- port: generation ---------------------------------------------------------------
 
@@ -385,11 +405,12 @@ class LocalBackend:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] | None = None
         owner = False
-        done: asyncio.Future[None] | None = None
+        left: asyncio.Future[None] | None = None
         job: Job | None = None
         try:
-            if not self._running and not self._waiters:
-                self._running = owner = True
+            if self._active < self._settings.parallel and not self._waiters:
+                self._active += 1
+                owner = True
             else:
                 if len(self._waiters) >= self._settings.queue_size:
                     raise BackendBusy(
@@ -400,10 +421,11 @@ class LocalBackend:
                 yield QueuePosition(len(self._waiters))
                 await waiter
                 owner = True
-            executor = self._executor
-            if executor is None:
+            batcher = self._batcher
+            if batcher is None or self._executor is None:
                 raise BackendUnavailable("the local backend is shutting down")
             events, emit = worker_events(loop)
+            left = loop.create_future()
             mode = self._tool_prompt(spec.name)
             offered = list(request.tools) if mode is not ToolPrompt.NONE else []
             parser = ToolCallParser({t.name: t.parameters for t in offered}) if offered else None
@@ -418,9 +440,10 @@ class LocalBackend:
                 ),
                 max_tokens=request.max_tokens,
                 emit=emit,
+                done=_resolver(loop, left),
             )
             self._jobs.add(job)
-            done = loop.run_in_executor(executor, generate, job, self._acquire)
+            batcher.submit(job)
             while True:
                 item = await events.get()
                 if item is END:
@@ -437,10 +460,10 @@ class LocalBackend:
             if job is not None:
                 job.cancel.set()
                 self._jobs.discard(job)
-            if done is not None and not done.done():
-                # Wait for the worker to stop (within a token), so the next request starts
-                # on a free model; a second cancellation still propagates.
-                await asyncio.shield(done)
+            if left is not None and job is not None and not left.done():
+                # Wait for the worker to let go (within a step), so the place this request
+                # hands on is a free sequence; a second cancellation still propagates.
+                await asyncio.shield(left)
             if waiter is not None and not waiter.done():
                 waiter.cancel()
                 with contextlib.suppress(ValueError):
@@ -451,13 +474,27 @@ class LocalBackend:
                 self._hand_over()
 
     def _hand_over(self) -> None:
-        """Pass the model to the next waiter in line, or mark it free."""
+        """Pass a finished generation's place to the next waiter in line, or free it."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
-        self._running = False
+        self._active -= 1
+
+
+def _resolver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> Callable[[], None]:
+    """A callable for the worker thread that resolves ``future`` on ``loop`` (once)."""
+
+    def resolve() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    def call() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(resolve)
+
+    return call
 
 
 def _short(exc: GGUFError) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from adapters.llm.local_context import Sequences
 from adapters.llm.local_gguf import GGUFInfo, read_gguf_info
 from adapters.llm.local_settings import LocalSettings
 from adapters.llm.local_vision import Projector
@@ -87,9 +88,11 @@ class Job:
     tools: list[dict[str, Any]] | None = None  # for the chat template's ``tools``
     images: tuple[ImagePart, ...] = ()  # in prompt order, one marker each in ``messages``
     cancel: threading.Event = field(default_factory=threading.Event)
+    done: Callable[[], None] = lambda: None  # called once the worker let go of the job
 
 
 END: Final = object()
+_OWN_CONTEXT: Final = 256  # the smallest context llama.cpp makes (it pads to 256)
 
 
 class LoadedModel:
@@ -100,7 +103,9 @@ class LoadedModel:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         kwargs: dict[str, Any] = {
-            "n_ctx": spec.n_ctx,
+            # The Llama's own context only lends its parameters: generation runs in the
+            # batched context below, which holds every sequence's KV cache.
+            "n_ctx": _OWN_CONTEXT,
             "n_gpu_layers": settings.gpu_layers,
             "verbose": False,
         }
@@ -123,8 +128,8 @@ class LoadedModel:
                 "utf-8", errors="replace"
             )
 
-        # Abort a long prompt evaluation when the request is cancelled. Installed only while
-        # the prompt is evaluated: ggml calls it per graph node, too often for every token.
+        # Abort an image's evaluation when its request is cancelled. Installed only while
+        # an image is evaluated: ggml calls it per graph node, too often for every token.
         self.cancel: threading.Event | None = None
         self._set_abort = llama_cpp.llama_set_abort_callback
         self._abort = llama_cpp.ggml_abort_callback(self._should_abort)
@@ -136,14 +141,16 @@ class LoadedModel:
             add_generation_prompt=True,
         )
         self.projector: Projector | None = None
-        if spec.mmproj is not None:
-            try:
+        self.sequences: Sequences | None = None
+        try:
+            if spec.mmproj is not None:
                 self.projector = Projector(
                     spec.mmproj, self.llama, marker=marker, use_gpu=settings.gpu_layers != 0
                 )
-            except BaseException:
-                self.llama.close()
-                raise
+            self.sequences = Sequences(self.llama, parallel=settings.parallel, n_ctx=spec.n_ctx)
+        except BaseException:
+            self.close()
+            raise
 
     def render(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
@@ -151,23 +158,6 @@ class LoadedModel:
         """Render the chat template (with ``tools``) and tokenise it (special tokens parsed)."""
         prompt = self.prompt(messages, tools)
         return list(self.llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
-
-    def evaluate_with_images(
-        self,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None,
-        images: tuple[ImagePart, ...],
-    ) -> list[int]:
-        """Render and evaluate a prompt with images; the ids to pass to ``generate``.
-
-        Image positions hold -1 (see :meth:`Projector.evaluate`); the prompt is evaluated
-        already, so ``generate`` only samples.
-        """
-        if self.projector is None:
-            raise RuntimeError("this model has no projector")
-        prompt = self.prompt(messages, tools)
-        n = self.projector.evaluate(self.llama, prompt, images, self.llama.n_ctx())
-        return [int(token) for token in self.llama._input_ids[:n]]
 
     def prompt(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
@@ -191,10 +181,9 @@ class LoadedModel:
         cancel = self.cancel
         return cancel is not None and cancel.is_set()
 
-    def abort_on(self, cancel: threading.Event | None) -> None:
-        """Let ``cancel`` abort the next evaluation (``None``: nothing aborts it)."""
+    def abort_on(self, ctx: Any, cancel: threading.Event | None) -> None:
+        """Let ``cancel`` abort the next evaluation in ``ctx`` (``None``: nothing aborts it)."""
         self.cancel = cancel
-        ctx = self.llama._ctx.ctx  # private: llama-cpp-python exposes no abort setter
         self._set_abort(ctx, self._abort if cancel is not None else self._no_abort, None)
 
     def stops(self, token: int) -> bool:
@@ -215,7 +204,9 @@ class LoadedModel:
         return data
 
     def close(self) -> None:
-        """Free the projector, the model and its context."""
+        """Free the batched context, the projector, the model and its context."""
+        if self.sequences is not None:
+            self.sequences.close()
         if self.projector is not None:
             self.projector.close()
         self.llama.close()

