@@ -187,6 +187,14 @@ def _local_backend(settings: Settings, *, explicit: bool) -> LLMBackend:
                 "LOCAL_MODEL_PATH", "no GGUF model given and none bundled", "/models/model.gguf"
             )
         raise Exit(NO_LLM)
+    if local_settings.parallel > settings.llm.max_concurrency:
+        _log.warning(
+            "LOCAL_PARALLEL=%d but LLM_MAX_CONCURRENCY=%d: at most %d conversations are "
+            "answered at once (raise LLM_MAX_CONCURRENCY to use every sequence)",
+            local_settings.parallel,
+            settings.llm.max_concurrency,
+            settings.llm.max_concurrency,
+        )
     return local.LocalBackend(local_settings, default_path=default_path)
 
 

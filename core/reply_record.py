@@ -120,7 +120,8 @@ async def record(run: ReplyRun, text: str, status: MessageStatus) -> None:
         else None
     )
     if record is not None:
-        r.telemetry.llm_tokens(record.prompt_tokens, record.completion_tokens)
+        cached = usage.cached_tokens if usage else 0
+        r.telemetry.llm_tokens(record.prompt_tokens, record.completion_tokens, cached)
     ids = tuple(i for i in run.platform_ids if i not in run.saved_ids)
     if run.tool_round:
         # The tool loop stores the round (calls, results, status) and its usage.

@@ -45,8 +45,11 @@ class Telemetry(Protocol):
         """A reply was stored with its final ``status``, ``seconds`` after its run began."""
         ...
 
-    def llm_tokens(self, prompt: int, completion: int) -> None:
-        """The backend spent ``prompt`` and ``completion`` tokens on one model call."""
+    def llm_tokens(self, prompt: int, completion: int, cached: int = 0) -> None:
+        """The backend spent ``prompt`` and ``completion`` tokens on one model call.
+
+        ``cached``: prompt tokens the backend served from its cache (part of ``prompt``).
+        """
         ...
 
     def llm_result(self, reachable: bool) -> None:
@@ -88,7 +91,7 @@ class NullTelemetry:
     def reply_finished(self, platform: str, status: str, seconds: float) -> None:
         """Ignore it."""
 
-    def llm_tokens(self, prompt: int, completion: int) -> None:
+    def llm_tokens(self, prompt: int, completion: int, cached: int = 0) -> None:
         """Ignore it."""
 
     def llm_result(self, reachable: bool) -> None:

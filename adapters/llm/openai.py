@@ -45,6 +45,7 @@ from adapters.llm.openai_wire import (
     rejects_stream_options,
     request_args,
     tool_param,
+    usage_of,
 )
 from adapters.llm.tokens import TokenCounter, prompt_texts
 from core.errors import (
@@ -314,10 +315,7 @@ class OpenAIBackend:
                             break
                         chunks += 1
                         if chunk.usage is not None:
-                            usage = Usage(
-                                prompt_tokens=chunk.usage.prompt_tokens,
-                                completion_tokens=chunk.usage.completion_tokens,
-                            )
+                            usage = usage_of(chunk.usage)
                         for choice in chunk.choices[:1]:
                             finished = finished or choice.finish_reason
                             for event in text_calls.events(delta_events(choice.delta)):

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Final, cast
 from urllib.parse import urlsplit
 
 import openai
+from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -350,13 +351,19 @@ def completion_events(completion: ChatCompletion, tools: Sequence[ToolSpec]) -> 
     rest, reason = text_calls.finish(choice.finish_reason or "stop")
     out: list[BackendEvent] = [*events, *rest, Finish(reason)]
     if completion.usage is not None:
-        out.append(
-            Usage(
-                prompt_tokens=completion.usage.prompt_tokens,
-                completion_tokens=completion.usage.completion_tokens,
-            )
-        )
+        out.append(usage_of(completion.usage))
     return out
+
+
+def usage_of(usage: CompletionUsage) -> Usage:
+    """Our :class:`Usage` of a response's ``usage``, with the prompt tokens the server cached."""
+    details = usage.prompt_tokens_details
+    cached = (details.cached_tokens or 0) if details is not None else 0
+    return Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=cached,
+    )
 
 
 __all__ = [
@@ -376,5 +383,6 @@ __all__ = [
     "rejects_stream_options",
     "request_args",
     "tool_param",
+    "usage_of",
     "user_content",
 ]

@@ -76,7 +76,8 @@ class PrometheusTelemetry:
         )
         self._tokens = Counter(
             "chinwag_llm_tokens",
-            "Tokens the LLM backend spent (prompt, completion).",
+            "Tokens the LLM backend spent (prompt, completion; cached: the prompt tokens it "
+            "served from its cache, part of prompt).",
             ["direction"],
             registry=reg,
         )
@@ -165,12 +166,14 @@ class PrometheusTelemetry:
         self._replies.labels(platform, status).inc()
         self._reply_seconds.observe(max(seconds, 0.0))
 
-    def llm_tokens(self, prompt: int, completion: int) -> None:
+    def llm_tokens(self, prompt: int, completion: int, cached: int = 0) -> None:
         """Add the tokens of one model call."""
         if prompt > 0:
             self._tokens.labels("prompt").inc(prompt)
         if completion > 0:
             self._tokens.labels("completion").inc(completion)
+        if cached > 0:
+            self._tokens.labels("cached").inc(cached)
 
     def llm_result(self, reachable: bool) -> None:
         """Remember whether the backend answered (readiness), and count the call."""

@@ -105,6 +105,7 @@ class FakeReply:
 
     text: str = ""
     tool_calls: Sequence[FakeToolCall] = ()
+    cached_tokens: int = 0  # reported as usage.prompt_tokens_details.cached_tokens
 
 
 ReplyFn = Callable[[Mapping[str, Any]], "str | FakeReply"]
@@ -377,7 +378,10 @@ def _limited(answer: FakeReply, limit: Any) -> tuple[FakeReply, str]:
         return answer, "tool_calls"
     tokens = _ENCODING.encode_ordinary(answer.text)
     if isinstance(limit, int) and len(tokens) > limit:
-        return FakeReply(text=_ENCODING.decode(tokens[:limit])), "length"
+        return (
+            FakeReply(text=_ENCODING.decode(tokens[:limit]), cached_tokens=answer.cached_tokens),
+            "length",
+        )
     return answer, "stop"
 
 
@@ -881,11 +885,13 @@ class FakeOpenAIServer:
         completion_tokens = len(_ENCODING.encode_ordinary(answer.text)) + sum(
             len(_ENCODING.encode_ordinary(c.arguments)) + 5 for c in answer.tool_calls
         )
-        usage = {
+        usage: dict[str, Any] = {
             "prompt_tokens": used,
             "completion_tokens": completion_tokens,
             "total_tokens": used + completion_tokens,
         }
+        if answer.cached_tokens:  # as OpenAI reports its prompt caching
+            usage["prompt_tokens_details"] = {"cached_tokens": min(answer.cached_tokens, used)}
         if not body.get("stream"):
             return web.json_response(self._completion(model, answer, usage, finish))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -894,7 +900,7 @@ class FakeOpenAIServer:
         )
 
     def _completion(
-        self, model: str, answer: FakeReply, usage: dict[str, int], finish: str
+        self, model: str, answer: FakeReply, usage: dict[str, Any], finish: str
     ) -> dict[str, Any]:
         message: dict[str, Any] = {
             "role": "assistant",
@@ -932,7 +938,7 @@ class FakeOpenAIServer:
         request: web.Request,
         model: str,
         answer: FakeReply,
-        usage: dict[str, int] | None,
+        usage: dict[str, Any] | None,
         fault: _Fault | None,
         finish: str,
     ) -> web.StreamResponse:

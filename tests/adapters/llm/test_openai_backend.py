@@ -186,6 +186,22 @@ async def test_streams_text_then_usage_with_the_real_request_shape(
     assert server.streams_completed == 1
 
 
+async def test_prompt_tokens_the_server_cached_are_reported(
+    server: FakeOpenAIServer, make_backend: MakeBackend
+) -> None:
+    """OpenAI's prompt caching (``prompt_tokens_details.cached_tokens``) reaches Usage."""
+    backend = await make_backend()
+    server.reply = lambda body: FakeReply(text="Hi again.", cached_tokens=8)
+    events = await collect(backend.stream(request()))
+    usage = events[-1]
+    assert isinstance(usage, Usage)
+    assert (usage.prompt_tokens, usage.cached_tokens) == (16, 8)
+    server.reply = lambda body: "No cache."
+    plain = (await collect(backend.stream(request())))[-1]
+    assert isinstance(plain, Usage)
+    assert plain.cached_tokens == 0
+
+
 async def test_messages_with_names_and_tool_results_are_sent_as_openai_expects(
     server: FakeOpenAIServer, make_backend: MakeBackend
 ) -> None:

@@ -65,3 +65,12 @@ def test_two_telemetries_count_apart() -> None:
     assert _value(first, "chinwag_messages_received_total", platform="telegram") == 1
     assert _value(second, "chinwag_messages_received_total", platform="telegram") == 0
     assert _value(first, "chinwag_tool_calls_total", tool="lights_on", decision="pending") == 1
+
+
+def test_prompt_tokens_served_from_a_cache_are_counted_apart() -> None:
+    telemetry = PrometheusTelemetry()
+    telemetry.llm_tokens(1_000, 20, cached=900)  # a warm second turn
+    telemetry.llm_tokens(300, 10)  # a cold one
+    assert _value(telemetry, "chinwag_llm_tokens_total", direction="prompt") == 1_300
+    assert _value(telemetry, "chinwag_llm_tokens_total", direction="completion") == 30
+    assert _value(telemetry, "chinwag_llm_tokens_total", direction="cached") == 900
