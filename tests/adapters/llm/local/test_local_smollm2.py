@@ -166,7 +166,7 @@ async def test_four_conversations_at_once_are_decoded_together(smol: LocalBacken
 
     async def converse(i: int) -> str:
         deltas: list[str] = []
-        request = ask(smol, questions[i], temperature=0.0, max_tokens=24)
+        request = ask(smol, questions[i], temperature=0.0, max_tokens=12)
         async for event in smol.stream(request):
             assert not isinstance(event, QueuePosition)
             if isinstance(event, TextDelta):
@@ -200,10 +200,15 @@ async def test_a_conversation_joining_mid_batch_streams_before_the_others_finish
     joined = [e async for e in smol.stream(ask(smol, "Say hi.", max_tokens=4))]
     assert any(isinstance(e, TextDelta) and e.text for e in joined)
     assert not any(isinstance(e, QueuePosition) for e in joined)
-    # The long reply was still streaming while the newcomer was answered in full.
-    rest = [e async for e in long]
-    assert sum(isinstance(e, TextDelta) for e in rest) > 10
-    assert isinstance(rest[-1], Usage)
+    # The long reply is still streaming after the newcomer was answered in full.
+    more = 0
+    async for event in long:
+        assert not isinstance(event, Finish)
+        more += isinstance(event, TextDelta)
+        if more == 10:
+            break
+    await long.aclose()
+    assert not smol.busy
 
 
 async def test_a_long_prompt_does_not_freeze_the_others_streams(smol: LocalBackend) -> None:
@@ -211,16 +216,16 @@ async def test_a_long_prompt_does_not_freeze_the_others_streams(smol: LocalBacke
         smol.stream(ask(smol, "Tell me a very long story about a dragon.", max_tokens=400))
     )
     assert isinstance(await anext(talker), TextDelta)
-    document = " ".join(f"Line {i}: the sky is blue and the grass is green." for i in range(110))
-    reader = asyncio.ensure_future(
-        anext(generator(smol.stream(ask(smol, f"{document}\nSummarise this.", max_tokens=4))))
-    )
+    document = " ".join(f"Line {i}: the sky is blue and the grass is green." for i in range(60))
+    reading = generator(smol.stream(ask(smol, f"{document}\nSummarise this.", max_tokens=4)))
+    reader = asyncio.ensure_future(anext(reading))
     streamed = 0
     while not reader.done():
         event = await anext(talker)
         assert not isinstance(event, Finish), "the talker finished before the prompt was read"
         streamed += isinstance(event, TextDelta)
     assert isinstance(reader.result(), TextDelta)
-    # About 1,900 prompt tokens are read 128 at a time: the talker's stream went on meanwhile.
-    assert streamed >= 8
+    # About 1,000 prompt tokens are read 128 at a time: the talker's stream went on meanwhile.
+    assert streamed >= 4
+    await reading.aclose()
     await talker.aclose()
