@@ -41,7 +41,7 @@ RUN set -eu; \
     python3 -m venv /opt/chinwag; \
     /opt/chinwag/bin/python -m pip install --quiet --upgrade pip
 WORKDIR /src
-COPY scripts/install-llama.sh scripts/step.sh scripts/
+COPY scripts/install-llama.sh scripts/llama-cpu-flags.sh scripts/step.sh scripts/
 # Same flags and wheel cache as `make install` (mount a cache at /root/.cache/chinwag/wheels
 # to reuse a wheel between builds). It exits 0 even when the build fails: check the import.
 RUN set -eu; \

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The settings file chinwag reads (its --env-file); it decides whether llama.cpp is built.
 ENV_FILE ?= .env
 # One stamp per set of extras, keyed on what decides the install: a second call is instant.
-KEY := $(shell cat pyproject.toml Makefile scripts/install-llama.sh scripts/step.sh scripts/wants-local.sh 2>/dev/null | cksum | cut -d' ' -f1)
+KEY := $(shell cat pyproject.toml Makefile scripts/install-llama.sh scripts/llama-cpu-flags.sh scripts/step.sh scripts/wants-local.sh 2>/dev/null | cksum | cut -d' ' -f1)
 BASE_STAMP := $(VENV)/.installed-base-$(KEY)
 LOCAL_STAMP := $(VENV)/.installed-local-$(KEY)
 DEV_STAMP := $(VENV)/.installed-dev-$(KEY)

@@ -4,9 +4,8 @@
 #
 # Usage: scripts/install-llama.sh VENV
 #
-# Why the flags: the default build compiles with -march=native; on CPUs that report AMX that
-# build crashes (SIGSEGV in the AMX matrix code) on the first generation step with a quantized
-# model. We build a portable-but-fast variant chosen from `uname -m` and /proc/cpuinfo.
+# The CPU flags come from scripts/llama-cpu-flags.sh (portable but fast: never -march=native,
+# whose AMX code crashes on some CPUs; see there).
 # pip's wheel cache ignores CMAKE_ARGS, so we build with --no-cache-dir and keep our own wheel
 # keyed by version and flags under ${XDG_CACHE_HOME:-~/.cache}/chinwag/wheels/.
 #
@@ -49,40 +48,11 @@ fi
 # Each step's full output; shown in part when a step fails.
 LOGS="${CHINWAG_INSTALL_LOGS:-$VENV/install-logs}"
 
-cpu_flags() {
-    # Flags of the first CPU (all cores of a machine report the same set).
-    grep -m1 -E '^(flags|Features)[[:space:]]*:' /proc/cpuinfo 2>/dev/null | cut -d: -f2
-}
-
 choose_cmake_args() {
-    local arch flags args
-    arch="$(uname -m)"
-    flags=" $(cpu_flags) "
-    has() { [[ "$flags" == *" $1 "* ]]; }
-    case "$arch" in
-        x86_64 | amd64 | i686)
-            # Never -march=native (AMX crash); turn on what the CPU really has.
-            args="-DGGML_NATIVE=OFF"
-            if has avx2; then
-                args+=" -DGGML_AVX=ON -DGGML_AVX2=ON"
-                has fma && args+=" -DGGML_FMA=ON"
-                has f16c && args+=" -DGGML_F16C=ON"
-                has bmi2 && args+=" -DGGML_BMI2=ON"
-            elif has avx; then
-                args+=" -DGGML_AVX=ON -DGGML_AVX2=OFF -DGGML_FMA=OFF"
-                has f16c && args+=" -DGGML_F16C=ON"
-            else
-                args+=" -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF"
-            fi
-            ;;
-        aarch64 | arm64)
-            # ARM has no AMX problem; the native build picks NEON/dotprod/SVE correctly.
-            args="-DGGML_NATIVE=ON"
-            ;;
-        *)
-            args="-DGGML_NATIVE=OFF"
-            ;;
-    esac
+    local args flags_script
+    flags_script="$(dirname "$0")/llama-cpu-flags.sh"
+    # The CPU flags are shared with scripts/build-llama-server.sh (the benchmark's server).
+    args="$(bash "$flags_script")" || return 1
     # Only the Python bindings are needed: skip llama.cpp's tools, examples and tests. The
     # multimodal library (mtmd, which LOCAL_MMPROJ_PATH needs for images) is built: it is added
     # by llama-cpp-python's own CMakeLists whatever LLAMA_BUILD_TOOLS says (about +40 s, +4 MB).
@@ -109,7 +79,12 @@ sys.exit(0 if marker.is_file() and marker.read_text().strip() == stamp else 1)
 PYEOF
 }
 
-CMAKE_ARGS_CHOSEN="${CHINWAG_LLAMA_CMAKE_ARGS:-$(choose_cmake_args)}"
+if [[ -n "${CHINWAG_LLAMA_CMAKE_ARGS:-}" ]]; then
+    CMAKE_ARGS_CHOSEN="$CHINWAG_LLAMA_CMAKE_ARGS"
+elif ! CMAKE_ARGS_CHOSEN="$(choose_cmake_args)"; then
+    say "scripts/llama-cpu-flags.sh is missing beside this script; the local backend is not built"
+    exit 0
+fi
 KEY="$(printf '%s|%s|%s' "$LLAMA_CPP_VERSION" "$CMAKE_ARGS_CHOSEN" "$("$PY" -c 'import sys;print(sys.implementation.cache_tag)')" | sha256sum | cut -c1-16)"
 CACHE_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/chinwag/wheels/llama-cpp-python-$LLAMA_CPP_VERSION-$KEY"
 
