@@ -168,7 +168,7 @@ class Batcher:
             raise ContextTooLong(
                 n_ctx, f"the prompt has {len(prompt)} tokens; the context holds {n_ctx}"
             )
-        slot, keep = _choose(free, prompt)
+        slot, keep = choose_slot(free, prompt)
         keep = min(keep, len(prompt) - 1)  # the last prompt token is evaluated for its logits
         sequences.forget(slot, keep)
         self._tick += 1
@@ -362,19 +362,22 @@ def _running(sequences: Sequences) -> Iterator[Slot]:
     return (slot for slot in sequences.slots if slot.run is not None)
 
 
-def _choose(free: list[Slot], prompt: list[int]) -> tuple[Slot, int]:
+def choose_slot(free: list[Slot], prompt: list[int]) -> tuple[Slot, int]:
     """The free slot for ``prompt`` and how much of its cache the prompt reuses.
 
-    The slot whose cache the prompt continues (this conversation's last turn, cut where the
-    history was re-rendered differently) if it keeps at least half of it; otherwise the
-    least recently used, so other conversations' caches last as long as they can.
+    The slot whose cache holds most of the prompt when it keeps at least half of that cache
+    (this conversation's last turn, cut where the history was re-rendered differently), or
+    when it saves evaluating at least half of the prompt over the least recently used slot
+    (the same prompt again: a retried reply); otherwise the least recently used, so other
+    conversations' caches last as long as they can.
     """
     best = max(free, key=lambda slot: slot.reusable(prompt))
     keep = best.reusable(prompt)
-    if keep > 0 and keep * 2 >= len(best.cached):
-        return best, keep
     oldest = min(free, key=lambda slot: slot.used)
-    return oldest, oldest.reusable(prompt)
+    kept_by_oldest = oldest.reusable(prompt)
+    if keep > 0 and (keep * 2 >= len(best.cached) or (keep - kept_by_oldest) * 2 >= len(prompt)):
+        return best, keep
+    return oldest, kept_by_oldest
 
 
 def _text_chunk(run: Run, room: int) -> list[int]:
@@ -412,4 +415,4 @@ def _failure(exc: Exception) -> BackendError:
     return error
 
 
-__all__ = ["Batcher", "Run"]
+__all__ = ["Batcher", "Run", "choose_slot"]

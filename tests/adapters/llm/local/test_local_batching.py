@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from adapters.llm.local import LocalBackend
+from adapters.llm.local_batch import choose_slot
+from adapters.llm.local_context import Slot
 from core.errors import ConfigError, ContextTooLong
 from core.types import BackendEvent, Finish, QueuePosition, TextDelta, Usage
 from tests.adapters.llm.backend_helpers import generator
@@ -173,6 +175,19 @@ async def test_each_conversation_keeps_its_cache_until_its_slot_is_the_least_rec
     amy_again = await collect(backend.stream(chat(None, amy)))
     assert text_of(amy_again) == "Your name is Amy."  # cold, and still right
     assert usage_of(amy_again).cached_tokens < usage_of(amy_again).prompt_tokens // 4
+
+
+def test_a_retried_reply_reuses_its_slot_and_a_new_conversation_takes_the_oldest() -> None:
+    prompt = list(range(100, 130))
+    retried = Slot(0, cached=[*prompt, *range(500, 700)], used=2)  # a long reply after it
+    empty = Slot(1, used=1)
+    # The same prompt again (/retry): its cache holds all of it though the reply is longer.
+    assert choose_slot([retried, empty], prompt) == (retried, len(prompt))
+    # A new conversation sharing only the system prompt's first tokens keeps that cache.
+    other = [*prompt[:5], *range(900, 925)]
+    assert choose_slot([retried, empty], other) == (empty, 0)
+    # The conversation's next turn continues its cache.
+    assert choose_slot([empty, retried], [*retried.cached, 7, 8]) == (retried, len(retried.cached))
 
 
 def write_header(path: Path) -> None:

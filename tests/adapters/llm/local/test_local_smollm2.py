@@ -65,13 +65,15 @@ async def test_reply_is_clean_and_streaming_matches_greedy_generation(smol: Loca
     assert 0 < usage.completion_tokens <= 40
     # llama-cpp-python's own non-streamed chat completion, same file and parameters, gives
     # the same text: same chat template, same stop, nothing lost or added while streaming.
-    # (Both evaluate the whole prompt fresh: llama.cpp's batched and one-token kernels round
-    # differently, so a cached prompt can change a tiny model's greedy choice.)
+    # (Both evaluate the whole prompt fresh, with flash attention as chinwag's context has it:
+    # llama.cpp's kernels round differently, which can change a tiny model's greedy choice.)
     import llama_cpp
 
     path = default_model_path()
     assert path is not None
-    direct = await asyncio.to_thread(llama_cpp.Llama, str(path), n_ctx=2048, verbose=False)
+    direct = await asyncio.to_thread(
+        llama_cpp.Llama, str(path), n_ctx=2048, flash_attn=True, verbose=False
+    )
     try:
         answer = await asyncio.to_thread(
             direct.create_chat_completion,
