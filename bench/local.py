@@ -341,6 +341,7 @@ async def at_once(
         f"rounds, medians; aggregate tok/s, median first token)"
     )
     missed: list[str] = []
+    server_tps: dict[int, float] = {}
     for n in CONCURRENCY:
         backend = start_backend(path, n, args.context, threads[0])
         await backend.start()
@@ -375,6 +376,7 @@ async def at_once(
                 f"; llama-server {s_tps:7.1f} tok/s, first token {s_first:7.1f} ms; "
                 f"{ratio:.2f}x (target >= {MIN_VS_SERVER}x: {_verdict(met)})"
             )
+            server_tps[n] = s_tps
             if not met:
                 missed.append(f"{n} at once vs llama-server")
         print(line)
@@ -387,6 +389,11 @@ async def at_once(
             )
             if not met:
                 missed.append(f"{n} at once vs one stream")
+            if server_tps:
+                print(
+                    f"   (llama-server's own {n} at once / its one stream: "
+                    f"{server_tps[n] / server_tps[1]:.2f}x)"
+                )
     if server is None:
         print("   (llama-server not run: --no-server, or it could not be built)")
     return missed
