@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from adapters.memory.in_memory import InMemoryStore
+from adapters.memory.store import SqlMemoryStore
 from core.bot import BotCommand
 from core.engine import Engine
 from core.instance import HEARTBEAT_SECONDS
@@ -20,6 +21,7 @@ from core.settings import (
 )
 from core.tools import Toolbox
 from core.types import IncomingMessage
+from tests._db import UpgradeHead
 from tests.fakes.scripted import ScriptedBackend
 
 
@@ -38,10 +40,26 @@ class Clock:
 
 
 @pytest.fixture
-async def memory_store() -> AsyncIterator[InMemoryStore]:
-    """A started ``InMemoryStore``."""
-    async with InMemoryStore() as memory:
+async def memory_store(clock: Clock) -> AsyncIterator[InMemoryStore]:
+    """A started ``InMemoryStore`` stamping rows with the engine's ``clock``.
+
+    One clock for both: recovery compares a reply's stamp with the engine's time (with the
+    real time in the store, a reply written at 05:00 was seven hours old at the clock's noon).
+    """
+    async with InMemoryStore(clock=clock) as memory:
         yield memory
+
+
+@pytest.fixture
+async def sqlite_store(
+    sqlite_url: str, upgrade_head: UpgradeHead, clock: Clock
+) -> AsyncIterator[SqlMemoryStore]:
+    """A started SQL store on a migrated SQLite file, on the engine's ``clock`` too."""
+    await upgrade_head(sqlite_url)
+    memory = SqlMemoryStore(sqlite_url, clock=clock)
+    await memory.start()
+    yield memory
+    await memory.aclose()
 
 
 @pytest.fixture
