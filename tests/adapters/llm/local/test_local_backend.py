@@ -220,19 +220,26 @@ async def test_check_model_refuses_unknown_and_broken_models(
     assert text_of(await collect(backend.stream(chat(None, ["Say hello."])))) == "Hello."
 
 
-def write_huge_header(path: Path) -> None:
-    """A GGUF whose metadata describes a model far larger than any machine's memory."""
+def write_model_header(
+    path: Path, *, context: int, width: int, blocks: int, heads: int, kv_heads: int
+) -> None:
+    """A GGUF with a model's metadata (what start-up reads to size it) and no real weights."""
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_context_length(131072)
-    writer.add_embedding_length(16384)
-    writer.add_block_count(4000)
-    writer.add_head_count(128)
-    writer.add_head_count_kv(128)
+    writer.add_context_length(context)
+    writer.add_embedding_length(width)
+    writer.add_block_count(blocks)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
     writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def write_huge_header(path: Path) -> None:
+    """A GGUF whose metadata describes a model far larger than any machine's memory."""
+    write_model_header(path, context=131072, width=16384, blocks=4000, heads=128, kv_heads=128)
 
 
 @pytest.mark.parametrize(

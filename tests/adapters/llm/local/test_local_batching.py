@@ -6,8 +6,6 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 
 from adapters.llm.local import LocalBackend
@@ -17,7 +15,12 @@ from core.errors import ConfigError, ContextTooLong
 from core.types import BackendEvent, Finish, QueuePosition, TextDelta, Usage
 from tests.adapters.llm.backend_helpers import generator
 from tests.adapters.llm.local.conftest import EXPECTED
-from tests.adapters.llm.local.test_local_backend import chat, collect, text_of
+from tests.adapters.llm.local.test_local_backend import (
+    chat,
+    collect,
+    text_of,
+    write_model_header,
+)
 
 MakeBackend = Callable[..., LocalBackend]
 
@@ -190,26 +193,12 @@ def test_a_retried_reply_reuses_its_slot_and_a_new_conversation_takes_the_oldest
     assert choose_slot([empty, retried], [*retried.cached, 7, 8]) == (retried, len(retried.cached))
 
 
-def write_header(path: Path) -> None:
-    """A GGUF header of a 7B-like model: 128 KiB of KV cache per token, no weights."""
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_context_length(8192)
-    writer.add_embedding_length(4096)
-    writer.add_block_count(32)
-    writer.add_head_count(32)
-    writer.add_head_count_kv(8)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-
-
 async def test_start_up_refuses_more_conversations_than_memory_holds(
     make_backend: MakeBackend, tmp_path: Path
 ) -> None:
     path = tmp_path / "seven-b.gguf"
-    write_header(path)
+    # A 7B-like model: 128 KiB of KV cache per token.
+    write_model_header(path, context=8192, width=4096, blocks=32, heads=32, kv_heads=8)
     # One 8,192-token conversation needs about 1.5 GiB; 256 of them, hundreds.
     backend = make_backend(model_path=path, parallel=256)
     with pytest.raises(ConfigError) as info:
