@@ -506,7 +506,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.smoke:
-        args.tokens, args.runs, args.rounds, args.turns, args.history = 8, 1, 1, 1, 400
+        args.tokens, args.runs, args.rounds, args.turns, args.history = 8, 1, 1, 1, 200
     return args
 
 
