@@ -1,7 +1,8 @@
-"""What every benchmark reports: a run's throughput and latency percentiles."""
+"""What every benchmark reports (a run's throughput and latency percentiles), and a free port."""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
 
@@ -34,3 +35,11 @@ class Result:
         ordered = sorted(self.latencies)
         index = min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))
         return ordered[index] * 1000
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from typing import Any, Final
 import aiohttp
 
 from adapters.llm.local import LocalBackend, LocalSettings, default_model_path
+from bench._common import free_port
 from core.types import ChatMessage, CompletionRequest, Role, TextDelta, Usage
 
 ROOT: Final = Path(__file__).resolve().parents[1]
@@ -67,7 +67,6 @@ class Stream:
     first: float  # seconds from the request
     rate: float  # tokens/s after the first token
     tokens: int
-    end: float  # seconds from the request to the last event
     cached: int = 0  # prompt tokens served from the KV cache (chinwag only)
 
 
@@ -99,7 +98,7 @@ def _stream(started: float, first: float, end: float, n: int, cached: int = 0) -
     if not first:
         raise RuntimeError("the reply had no text")
     rate = (n - 1) / (end - first) if n > 1 else 0.0
-    return Stream(first - started, rate, n, end - started, cached)
+    return Stream(first - started, rate, n, cached)
 
 
 def request_of(
@@ -277,12 +276,6 @@ def server_command(
         "--cont-batching",
         "--no-webui",
     ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

@@ -33,7 +33,6 @@ import itertools
 import os
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -46,7 +45,7 @@ import asyncpg
 import httpx
 
 from adapters.memory import migrate
-from bench._common import Result
+from bench._common import Result, free_port
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.telegram_server import FakeChat, FakeMessage, FakeTelegram, FakeUser
 
@@ -65,13 +64,6 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def reply_text(body: Mapping[str, Any]) -> str:
