@@ -25,6 +25,7 @@ import secrets
 import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -220,10 +221,18 @@ def upgrade_head(sqlite_template: Path) -> UpgradeHead:
 
 
 @pytest.fixture
-async def sqlite_store(sqlite_url: str, upgrade_head: UpgradeHead) -> AsyncIterator[SqlMemoryStore]:
+def store_clock() -> Callable[[], datetime] | None:
+    """What ``sqlite_store`` stamps rows with: the real time (tests/core: its fake clock)."""
+    return None
+
+
+@pytest.fixture
+async def sqlite_store(
+    sqlite_url: str, upgrade_head: UpgradeHead, store_clock: Callable[[], datetime] | None
+) -> AsyncIterator[SqlMemoryStore]:
     """A started SQL store on a migrated SQLite file (``sqlite_url``)."""
     await upgrade_head(sqlite_url)
-    memory = SqlMemoryStore(sqlite_url)
+    memory = SqlMemoryStore(sqlite_url, clock=store_clock)
     await memory.start()
     yield memory
     await memory.aclose()

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from adapters.memory.in_memory import InMemoryStore
-from adapters.memory.store import SqlMemoryStore
 from core.bot import BotCommand
 from core.engine import Engine
 from core.instance import HEARTBEAT_SECONDS
@@ -21,7 +20,6 @@ from core.settings import (
 )
 from core.tools import Toolbox
 from core.types import IncomingMessage
-from tests._db import UpgradeHead
 from tests.fakes.scripted import ScriptedBackend
 
 
@@ -51,15 +49,9 @@ async def memory_store(clock: Clock) -> AsyncIterator[InMemoryStore]:
 
 
 @pytest.fixture
-async def sqlite_store(
-    sqlite_url: str, upgrade_head: UpgradeHead, clock: Clock
-) -> AsyncIterator[SqlMemoryStore]:
-    """A started SQL store on a migrated SQLite file, on the engine's ``clock`` too."""
-    await upgrade_head(sqlite_url)
-    memory = SqlMemoryStore(sqlite_url, clock=clock)
-    await memory.start()
-    yield memory
-    await memory.aclose()
+def store_clock(clock: Clock) -> Clock:
+    """The SQL store (``sqlite_store``) stamps rows with the engine's ``clock`` too."""
+    return clock
 
 
 @pytest.fixture
