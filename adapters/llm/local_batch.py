@@ -371,10 +371,10 @@ def choose_slot(free: list[Slot], prompt: list[int]) -> tuple[Slot, int]:
     (the same prompt again: a retried reply); otherwise the least recently used, so other
     conversations' caches last as long as they can.
     """
-    best = max(free, key=lambda slot: slot.reusable(prompt))
-    keep = best.reusable(prompt)
+    reuse = {slot.seq: slot.reusable(prompt) for slot in free}  # each cache compared once
+    best = max(free, key=lambda slot: reuse[slot.seq])
     oldest = min(free, key=lambda slot: slot.used)
-    kept_by_oldest = oldest.reusable(prompt)
+    keep, kept_by_oldest = reuse[best.seq], reuse[oldest.seq]
     if keep > 0 and (keep * 2 >= len(best.cached) or (keep - kept_by_oldest) * 2 >= len(prompt)):
         return best, keep
     return oldest, kept_by_oldest
