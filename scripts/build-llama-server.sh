@@ -5,7 +5,7 @@
 #
 # Usage: scripts/build-llama-server.sh VENV   (the virtualenv whose pip downloads the sdist)
 #
-# Built once (about 12 minutes on 2 cores) and kept under
+# Built once (about 10 minutes on 2 cores) and kept under
 # ${XDG_CACHE_HOME:-~/.cache}/chinwag/llama-server-VERSION-KEY/; later calls print the cached
 # path at once. Without the web UI (nothing is fetched at build time) and without OpenSSL.
 # Progress goes to stderr, the build's output to build.log beside the binary; only the path
@@ -37,7 +37,7 @@ LOG="$DIR/build.log"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
-say "building llama-server from llama-cpp-python $LLAMA_CPP_VERSION's llama.cpp (once; about 12 minutes on 2 cores)"
+say "building llama-server from llama-cpp-python $LLAMA_CPP_VERSION's llama.cpp (once; about 10 minutes on 2 cores)"
 say "CPU flags: $FLAGS; log: $LOG"
 if ! "$PY" -m pip download --disable-pip-version-check --no-deps --no-binary :all: \
     -d "$WORK" "llama-cpp-python==$LLAMA_CPP_VERSION" >"$LOG" 2>&1; then
